@@ -1,0 +1,52 @@
+# rayft: `make quickstart` runs the whole path on the embedded default; `make test` runs the tests.
+# Both create .venv and install the CPU profile from the lock file when it is missing or stale.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+LOCK := requirements/cpu.lock.txt
+# Extra pip arguments, e.g. PIP_ARGS="--extra-index-url https://download.pytorch.org/whl/cpu"
+# where torch's CPU build is not on a configured index or find-links.
+PIP_ARGS ?=
+
+.PHONY: install quickstart test test-fast bench lock clean
+
+install: $(STAMP)
+
+$(STAMP): $(LOCK) pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet --no-deps -r $(LOCK) $(PIP_ARGS)
+	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -c "import torch, transformers, vllm, ray, deepspeed, peft"
+	touch $(STAMP)
+
+quickstart: $(STAMP)
+	$(VENV)/bin/rayft quickstart
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+# Only the tests that start no Ray, Serve or vLLM.
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not ray"
+
+bench: $(STAMP)
+	$(PY) bench/data_prep.py
+	$(PY) bench/train_throughput.py
+	$(PY) bench/serve_throughput.py
+
+# Re-resolve the CPU profile in a scratch venv and write the lock file.
+lock:
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install --quiet --upgrade pip
+	.venv-lock/bin/pip install --quiet $(PIP_ARGS) -e ".[cpu,dev]"
+	.venv-lock/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec triton
+	{ echo "# CPU profile lock (rayft[cpu,dev]) for Python 3.11 x86_64. Regenerate with 'make lock'."; \
+	  echo "# Leaves out torchvision, torchaudio, torchcodec (CUDA-linked builds that break transformers' imports on CPU) and triton (GPU only)."; \
+	  .venv-lock/bin/pip freeze --all --exclude-editable | grep -v -i -E "^(pip|torchvision|torchaudio|torchcodec|triton|rayft)=="; } > $(LOCK)
+	rm -rf .venv-lock
+
+clean:
+	rm -rf $(VENV) .rayft .pytest_cache
