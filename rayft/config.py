@@ -1,0 +1,198 @@
+"""The one rayft config: a YAML file validated by pydantic, with sections per stage.
+
+This module is a leaf: it imports no stage. Every stage reads its own section. Errors name the file
+and the dotted field (`train.lora.r: Input should be greater than 0`), before any work starts.
+Strings may use `${RAYFT_HOME}` and other environment variables.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from rayft.home import rayft_home
+
+Auto = Literal["auto"]
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the file and the field."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class SplitConfig(Section):
+    train: float = Field(0.8, ge=0, le=1)
+    val: float = Field(0.1, ge=0, le=1)
+    test: float = Field(0.1, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _sums_to_one(self):
+        if abs(self.train + self.val + self.test - 1.0) > 1e-6:
+            raise ValueError(f"train + val + test must be 1.0, got {self.train + self.val + self.test:g}")
+        return self
+
+
+class DataConfig(Section):
+    inputs: list[str] = Field(default_factory=list, description="JSONL/Parquet files or HF dataset folders")
+    out: str | None = Field(None, description="prepared dataset folder; default $RAYFT_HOME/datasets/<name>")
+    format: Literal["auto", "messages", "prompt_completion", "parquet", "hf"] = "auto"
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    seed: int = 0
+    label_field: str | None = Field(None, description="record field holding the class label")
+    label_regex: str | None = Field(None, description="regex with one group, applied to the last assistant turn")
+    max_tokens: int = Field(4096, gt=0, description="records longer than this (model tokenizer) are rejected")
+
+    @field_validator("label_regex")
+    @classmethod
+    def _one_group(cls, value):
+        if value is not None and re.compile(value).groups != 1:
+            raise ValueError("label_regex must have exactly one capture group")
+        return value
+
+
+class ModelConfig(Section):
+    base: str = Field(..., description="base model: a local folder or a hub id")
+    chat_template: str | None = Field(None, description="override the tokenizer's chat template (Jinja)")
+
+
+class LoraConfig(Section):
+    r: int = Field(16, gt=0)
+    alpha: int = Field(32, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: Union[Literal["all-linear"], list[str]] = "all-linear"
+
+
+class DeepSpeedConfig(Section):
+    zero_stage: Literal[2, 3] = 2
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    override: dict | None = Field(None, description="raw DeepSpeed JSON merged over the generated config")
+
+
+class TrainConfig(Section):
+    dataset: str | None = Field(None, description="prepared dataset folder; default data.out")
+    method: Literal["lora", "full", "qlora"] = "lora"
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
+    num_workers: int = Field(2, gt=0)
+    cpus_per_worker: float = Field(0.5, gt=0)
+    use_gpu: bool = False
+    epochs: Union[int, Auto] = "auto"
+    max_steps: int | None = Field(None, gt=0, description="stop after this many optimizer steps")
+    batch_size: Union[int, Auto] = "auto"
+    grad_accum: int = Field(1, gt=0)
+    learning_rate: Union[float, Auto] = "auto"
+    scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    max_seq_len: int = Field(512, gt=8)
+    packing: bool = False
+    seed: int = 0
+    eval_every: int = Field(50, gt=0, description="validation every N optimizer steps")
+    early_stopping_patience: int | None = Field(None, gt=0)
+    checkpoint_every: int = Field(100, gt=0)
+    keep_checkpoints: int = Field(2, gt=0)
+    storage_path: str | None = Field(None, description="runs folder (local or s3://); default $RAYFT_HOME/runs")
+
+    @field_validator("epochs", "batch_size")
+    @classmethod
+    def _positive_or_auto(cls, value):
+        if value != "auto" and value <= 0:
+            raise ValueError("must be a positive integer or 'auto'")
+        return value
+
+    @field_validator("learning_rate")
+    @classmethod
+    def _positive_lr(cls, value):
+        if value != "auto" and value <= 0:
+            raise ValueError("must be a positive number or 'auto'")
+        return value
+
+
+class EvalConfig(Section):
+    task: Literal["classification"] = "classification"
+    label_regex: str = Field(r"Category:\s*(\w+)", description="regex with one group that extracts the label")
+    max_new_tokens: int = Field(16, gt=0)
+    limit: int | None = Field(None, gt=0, description="evaluate at most this many test records")
+
+
+class ServeConfig(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, gt=0, lt=65536)
+    adapters: list[str] = Field(default_factory=list, description="registry refs loaded at start-up")
+    max_loras: int = Field(4, gt=0, description="distinct adapters in one batch")
+    max_cpu_loras: int = Field(8, gt=0, description="adapters kept in host memory (LRU beyond)")
+    max_lora_rank: Literal[8, 16, 32, 64, 128, 256] = 16
+    max_model_len: int = Field(1024, gt=0)
+    max_num_seqs: int = Field(64, gt=0, description="sequences one engine batches together")
+    max_prompt_tokens: int = Field(4096, gt=0)
+    block_size: int | None = Field(None, gt=0, description="KV block size (multiple of 32 on CPU); small values "
+                                   "let short prompts hit the prefix cache")
+
+
+class RayftConfig(Section):
+    """A whole rayft config file."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="model name in the registry")
+    model: ModelConfig
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+
+    def dataset_dir(self) -> Path:
+        """The prepared dataset folder this config reads and writes."""
+        where = self.train.dataset or self.data.out or str(rayft_home() / "datasets" / self.name)
+        return Path(where)
+
+
+def _expand(value):
+    if isinstance(value, str):
+        return os.path.expandvars(value)
+    if isinstance(value, list):
+        return [_expand(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _expand(v) for k, v in value.items()}
+    return value
+
+
+def _format_errors(source: str, error: ValidationError) -> str:
+    lines = [f"{source}: invalid config"]
+    for item in error.errors():
+        field = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        got = f" (got {item['input']!r})" if item["type"] not in ("missing", "extra_forbidden") else ""
+        message = "unknown field" if item["type"] == "extra_forbidden" else item["msg"]
+        lines.append(f"  {field}: {message}{got}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict, source: str = "<config>") -> RayftConfig:
+    """Validate a config mapping; raises ConfigError naming `source` and each bad field."""
+    os.environ.setdefault("RAYFT_HOME", str(rayft_home()))
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: a config must be a YAML mapping, got {type(data).__name__}")
+    try:
+        return RayftConfig.model_validate(_expand(data))
+    except ValidationError as error:
+        raise ConfigError(_format_errors(source, error)) from None
+
+
+def load_config(path: str | Path) -> RayftConfig:
+    """Read and validate a YAML config file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    return parse_config(data, str(path))

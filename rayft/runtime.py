@@ -1,0 +1,40 @@
+"""Connecting to Ray: an existing cluster when `RAY_ADDRESS` is set, else a local one.
+
+Every stage starts Ray through `ensure_ray()`, so the whole product runs the same on a laptop and
+on a cluster (where `rayft submit` sets `RAY_ADDRESS`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+# Ray 2.60 turns token auth on for a new local cluster whenever RAY_AUTH_MODE is unset, and then a
+# Jobs client without the token gets HTTP 401. rayft sets the mode explicitly: a local cluster we
+# start ourselves listens on 127.0.0.1 only, so it runs without tokens unless the user chose one.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# Ray Train registers a reported checkpoint only when its controller polls (every 2 s by default);
+# a worker that dies within that window loses the checkpoint. Poll faster.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+
+# Logical CPUs for a local cluster. More than the machine's cores on purpose: training workers
+# take fractional CPUs, and Ray Data's map tasks must still get a slot while workers run
+# (otherwise the pipeline waits forever; see docs/training.md).
+LOCAL_MIN_CPUS = 4
+
+
+def ensure_ray(num_cpus: int | None = None) -> None:
+    """Start or connect to Ray once per process."""
+    import ray
+    import ray.data
+
+    # Ray Data's per-operator progress bars flood logs of long jobs; rayft reports its own progress.
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING)
+        return
+    cpus = num_cpus or max(os.cpu_count() or 1, LOCAL_MIN_CPUS)
+    ray.init(address="local", num_cpus=cpus, include_dashboard=True, logging_level=logging.WARNING)
