@@ -1,0 +1,104 @@
+"""Record validation: turn one raw input record into chat `messages`, or a reject with a reason.
+
+Pure functions with no Ray in them; `prepare.py` runs them over Ray Data batches. Every reason is a
+stable code (for scripts) plus a human message (for people); see docs/data.md for the list.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+ROLES = ("system", "user", "assistant", "tool")
+
+
+@dataclass
+class Reject(Exception):
+    """Why a record cannot be used: a stable `reason` code and a human `message`."""
+
+    reason: str
+    message: str
+
+
+def decode_line(raw: bytes) -> object:
+    """Bytes of one JSONL line to a JSON value; rejects invalid UTF-8 and invalid JSON."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise Reject("invalid_utf8", f"line is not valid UTF-8 (byte {error.start})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise Reject("invalid_json", f"invalid JSON: {error.msg} at column {error.colno}") from None
+
+
+def _check_message(i: int, message: object) -> dict:
+    if not isinstance(message, dict):
+        raise Reject("message_not_an_object", f"messages[{i}] must be an object, got {type(message).__name__}")
+    role = message.get("role")
+    if role not in ROLES:
+        raise Reject("unknown_role", f"messages[{i}].role is {role!r}; expected one of {', '.join(ROLES)}")
+    content = message.get("content")
+    if not isinstance(content, str):
+        raise Reject("non_string_content", f"messages[{i}].content must be a string, got {type(content).__name__}")
+    if not content.strip():
+        raise Reject("empty_content", f"messages[{i}].content is empty")
+    weight = message.get("weight")
+    if weight is not None and weight not in (0, 1):
+        raise Reject("invalid_weight", f"messages[{i}].weight must be 0 or 1, got {weight!r}")
+    checked = {"role": role, "content": content}
+    if weight is not None:
+        checked["weight"] = int(weight)
+    return checked
+
+
+def messages_from_chat(record: object) -> list[dict]:
+    """Validate a chat record (`{"messages": [...]}`) and return its normalised messages."""
+    if not isinstance(record, dict):
+        raise Reject("not_an_object", f"a record must be a JSON object, got {type(record).__name__}")
+    if "messages" not in record:
+        raise Reject("missing_messages", "record has no 'messages' field")
+    messages = record["messages"]
+    if not isinstance(messages, list):
+        raise Reject("messages_not_a_list", f"'messages' must be a list, got {type(messages).__name__}")
+    if not messages:
+        raise Reject("empty_messages", "'messages' is empty")
+    checked = [_check_message(i, m) for i, m in enumerate(messages)]
+    if not any(m["role"] == "assistant" for m in checked):
+        raise Reject("no_assistant_turn", "no assistant message to learn from")
+    if checked[-1]["role"] != "assistant":
+        raise Reject("last_turn_not_assistant", f"the last message is from {checked[-1]['role']!r}, not the assistant")
+    return checked
+
+
+def messages_from_prompt_completion(record: object) -> list[dict]:
+    """Validate a `{"prompt": ..., "completion": ...}` record and return it as two messages."""
+    if not isinstance(record, dict):
+        raise Reject("not_an_object", f"a record must be a JSON object, got {type(record).__name__}")
+    for side in ("prompt", "completion"):
+        value = record.get(side)
+        if value is None:
+            raise Reject("missing_prompt_or_completion", f"record has no {side!r}")
+        if not isinstance(value, str):
+            raise Reject("non_string_content", f"{side!r} must be a string, got {type(value).__name__}")
+        if not value.strip():
+            raise Reject("empty_content", f"{side!r} is empty")
+    return [
+        {"role": "user", "content": record["prompt"]},
+        {"role": "assistant", "content": record["completion"]},
+    ]
+
+
+def detect_format(record: object) -> str:
+    """'messages' or 'prompt_completion', judged from a record's fields."""
+    if isinstance(record, dict) and ("prompt" in record or "completion" in record) and "messages" not in record:
+        return "prompt_completion"
+    return "messages"
+
+
+def normalise(record: object, fmt: str = "auto") -> list[dict]:
+    """A record of `fmt` ('auto', 'messages' or 'prompt_completion') as validated messages."""
+    fmt = detect_format(record) if fmt in ("auto", "parquet", "hf") else fmt
+    if fmt == "prompt_completion":
+        return messages_from_prompt_completion(record)
+    return messages_from_chat(record)
