@@ -1,0 +1,77 @@
+"""Exports from a finished run's DeepSpeed checkpoint: a PEFT adapter or a consolidated HF model.
+
+Exporting on the driver from the merged checkpoint needs no collectives and works the same for
+ZeRO-2 and ZeRO-3: DeepSpeed's `zero_to_fp32` reassembles the fp32 master weights from every rank's
+partition, so the exported weights are exactly the training weights. The tokenizer and the chat
+template used in training are saved alongside, so serving renders prompts the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from rayft.config import TrainConfig
+
+EXPORT_INFO = "rayft_export.json"
+
+
+def weights_hash(folder: str | Path) -> str:
+    """sha256 over the folder's safetensors files (names and bytes), in name order."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        digest.update(path.name.encode())
+        with path.open("rb") as data:
+            for chunk in iter(lambda: data.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _peft_config(train: TrainConfig, base: str):
+    from peft import LoraConfig
+
+    lora = train.lora
+    return LoraConfig(
+        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
+        task_type="CAUSAL_LM", base_model_name_or_path=base,
+    )
+
+
+def _copy_generation_config(base: str, model) -> None:
+    from transformers import GenerationConfig
+
+    try:
+        model.generation_config = GenerationConfig.from_pretrained(base)
+    except OSError:
+        pass  # the base has none; transformers derives one from the model config
+
+
+def export_checkpoint(checkpoint_dir: str, base: str, train: TrainConfig, tokenizer, out_dir: str | Path) -> dict:
+    """Write the adapter (lora/qlora) or full model from `checkpoint_dir` to `out_dir`."""
+    import torch
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    adapter = train.method != "full"
+    state = get_fp32_state_dict_from_zero_checkpoint(checkpoint_dir, tag="ds", exclude_frozen_parameters=adapter)
+    config = AutoConfig.from_pretrained(base)
+    if adapter:
+        from peft import get_peft_model
+
+        with torch.device("meta"):
+            skeleton = get_peft_model(AutoModelForCausalLM.from_config(config), _peft_config(train, base))
+        skeleton.save_pretrained(out_dir, state_dict=state)
+    else:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.load_state_dict(state, strict=True, assign=True)
+        model.tie_weights()
+        _copy_generation_config(base, model)
+        model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    info = {"kind": "adapter" if adapter else "full", "base_model": base, "method": train.method}
+    (out_dir / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n")
+    return info | {"path": str(out_dir), "weights_hash": weights_hash(out_dir)}

@@ -1,0 +1,110 @@
+"""Chat records to training tokens: the model's own chat template, loss on assistant tokens only.
+
+The conversation is rendered once with the tokenizer's `apply_chat_template`. Each assistant turn's
+character span is found by rendering the conversation up to that turn (works for any template whose
+renders are prefix-stable, which Llama, Qwen, Mistral and ChatML templates are), and tokens inside
+those spans get labels; everything else gets -100. A message with `weight: 0` is not learned.
+
+Packing joins examples into rows of at most `max_seq_len` tokens with position ids restarting at
+each example, so attention stays inside each example (transformers detects packed rows from the
+position ids when the forward runs with `use_cache=False`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+IGNORE_INDEX = -100
+
+
+class TemplateError(ValueError):
+    """The chat template cannot be used for assistant-only loss."""
+
+
+def _render(tokenizer, messages, add_generation_prompt=False) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered conversation and the character spans of the assistant turns to learn."""
+    text = _render(tokenizer, messages)
+    spans = []
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant" or message.get("weight") == 0:
+            continue
+        start = len(_render(tokenizer, messages[:i], add_generation_prompt=True))
+        upto = _render(tokenizer, messages[: i + 1])
+        if not text.startswith(upto) or start > len(upto):
+            raise TemplateError(
+                "the chat template renders a conversation differently from its prefix; "
+                "assistant-only loss needs a prefix-stable template (set model.chat_template)"
+            )
+        end = len(upto.rstrip())  # the turn's end token is learned, the whitespace after it is not
+        spans.append((start, end))
+    return text, spans
+
+
+def tokenize_conversation(tokenizer, messages: list[dict], max_seq_len: int) -> dict[str, list[int]]:
+    """`input_ids` and `labels` (-100 outside assistant turns), truncated to `max_seq_len`."""
+    text, spans = assistant_spans(tokenizer, messages)
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    labels = []
+    for token_id, (start, _end) in zip(encoded["input_ids"], encoded["offset_mapping"]):
+        learned = any(lo <= start < hi for lo, hi in spans)
+        labels.append(token_id if learned else IGNORE_INDEX)
+    return {"input_ids": encoded["input_ids"][:max_seq_len], "labels": labels[:max_seq_len]}
+
+
+@dataclass
+class Batch:
+    """A micro-batch ready for the model's forward."""
+
+    input_ids: list[list[int]]
+    labels: list[list[int]]
+    position_ids: list[list[int]]
+    attention_mask: list[list[int]] | None  # None for packed rows
+
+
+def pad_batch(examples: list[dict], pad_id: int) -> Batch:
+    """Right-pad examples to the longest one; padding is masked out of attention and loss."""
+    width = max(len(e["input_ids"]) for e in examples)
+    ids, labels, positions, mask = [], [], [], []
+    for e in examples:
+        n, pad = len(e["input_ids"]), width - len(e["input_ids"])
+        ids.append(list(e["input_ids"]) + [pad_id] * pad)
+        labels.append(list(e["labels"]) + [IGNORE_INDEX] * pad)
+        positions.append(list(range(n)) + [0] * pad)
+        mask.append([1] * n + [0] * pad)
+    return Batch(ids, labels, positions, mask)
+
+
+def pack_examples(examples: list[dict], max_seq_len: int) -> list[dict]:
+    """Greedily join examples into rows of at most `max_seq_len` tokens (first-fit, in order).
+
+    Each example's first label is dropped so no token is predicted across an example boundary.
+    """
+    rows: list[dict] = []
+    current = {"input_ids": [], "labels": [], "position_ids": []}
+    for e in examples:
+        n = len(e["input_ids"])
+        if current["input_ids"] and len(current["input_ids"]) + n > max_seq_len:
+            rows.append(current)
+            current = {"input_ids": [], "labels": [], "position_ids": []}
+        current["input_ids"].extend(e["input_ids"])
+        current["labels"].extend([IGNORE_INDEX] + list(e["labels"][1:]))
+        current["position_ids"].extend(range(n))
+    if current["input_ids"]:
+        rows.append(current)
+    return rows
+
+
+def packed_batch(rows: list[dict], pad_id: int) -> Batch:
+    """Packed rows as a batch (rows padded to the same width with position ids that restart)."""
+    width = max(len(r["input_ids"]) for r in rows)
+    ids, labels, positions = [], [], []
+    for r in rows:
+        pad = width - len(r["input_ids"])
+        ids.append(r["input_ids"] + [pad_id] * pad)
+        labels.append(r["labels"] + [IGNORE_INDEX] * pad)
+        positions.append(r["position_ids"] + list(range(pad)))
+    return Batch(ids, labels, positions, None)

@@ -1,0 +1,86 @@
+"""Loading the model to train (full, LoRA or QLoRA) and wrapping it in a DeepSpeed engine."""
+
+from __future__ import annotations
+
+from rayft.config import LoraConfig, TrainConfig
+
+SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
+
+
+def linear_module_names(base: str) -> set[str]:
+    """Leaf names of the model's linear layers (e.g. q_proj), read without loading weights."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(base)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    output = model.get_output_embeddings()
+    return {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and module is not output
+    }
+
+
+def check_target_modules(base: str, lora: LoraConfig) -> None:
+    """Raise ValueError naming any LoRA target module the model does not have."""
+    if lora.target_modules == "all-linear":
+        return
+    available = linear_module_names(base)
+    unknown = sorted(set(lora.target_modules) - available)
+    if unknown:
+        raise ValueError(
+            f"train.lora.target_modules: {', '.join(unknown)} not in the model; "
+            f"its linear modules are {', '.join(sorted(available))}"
+        )
+
+
+def load_model(base: str, train: TrainConfig):
+    """The model to train, with LoRA adapters attached for lora/qlora; caches off for training."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {"dtype": torch.bfloat16 if train.use_gpu else torch.float32, "attn_implementation": "sdpa"}
+    if train.method == "qlora":
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_use_double_quant=True,
+        )
+    model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
+    model.config.use_cache = False
+    if train.method == "full":
+        return model
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    if train.method == "qlora":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    lora = train.lora
+    return get_peft_model(model, PeftLoraConfig(
+        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+        target_modules=lora.target_modules, task_type="CAUSAL_LM",
+    ))
+
+
+def build_engine(model, train: TrainConfig, ds_config: dict, learning_rate: float, warmup: int, total: int):
+    """A DeepSpeed engine over `model` with torch AdamW and a transformers warmup schedule."""
+    import deepspeed
+    import deepspeed.ops
+    import torch
+    from transformers import get_scheduler
+
+    # DeepSpeed would JIT-compile a shared-memory allreduce op (~55 s on first use) that only its
+    # inference path uses; training allreduces go through the torch process group (gloo on CPU).
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=train.weight_decay)
+    scheduler = get_scheduler(
+        SCHEDULERS[train.scheduler], optimizer, num_warmup_steps=warmup, num_training_steps=max(total, 1)
+    )
+    engine, _, _, scheduler = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
+    )
+    return engine, scheduler
