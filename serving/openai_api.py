@@ -1,0 +1,165 @@
+"""OpenAI wire format, built on vLLM's own protocol models (requests, responses, stream chunks).
+
+Parsing turns every client mistake into an `ApiError` with an HTTP status and an OpenAI-style body
+(`{"error": {"message", "type", "param", "code"}}`), so the server answers 4xx, never 500.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+
+from pydantic import ValidationError
+from vllm.entrypoints.openai.chat_completion.protocol import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatCompletionResponseChoice,
+    ChatCompletionResponseStreamChoice,
+    ChatCompletionStreamResponse,
+    ChatMessage,
+)
+from vllm.entrypoints.openai.completion.protocol import (
+    CompletionRequest,
+    CompletionResponse,
+    CompletionResponseChoice,
+    CompletionResponseStreamChoice,
+    CompletionStreamResponse,
+)
+from vllm.entrypoints.generate.base.protocol import DeltaMessage
+from vllm.entrypoints.serve.engine.protocol import ModelCard, ModelList, UsageInfo
+from vllm.exceptions import VLLMValidationError
+
+ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+               429: "rate_limit_error", 503: "service_unavailable"}
+
+
+class ApiError(Exception):
+    """A request the server refuses, with its HTTP status and the offending parameter."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": ERROR_TYPES.get(self.status, "error"),
+                          "param": self.param, "code": self.code or str(self.status)}}
+
+
+def parse_json(raw: bytes) -> dict:
+    """The request body as a JSON object, or a 400."""
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ApiError(400, f"request body is not valid JSON: {error}") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "request body must be a JSON object")
+    return body
+
+
+def _validate(model, body: dict):
+    try:
+        return model.model_validate(body)
+    except ValidationError as error:
+        first = error.errors()[0]
+        param = ".".join(str(p) for p in first["loc"]) or None
+        raise ApiError(400, f"{param}: {first['msg']}" if param else first["msg"], param=param) from None
+    except (VLLMValidationError, ValueError) as error:
+        raise ApiError(400, str(error), param=getattr(error, "parameter", None)) from None
+
+
+def _refuse_unsupported(request) -> None:
+    if (request.n or 1) > 1:
+        raise ApiError(400, "n > 1 is not supported; send separate requests", param="n")
+    if getattr(request, "tools", None):
+        raise ApiError(400, "tool calling is not supported by this server", param="tools")
+    if getattr(request, "echo", False):
+        raise ApiError(400, "echo is not supported", param="echo")
+    if getattr(request, "logprobs", None):
+        raise ApiError(400, "logprobs are not supported", param="logprobs")
+
+
+def parse_chat(body: dict) -> ChatCompletionRequest:
+    """A validated chat completion request (messages with string content only)."""
+    request = _validate(ChatCompletionRequest, body)
+    _refuse_unsupported(request)
+    for i, message in enumerate(body.get("messages", [])):
+        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+            raise ApiError(400, f"messages[{i}].content must be a string", param=f"messages.{i}.content")
+    if not body.get("messages"):
+        raise ApiError(400, "messages must not be empty", param="messages")
+    return request
+
+
+def parse_completion(body: dict) -> CompletionRequest:
+    """A validated completion request with one text prompt."""
+    request = _validate(CompletionRequest, body)
+    _refuse_unsupported(request)
+    if not isinstance(request.prompt, str) or not request.prompt:
+        raise ApiError(400, "prompt must be one non-empty string", param="prompt")
+    return request
+
+
+def requested_max_tokens(request) -> int | None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return getattr(request, "max_completion_tokens", None) or request.max_tokens
+
+
+def sampling_params(request, max_tokens: int, stream: bool):
+    """vLLM SamplingParams for a parsed request, streaming deltas or one final output."""
+    from vllm.sampling_params import RequestOutputKind
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        params = request.to_sampling_params(max_tokens, {})
+    params.output_kind = RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY
+    return params
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> UsageInfo:
+    return UsageInfo(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                     total_tokens=prompt_tokens + completion_tokens)
+
+
+def chat_response(model: str, text: str, finish: str | None, prompt_tokens: int, completion_tokens: int) -> dict:
+    response = ChatCompletionResponse(
+        model=model, usage=usage(prompt_tokens, completion_tokens),
+        choices=[ChatCompletionResponseChoice(index=0, message=ChatMessage(role="assistant", content=text),
+                                              finish_reason=finish)],
+    )
+    return json.loads(response.model_dump_json(exclude_none=True))
+
+
+def chat_chunk(request_id: str, model: str, created: int, text: str | None, finish: str | None,
+               role: bool = False, usage_info: UsageInfo | None = None) -> str:
+    choices = [] if usage_info else [ChatCompletionResponseStreamChoice(
+        index=0, delta=DeltaMessage(role="assistant" if role else None, content=text), finish_reason=finish)]
+    chunk = ChatCompletionStreamResponse(id=request_id, created=created, model=model, choices=choices, usage=usage_info)
+    return f"data: {chunk.model_dump_json(exclude_none=True)}\n\n"
+
+
+def completion_response(model: str, text: str, finish: str | None, prompt_tokens: int, completion_tokens: int) -> dict:
+    response = CompletionResponse(
+        model=model, usage=usage(prompt_tokens, completion_tokens),
+        choices=[CompletionResponseChoice(index=0, text=text, finish_reason=finish)],
+    )
+    return json.loads(response.model_dump_json(exclude_none=True))
+
+
+def completion_chunk(request_id: str, model: str, created: int, text: str, finish: str | None,
+                     usage_info: UsageInfo | None = None) -> str:
+    choices = [] if usage_info else [CompletionResponseStreamChoice(index=0, text=text, finish_reason=finish)]
+    chunk = CompletionStreamResponse(id=request_id, created=created, model=model, choices=choices, usage=usage_info)
+    return f"data: {chunk.model_dump_json(exclude_none=True)}\n\n"
+
+
+def model_list(names: list[tuple[str, str]]) -> dict:
+    """`/v1/models` body from (id, owned_by/parent) pairs."""
+    now = int(time.time())
+    cards = [ModelCard(id=name, created=now, owned_by="rayft", root=root, parent=None if root == name else root)
+             for name, root in names]
+    return json.loads(ModelList(data=cards).model_dump_json(exclude_none=True))
+
+
+DONE = "data: [DONE]\n\n"
