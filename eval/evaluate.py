@@ -40,7 +40,7 @@ def read_test_split(dataset_dir: Path, limit: int | None):
     path = dataset_dir / "test.parquet"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: run `rayft data prepare` first")
-    rows = ray.data.read_parquet(str(path), columns=["messages"])
+    rows = ray.data.read_parquet(str(path)).select_columns(["messages"])
     if limit:
         rows = rows.limit(limit)
     return rows.map_batches(split_prompt, batch_format="pyarrow")

@@ -45,7 +45,7 @@ def tokenized_split(dataset_dir: Path, split: str, tokenizer_path: str, chat_tem
     path = dataset_dir / f"{split}.parquet"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: run `rayft data prepare` first")
-    rows = ray.data.read_parquet(str(path), columns=["messages"]).map_batches(
+    rows = ray.data.read_parquet(str(path)).select_columns(["messages"]).map_batches(
         TokenizeConversations,
         fn_constructor_args=(tokenizer_path, chat_template, max_seq_len),
         batch_format="pyarrow",

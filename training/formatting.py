@@ -32,15 +32,15 @@ def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[in
     for i, message in enumerate(messages):
         if message["role"] != "assistant" or message.get("weight") == 0:
             continue
-        start = len(_render(tokenizer, messages[:i], add_generation_prompt=True))
+        prefix = _render(tokenizer, messages[:i], add_generation_prompt=True)
         upto = _render(tokenizer, messages[: i + 1])
-        if not text.startswith(upto) or start > len(upto):
+        if not (text.startswith(upto) and upto.startswith(prefix)):
             raise TemplateError(
                 "the chat template renders a conversation differently from its prefix; "
                 "assistant-only loss needs a prefix-stable template (set model.chat_template)"
             )
         end = len(upto.rstrip())  # the turn's end token is learned, the whitespace after it is not
-        spans.append((start, end))
+        spans.append((len(prefix), end))
     return text, spans
 
 

@@ -1,0 +1,96 @@
+"""Shared fixtures: a tiny offline model, one local Ray cluster per session, prepared sample data.
+
+Only one Ray cluster runs at a time: `ray_cluster` starts it once for the session, and the Jobs
+tests (which need their own `ray start` head) shut it down first. Every test that starts Ray, Serve
+or vLLM runs under pytest-timeout (pyproject sets a default; heavy tests set their own).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def rayft_home(tmp_path_factory) -> Path:
+    """A fresh RAYFT_HOME for the whole session (registry, datasets, runs)."""
+    home = tmp_path_factory.mktemp("rayft_home")
+    os.environ["RAYFT_HOME"] = str(home)
+    return home
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    """A tiny random Llama model with its trained tokenizer, saved like a hub model."""
+    from rayft.data.samples import tokenizer_corpus
+    from rayft.tiny import build_tiny_model
+
+    return str(build_tiny_model(tmp_path_factory.mktemp("models") / "tiny", tokenizer_corpus(), size="test"))
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """The session's local Ray cluster (started on first use, stopped at the end)."""
+    import ray
+
+    from rayft.runtime import ensure_ray
+
+    ensure_ray()
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tickets_file(tmp_path_factory) -> Path:
+    """The support-ticket sample (with its planted malformed lines), 600 records."""
+    from rayft.data.samples import write_support_tickets
+
+    return write_support_tickets(tmp_path_factory.mktemp("data") / "tickets.jsonl", n=600, seed=3)
+
+
+@pytest.fixture(scope="session")
+def tickets_dataset(ray_cluster, tickets_file, tiny_model, tmp_path_factory) -> Path:
+    """The ticket sample prepared by `rayft data prepare` (stratified by category)."""
+    from rayft.config import DataConfig
+    from rayft.data.prepare import PrepareOptions, prepare_dataset
+
+    out = tmp_path_factory.mktemp("datasets") / "tickets"
+    options = PrepareOptions(DataConfig(label_regex=r"Category:\s*(\w+)", max_tokens=256), tokenizer=tiny_model)
+    prepare_dataset([str(tickets_file)], out, options)
+    return out
+
+
+
+
+def write_config(path: Path, data: dict) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def lora_train_config(base: str, dataset: Path, name: str, **train) -> dict:
+    """A small LoRA run on the ticket sample: 2 workers, ZeRO-2, a few steps."""
+    settings = {
+        "method": "lora", "lora": {"r": 8, "alpha": 16, "dropout": 0.0}, "num_workers": 2,
+        "epochs": 1, "max_steps": 16, "batch_size": 8, "learning_rate": 1e-2, "max_seq_len": 256,
+        "eval_every": 8, "checkpoint_every": 8, "warmup_ratio": 0.0,
+    }
+    return {"name": name, "model": {"base": base}, "data": {"out": str(dataset)}, "train": settings | train,
+            "eval": {"limit": 24, "max_new_tokens": 8}}
+
+
+@pytest.fixture(scope="session")
+def trained_adapter(ray_cluster, tiny_model, tickets_dataset, tmp_path_factory) -> dict:
+    """A LoRA adapter trained by `rayft train` on the ticket sample, as registered."""
+    from rayft.config import parse_config
+    from rayft.training.trainer import train
+
+    return train(parse_config(lora_train_config(tiny_model, tickets_dataset, "support")))

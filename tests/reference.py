@@ -1,0 +1,60 @@
+"""transformers + peft greedy generation: the reference that served outputs must equal."""
+
+from __future__ import annotations
+
+import torch
+
+
+class Reference:
+    """Greedy continuations from transformers (base) and peft (adapters), cached per model."""
+
+    def __init__(self, base: str):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.base = base
+        self.tokenizer = AutoTokenizer.from_pretrained(base)
+        self.models = {None: AutoModelForCausalLM.from_pretrained(base).eval()}
+
+    def model(self, adapter: str | None):
+        if adapter not in self.models:
+            from peft import PeftModel
+            from transformers import AutoModelForCausalLM
+
+            base = AutoModelForCausalLM.from_pretrained(self.base)
+            self.models[adapter] = PeftModel.from_pretrained(base, adapter).eval()
+        return self.models[adapter]
+
+    def prompt_ids(self, messages: list[dict]) -> list[int]:
+        out = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
+        return list(out["input_ids"])
+
+    def chat(self, messages: list[dict], adapter: str | None = None, max_new_tokens: int = 8) -> str:
+        return self.continue_ids(self.prompt_ids(messages), adapter, max_new_tokens)
+
+    def continue_ids(self, ids: list[int], adapter: str | None = None, max_new_tokens: int = 8) -> str:
+        """The greedy continuation as text. A trailing partial UTF-8 character is dropped, as vLLM's
+        detokenizer holds it back until the next token completes it."""
+        tokens = self.generate_tokens(ids, adapter, max_new_tokens)
+        return self.tokenizer.decode(tokens, skip_special_tokens=True).rstrip("\ufffd")
+
+    def generate_tokens(self, ids: list[int], adapter: str | None = None, max_new_tokens: int = 8) -> list[int]:
+        """The greedy continuation's token ids (eos included when generated)."""
+        with torch.no_grad():
+            out = self.model(adapter).generate(
+                torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=self.tokenizer.pad_token_id,
+            )
+        return out[0][len(ids):].tolist()
+
+
+def random_adapter(base: str, out_dir, seed: int, rank: int = 8) -> str:
+    """A LoRA adapter with random (non-zero) weights on q/k/v/o, saved with peft."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(
+        r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+        init_lora_weights=False, task_type="CAUSAL_LM"))
+    model.save_pretrained(out_dir)
+    return str(out_dir)
