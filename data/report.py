@@ -15,6 +15,10 @@ def print_manifest(manifest: dict, out_dir) -> None:
         table.add_row(key, str(value))
     for reason, n in manifest.get("rejects_by_reason", {}).items():
         table.add_row(f"  rejected: {reason}", str(n))
+    found = manifest.get("pii", {}).get("found", {})
+    if found:
+        action = {"scrub": "scrubbed", "drop": "dropped", "off": "kept"}[manifest["pii"]["mode"]]
+        table.add_row(f"PII {action}", ", ".join(f"{k} {n}" for k, n in sorted(found.items())))
     console.print(table)
     for warning in manifest.get("warnings", []):
         console.print(f"[yellow]warning:[/yellow] {warning}")

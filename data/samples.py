@@ -102,13 +102,23 @@ CATEGORIES = {
 }
 
 PRIORITY_CUES = {
-    "urgent": ["This is urgent, my whole team is blocked.", "URGENT: we lose money every hour."],
-    "high": ["Please help as soon as possible.", "I need this fixed today."],
-    "medium": ["Could you look into it this week?", "Please let me know what to do."],
-    "low": ["No rush, whenever you have time.", "Just a small thing, thanks."],
+    "urgent": ["This is urgent, my whole team is blocked.", "URGENT: we lose money every hour.",
+               "Our business is down until this is fixed."],
+    "high": ["Please help as soon as possible.", "I need this fixed today.", "This is quite important for me."],
+    "medium": ["Could you look into it this week?", "Please let me know what to do.", "I would appreciate an update."],
+    "low": ["No rush, whenever you have time.", "Just a small thing, thanks.", "Not urgent at all."],
 }
-GREETINGS = ["Hi,", "Hello,", "Hello team,", "Hey there,", "Good morning,", ""]
-SIGN_OFFS = ["Thanks", "Regards", "Best", "Cheers", ""]
+GREETINGS = ["Hi,", "Hello,", "Hello team,", "Hey there,", "Good morning,", "Good afternoon,", "Dear support,", ""]
+SIGN_OFFS = ["Thanks", "Regards", "Best", "Cheers", "Thank you", "Kind regards", ""]
+CONTEXT = [
+    "I have been a customer for {years} years.", "This started {days} days ago.",
+    "I already tried restarting everything.", "My colleague has the same problem.",
+    "I am writing from my phone.", "I contacted you last week about this too.",
+    "It happened right after I changed my settings.", "I am on the {plan} plan.",
+    "This is the second time this month.", "I checked the help center first.",
+    "My {product} is about {years} years old.", "I live abroad at the moment.",
+    "", "", "",
+]
 NAMES = ["Ana", "Ben", "Chloe", "Dev", "Elif", "Farid", "Grace", "Hugo", "Ines", "Jon", "Kofi", "Lena"]
 PRODUCTS = ["router", "smart watch", "camera", "speaker", "tablet", "thermostat", "laptop", "Pro app"]
 PLANS = ["Basic", "Plus", "Pro", "Team", "Enterprise"]
@@ -138,7 +148,8 @@ def _ticket(rng: random.Random, with_pii: bool) -> dict:
     }
     bank = CATEGORIES[category]
     issue = rng.choice(bank["issues"]).format(**fill)
-    parts = [rng.choice(GREETINGS), issue[0].upper() + issue[1:] + ".", rng.choice(PRIORITY_CUES[priority])]
+    context = rng.choice(CONTEXT).format(years=rng.randint(2, 9), days=rng.randint(2, 20), **fill)
+    parts = [rng.choice(GREETINGS), issue[0].upper() + issue[1:] + ".", context, rng.choice(PRIORITY_CUES[priority])]
     if with_pii:
         parts.append(_planted_pii(rng))
     parts.append(" ".join(p for p in (rng.choice(SIGN_OFFS), rng.choice(NAMES)) if p))

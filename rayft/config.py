@@ -48,7 +48,16 @@ class DataConfig(Section):
     seed: int = 0
     label_field: str | None = Field(None, description="record field holding the class label")
     label_regex: str | None = Field(None, description="regex with one group, applied to the last assistant turn")
+    label_json: str | None = Field(None, description="dotted path into the last assistant turn parsed as JSON")
     max_tokens: int = Field(4096, gt=0, description="records longer than this (model tokenizer) are rejected")
+    pii: Literal["scrub", "drop", "off"] = Field("scrub", description="replace PII with placeholders, drop the record, or keep it")
+    pii_detector: str | None = Field(None, description="'module:function' NER detector for names and addresses")
+    dedup: bool = Field(True, description="drop exact duplicates (normalised text), keeping the first")
+    near_dup_threshold: float | None = Field(0.8, gt=0, le=1, description="MinHash Jaccard for near duplicates; null turns it off")
+    leak_threshold: float | None = Field(0.8, gt=0, le=1, description="val/test records this similar to a train record are dropped")
+    num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations")
+    warn_min_class: int = Field(50, ge=0, description="warn when a class has fewer examples")
+    warn_min_records: int = Field(200, ge=0, description="warn when the kept set is smaller")
 
     @field_validator("label_regex")
     @classmethod
@@ -56,6 +65,13 @@ class DataConfig(Section):
         if value is not None and re.compile(value).groups != 1:
             raise ValueError("label_regex must have exactly one capture group")
         return value
+
+    @model_validator(mode="after")
+    def _one_label_source(self):
+        given = [k for k in ("label_field", "label_regex", "label_json") if getattr(self, k)]
+        if len(given) > 1:
+            raise ValueError(f"give at most one of label_field, label_regex, label_json (got {', '.join(given)})")
+        return self
 
 
 class ModelConfig(Section):

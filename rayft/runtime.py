@@ -28,13 +28,16 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     import ray
     import ray.data
 
-    # Ray Data's per-operator progress bars flood logs of long jobs; rayft reports its own progress.
-    ray.data.DataContext.get_current().enable_progress_bars = False
     if ray.is_initialized():
         return
     address = os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, logging_level=logging.WARNING)
-        return
-    cpus = num_cpus or max(os.cpu_count() or 1, LOCAL_MIN_CPUS)
-    ray.init(address="local", num_cpus=cpus, include_dashboard=True, logging_level=logging.WARNING)
+    else:
+        cpus = num_cpus or max(os.cpu_count() or 1, LOCAL_MIN_CPUS)
+        ray.init(address="local", num_cpus=cpus, include_dashboard=True, logging_level=logging.WARNING)
+    context = ray.data.DataContext.get_current()
+    # Ray Data's per-operator progress bars flood logs of long jobs; rayft reports its own progress.
+    context.enable_progress_bars = False
+    # Hash shuffles (groupby) default to 200 partitions, far too many tasks for a small cluster.
+    context.default_hash_shuffle_parallelism = max(4, 2 * int(ray.cluster_resources().get("CPU", 2)))

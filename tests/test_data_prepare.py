@@ -1,60 +1,179 @@
-"""`rayft data prepare` on a real local Ray: nothing lost, rejects with line and reason, versions."""
+"""`rayft data prepare` on a real local Ray: every format in, nothing lost, PII out, duplicates and
+leaks removed, stratified splits, content-addressed versions."""
 
 import json
+import random
 
 import pandas as pd
 import pytest
 
 from rayft.config import DataConfig
+from rayft.data.dedup import dedup_text, shingles
 from rayft.data.prepare import PrepareOptions, prepare_dataset
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 
-
-def good(i: int, category: str) -> str:
-    return json.dumps({"messages": [
-        {"role": "user", "content": f"Ticket number {i} about {category}"},
-        {"role": "assistant", "content": f"Category: {category}\nPriority: low\nThanks for ticket {i}."},
-    ]})
+WORDS = [f"{a}{b}" for a in ("alpha", "beta", "gamma", "delta", "omega", "sigma") for b in range(60)]
+CATEGORIES = ["billing", "shipping", "refund"]
 
 
-BAD = {
+def chat(i: int, category: str | None = None, extra: str = "") -> dict:
+    rng = random.Random(i)
+    category = category or CATEGORIES[i % 3]
+    question = " ".join(rng.choice(WORDS) for _ in range(18)) + extra
+    return {"messages": [
+        {"role": "system", "content": "You triage tickets."},
+        {"role": "user", "content": question},
+        {"role": "assistant", "content": f"Category: {category}\nPriority: low\n" + " ".join(rng.choice(WORDS) for _ in range(8))},
+    ]}
+
+
+def accounted(out_dir) -> list[tuple[str, int]]:
+    rows = [(r["source"], r["line"]) for r in map(json.loads, (out_dir / "rejects.jsonl").read_text().splitlines())]
+    for name in ("train", "val", "test"):
+        frame = pd.read_parquet(out_dir / f"{name}.parquet")
+        rows += list(zip(frame["source"], frame["line"].astype(int)))
+    return sorted(rows)
+
+
+def output_text(out_dir) -> str:
+    text = (out_dir / "rejects.jsonl").read_text()
+    for name in ("train", "val", "test"):
+        for messages in pd.read_parquet(out_dir / f"{name}.parquet")["messages"]:
+            text += "\n".join(m["content"] for m in messages)
+    return text
+
+
+PII = {
+    "EMAIL": "mia.keller@example.org", "PHONE": "+44 20 7946 0958", "CARD": "4111 1111 1111 1111",
+    "IBAN": "DE89 3704 0044 0532 0130 00", "IP": "198.51.100.23", "SSN": "123-45-6789",
+    "CREDENTIALS": "admin:hunter2", "API_KEY": "sk-proj-abcdefghijklmnopqrstuvwx1234",
+}
+BAD_LINES = {
     3: ('{"messages": [{"role": "user", "content": "cut off"', "invalid_json"),
-    7: ('{"messages": [{"role": "robot", "content": "Hi"}, {"role": "assistant", "content": "Hi"}]}', "unknown_role"),
-    12: ('{"messages": [{"role": "user", "content": "Hi"}]}', "no_assistant_turn"),
-    20: ('"just a string"', "not_an_object"),
+    5: ('"just a string"', "not_an_object"),
+    7: ('{"messages": []}', "empty_messages"),
+    9: ('{"messages": [{"role": "robot", "content": "Hi"}, {"role": "assistant", "content": "Hi"}]}', "unknown_role"),
+    11: ('{"messages": [{"role": "user", "content": ["x"]}, {"role": "assistant", "content": "A"}]}', "non_string_content"),
+    13: ('{"messages": [{"role": "user", "content": "Hi"}]}', "no_assistant_turn"),
+    15: ('{"messages": [{"role": "assistant", "content": "A"}, {"role": "user", "content": "Hi"}]}', "last_turn_not_assistant"),
+    17: ('{"messages": [{"role": "user", "content": ""}, {"role": "assistant", "content": "A"}]}', "empty_content"),
+    19: ('{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "no label here"}]}', "missing_label"),
+    21: (json.dumps(chat(999, extra=" " + " ".join(["long"] * 400))), "too_many_tokens"),
 }
 
 
-def mixed_lines(n: int = 60) -> list[str]:
-    categories = ["billing", "shipping", "refund"]
-    return [BAD[line][0] if line in BAD else good(line, categories[line % 3]) for line in range(1, n + 1)]
+@pytest.fixture(scope="module")
+def prepared(ray_cluster, tiny_model, tmp_path_factory):
+    """One run over four inputs in four formats with every kind of problem planted."""
+    folder = tmp_path_factory.mktemp("mixed")
+    lines = []
+    for n in range(1, 91):
+        if n in BAD_LINES:
+            lines.append(BAD_LINES[n][0])
+        elif n == 30:
+            lines.append(json.dumps(chat(4)))  # exact duplicate of line 4
+        elif n == 31:
+            record = chat(6)
+            record["messages"][1]["content"] = record["messages"][1]["content"].replace(" ", "  ", 1) + " ok"
+            lines.append(json.dumps(record))  # near duplicate of line 6
+        else:
+            kind = list(PII)[n % len(PII)] if n % 5 == 0 else None
+            extra = f" contact {'https://' + PII[kind] + '@db.example.com' if kind == 'CREDENTIALS' else PII[kind]}" if kind else ""
+            lines.append(json.dumps(chat(n, extra=extra)))
+    chat_file = folder / "chat.jsonl"
+    chat_file.write_bytes("\n".join(lines).encode() + b"\n" + b'{"messages": "\xff bad bytes"}\n')
+    pc_file = folder / "pc.jsonl"
+    pc_file.write_text("".join(json.dumps({"prompt": chat(i)["messages"][1]["content"],
+                                           "completion": chat(i)["messages"][2]["content"]}) + "\n"
+                               for i in range(200, 230)) + '{"prompt": "only a prompt"}\n')
+    parquet_file = folder / "more.parquet"
+    pd.DataFrame([chat(i) for i in range(300, 330)]).to_parquet(parquet_file)
+    from datasets import Dataset
+
+    Dataset.from_list([chat(i) for i in range(400, 430)]).save_to_disk(str(folder / "hf"))
+    out = folder / "out"
+    options = PrepareOptions(DataConfig(label_regex=r"Category:\s*(\w+)", max_tokens=200), tokenizer=tiny_model)
+    manifest = prepare_dataset([str(chat_file), str(pc_file), str(parquet_file), str(folder / "hf")], out, options)
+    return {"manifest": manifest, "out": out, "files": (chat_file, pc_file, parquet_file, folder / "hf")}
 
 
-def test_mixed_file_accounts_for_every_record(ray_cluster, tiny_model, tmp_path):
-    source = tmp_path / "mixed.jsonl"
-    source.write_text("\n".join(mixed_lines()) + "\n")
-    options = PrepareOptions(DataConfig(label_regex=r"Category:\s*(\w+)"), tokenizer=tiny_model)
-    manifest = prepare_dataset([str(source)], tmp_path / "out", options)
+def test_every_record_is_accounted_for(prepared):
+    counts = prepared["manifest"]["counts"]
+    assert counts["input"] == 91 + 31 + 30 + 30
+    parts = ("kept", "rejected", "duplicates_exact", "duplicates_near", "leaked")
+    assert counts["input"] == sum(counts[k] for k in parts)
+    assert counts["kept"] == counts["train"] + counts["val"] + counts["test"]
+    rows = accounted(prepared["out"])
+    assert len(rows) == len(set(rows)) == counts["input"]
 
-    counts = manifest["counts"]
-    assert counts["input"] == 60 == counts["kept"] + counts["rejected"]
-    assert counts["kept"] == counts["train"] + counts["val"] + counts["test"] == 56
-    rejects = [json.loads(l) for l in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
-    assert [(r["line"], r["reason"]) for r in rejects] == [(line, reason) for line, (_, reason) in sorted(BAD.items())]
-    assert all(r["source"] == str(source) and r["message"] and r["record"] for r in rejects)
-    splits = {name: pd.read_parquet(tmp_path / "out" / f"{name}.parquet") for name in ("train", "val", "test")}
-    lines = sorted(int(x) for frame in splits.values() for x in frame["line"])
-    assert lines == [line for line in range(1, 61) if line not in BAD]
-    # stratified: each split holds each class in proportion, to within one record
+
+def test_each_reject_has_its_line_and_reason(prepared):
+    chat_file, pc_file = map(str, prepared["files"][:2])
+    rejects = [json.loads(l) for l in (prepared["out"] / "rejects.jsonl").read_text().splitlines()]
+    by_place = {(r["source"], r["line"]): r for r in rejects}
+    for line, (_, reason) in BAD_LINES.items():
+        assert by_place[(chat_file, line)]["reason"] == reason and by_place[(chat_file, line)]["message"]
+    assert by_place[(chat_file, 91)]["reason"] == "invalid_utf8"
+    assert by_place[(pc_file, 31)]["reason"] == "missing_prompt_or_completion"
+    assert by_place[(chat_file, 30)]["reason"] == "duplicate_exact"
+    assert by_place[(chat_file, 30)]["duplicate_of"] == {"source": chat_file, "line": 4}
+    assert by_place[(chat_file, 31)]["reason"] == "duplicate_near"
+    assert by_place[(chat_file, 31)]["duplicate_of"] == {"source": chat_file, "line": 6}
+    assert prepared["manifest"]["counts"]["rejected"] == len(BAD_LINES) + 2
+
+
+def test_planted_pii_never_reaches_an_output(prepared):
+    text = output_text(prepared["out"])
+    for kind, value in PII.items():
+        assert value not in text, kind
+        assert f"<{kind}>" in text
+    assert set(prepared["manifest"]["pii"]["found"]) == set(PII)
+
+
+def test_all_formats_are_normalised_to_messages(prepared):
+    _, pc_file, parquet_file, hf = map(str, prepared["files"])
+    frames = pd.concat(pd.read_parquet(prepared["out"] / f"{s}.parquet") for s in ("train", "val", "test"))
+    for source, expected in ((pc_file, 30), (parquet_file, 30)):
+        rows = frames[frames["source"] == source]
+        assert len(rows) == expected
+        assert all([m["role"] for m in ms][-1] == "assistant" for ms in rows["messages"])
+    hf_rows = frames[frames["source"].str.startswith(hf)]
+    assert sorted(hf_rows["line"]) == list(range(1, 31))  # HF rows keep their row numbers
+    assert (prepared["out"] / "token_lengths.png").stat().st_size > 1000
+    assert any("records kept" in w for w in prepared["manifest"]["warnings"])  # under 200 records
+
+
+def test_split_is_stratified_within_one_record_per_class(prepared):
+    splits = {s: pd.read_parquet(prepared["out"] / f"{s}.parquet") for s in ("train", "val", "test")}
+    totals = pd.concat(splits.values())["label"].value_counts()
     for name, fraction in (("train", 0.8), ("val", 0.1), ("test", 0.1)):
-        for label, total in pd.concat(splits.values())["label"].value_counts().items():
+        for label, total in totals.items():
             assert abs((splits[name]["label"] == label).sum() - fraction * total) <= 1
 
 
+def test_leakage_check_drops_eval_records_that_copy_training_ones(ray_cluster, tmp_path):
+    records = [chat(i) for i in range(120)]
+    for i in range(40):  # near copies, with near-dup removal off so only the leakage check sees them
+        copy = json.loads(json.dumps(records[i]))
+        copy["messages"][1]["content"] += " again"
+        records.append(copy)
+    source = tmp_path / "leaky.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in records))
+    config = DataConfig(near_dup_threshold=None, leak_threshold=0.8)
+    manifest = prepare_dataset([str(source)], tmp_path / "out", PrepareOptions(config))
+    assert manifest["counts"]["leaked"] > 0 and manifest["counts"]["duplicates_near"] == 0
+    splits = {s: pd.read_parquet(tmp_path / "out" / f"{s}.parquet") for s in ("train", "val", "test")}
+    train = [set(shingles(dedup_text(list(m)))) for m in splits["train"]["messages"]]
+    for name in ("val", "test"):
+        for messages in splits[name]["messages"]:
+            mine = set(shingles(dedup_text(list(messages))))
+            assert max(len(mine & t) / len(mine | t) for t in train) < 0.8
+
+
 def test_dataset_hash_is_a_content_version(ray_cluster, tmp_path):
-    lines = mixed_lines(30)
-    for name, content in (("a", lines), ("b", lines), ("c", lines[:-1] + [good(99, "billing")])):
+    lines = [json.dumps(chat(i)) for i in range(30)]
+    for name, content in (("a", lines), ("b", lines), ("c", lines[:-1] + [json.dumps(chat(99))])):
         (tmp_path / f"{name}.jsonl").write_text("\n".join(content) + "\n")
     hashes = {name: prepare_dataset([str(tmp_path / f"{name}.jsonl")], tmp_path / name)["dataset_hash"]
               for name in ("a", "b", "c")}
@@ -70,4 +189,4 @@ def test_cli_prints_counts_and_writes_outputs(ray_cluster, tickets_file, tmp_pat
     printed = capsys.readouterr().out
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["counts"]["rejected"] == 5 and manifest["counts"]["input"] == 605
-    assert "rejected" in printed and "605" in printed and manifest["dataset_hash"][:12] in printed
+    assert "duplicates_near" in printed and "605" in printed and manifest["dataset_hash"][:12] in printed

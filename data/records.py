@@ -1,0 +1,128 @@
+"""The per-record Ray Data step: raw record → validated, PII-scrubbed, labelled, measured row.
+
+Every output row is either `ok` (with its messages, label, token count and content hashes) or
+`rejected` (with a stable reason code, a message, and the raw record, scrubbed of PII unless PII
+handling is off, so the reject file never leaks what the outputs do not).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+
+import numpy as np
+
+from rayft.config import DataConfig
+from rayft.data import pii
+from rayft.data.dedup import dedup_text, signatures
+from rayft.data.validate import Reject, decode_line, normalise
+
+NO_LABEL = "__all__"
+
+
+def text_hash(messages: list[dict]) -> str:
+    """Hash of a conversation's normalised text (case and whitespace folded): exact duplicates."""
+    text = "\n".join(f"{m['role']}: {' '.join(m['content'].lower().split())}" for m in messages)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def label_from_json(answer: str, path: str) -> str:
+    try:
+        value = json.loads(answer)
+        for key in path.split("."):
+            value = value[int(key)] if isinstance(value, list) else value[key]
+    except (json.JSONDecodeError, KeyError, IndexError, ValueError, TypeError):
+        raise Reject("missing_label", f"the answer has no JSON field {path!r}") from None
+    return str(value)
+
+
+class CleanRecords:
+    """Ray Data UDF (an actor, so the tokenizer loads once per worker)."""
+
+    def __init__(self, data: DataConfig, tokenizer: str | None):
+        self.data = data
+        self.label_regex = re.compile(data.label_regex) if data.label_regex else None
+        self.ner = pii.load_detector(data.pii_detector)
+        self.tokenizer = None
+        if tokenizer:
+            from transformers import AutoTokenizer
+
+            self.tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+
+    def label_of(self, record: object, messages: list[dict]) -> str:
+        if self.data.label_field:
+            value = record.get(self.data.label_field) if isinstance(record, dict) else None
+            if value is None:
+                raise Reject("missing_label", f"record has no label field {self.data.label_field!r}")
+            return str(value)
+        if self.data.label_json:
+            return label_from_json(messages[-1]["content"], self.data.label_json)
+        if self.label_regex:
+            match = self.label_regex.search(messages[-1]["content"])
+            if not match:
+                raise Reject("missing_label", f"label_regex {self.label_regex.pattern!r} does not match the answer")
+            return match.group(1)
+        return NO_LABEL
+
+    def scrub_messages(self, messages: list[dict]) -> tuple[list[dict], dict[str, int]]:
+        if self.data.pii == "off":
+            return messages, {}
+        counts: dict[str, int] = {}
+        scrubbed = []
+        for message in messages:
+            content, found = pii.scrub(message["content"], self.ner)
+            for kind, n in found.items():
+                counts[kind] = counts.get(kind, 0) + n
+            scrubbed.append(message | {"content": content})
+        if counts and self.data.pii == "drop":
+            kinds = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+            raise Reject("contains_pii", f"record contains PII ({kinds}) and data.pii is 'drop'")
+        return scrubbed, counts
+
+    def count_tokens(self, conversations: list[list[dict]]) -> list[int]:
+        if self.tokenizer is None:
+            return [sum(len(m["content"].split()) for m in c) for c in conversations]
+        texts = [self.tokenizer.apply_chat_template(c, tokenize=False) for c in conversations]
+        return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+    def clean(self, raw: bytes) -> dict:
+        row = {"pii": {}}
+        try:
+            record = decode_line(raw)
+            messages = normalise(record, self.data.format)
+            label = self.label_of(record, messages)
+            messages, row["pii"] = self.scrub_messages(messages)
+            return row | {"messages": messages, "label": label, "reject": None}
+        except Reject as reject:
+            return row | {"messages": None, "label": "", "reject": reject}
+
+    def reject_text(self, raw: bytes) -> str:
+        text = raw.decode("utf-8", "replace")
+        return text if self.data.pii == "off" else pii.scrub(text, self.ner)[0]
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        raws = [bytes(r) for r in batch["raw"]]
+        rows = [self.clean(raw) for raw in raws]
+        ok = [r for r in rows if r["reject"] is None]
+        for row, n in zip(ok, self.count_tokens([r["messages"] for r in ok])):
+            row["n_tokens"] = n
+            if n > self.data.max_tokens:
+                row["reject"] = Reject("too_many_tokens", f"{n} tokens > data.max_tokens {self.data.max_tokens}")
+        good = [r["reject"] is None for r in rows]
+        columns = {
+            "source": batch["source"], "line": batch["line"], "order": batch["order"],
+            "status": ["ok" if g else "rejected" for g in good],
+            "reason": ["" if g else r["reject"].reason for g, r in zip(good, rows)],
+            "message": ["" if g else r["reject"].message for g, r in zip(good, rows)],
+            "record": ["" if g else self.reject_text(raw) for g, raw in zip(good, raws)],
+            "messages": [json.dumps(r["messages"], ensure_ascii=False) if g else "" for g, r in zip(good, rows)],
+            "label": [r["label"] for r in rows],
+            "n_tokens": [r.get("n_tokens", 0) for r in rows],
+            "text_hash": [text_hash(r["messages"]) if g else "" for g, r in zip(good, rows)],
+        }
+        texts = [dedup_text(r["messages"]) if g else "" for g, r in zip(good, rows)]
+        columns["minhash"] = signatures(texts, self.data.num_perm, self.data.seed)
+        for kind in pii.PLACEHOLDERS:
+            columns[f"pii_{kind}"] = [r["pii"].get(kind, 0) for r in rows]
+        return columns
