@@ -117,7 +117,10 @@ class TrainConfig(Section):
     early_stopping_patience: int | None = Field(None, gt=0)
     checkpoint_every: int = Field(100, gt=0)
     keep_checkpoints: int = Field(2, gt=0)
-    storage_path: str | None = Field(None, description="runs folder (local or s3://); default $RAYFT_HOME/runs")
+    storage_path: str | None = Field(None, description="runs folder (local, s3:// or gs://); default $RAYFT_HOME/runs")
+    export_path: str | None = Field(None, description="exports folder (local, s3:// or gs://); default $RAYFT_HOME/models")
+    max_failures: int = Field(2, ge=0, description="worker-group restarts from the last checkpoint before the run fails")
+    tensorboard: bool = Field(False, description="also write metrics as TensorBoard events into the run folder")
 
     @field_validator("epochs", "batch_size")
     @classmethod

@@ -75,3 +75,25 @@ def export_checkpoint(checkpoint_dir: str, base: str, train: TrainConfig, tokeni
     info = {"kind": "adapter" if adapter else "full", "base_model": base, "method": train.method}
     (out_dir / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n")
     return info | {"path": str(out_dir), "weights_hash": weights_hash(out_dir)}
+
+
+class ExportMismatch(RuntimeError):
+    """Exported weights differ from the training weights they were exported from."""
+
+
+def verify_export(out_dir: str | Path, fingerprint: dict[str, list[float]], adapter: bool, rel_tol: float) -> int:
+    """Check every fingerprinted training weight against the exported files; returns how many
+    tensors were checked. `rel_tol` allows for bf16 training copies against fp32 master weights."""
+    from safetensors.torch import load_file
+
+    exported = {}
+    for path in sorted(Path(out_dir).glob("*.safetensors")):
+        exported.update(load_file(path))
+    for name, (total, magnitude) in fingerprint.items():
+        key = name.replace(".default.", ".") if adapter else name
+        if key not in exported:
+            raise ExportMismatch(f"{name}: missing from the export in {out_dir}")
+        values = exported[key].double()
+        if values.numel() == 0 or abs(float(values.sum()) - total) > rel_tol * max(magnitude, 1e-12):
+            raise ExportMismatch(f"{name}: exported weights differ from the training weights")
+    return len(fingerprint)

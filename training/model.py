@@ -84,3 +84,18 @@ def build_engine(model, train: TrainConfig, ds_config: dict, learning_rate: floa
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
     )
     return engine, scheduler
+
+
+def weight_fingerprint(module, trainable_only: bool) -> dict[str, list[float]]:
+    """Per-parameter [sum, sum of |w|] in float64, gathered under ZeRO-3 (a collective: every rank
+    calls it). Exports are checked against it, so a bad consolidation cannot pass silently."""
+    import deepspeed
+
+    fingerprint = {}
+    for name, param in module.named_parameters():
+        if trainable_only and not param.requires_grad:
+            continue
+        with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
+            values = param.detach().double()
+            fingerprint[name] = [float(values.sum()), float(values.abs().sum())]
+    return fingerprint

@@ -7,15 +7,22 @@ from pathlib import Path
 
 
 def read_log(path: str | Path) -> list[dict]:
-    """The run's per-step records (one JSON object per optimizer step)."""
+    """The run's log: one record per optimizer step, plus events such as `{"event": "resumed"}`."""
     path = Path(path)
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def steps(log: list[dict]) -> list[dict]:
+    """Only the per-step records of a log."""
+    return [r for r in log if "loss" in r]
+
+
 def summarize(log: list[dict]) -> dict:
     """First and last training loss, best validation loss, steps and mean throughput."""
+    events = [r for r in log if "event" in r]
+    log = steps(log)
     if not log:
         return {}
     val = [r["val_loss"] for r in log if r.get("val_loss") is not None]
@@ -27,11 +34,13 @@ def summarize(log: list[dict]) -> dict:
         "best_val_loss": min(val) if val else None,
         "final_val_loss": val[-1] if val else None,
         "tokens_per_s": sum(speeds) / len(speeds) if speeds else None,
+        "restarts": sum(1 for e in events if e["event"] == "resumed"),
     }
 
 
 def plot_loss_curve(log: list[dict], path: str | Path) -> Path | None:
     """Training and validation loss by step, as a PNG."""
+    log = steps(log)
     if not log:
         return None
     import matplotlib

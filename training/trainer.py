@@ -1,19 +1,23 @@
-"""`rayft train`: fine-tune on Ray Train + DeepSpeed, export, and register the result.
+"""`rayft train`: fine-tune on Ray Train + DeepSpeed, export, verify, and register the result.
 
 setup   check the config against the model and the data (before any worker starts), tokenize the
         splits on Ray Data, resolve `auto` values and step counts, build the DeepSpeed config
-run     a TorchTrainer with N workers; Ray restarts failed workers from the last checkpoint
-report  export the best checkpoint (lowest validation loss) as an adapter or a full model, write the
-        loss curve, register the version with its lineage
+run     a TorchTrainer with N workers; Ray restarts failed workers from the last checkpoint;
+        `--resume` continues the latest run of this config from its last checkpoint
+report  export the best checkpoint (lowest validation loss) as an adapter or a full model, check the
+        export against the training weights, write the loss curve, register the version with its
+        lineage (base, dataset hash, config, metrics, parent)
 """
 
 from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 
+from rayft import storage
 from rayft.config import ConfigError, RayftConfig
 from rayft.home import rayft_home
 from rayft.registry import Registry, RegistryError, resolve_model_path
@@ -21,10 +25,14 @@ from rayft.runtime import ensure_ray
 from rayft.training import report
 from rayft.training.data import tokenized_split
 from rayft.training.deepspeed_config import deepspeed_config
-from rayft.training.export import export_checkpoint
+from rayft.training.export import export_checkpoint, verify_export
 from rayft.training.model import check_target_modules
-from rayft.training.plan import PlanError, make_plan
-from rayft.training.worker import LOG_NAME, WorkerSpec, train_loop_per_worker
+from rayft.training.plan import PlanError, TrainPlan, make_plan
+from rayft.training.progress import FollowLog
+from rayft.training.worker import LOG_NAME, STATE_NAME, WorkerSpec, train_loop_per_worker
+
+FAULT_STEP_ENV = "RAYFT_FAULT_STEP"  # test hook: the last worker exits once at this step
+
 
 class TrainingError(RuntimeError):
     """A run that failed; the message carries the worker's error."""
@@ -45,19 +53,49 @@ def check_config(config: RayftConfig, base: str) -> None:
         raise ConfigError(f"train.dataset: no prepared dataset at {config.dataset_dir()} (run `rayft data prepare`)")
 
 
-def run_paths(config: RayftConfig, resume: bool) -> tuple[Path, str]:
-    """The runs folder for this config's name and the run to start or continue."""
-    storage = Path(config.train.storage_path or rayft_home() / "runs" / config.name)
-    storage.mkdir(parents=True, exist_ok=True)
+def load_tokenizer(base: str, chat_template: str | None):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    if chat_template:
+        tokenizer.chat_template = chat_template
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def run_location(config: RayftConfig, resume: bool) -> tuple[str, str]:
+    """The runs folder (local or URI) for this config's name and the run to start or continue."""
+    runs = config.train.storage_path or str(rayft_home() / "runs")
+    runs = storage.join(runs, config.name)
     if resume:
-        runs = sorted(p.name for p in storage.iterdir() if p.is_dir())
-        if not runs:
-            raise ConfigError(f"--resume: no earlier run of {config.name!r} in {storage}")
-        return storage, runs[-1]
-    return storage, f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        earlier = storage.list_dirs(runs)
+        if not earlier:
+            raise ConfigError(f"--resume: no earlier run of {config.name!r} in {runs}")
+        return runs, earlier[-1]
+    return runs, f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def build_trainer(config: RayftConfig, base: str, spec: WorkerSpec, datasets: dict, storage: Path, run_name: str):
+def tokenized_datasets(config: RayftConfig, base: str) -> tuple[dict, TrainPlan]:
+    """Train (and val, when present) token rows on Ray Data, and the plan they allow."""
+    dataset_dir = config.dataset_dir()
+    tokenize = (base, config.model.chat_template, config.train.max_seq_len)
+    datasets = {"train": tokenized_split(dataset_dir, "train", *tokenize)}
+    n_val = 0
+    if (dataset_dir / "val.parquet").exists():
+        datasets["val"] = tokenized_split(dataset_dir, "val", *tokenize)
+        n_val = datasets["val"].count()
+        if n_val == 0:
+            del datasets["val"]
+    n_train = datasets["train"].count()
+    tokens = int(datasets["train"].sum("length") or 0) if n_train else 0
+    try:
+        return datasets, make_plan(config.train, n_train, n_val, tokens)
+    except PlanError as error:
+        raise ConfigError(f"train: {error}") from None
+
+
+def build_trainer(config: RayftConfig, spec: WorkerSpec, datasets: dict, runs: str, run_name: str):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -70,8 +108,8 @@ def build_trainer(config: RayftConfig, base: str, spec: WorkerSpec, datasets: di
             resources_per_worker={"CPU": train.cpus_per_worker} | ({"GPU": 1} if train.use_gpu else {}),
         ),
         run_config=RunConfig(
-            name=run_name, storage_path=str(storage),
-            failure_config=FailureConfig(max_failures=2),
+            name=run_name, storage_path=runs,
+            failure_config=FailureConfig(max_failures=train.max_failures),
             checkpoint_config=CheckpointConfig(
                 num_to_keep=train.keep_checkpoints, checkpoint_score_attribute="val_loss",
                 checkpoint_score_order="min",
@@ -83,15 +121,38 @@ def build_trainer(config: RayftConfig, base: str, spec: WorkerSpec, datasets: di
 
 def best_checkpoint(result):
     """The kept checkpoint with the lowest validation loss (the latest one if none has it)."""
-    scored = [(m.get("val_loss"), c) for c, m in result.best_checkpoints if m.get("val_loss") == m.get("val_loss")]
-    scored = [(v, c) for v, c in scored if v is not None]
+    scored = [(m["val_loss"], c) for c, m in result.best_checkpoints
+              if isinstance(m.get("val_loss"), float) and m["val_loss"] == m["val_loss"]]
     return min(scored, key=lambda vc: vc[0])[1] if scored else result.checkpoint
 
 
-def train(config: RayftConfig, resume: bool = False) -> dict:
+def export_and_verify(checkpoint, base: str, config: RayftConfig, tokenizer, run_name: str) -> tuple[dict, list]:
+    """Export `checkpoint`, check it against its weight fingerprint, and copy it to the export
+    location; returns the export info and the checkpoint's step log."""
+    exports = config.train.export_path or str(rayft_home() / "models")
+    target = storage.join(exports, config.name, run_name)
+    with checkpoint.as_directory() as directory, tempfile.TemporaryDirectory() as scratch:
+        log = report.read_log(Path(directory) / LOG_NAME)
+        fingerprint = json.loads((Path(directory) / STATE_NAME).read_text())["fingerprint"]
+        local = target if not storage.is_remote(target) else scratch
+        exported = export_checkpoint(directory, base, config.train, tokenizer, local)
+        checked = verify_export(local, fingerprint, exported["kind"] == "adapter",
+                                rel_tol=1e-2 if config.train.use_gpu else 1e-6)
+        storage.upload_dir(local, target)
+    return exported | {"path": target, "verified_tensors": checked}, log
+
+
+def parent_version(registry: Registry, base_ref: str | None, run_dir: str) -> str | None:
+    """The version this one continues: an earlier export of the same run, else a registry base."""
+    for version in reversed(registry.list()):
+        if version.metrics.get("run_dir") == run_dir:
+            return version.ref
+    return base_ref
+
+
+def train(config: RayftConfig, resume: bool = False, show_progress: bool = True) -> dict:
     """Train `config`, export and register the result; returns the registry entry as a dict."""
     from ray.train import TrainingFailedError
-    from transformers import AutoTokenizer
 
     # setup
     registry = Registry()
@@ -100,64 +161,57 @@ def train(config: RayftConfig, resume: bool = False) -> dict:
     except RegistryError as error:
         raise ConfigError(f"model.base: {error}") from None
     check_config(config, base)
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    if config.model.chat_template:
-        tokenizer.chat_template = config.model.chat_template
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    dataset_dir = config.dataset_dir()
-    manifest = json.loads((dataset_dir / "manifest.json").read_text()) if (dataset_dir / "manifest.json").exists() else {}
+    tokenizer = load_tokenizer(base, config.model.chat_template)
+    manifest_path = config.dataset_dir() / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
     ensure_ray()
-    tokenize = (base, config.model.chat_template, config.train.max_seq_len)
-    datasets = {"train": tokenized_split(dataset_dir, "train", *tokenize)}
-    n_val = 0
-    if (dataset_dir / "val.parquet").exists():
-        datasets["val"] = tokenized_split(dataset_dir, "val", *tokenize)
-        n_val = datasets["val"].count()
-        if n_val == 0:
-            del datasets["val"]
-    n_train = datasets["train"].count()
-    try:
-        plan = make_plan(config.train, n_train, n_val, int(datasets["train"].sum("length") or 0) if n_train else 0)
-    except PlanError as error:
-        raise ConfigError(f"train: {error}") from None
-    storage, run_name = run_paths(config, resume)
+    datasets, plan = tokenized_datasets(config, base)
+    runs, run_name = run_location(config, resume)
+    run_dir = storage.join(runs, run_name)
+    scratch = rayft_home() / "scratch" / run_name
     spec = WorkerSpec(
         base=base, train=config.train.model_dump(), plan=plan.to_dict(),
         ds_config=deepspeed_config(config.train, plan.micro_batch, config.train.use_gpu),
-        pad_id=tokenizer.pad_token_id, scratch_dir=str(rayft_home() / "scratch" / run_name),
-        fault_step=int(os.environ["RAYFT_FAULT_STEP"]) if os.environ.get("RAYFT_FAULT_STEP") else None,
-        fault_marker=str(rayft_home() / "scratch" / run_name / "fault-injected"),
+        pad_id=tokenizer.pad_token_id, scratch_dir=str(scratch),
+        fault_step=int(os.environ[FAULT_STEP_ENV]) if os.environ.get(FAULT_STEP_ENV) else None,
+        fault_marker=str(scratch / "fault-injected"),
+        tensorboard_dir=str(scratch / "tensorboard") if config.train.tensorboard else None,
     )
-    Path(spec.scratch_dir).mkdir(parents=True, exist_ok=True)
+    scratch.mkdir(parents=True, exist_ok=True)
     print(f"[rayft] run {run_name}: {plan.total_steps} steps ({plan.epochs} epochs × {plan.steps_per_epoch}), "
           f"batch {plan.global_batch} = {plan.micro_batch} × {config.train.num_workers} workers × "
           f"{config.train.grad_accum} accumulation, lr {plan.learning_rate:g}", flush=True)
 
     # run
+    follow = FollowLog(scratch / "log-rank0" / LOG_NAME, plan.total_steps, f"train {config.name}", show_progress)
+    follow.start()
     try:
-        result = build_trainer(config, base, spec, datasets, storage, run_name).fit()
+        result = build_trainer(config, spec, datasets, runs, run_name).fit()
     except TrainingFailedError as error:
         raise TrainingError(f"training run {run_name} failed: {error}") from error
+    finally:
+        follow.stop()
 
     # report
-    run_dir = storage / run_name
-    checkpoint = best_checkpoint(result)
-    with checkpoint.as_directory() as directory:
-        log = report.read_log(Path(directory) / LOG_NAME)
-        exported = export_checkpoint(directory, base, config.train, tokenizer,
-                                     rayft_home() / "models" / config.name / run_name)
-    latest_log = report.read_log(Path(result.checkpoint.path) / LOG_NAME) or log
-    (run_dir / LOG_NAME).write_text("".join(json.dumps(r) + "\n" for r in latest_log))
-    report.plot_loss_curve(latest_log, run_dir / "loss.png")
-    metrics = report.summarize(latest_log) | {
-        "exported_step": log[-1]["step"] if log else None,
+    exported, exported_log = export_and_verify(best_checkpoint(result), base, config, tokenizer, run_name)
+    with result.checkpoint.as_directory() as directory:
+        log = report.read_log(Path(directory) / LOG_NAME) or exported_log
+    storage.write_text(storage.join(run_dir, LOG_NAME), "".join(json.dumps(r) + "\n" for r in log))
+    report.plot_loss_curve(log, scratch / "loss.png")
+    storage.upload_file(scratch / "loss.png", storage.join(run_dir, "loss.png"))
+    if config.train.tensorboard:
+        storage.upload_dir(scratch / "tensorboard", storage.join(run_dir, "tensorboard"))
+    exported_steps = report.steps(exported_log)
+    metrics = report.summarize(log) | {
+        "exported_step": exported_steps[-1]["step"] if exported_steps else None,
         "stopped_early": bool(result.metrics.get("stopped_early")),
+        "verified_tensors": exported["verified_tensors"],
         "plan": plan.to_dict(),
+        "run_dir": run_dir,
     }
     version = registry.register(
         config.name, exported["kind"], base, exported["path"],
         weights_hash=exported["weights_hash"], dataset_hash=manifest.get("dataset_hash"),
-        config=config.model_dump(), metrics=metrics | {"run_dir": str(run_dir)}, parent=base_ref,
+        config=config.model_dump(), metrics=metrics, parent=parent_version(registry, base_ref, run_dir),
     )
     return version.to_dict()

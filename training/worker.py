@@ -22,6 +22,7 @@ from rayft.config import TrainConfig
 from rayft.training.formatting import IGNORE_INDEX, Batch, pack_examples, packed_batch, pad_batch
 
 LOG_NAME = "metrics.jsonl"
+STATE_NAME = "train_state.json"
 
 
 @dataclass
@@ -36,6 +37,7 @@ class WorkerSpec:
     scratch_dir: str  # node-local folder for checkpoints before Ray uploads them
     fault_step: int | None = None  # test hook: the last rank exits once at this step
     fault_marker: str | None = None
+    tensorboard_dir: str | None = None
 
 
 @dataclass
@@ -146,11 +148,17 @@ def _maybe_fail(spec: WorkerSpec, step: int, rank: int, world: int) -> None:
 
 
 class RunLog:
-    """Rank 0's per-step JSONL log, restored from and saved into checkpoints."""
+    """Rank 0's per-step JSONL log (restored from and saved into checkpoints), mirrored to
+    TensorBoard when configured."""
 
-    def __init__(self, path: Path, enabled: bool):
+    def __init__(self, path: Path, enabled: bool, tensorboard_dir: str | None = None):
         self.path, self.enabled = path, enabled
         path.parent.mkdir(parents=True, exist_ok=True)
+        self.tensorboard = None
+        if enabled and tensorboard_dir:
+            from tensorboardX import SummaryWriter
+
+            self.tensorboard = SummaryWriter(tensorboard_dir)
 
     def restore(self, checkpoint_dir: str, step: int) -> None:
         source = Path(checkpoint_dir) / LOG_NAME
@@ -162,24 +170,39 @@ class RunLog:
         if self.enabled:
             with self.path.open("a") as out:
                 out.write(json.dumps(record) + "\n")
-            print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()), flush=True)
+            if self.tensorboard and "step" in record:
+                for key, value in record.items():
+                    if isinstance(value, float):
+                        self.tensorboard.add_scalar(f"train/{key}", value, record["step"])
+                self.tensorboard.flush()
+            if "val_loss" in record or "event" in record:  # the driver's bar shows every step
+                print("[rayft] " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                            for k, v in record.items()), flush=True)
 
 
 def save_checkpoint(engine, state: TrainState, metrics: dict, spec: WorkerSpec, log: RunLog, rank: int, lora: bool):
     """DeepSpeed checkpoint of every rank, reported to Ray Train (which merges and uploads it)."""
     import ray.train
 
+    from rayft.training.model import weight_fingerprint
+
     local = Path(spec.scratch_dir) / f"rank{rank}" / f"step_{state.step:06d}"
     shutil.rmtree(local, ignore_errors=True)
     engine.save_checkpoint(str(local), tag="ds", client_state=asdict(state), exclude_frozen_parameters=lora)
+    fingerprint = weight_fingerprint(engine.module, trainable_only=lora)
     if rank == 0:
-        (local / "train_state.json").write_text(json.dumps(asdict(state)))
+        (local / STATE_NAME).write_text(json.dumps({"state": asdict(state), "fingerprint": fingerprint}))
         if log.path.exists():
             shutil.copy(log.path, local / LOG_NAME)
     ray.train.report(
         metrics, checkpoint=ray.train.Checkpoint.from_directory(str(local)),
         checkpoint_dir_name=f"step_{state.step:06d}", delete_local_checkpoint_after_upload=True,
     )
+    # Ray Train registers a checkpoint only once its controller has polled every rank's report;
+    # a worker that dies before that loses it. Each rank's report queue holds one entry, so a second
+    # report returns only after the checkpoint's was taken: training then never runs ahead of its
+    # last registered checkpoint (cost: up to one controller poll per checkpoint).
+    ray.train.report(metrics)
 
 
 def train_loop_per_worker(spec_dict: dict) -> None:
@@ -201,16 +224,17 @@ def train_loop_per_worker(spec_dict: dict) -> None:
         model, train, spec.ds_config, plan["learning_rate"], plan["warmup_steps"], plan["total_steps"]
     )
     state = TrainState()
-    log = RunLog(Path(spec.scratch_dir) / f"log-rank{rank}" / LOG_NAME, enabled=rank == 0)
+    log = RunLog(Path(spec.scratch_dir) / f"log-rank{rank}" / LOG_NAME, rank == 0, spec.tensorboard_dir)
     checkpoint = ray.train.get_checkpoint()
     if not checkpoint and log.path.exists():
         log.path.unlink()  # left by an attempt that crashed before its first checkpoint
     if checkpoint:
         with checkpoint.as_directory() as directory:
             _, client_state = engine.load_checkpoint(directory, tag="ds", load_module_strict=not lora)
-            state = TrainState(**client_state)
+            known = TrainState.__dataclass_fields__  # ZeRO-3 adds its own keys to the client state
+            state = TrainState(**{k: v for k, v in client_state.items() if k in known})
             log.restore(directory, state.step)
-        print(f"[rayft] rank {rank} resumed at step {state.step}, epoch {state.epoch}", flush=True)
+        log.write({"event": "resumed", "from_step": state.step, "epoch": state.epoch})
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val") if plan["n_val"] else None
     micro, total = plan["micro_batch"], plan["total_steps"]

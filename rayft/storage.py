@@ -1,0 +1,100 @@
+"""Local paths and object-storage URIs (`s3://`, `gs://`, `file://`) behind one small interface.
+
+Runs, exports and registry artifacts may live on a shared bucket so every node of a cluster can read
+them. pyarrow's filesystems do the I/O (S3 and GCS support ship in the pyarrow wheel; credentials
+come from the usual environment variables or instance roles).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from rayft.home import rayft_home
+
+REMOTE_SCHEMES = ("s3://", "gs://", "gcs://", "file://")
+
+
+def is_remote(uri: str) -> bool:
+    return uri.startswith(REMOTE_SCHEMES)
+
+
+def _fs(uri: str):
+    import pyarrow.fs
+
+    return pyarrow.fs.FileSystem.from_uri(uri)
+
+
+def join(uri: str, *parts: str) -> str:
+    """A child of a local path or a URI."""
+    if is_remote(uri):
+        return "/".join([uri.rstrip("/"), *parts])
+    return str(Path(uri).joinpath(*parts))
+
+
+def list_dirs(uri: str) -> list[str]:
+    """Names of the folders directly inside `uri` (empty if it does not exist)."""
+    if not is_remote(uri):
+        path = Path(uri)
+        return sorted(p.name for p in path.iterdir() if p.is_dir()) if path.is_dir() else []
+    import pyarrow.fs
+
+    fs, path = _fs(uri)
+    infos = fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
+    return sorted(Path(i.path).name for i in infos if i.type == pyarrow.fs.FileType.Directory)
+
+
+def write_text(uri: str, text: str) -> None:
+    """Write a text file to a local path or a URI."""
+    if not is_remote(uri):
+        Path(uri).parent.mkdir(parents=True, exist_ok=True)
+        Path(uri).write_text(text)
+        return
+    fs, path = _fs(uri)
+    with fs.open_output_stream(path) as out:
+        out.write(text.encode())
+
+
+def upload_file(local: str | Path, uri: str) -> str:
+    """Copy one local file to a local path or a URI."""
+    if not is_remote(uri):
+        import shutil
+
+        Path(uri).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(local, uri)
+        return uri
+    fs, path = _fs(uri)
+    with fs.open_output_stream(path) as out:
+        out.write(Path(local).read_bytes())
+    return uri
+
+
+def upload_dir(local: str | Path, uri: str) -> str:
+    """Copy a local folder to `uri` (a plain copy when `uri` is local); returns `uri`."""
+    import pyarrow.fs
+
+    if not is_remote(uri):
+        import shutil
+
+        if Path(local).resolve() != Path(uri).resolve():
+            shutil.copytree(local, uri, dirs_exist_ok=True)
+        return uri
+    fs, path = _fs(uri)
+    fs.create_dir(path, recursive=True)
+    pyarrow.fs.copy_files(str(local), path, source_filesystem=pyarrow.fs.LocalFileSystem(), destination_filesystem=fs)
+    return uri
+
+
+def local_dir(uri: str) -> Path:
+    """A local folder with the contents of `uri`: the path itself, or a cached download."""
+    if not is_remote(uri):
+        return Path(uri)
+    import pyarrow.fs
+
+    cache = rayft_home() / "cache" / "artifacts" / hashlib.sha256(uri.encode()).hexdigest()[:16]
+    if not (cache / ".complete").exists():
+        fs, path = _fs(uri)
+        cache.mkdir(parents=True, exist_ok=True)
+        pyarrow.fs.copy_files(path, str(cache), source_filesystem=fs, destination_filesystem=pyarrow.fs.LocalFileSystem())
+        (cache / ".complete").write_text(uri)
+    return cache
