@@ -1,0 +1,117 @@
+"""A fused `PunicaWrapperCPU.add_lora_linear` (column-parallel LoRA layers: qkv, gate_up, ...).
+
+vLLM's version runs, per output slice, a shrink into a float32 buffer and then an expand of that
+buffer into the slice, each through four Python layers and the ops in `.ops`; for a batch that
+mixes adapters every op would gather its rows into adapter order and scatter them back. Here the
+rows are gathered once per layer and each slice's shrink and expand stay in adapter order; only
+the expanded result goes back to row order, straight into the add. Slices whose adapters are
+all zero there (the adapter does not target the module) are skipped, see `.zero_slots`.
+Same arithmetic as vLLM's: the shrink in float32 (vLLM's buffer dtype), scaled, the expand in
+the output's dtype.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .ops import cast, present_weights, stacked
+from .plan import Plan, plan_for_segments, plan_for_tokens
+from .zero_slots import contributes
+
+
+def batch_plan(wrapper: Any) -> Plan | None:
+    """The grouping of the wrapper's current batch (None: no row has an adapter)."""
+    if wrapper.is_prefill:
+        if wrapper.no_lora:
+            return None
+        _, seq_lens, lora_indices, *_ = wrapper.prefill_metadata
+        plan = plan_for_segments(lora_indices, seq_lens)
+    else:
+        plan = plan_for_tokens(wrapper.token_lora_indices)
+    return None if plan.slot is not None and plan.slot < 0 else plan
+
+
+def _one_adapter(y, x, a_stacked, b_stacked, scale: float, slices, slot: int) -> None:
+    """Every row has adapter `slot`: per slice a matmul and a fused multiply-add, no gather."""
+    x32, offset = cast(x, torch.float32), 0
+    for a, b, size in zip(a_stacked, b_stacked, slices):
+        if not contributes(a, b, (slot,)):  # the adapter does not target this slice
+            offset += size
+            continue
+        h = x32 @ cast(stacked(a)[slot], torch.float32).T
+        if scale != 1.0:
+            h.mul_(scale)
+        y[:, offset : offset + size].addmm_(cast(h, y.dtype), cast(stacked(b)[slot], y.dtype).T)
+        offset += size
+
+
+def _mixed(y, x, a_stacked, b_stacked, scale: float, slices, plan: Plan) -> None:
+    """Rows gathered once into equal-size adapter groups; per slice two batched matmuls."""
+    pad, groups = plan.padded, len(plan.groups)
+    k, slots = groups * pad.m, plan.slots
+    live = [contributes(a, b, slots) for a, b in zip(a_stacked, b_stacked)]
+    if not any(live):  # none of the adapters targets this layer
+        return
+    xs = cast(x.index_select(0, pad.gather), torch.float32).view(groups, pad.m, -1)
+    offset = 0
+    for a, b, size, use in zip(a_stacked, b_stacked, slices, live):
+        if not use:
+            offset += size
+            continue
+        h = torch.bmm(xs, present_weights(stacked(a), plan, torch.float32))
+        if scale != 1.0:
+            h.mul_(scale)
+        out = torch.empty((k + plan.has_base, size), dtype=y.dtype, device=y.device)
+        torch.bmm(
+            cast(h, y.dtype),
+            present_weights(stacked(b), plan, y.dtype),
+            out=out[:k].view(groups, pad.m, size),
+        )
+        if plan.has_base:
+            out[k].zero_()  # rows without adapter read this row
+        y[:, offset : offset + size].add_(out.index_select(0, plan.inv))
+        offset += size
+
+
+def _per_op(self, y, x, a_stacked, b_stacked, scale, slices, buffer, **kwargs) -> None:
+    """vLLM's own add_lora_linear: shrink into float32 buffers, then expand (runs `.ops`)."""
+    if buffer is None:
+        r = b_stacked[0].size(-1)
+        buffer = tuple(
+            torch.zeros((x.size(0), r), dtype=torch.float32, device=x.device) for _ in slices
+        )
+    self.add_shrink(buffer, x, a_stacked, scale, **kwargs)
+    self.add_expand(y, buffer, b_stacked, slices, add_inputs=True, **kwargs)
+
+
+def add_lora_linear(
+    self,
+    y: torch.Tensor,
+    x: torch.Tensor,
+    lora_a_stacked: tuple[torch.Tensor, ...],
+    lora_b_stacked: tuple[torch.Tensor, ...],
+    scale: float,
+    output_slices: tuple[int, ...],
+    *,
+    buffer: tuple[torch.Tensor, ...] | None = None,
+    **kwargs: Any,
+) -> None:
+    """``y[:, slice i] += scale * x @ A_i[idx].T @ B_i[idx].T`` per row; idx < 0 rows untouched.
+
+    Falls back to vLLM's way (per-slice shrink and expand through `.ops`) when a caller passes
+    its own buffer, when the batch is better served per adapter (uneven groups), or on
+    unexpected shapes.
+    """
+    assert len(lora_a_stacked) == len(lora_b_stacked) == len(output_slices)
+    plan = batch_plan(self)
+    x2, y2 = x.view(-1, x.shape[-1]), y.view(-1, y.shape[-1])
+    if buffer is None and plan is None:
+        return
+    if buffer is not None or plan.n != x2.shape[0] or (plan.slot is None and plan.padded is None):
+        _per_op(self, y, x, lora_a_stacked, lora_b_stacked, scale, output_slices, buffer, **kwargs)
+    elif plan.slot is not None:
+        _one_adapter(y2, x2, lora_a_stacked, lora_b_stacked, scale, output_slices, plan.slot)
+    else:
+        _mixed(y2, x2, lora_a_stacked, lora_b_stacked, scale, output_slices, plan)
