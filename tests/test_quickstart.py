@@ -18,7 +18,9 @@ def test_quickstart_runs_every_stage_and_the_adapter_beats_the_base(ray_cluster,
     summary = run_quickstart(port=port)
 
     data = summary["data"]
-    assert data["input"] == data["kept"] + data["rejected"] and data["rejected"] == 5
+    removed = data["rejected"] + data["duplicates_exact"] + data["duplicates_near"] + data["leaked"]
+    assert data["input"] == data["kept"] + removed and data["rejected"] == 5
+    assert data["duplicates_exact"] > 0 and data["duplicates_near"] > 0  # the sample plants both
     for run in ("base_training", "adapter_training"):
         assert summary[run]["final_loss"] < summary[run]["first_loss"]
     assert summary["eval"]["adapter"] >= summary["eval"]["base"] + 0.3
