@@ -116,6 +116,7 @@ def jaccard(a: dict, b: dict) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--records", type=int, default=100_000)
+    parser.add_argument("--tokenizer", help="count tokens with this tokenizer (default: whitespace words)")
     args = parser.parse_args()
     records, truth = generate(args.records)
     work = Path(tempfile.mkdtemp(prefix="rayft-bench-data-"))
@@ -125,7 +126,8 @@ def main() -> None:
     ensure_ray()
     started = time.perf_counter()
     config = DataConfig(max_tokens=10_000)
-    manifest = prepare_dataset([str(source)], work / "out", PrepareOptions(config), show_progress=False)
+    options = PrepareOptions(config, tokenizer=args.tokenizer)
+    manifest = prepare_dataset([str(source)], work / "out", options, show_progress=False)
     elapsed = time.perf_counter() - started
 
     rejects = [json.loads(l) for l in (work / "out" / "rejects.jsonl").read_text().splitlines()]
@@ -140,6 +142,7 @@ def main() -> None:
     leaked_pii = [(k, v) for k, v in truth["pii"] if v in texts]
     result = {
         "records": args.records,
+        "tokenizer": args.tokenizer,
         "seconds": round(elapsed, 1),
         "records_per_s": round(args.records / elapsed),
         "ray_start_s": round(started - ray_started, 1),

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ray.data.expressions import col, lit
+from ray.data.expressions import col
 
 from rayft.config import DataConfig
 from rayft.data import dedup, outputs, pii, sources, split
@@ -48,22 +48,25 @@ def progress(enabled: bool = True):
         bar.update(task, completed=len(STAGES), description="done")
 
 
-def removed_rows(rows, duplicates: dict[int, tuple[int, float]], reason: str, files: list[str]):
-    """Rows in `duplicates` in reject-file shape, each naming the record it duplicates."""
+def removed_rows(cleaned, removed: dict[int, tuple[str, int, float]], files: list[str]):
+    """Every removed record in reject-file shape: invalid ones as validated, duplicates and leaks
+    (`removed`: order -> (reason, order of the record it copies, similarity)) naming their original."""
     def describe(batch):
-        found = [duplicates[int(o)] for o in batch["order"]]
-        return {
-            "order": batch["order"], "source": batch["source"], "line": batch["line"],
-            "reason": [reason] * len(found),
-            "message": [f"{reason.replace('_', ' ')} of {sources.locate(k, files)['source']}:"
-                        f"{sources.locate(k, files)['line']}" for k, _ in found],
-            "record": batch["messages"],
-            "duplicate_of": [json.dumps(sources.locate(k, files)) for k, _ in found],
-            "similarity": [s for _, s in found],
-        }
+        out = {k: list(batch[k]) for k in ("order", "source", "line", "reason", "message", "record")}
+        out["duplicate_of"], out["similarity"] = [""] * len(out["order"]), [0.0] * len(out["order"])
+        for i, order in enumerate(batch["order"]):
+            if int(order) not in removed:
+                continue
+            reason, original, similarity = removed[int(order)]
+            where = sources.locate(original, files)
+            out["reason"][i], out["record"][i] = reason, batch["messages"][i]
+            out["message"][i] = f"{reason.replace('_', ' ')} of {where['source']}:{where['line']}"
+            out["duplicate_of"][i], out["similarity"][i] = json.dumps(where), similarity
+        return out
 
-    keys = list(duplicates)
-    return rows.filter(expr=col("order").is_in(keys)).map_batches(describe, batch_format="numpy")
+    wanted = (col("status") == "rejected") | col("order").is_in(list(removed))
+    columns = ["order", "source", "line", "reason", "message", "record", "messages"]
+    return cleaned.filter(expr=wanted).select_columns(columns).map_batches(describe, batch_format="numpy")
 
 
 def drop_orders(rows, orders: dict):
@@ -85,11 +88,9 @@ def prepare_dataset(inputs: list[str], out_dir: str | Path, options: PrepareOpti
     # run
     with progress(show_progress) as advance:
         cleaned = sources.read_records(files, data.format).map_batches(
-            CleanRecords, fn_constructor_args=(data, options.tokenizer), batch_size=512, concurrency=(1, 2),
+            CleanRecords, fn_constructor_args=(data, options.tokenizer), batch_size=1024,
+            concurrency=(1, dedup.shuffle_partitions() // 2),
         ).materialize()
-        invalid = cleaned.filter(expr=col("status") == "rejected").select_columns(
-            ["order", "source", "line", "reason", "message", "record"]
-        ).with_column("duplicate_of", lit("")).with_column("similarity", lit(0.0))
         valid = cleaned.filter(expr=col("status") == "ok")
         advance(STAGES[1])
 
@@ -119,12 +120,10 @@ def prepare_dataset(inputs: list[str], out_dir: str | Path, options: PrepareOpti
         advance(STAGES[5])
 
         # report
-        removed = invalid
-        for found, reason, rows in ((exact, "duplicate_exact", valid), (near, "duplicate_near", unique),
-                                    (leaked, "leaked_into_eval", assigned)):
-            if found:
-                removed = removed.union(removed_rows(rows, found, reason, files))
-        reasons = outputs.write_rejects(removed, out_dir / "rejects.jsonl")
+        removed = {order: (reason, original, similarity)
+                   for found, reason in ((exact, "duplicate_exact"), (near, "duplicate_near"), (leaked, "leaked_into_eval"))
+                   for order, (original, similarity) in found.items()}
+        reasons = outputs.write_rejects(removed_rows(cleaned, removed, files), out_dir / "rejects.jsonl")
         counts, dataset_hash, stats = outputs.write_splits(final, out_dir)
     lengths = stats.pop("_lengths")
     special = {"duplicate_exact", "duplicate_near", "leaked_into_eval"}
