@@ -85,6 +85,19 @@ def upload_dir(local: str | Path, uri: str) -> str:
     return uri
 
 
+def content_hash(folder: str | Path, patterns: tuple[str, ...] = ("*.safetensors",)) -> str:
+    """sha256 over the folder's files matching `patterns` (names and bytes), in name order: the
+    content version of a model's weights."""
+    digest = hashlib.sha256()
+    paths = sorted({p for pattern in patterns for p in Path(folder).glob(pattern)})
+    for path in paths:
+        digest.update(path.name.encode())
+        with path.open("rb") as data:
+            for chunk in iter(lambda: data.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
 def local_dir(uri: str) -> Path:
     """A local folder with the contents of `uri`: the path itself, or a cached download."""
     if not is_remote(uri):

@@ -8,24 +8,13 @@ template used in training are saved alongside, so serving renders prompts the sa
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 from rayft.config import TrainConfig
+from rayft.storage import content_hash
 
 EXPORT_INFO = "rayft_export.json"
-
-
-def weights_hash(folder: str | Path) -> str:
-    """sha256 over the folder's safetensors files (names and bytes), in name order."""
-    digest = hashlib.sha256()
-    for path in sorted(Path(folder).glob("*.safetensors")):
-        digest.update(path.name.encode())
-        with path.open("rb") as data:
-            for chunk in iter(lambda: data.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _peft_config(train: TrainConfig, base: str):
@@ -74,7 +63,7 @@ def export_checkpoint(checkpoint_dir: str, base: str, train: TrainConfig, tokeni
     tokenizer.save_pretrained(out_dir)
     info = {"kind": "adapter" if adapter else "full", "base_model": base, "method": train.method}
     (out_dir / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n")
-    return info | {"path": str(out_dir), "weights_hash": weights_hash(out_dir)}
+    return info | {"path": str(out_dir), "weights_hash": content_hash(out_dir)}
 
 
 class ExportMismatch(RuntimeError):
