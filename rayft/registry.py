@@ -1,41 +1,64 @@
-"""The model registry: every trained version with its lineage, in an embedded SQLite database.
+"""The model registry: every trained version with its lineage, and aliases, in an embedded SQLite database.
 
 This module is a leaf: it imports no stage. Training registers versions, eval attaches reports,
-serving resolves names. The database lives at `$RAYFT_HOME/registry.db` unless given a path.
+promotion moves aliases, serving resolves refs. The database lives at `$RAYFT_HOME/registry.db`
+unless given a path. Artifacts themselves stay where training exported them (a local folder or an
+`s3://` / `gs://` URI); the registry records where, with a content hash of the weights.
+
+Refs: `NAME` (latest version), `NAME:VERSION` (digits) or `NAME:ALIAS` (an alias name starts with a
+letter). An alias points at one version or splits traffic across several by weight (`{3: 90, 4: 10}`);
+its primary target is the version with the highest weight (ties: the higher version). Every alias
+change is recorded in a history table, and `rollback` undoes the latest change not yet undone.
+Every write takes SQLite's write lock first (BEGIN IMMEDIATE), so concurrent writers queue up and a
+read-modify-write never interleaves with another.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import math
+import re
 import sqlite3
+import subprocess
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from rayft import storage
 from rayft.home import home_path
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS versions (
-    name TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    kind TEXT NOT NULL,
-    base_model TEXT NOT NULL,
-    artifact_uri TEXT NOT NULL,
-    weights_hash TEXT,
-    dataset_hash TEXT,
-    config TEXT NOT NULL DEFAULT '{}',
-    metrics TEXT NOT NULL DEFAULT '{}',
-    eval_report TEXT,
-    parent TEXT,
-    code_revision TEXT,
-    created_at REAL NOT NULL,
+    name TEXT NOT NULL, version INTEGER NOT NULL, kind TEXT NOT NULL, base_model TEXT NOT NULL,
+    artifact_uri TEXT NOT NULL, weights_hash TEXT, dataset_hash TEXT, config TEXT NOT NULL DEFAULT '{}',
+    metrics TEXT NOT NULL DEFAULT '{}', eval_report TEXT, parent TEXT, code_revision TEXT,
+    created_at REAL NOT NULL, PRIMARY KEY (name, version)
+);
+CREATE TABLE IF NOT EXISTS deleted_versions (
+    name TEXT NOT NULL, version INTEGER NOT NULL, artifact_uri TEXT NOT NULL, deleted_at REAL NOT NULL,
     PRIMARY KEY (name, version)
+);
+CREATE TABLE IF NOT EXISTS alias_targets (
+    name TEXT NOT NULL, alias TEXT NOT NULL, version INTEGER NOT NULL, weight REAL NOT NULL,
+    updated_at REAL NOT NULL, PRIMARY KEY (name, alias, version)
+);
+CREATE TABLE IF NOT EXISTS alias_history (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, alias TEXT NOT NULL, action TEXT NOT NULL,
+    targets TEXT NOT NULL, previous TEXT, undoes INTEGER, reason TEXT, actor TEXT, details TEXT,
+    created_at REAL NOT NULL
 );
 """
 
-
 REGISTRY_PREFIX = "registry:"
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+ALIAS_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*")
+VERSION_PATTERN = re.compile(r"[0-9]+")
+NAME_RULE = "a model name starts with a letter or digit, then letters, digits, '_', '.', '-'"
+# An alias's versions with their weights, primary first; the one query behind alias lookups.
+ALIAS_ROWS = ("SELECT v.*, a.weight FROM alias_targets a JOIN versions v ON v.name = a.name AND v.version = a.version"
+              " WHERE a.name = ? AND a.alias = ? ORDER BY a.weight DESC, a.version DESC")
 
 
 class RegistryError(LookupError):
@@ -68,15 +91,135 @@ class ModelVersion:
         return asdict(self) | {"ref": self.ref}
 
 
+@dataclass
+class Alias:
+    """A named pointer (`support:prod`) to one version, or to several with traffic weights."""
+
+    name: str
+    alias: str
+    targets: dict[int, float]
+    updated_at: float
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}:{self.alias}"
+
+    @property
+    def primary(self) -> int:
+        """The version with the highest weight (ties: the higher version)."""
+        return max(self.targets, key=lambda v: (self.targets[v], v))
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"ref": self.ref, "primary": self.primary}
+
+
+@dataclass
+class AliasChange:
+    """One recorded alias change: a `set` (promotion or manual move) or a `rollback`."""
+
+    id: int
+    name: str
+    alias: str
+    action: str
+    targets: dict[int, float]
+    previous: dict[int, float] | None
+    undoes: int | None
+    reason: str | None
+    actor: str | None
+    details: dict | None
+    created_at: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A parsed ref: a name with either a version number, an alias, or neither (latest)."""
+
+    name: str
+    version: int | None = None
+    alias: str | None = None
+
+
+def parse_ref(ref: str) -> Ref:
+    """Split `NAME`, `NAME:VERSION` or `NAME:ALIAS`; a malformed ref raises RegistryError naming it."""
+    name, colon, rest = ref.partition(":")
+    if not NAME_PATTERN.fullmatch(name):
+        raise RegistryError(f"{ref!r}: {NAME_RULE}")
+    if not colon:
+        return Ref(name)
+    if VERSION_PATTERN.fullmatch(rest):
+        return Ref(name, version=int(rest))
+    if ALIAS_PATTERN.fullmatch(rest):
+        return Ref(name, alias=rest)
+    raise RegistryError(f"{ref!r}: expected NAME, NAME:VERSION (digits) or NAME:ALIAS (starting with a letter)")
+
+
+@functools.lru_cache(maxsize=1)
+def current_code_revision() -> str:
+    """The code that is registering: `git:<commit>[+dirty]` for a source checkout, else `rayft==<version>`."""
+    source = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(source), *args], capture_output=True, text=True, timeout=10,
+                              check=True).stdout.strip()
+
+    try:
+        if Path(git("rev-parse", "--show-toplevel")).resolve() == source:
+            dirty = git("status", "--porcelain", "--untracked-files=no")
+            return f"git:{git('rev-parse', 'HEAD')}" + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"rayft=={version('rayft')}"
+    except PackageNotFoundError:
+        return "unknown"
+
+
 _JSON_COLUMNS = ("config", "metrics", "eval_report")
 
 
 def _row_to_version(row: sqlite3.Row) -> ModelVersion:
-    values = dict(row)
+    values = {k: row[k] for k in row.keys() if k != "weight"}
     for column in _JSON_COLUMNS:
         if values[column] is not None:
             values[column] = json.loads(values[column])
     return ModelVersion(**values)
+
+
+def _encode_targets(targets: dict[int, float]) -> str:
+    return json.dumps({str(v): w for v, w in sorted(targets.items())})
+
+
+def _decode_targets(text: str | None) -> dict[int, float] | None:
+    return None if text is None else {int(v): float(w) for v, w in json.loads(text).items()}
+
+
+def _row_to_change(row: sqlite3.Row) -> AliasChange:
+    values = dict(row)
+    values["targets"] = _decode_targets(values["targets"])
+    values["previous"] = _decode_targets(values["previous"])
+    values["details"] = None if values["details"] is None else json.loads(values["details"])
+    return AliasChange(**values)
+
+
+def alias_weights(targets: int | dict[int, float]) -> dict[int, float]:
+    """`3` or `{3: 90, 4: 10}` as {version: weight}; versions are integers, weights finite and > 0."""
+    if isinstance(targets, int) and not isinstance(targets, bool):
+        targets = {targets: 1.0}
+    if not isinstance(targets, dict) or not targets:
+        raise RegistryError(f"alias targets must be a version number or a non-empty {{version: weight}}, got {targets!r}")
+    weights = {}
+    for version, weight in targets.items():
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise RegistryError(f"alias target {version!r}: a version is a positive integer")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight <= 0:
+            raise RegistryError(f"alias target {version}: weight must be a number > 0, got {weight!r}")
+        weights[version] = float(weight)
+    return weights
 
 
 class Registry:
@@ -110,6 +253,8 @@ class Registry:
                 db.execute("ROLLBACK")
                 raise
 
+    # versions
+
     def register(
         self,
         name: str,
@@ -124,15 +269,24 @@ class Registry:
         parent: str | None = None,
         code_revision: str | None = None,
     ) -> ModelVersion:
-        """Add the next version of `name` and return it."""
+        """Add the next version of `name` and return it. Version numbers are never reused, even after
+        a delete. `weights_hash` defaults to the content hash of a local artifact folder's weights, and
+        `code_revision` to the code doing the registering (see `current_code_revision()`)."""
         if kind not in ("adapter", "full"):
             raise RegistryError(f"kind must be 'adapter' or 'full', got {kind!r}")
+        if not NAME_PATTERN.fullmatch(name):
+            raise RegistryError(f"{name!r}: {NAME_RULE}")
+        revision = code_revision or current_code_revision()
+        if weights_hash is None and not storage.is_remote(artifact_uri) and Path(artifact_uri).is_dir():
+            weights_hash = storage.content_hash(artifact_uri)
         with self._write() as db:
-            (latest,) = db.execute("SELECT COALESCE(MAX(version), 0) FROM versions WHERE name = ?", (name,)).fetchone()
+            (latest,) = db.execute(
+                "SELECT COALESCE(MAX(version), 0) FROM (SELECT version FROM versions WHERE name = ?"
+                " UNION ALL SELECT version FROM deleted_versions WHERE name = ?)", (name, name)).fetchone()
             version = ModelVersion(
                 name=name, version=latest + 1, kind=kind, base_model=base_model, artifact_uri=artifact_uri,
                 weights_hash=weights_hash, dataset_hash=dataset_hash, config=config or {},
-                metrics=metrics or {}, parent=parent, code_revision=code_revision, created_at=time.time(),
+                metrics=metrics or {}, parent=parent, code_revision=revision, created_at=time.time(),
             )
             row = version.to_dict()
             row.pop("ref")
@@ -152,21 +306,20 @@ class Registry:
             )
 
     def get(self, ref: str) -> ModelVersion:
-        """Resolve `name` (latest version) or `name:version`."""
-        name, _, version = ref.partition(":")
+        """Resolve `NAME` (latest version), `NAME:VERSION`, or `NAME:ALIAS` (the alias's primary target)."""
+        parsed = parse_ref(ref)
         with self._connect() as db:
-            if not version:
+            if parsed.alias:
+                row = db.execute(ALIAS_ROWS, (parsed.name, parsed.alias)).fetchone()
+            elif parsed.version is None:
                 row = db.execute(
-                    "SELECT * FROM versions WHERE name = ? ORDER BY version DESC LIMIT 1", (name,)
-                ).fetchone()
-            elif version.isdigit():
-                row = db.execute(
-                    "SELECT * FROM versions WHERE name = ? AND version = ?", (name, int(version))
-                ).fetchone()
+                    "SELECT * FROM versions WHERE name = ? ORDER BY version DESC LIMIT 1", (parsed.name,)).fetchone()
             else:
-                raise RegistryError(f"{ref!r}: version must be a number")
+                row = db.execute(
+                    "SELECT * FROM versions WHERE name = ? AND version = ?", (parsed.name, parsed.version)).fetchone()
         if row is None:
-            raise RegistryError(f"{ref!r} is not in the registry")
+            what = "is not an alias in the registry" if parsed.alias else "is not in the registry"
+            raise RegistryError(f"{ref!r} {what}")
         return _row_to_version(row)
 
     def list(self, name: str | None = None) -> list[ModelVersion]:
@@ -178,10 +331,120 @@ class Registry:
                 rows = db.execute("SELECT * FROM versions ORDER BY name, version").fetchall()
         return [_row_to_version(r) for r in rows]
 
+    def delete(self, ref: str) -> ModelVersion:
+        """Remove `NAME:VERSION` from the registry (its artifact stays where it is); refused while an
+        alias points to it. Returns the deleted entry."""
+        parsed = parse_ref(ref)
+        if parsed.version is None:
+            raise RegistryError(f"{ref!r}: delete takes an exact NAME:VERSION")
+        with self._write() as db:
+            row = db.execute("SELECT * FROM versions WHERE name = ? AND version = ?",
+                             (parsed.name, parsed.version)).fetchone()
+            if row is None:
+                raise RegistryError(f"{ref!r} is not in the registry")
+            aliases = [r["alias"] for r in db.execute(
+                "SELECT alias FROM alias_targets WHERE name = ? AND version = ? ORDER BY alias",
+                (parsed.name, parsed.version))]
+            if aliases:
+                names = ", ".join(f"{parsed.name}:{a}" for a in aliases)
+                raise RegistryError(f"{ref!r} cannot be deleted: alias {names} points to it; move or roll back "
+                                    f"the alias first")
+            db.execute("DELETE FROM versions WHERE name = ? AND version = ?", (parsed.name, parsed.version))
+            db.execute("INSERT INTO deleted_versions VALUES (?, ?, ?, ?)",
+                       (parsed.name, parsed.version, row["artifact_uri"], time.time()))
+        return _row_to_version(row)
+
+    # aliases
+
+    def alias_targets(self, ref: str) -> list[tuple[ModelVersion, float]] | None:
+        """For `NAME:ALIAS`, its versions with their weights, primary first; None for any other ref."""
+        parsed = parse_ref(ref)
+        if not parsed.alias:
+            return None
+        with self._connect() as db:
+            rows = db.execute(ALIAS_ROWS, (parsed.name, parsed.alias)).fetchall()
+        if not rows:
+            raise RegistryError(f"{ref!r} is not an alias in the registry")
+        return [(_row_to_version(row), row["weight"]) for row in rows]
+
+    def aliases(self, name: str | None = None) -> list[Alias]:
+        """All aliases (of `name` if given), by name and alias."""
+        with self._connect() as db:
+            query = "SELECT * FROM alias_targets" + (" WHERE name = ?" if name else "") + " ORDER BY name, alias, version"
+            rows = db.execute(query, (name,) if name else ()).fetchall()
+        found: dict[tuple[str, str], Alias] = {}
+        for row in rows:
+            alias = found.setdefault((row["name"], row["alias"]), Alias(row["name"], row["alias"], {}, 0.0))
+            alias.targets[row["version"]] = row["weight"]
+            alias.updated_at = max(alias.updated_at, row["updated_at"])
+        return list(found.values())
+
+    def history(self, name: str, alias: str | None = None) -> list[AliasChange]:
+        """Recorded alias changes of `name` (of one alias if given), oldest first."""
+        with self._connect() as db:
+            query = "SELECT * FROM alias_history WHERE name = ?" + (" AND alias = ?" if alias else "") + " ORDER BY id"
+            rows = db.execute(query, (name, alias) if alias else (name,)).fetchall()
+        return [_row_to_change(r) for r in rows]
+
+    def set_alias(self, name: str, alias: str, targets: int | dict[int, float], *, reason: str | None = None,
+                  actor: str | None = None, details: dict | None = None) -> Alias:
+        """Point `name:alias` at a version, or at several with traffic weights, in one atomic step that
+        is recorded in the alias history (with `reason`, `actor` and e.g. the gate's verdict in `details`)."""
+        if not ALIAS_PATTERN.fullmatch(alias):
+            raise RegistryError(f"alias {alias!r}: an alias starts with a letter, then letters, digits, '_', '.', '-'")
+        weights = alias_weights(targets)
+        with self._write() as db:
+            self._require_versions(db, name, weights, "{ref!r} is not in the registry")
+            return self._move_alias(db, name, alias, weights, "set", undoes=None, reason=reason, actor=actor,
+                                    details=details)
+
+    def rollback(self, name: str, alias: str, *, reason: str | None = None, actor: str | None = None) -> Alias:
+        """Re-point `name:alias` to what it pointed at before its latest change not yet rolled back,
+        in one atomic step that is recorded; rolling back again goes one step further back."""
+        with self._write() as db:
+            last = db.execute(
+                "SELECT * FROM alias_history h WHERE name = ? AND alias = ? AND action = 'set'"
+                " AND NOT EXISTS (SELECT 1 FROM alias_history u WHERE u.undoes = h.id) ORDER BY id DESC LIMIT 1",
+                (name, alias)).fetchone()
+            if last is None and not self._current_targets(db, name, alias):
+                raise RegistryError(f"'{name}:{alias}' is not an alias in the registry")
+            if last is None or last["previous"] is None:
+                raise RegistryError(f"'{name}:{alias}' has no earlier state to roll back to")
+            previous = _decode_targets(last["previous"])
+            self._require_versions(db, name, previous, f"cannot roll back '{name}:{alias}': {{ref!r}} was deleted")
+            return self._move_alias(db, name, alias, previous, "rollback", undoes=last["id"], reason=reason,
+                                    actor=actor, details=None)
+
+    @staticmethod
+    def _require_versions(db: sqlite3.Connection, name: str, versions, message: str) -> None:
+        for version in versions:
+            if not db.execute("SELECT 1 FROM versions WHERE name = ? AND version = ?", (name, version)).fetchone():
+                raise RegistryError(message.format(ref=f"{name}:{version}"))
+
+    @staticmethod
+    def _current_targets(db: sqlite3.Connection, name: str, alias: str) -> dict[int, float] | None:
+        rows = db.execute("SELECT version, weight FROM alias_targets WHERE name = ? AND alias = ?", (name, alias))
+        return {r["version"]: r["weight"] for r in rows} or None
+
+    def _move_alias(self, db: sqlite3.Connection, name: str, alias: str, weights: dict[int, float], action: str,
+                    *, undoes: int | None, reason: str | None, actor: str | None, details: dict | None) -> Alias:
+        """Replace the alias's targets and record the change; runs inside the caller's write transaction."""
+        previous = self._current_targets(db, name, alias)
+        now = time.time()
+        db.execute("DELETE FROM alias_targets WHERE name = ? AND alias = ?", (name, alias))
+        db.executemany("INSERT INTO alias_targets VALUES (?, ?, ?, ?, ?)",
+                       [(name, alias, v, w, now) for v, w in weights.items()])
+        db.execute(
+            "INSERT INTO alias_history (name, alias, action, targets, previous, undoes, reason, actor, details,"
+            " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (name, alias, action, _encode_targets(weights), None if previous is None else _encode_targets(previous),
+             undoes, reason, actor, None if details is None else json.dumps(details, sort_keys=True), now))
+        return Alias(name, alias, dict(weights), now)
+
 
 def resolve_model_path(model: str, registry: Registry) -> tuple[str, str | None]:
-    """A model given as a path/hub id or as `registry:NAME[:VERSION]` (a full model), resolved to a
-    loadable path, with the registry ref it came from (None for plain paths)."""
+    """A model given as a path/hub id or as `registry:NAME[:VERSION|:ALIAS]` (a full model), resolved
+    to a loadable path, with the registry ref it came from (None for plain paths)."""
     if not model.startswith(REGISTRY_PREFIX):
         return model, None
     version = registry.get(model[len(REGISTRY_PREFIX):])

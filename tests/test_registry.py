@@ -1,10 +1,13 @@
 """The SQLite registry: versions, lookups, lineage, concurrent writers."""
 
 import multiprocessing
+import random
+import re
+from pathlib import Path
 
 import pytest
 
-from rayft.registry import Registry, RegistryError, resolve_model_path
+from rayft.registry import Registry, RegistryError, current_code_revision, resolve_model_path
 
 
 def test_versions_count_up_and_resolve(tmp_path):
@@ -52,3 +55,170 @@ def test_concurrent_writers_get_unique_versions(tmp_path):
         w.join(60)
     versions = [v.version for v in Registry(path).list("busy")]
     assert sorted(versions) == list(range(1, 46))
+
+
+def _registry_with_versions(tmp_path, n=3):
+    registry = Registry(tmp_path / "r.db")
+    for i in range(n):
+        registry.register("support", "adapter", "/base", f"/a{i + 1}")
+    return registry
+
+
+@pytest.mark.parametrize("ref", ["bad name", ":1", "support:", "support:1a", "support:-x", "a:b:c"])
+def test_malformed_refs_raise_naming_the_ref(tmp_path, ref):
+    registry = _registry_with_versions(tmp_path, 1)
+    with pytest.raises(RegistryError, match=re.escape(repr(ref))):
+        registry.get(ref)
+
+
+def test_alias_resolves_to_its_heaviest_version(tmp_path):
+    registry = _registry_with_versions(tmp_path)
+    registry.set_alias("support", "prod", 1)
+    assert registry.get("support:prod").ref == "support:1"
+    assert [(v.ref, w) for v, w in registry.alias_targets("support:prod")] == [("support:1", 1.0)]
+    registry.set_alias("support", "canary", {2: 10, 3: 90})
+    assert registry.get("support:canary").ref == "support:3"
+    assert [(v.ref, w) for v, w in registry.alias_targets("support:canary")] == [("support:3", 90.0), ("support:2", 10.0)]
+    registry.set_alias("support", "canary", {2: 50, 3: 50})  # a tie goes to the higher version
+    assert registry.get("support:canary").ref == "support:3"
+    assert registry.alias_targets("support") is None and registry.alias_targets("support:2") is None
+    [canary, prod] = registry.aliases("support")
+    assert (canary.ref, canary.targets, canary.primary) == ("support:canary", {2: 50.0, 3: 50.0}, 3)
+    assert prod.to_dict()["ref"] == "support:prod" and registry.aliases("other") == []
+    with pytest.raises(RegistryError, match="'support:staging'"):
+        registry.get("support:staging")
+    with pytest.raises(RegistryError, match="'support:staging'"):
+        registry.alias_targets("support:staging")
+
+
+@pytest.mark.parametrize("targets, message", [
+    (9, "'support:9' is not in the registry"),
+    ({1: 0}, "weight must be a number > 0"),
+    ({1: -5}, "weight must be a number > 0"),
+    ({1: float("nan")}, "weight must be a number > 0"),
+    ({}, "non-empty"),
+    ("1", "version number"),
+])
+def test_bad_alias_targets_are_refused_and_change_nothing(tmp_path, targets, message):
+    registry = _registry_with_versions(tmp_path)
+    registry.set_alias("support", "prod", 2)
+    with pytest.raises(RegistryError, match=re.escape(message)):
+        registry.set_alias("support", "prod", targets)
+    assert registry.aliases("support")[0].targets == {2: 1.0}
+    assert len(registry.history("support", "prod")) == 1
+    with pytest.raises(RegistryError, match="an alias starts with a letter"):
+        registry.set_alias("support", "9lives", 1)
+
+
+def test_rollback_steps_back_through_recorded_changes(tmp_path):
+    registry = _registry_with_versions(tmp_path)
+    registry.set_alias("support", "prod", 1, reason="first release", actor="ana")
+    with pytest.raises(RegistryError, match="no earlier state"):
+        registry.rollback("support", "prod")
+    registry.set_alias("support", "prod", 2)
+    registry.set_alias("support", "prod", {2: 90, 3: 10})
+    assert registry.rollback("support", "prod", reason="canary errors").targets == {2: 1.0}
+    assert registry.get("support:prod").ref == "support:2"
+    assert registry.rollback("support", "prod").targets == {1: 1.0}  # a second rollback goes one further back
+    with pytest.raises(RegistryError, match="no earlier state"):
+        registry.rollback("support", "prod")
+    registry.set_alias("support", "prod", 3)
+    assert registry.rollback("support", "prod").targets == {1: 1.0}
+    history = registry.history("support", "prod")
+    assert [c.action for c in history] == ["set", "set", "set", "rollback", "rollback", "set", "rollback"]
+    assert (history[0].reason, history[0].actor, history[3].reason) == ("first release", "ana", "canary errors")
+    assert [c.undoes for c in history if c.action == "rollback"] == [history[2].id, history[1].id, history[5].id]
+    with pytest.raises(RegistryError, match="'support:beta' is not an alias"):
+        registry.rollback("support", "beta")
+
+
+def test_delete_is_refused_while_an_alias_points_to_the_version(tmp_path):
+    registry = _registry_with_versions(tmp_path)
+    registry.set_alias("support", "prod", 1)
+    registry.set_alias("support", "canary", {1: 90, 2: 10})
+    with pytest.raises(RegistryError, match="alias support:canary, support:prod points to it"):
+        registry.delete("support:1")
+    with pytest.raises(RegistryError, match="alias support:canary points to it"):
+        registry.delete("support:2")
+    with pytest.raises(RegistryError, match="exact NAME:VERSION"):
+        registry.delete("support")
+    assert registry.delete("support:3").artifact_uri == "/a3"
+    with pytest.raises(RegistryError, match="'support:3' is not in the registry"):
+        registry.get("support:3")
+    assert registry.register("support", "adapter", "/base", "/a4").version == 4  # numbers are never reused
+    registry.set_alias("support", "canary", 4)
+    registry.delete("support:2")
+    with pytest.raises(RegistryError, match="'support:2' was deleted"):
+        registry.rollback("support", "canary")
+    assert registry.get("support:canary").ref == "support:4"
+
+
+def test_versions_record_the_code_revision(tmp_path):
+    registry = Registry(tmp_path / "r.db")
+    assert registry.register("support", "adapter", "/base", "/a1").code_revision == current_code_revision()
+    assert current_code_revision().startswith(("git:", "rayft=="))
+    assert registry.register("support", "adapter", "/b", "/a2", code_revision="git:abc").code_revision == "git:abc"
+
+
+def test_content_hash_changes_when_the_weights_change(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from rayft.storage import content_hash
+
+    registry = Registry(tmp_path / "r.db")
+    weights = {"lora_A": torch.ones(4, 8), "lora_B": torch.zeros(8, 4)}
+    save_file(weights, tmp_path / "adapter_model.safetensors")
+    (tmp_path / "adapter_config.json").write_text("{}")
+    first = registry.register("support", "adapter", "/base", str(tmp_path))  # hashed from the folder
+    assert first.weights_hash == content_hash(tmp_path) and len(first.weights_hash) == 64
+    (tmp_path / "adapter_config.json").write_text('{"r": 8}')  # not weights: same hash
+    assert registry.register("support", "adapter", "/base", str(tmp_path)).weights_hash == first.weights_hash
+    weights["lora_B"][3, 1] = 1e-3
+    save_file(weights, tmp_path / "adapter_model.safetensors")
+    changed = registry.register("support", "adapter", "/base", str(tmp_path))
+    assert changed.weights_hash != first.weights_hash
+    assert registry.get("support:1").weights_hash == first.weights_hash
+    assert registry.register("support", "adapter", "/base", "s3://bucket/a", weights_hash="h").weights_hash == "h"
+
+
+def _move_alias_repeatedly(path, worker, n, done_file):
+    registry = Registry(path)
+    rng = random.Random(worker)
+    done = 0
+    for i in range(n):
+        try:
+            if i % 3 == 2:
+                registry.rollback("busy", "prod", reason=f"w{worker}-{i}")
+            else:
+                registry.set_alias("busy", "prod", {rng.randint(1, 4): 90, 5: 10}, actor=f"w{worker}")
+            done += 1
+        except RegistryError as error:  # nothing to roll back right now: allowed, and nothing recorded
+            assert "no earlier state" in str(error)
+    Path(done_file).write_text(str(done))
+
+
+def test_alias_moves_and_rollbacks_are_atomic_under_two_writers(tmp_path):
+    path = tmp_path / "r.db"
+    registry = Registry(path)
+    for i in range(5):
+        registry.register("busy", "adapter", "/base", f"/a{i}")
+    done = [tmp_path / f"done{w}" for w in range(2)]
+    workers = [multiprocessing.Process(target=_move_alias_repeatedly, args=(path, w, 30, done[w])) for w in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+    assert all(w.exitcode == 0 for w in workers)
+    history = registry.history("busy", "prod")
+    assert len(history) == sum(int(p.read_text()) for p in done)
+    assert {c.actor for c in history if c.action == "set"} == {"w0", "w1"}
+    state, by_id = None, {c.id: c for c in history}
+    for change in history:  # every change starts from the state the one before left: no interleaving
+        assert change.previous == state
+        if change.action == "rollback":
+            assert change.targets == by_id[change.undoes].previous
+        state = change.targets
+    undone = [c.undoes for c in history if c.undoes]
+    assert len(undone) == len(set(undone))
+    assert registry.aliases("busy")[0].targets == state
