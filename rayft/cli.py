@@ -10,6 +10,8 @@ import argparse
 import json
 import sys
 
+from rayft.cluster.client import ClusterError
+from rayft.cluster.submit import STAGE_COMMANDS
 from rayft.config import ConfigError, DataConfig, load_config
 from rayft.registry import Registry, RegistryError
 
@@ -71,29 +73,111 @@ def cmd_eval(args) -> int:
 
 
 def cmd_registry_list(args) -> int:
-    versions = Registry().list(args.name)
-    if args.json:
-        print(json.dumps([v.to_dict() for v in versions], indent=2))
-        return 0
-    from rich.console import Console
-    from rich.table import Table
+    from rayft import registry_tables
 
-    table = Table("ref", "kind", "base model", "dataset", "metrics", "artifact")
-    for v in versions:
-        metrics = ", ".join(f"{k}={v.metrics[k]:.4g}" for k in sorted(v.metrics) if isinstance(v.metrics[k], float))
-        table.add_row(v.ref, v.kind, v.base_model, (v.dataset_hash or "")[:12], metrics, v.artifact_uri)
-    Console().print(table)
+    registry_tables.list_versions(Registry(), args.name, args.json)
     return 0
 
 
+def cmd_registry_show(args) -> int:
+    from rayft import registry_tables
+
+    registry_tables.show(Registry(), args.ref, args.json)
+    return 0
+
+
+def cmd_registry_alias(args) -> int:
+    from rayft import registry_tables
+
+    ref = registry_tables.alias_ref(args.alias)
+    alias = Registry().set_alias(ref.name, ref.alias, registry_tables.parse_targets(args.targets),
+                                 reason=args.reason, actor=_actor())
+    registry_tables.print_alias(alias, "set", args.json)
+    return 0
+
+
+def cmd_registry_rollback(args) -> int:
+    from rayft import registry_tables
+
+    ref = registry_tables.alias_ref(args.alias)
+    alias = Registry().rollback(ref.name, ref.alias, reason=args.reason, actor=_actor())
+    registry_tables.print_alias(alias, "rolled back", args.json)
+    return 0
+
+
+def cmd_registry_delete(args) -> int:
+    version = Registry().delete(args.ref)
+    if args.json:
+        print(json.dumps(version.to_dict(), indent=2, sort_keys=True))
+    else:
+        print(f"deleted {version.ref} from the registry; its artifact stays at {version.artifact_uri}")
+    return 0
+
+
+def _actor() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+ADMIN_ACTIONS = ("load", "unload", "adapters")
+
+
 def cmd_serve(args) -> int:
+    if args.target in ADMIN_ACTIONS:
+        return cmd_serve_admin(args)
     from rayft.serving.app import serve_forever
 
-    config = load_config(args.config)
+    config = load_config(args.target)
     if args.port:
         config.serve.port = args.port
     serve_forever(config)
     return 0
+
+
+def cmd_serve_admin(args) -> int:
+    from rayft.serving import client
+
+    if args.target != "adapters" and not args.ref:
+        raise ConfigError(f"rayft serve {args.target}: give the adapter's registry ref (NAME, NAME:VERSION or NAME:ALIAS)")
+    try:
+        if args.target == "load":
+            print(json.dumps(client.load_adapter(args.ref, args.url, args.api_key)))
+        elif args.target == "unload":
+            print(json.dumps(client.unload_adapter(args.ref, args.url, args.api_key)))
+        else:
+            print(json.dumps(client.loaded_adapters(args.url, args.api_key), indent=2))
+    except client.AdminError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_submit(args) -> int:
+    from rayft.cluster.jobs import follow_job
+    from rayft.cluster.submit import parse_env, print_submission, submit_stage
+
+    job = submit_stage(args.stage, args.config, address=args.address, working_dir=args.working_dir,
+                       env=parse_env(args.env), python=args.python, extra=args.extra)
+    print_submission(job)
+    return follow_job(job.cluster, job.job_id) if args.follow else 0
+
+
+def cmd_jobs(args) -> int:
+    from rayft.cluster import jobs
+    from rayft.cluster.client import Cluster
+
+    cluster = Cluster(args.address)
+    if args.jobs_command == "list":
+        return jobs.list_jobs(cluster, as_json=args.json)
+    if args.jobs_command == "status":
+        return jobs.show_status(cluster, args.job)
+    if args.jobs_command == "logs":
+        return jobs.show_logs(cluster, args.job, follow=args.follow)
+    return jobs.stop_job(cluster, args.job)
 
 
 def cmd_quickstart(args) -> int:
@@ -143,15 +227,63 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=cmd_eval)
 
     registry = commands.add_parser("registry", help="the model registry").add_subparsers(dest="registry_command", required=True)
-    listing = registry.add_parser("list", help="list registered versions")
+    as_json = argparse.ArgumentParser(add_help=False)
+    as_json.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    listing = registry.add_parser("list", parents=[as_json], help="list registered versions")
     listing.add_argument("name", nargs="?")
-    listing.add_argument("--json", action="store_true")
     listing.set_defaults(func=cmd_registry_list)
+    show = registry.add_parser("show", parents=[as_json], help="a version with its lineage, or an alias with its history")
+    show.add_argument("ref", help="NAME, NAME:VERSION or NAME:ALIAS")
+    show.set_defaults(func=cmd_registry_show)
+    alias = registry.add_parser("alias", parents=[as_json], help="point an alias at a version, or split traffic "
+                                                                 "(no eval gate; see `rayft promote`)")
+    alias.add_argument("alias", help="NAME:ALIAS, e.g. support:canary")
+    alias.add_argument("targets", nargs="+", help="VERSION, or VERSION=WEIGHT ... for a split (3=90 4=10)")
+    alias.add_argument("--reason")
+    alias.set_defaults(func=cmd_registry_alias)
+    rollback = registry.add_parser("rollback", parents=[as_json], help="re-point an alias to its previous targets")
+    rollback.add_argument("alias", help="NAME:ALIAS")
+    rollback.add_argument("--reason")
+    rollback.set_defaults(func=cmd_registry_rollback)
+    delete = registry.add_parser("delete", parents=[as_json], help="remove a version (refused while an alias "
+                                                                   "points to it)")
+    delete.add_argument("ref", help="NAME:VERSION")
+    delete.set_defaults(func=cmd_registry_delete)
 
-    serve = commands.add_parser("serve", help="serve the base and its adapters over an OpenAI-compatible API")
-    serve.add_argument("config")
+    serve = commands.add_parser(
+        "serve", help="serve the base and its adapters over an OpenAI-compatible API",
+        description="rayft serve CONFIG starts the server; rayft serve load|unload REF and rayft serve adapters "
+                    "manage adapters of a running server without a restart.")
+    serve.add_argument("target", metavar="CONFIG|load|unload|adapters")
+    serve.add_argument("ref", nargs="?", help="registry ref of the adapter (load, unload)")
     serve.add_argument("--port", type=int)
+    serve.add_argument("--url", help="running server for load/unload/adapters (default $RAYFT_SERVE_URL or "
+                                     "http://127.0.0.1:8000)")
+    serve.add_argument("--api-key", help="admin key (default $RAYFT_API_KEY)")
     serve.set_defaults(func=cmd_serve)
+
+    cluster = argparse.ArgumentParser(add_help=False)
+    cluster.add_argument("--address", help="the cluster's Jobs API, e.g. http://HEAD:8265 (default $RAY_ADDRESS, "
+                                           "else http://127.0.0.1:8265)")
+    submit = commands.add_parser("submit", parents=[cluster], help="run a stage as a Ray job on a cluster")
+    submit.add_argument("stage", choices=list(STAGE_COMMANDS))
+    submit.add_argument("config")
+    submit.add_argument("extra", nargs="*", help="arguments for the stage after `--`, e.g. "
+                        "`rayft submit --address URL train C.yaml -- --resume` (submit's options go before STAGE)")
+    submit.add_argument("--working-dir", default=".", help="folder uploaded with the job (default: this one)")
+    submit.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="job environment variable")
+    submit.add_argument("--python", help="the job's interpreter (default: this one for a local head, else python)")
+    submit.add_argument("--follow", action="store_true", help="stream the job's output and exit with its status")
+    submit.set_defaults(func=cmd_submit)
+    jobs_parser = commands.add_parser("jobs", help="follow and control Ray jobs")
+    jobs_parser.set_defaults(func=cmd_jobs)
+    jobs = jobs_parser.add_subparsers(dest="jobs_command", required=True)
+    jobs.add_parser("list", parents=[cluster], help="list jobs").add_argument("--json", action="store_true")
+    jobs.add_parser("status", parents=[cluster], help="a job's status (exit 1 FAILED, 3 STOPPED)").add_argument("job")
+    logs = jobs.add_parser("logs", parents=[cluster], help="a job's output")
+    logs.add_argument("job")
+    logs.add_argument("--follow", action="store_true", help="stream until the job ends, exit with its status")
+    jobs.add_parser("stop", parents=[cluster], help="stop a job and wait until it has ended").add_argument("job")
 
     quickstart = commands.add_parser("quickstart", help="run the whole path on the embedded sample")
     quickstart.add_argument("--port", type=int, default=8000)
@@ -164,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, RegistryError, FileNotFoundError) as error:
+    except (ConfigError, RegistryError, FileNotFoundError, ClusterError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

@@ -222,3 +222,34 @@ def test_alias_moves_and_rollbacks_are_atomic_under_two_writers(tmp_path):
     undone = [c.undoes for c in history if c.undoes]
     assert len(undone) == len(set(undone))
     assert registry.aliases("busy")[0].targets == state
+
+
+def test_registry_cli_moves_shows_rolls_back_and_refuses_deletes(tmp_path, monkeypatch, capsys):
+    import json
+
+    from rayft.cli import main
+
+    monkeypatch.setenv("RAYFT_HOME", str(tmp_path))
+    registry = Registry()
+    for i in range(3):
+        registry.register("support", "adapter", "/base", f"/a{i + 1}")
+    assert main(["registry", "alias", "support:prod", "1", "--reason", "first"]) == 0
+    assert capsys.readouterr().out == "set support:prod → v1\n"
+    assert main(["registry", "alias", "support:canary", "2=90", "3=10", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["targets"] == {"2": 90.0, "3": 10.0}
+    assert main(["registry", "alias", "support:prod", "2"]) == 0 and capsys.readouterr()
+    assert main(["registry", "list", "--json"]) == 0
+    listed = {v["ref"]: v["aliases"] for v in json.loads(capsys.readouterr().out)}
+    assert listed == {"support:1": [], "support:2": ["canary (90/100)", "prod"], "support:3": ["canary (10/100)"]}
+    assert main(["registry", "rollback", "support:prod", "--reason", "bad answers", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["targets"] == {"1": 1.0}
+    assert main(["registry", "show", "support:prod", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert [t["ref"] for t in shown["targets"]] == ["support:1"]
+    assert [(c["action"], c["reason"]) for c in shown["history"]] == [("set", "first"), ("set", None),
+                                                                       ("rollback", "bad answers")]
+    assert main(["registry", "delete", "support:1"]) == 2
+    assert "alias support:prod points to it" in capsys.readouterr().err
+    assert main(["registry", "alias", "support:prod", "2=ten"]) == 2
+    assert "'2=ten'" in capsys.readouterr().err
+    assert main(["registry", "delete", "support:2", "--json"]) == 2 and main(["registry", "rollback", "support"]) == 2
