@@ -1,9 +1,28 @@
-"""Metrics on predictions against references. Pure functions; no model, no Ray."""
+"""Metrics on generated outputs against references. Pure functions; no model, no Ray.
+
+One function per task type (`classification_metrics`, `extraction_metrics`, `generation_metrics`,
+`structured_metrics`), `perplexity` from teacher-forced log-likelihoods, and `answer_rate` for the
+forgetting set. `task_metrics` picks the right one from the eval config. A missing output (None or
+empty) is always scored as wrong, never skipped.
+"""
 
 from __future__ import annotations
 
+import json
+import math
 import re
 
+from rayft.config import EvalConfig
+
+NO_LABEL = "(none)"  # the confusion-matrix column for outputs with no label in them
+
+
+def _check_lengths(outputs: list, references: list) -> None:
+    if len(outputs) != len(references):
+        raise ValueError(f"{len(outputs)} outputs for {len(references)} references")
+
+
+# classification
 
 def extract_label(text: str | None, pattern: str) -> str | None:
     """The first capture group of `pattern` in `text`, lower-cased and stripped; None if absent."""
@@ -13,8 +32,19 @@ def extract_label(text: str | None, pattern: str) -> str | None:
     return match.group(1).strip().lower() if match else None
 
 
+def json_label(text: str | None, path: str) -> str | None:
+    """The value at dotted `path` in `text` parsed as JSON, as a lower-cased string; None if absent."""
+    ok, value = parse_json(text)
+    for key in path.split("."):
+        if not ok or not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return None if value is None or isinstance(value, (dict, list)) else str(value).strip().lower()
+
+
 def accuracy(predictions: list[str | None], references: list[str]) -> float:
     """Share of predictions equal to their reference (a missing prediction is wrong)."""
+    _check_lengths(predictions, references)
     if not references:
         return 0.0
     return sum(p == r for p, r in zip(predictions, references)) / len(references)
@@ -40,13 +70,156 @@ def macro_f1(predictions: list[str | None], references: list[str]) -> float:
     return sum(c["f1"] for c in classes.values()) / len(classes) if classes else 0.0
 
 
-def classification_metrics(outputs: list[str | None], answers: list[str], pattern: str) -> dict:
-    """Accuracy, macro-F1 and per-class scores of generated outputs against reference answers."""
-    references = [extract_label(a, pattern) or "" for a in answers]
-    predictions = [extract_label(o, pattern) for o in outputs]
+def confusion_matrix(predictions: list[str | None], references: list[str]) -> dict:
+    """Counts by (reference, prediction). Rows: reference classes; columns: those plus labels only
+    ever predicted (unseen labels), plus NO_LABEL for outputs without one."""
+    rows = sorted(set(references))
+    unseen = sorted({p for p in predictions if p is not None} - set(rows))
+    columns = rows + unseen + ([NO_LABEL] if None in predictions else [])
+    counts = [[0] * len(columns) for _ in rows]
+    for p, r in zip(predictions, references):
+        counts[rows.index(r)][columns.index(NO_LABEL if p is None else p)] += 1
+    return {"labels": rows, "predicted_labels": columns, "counts": counts}
+
+
+def classification_metrics(outputs: list[str | None], answers: list[str], pattern: str | None = None,
+                           json_path: str | None = None) -> dict:
+    """Accuracy, macro-F1, per-class precision/recall and the confusion matrix of generated outputs,
+    with labels taken by regex `pattern` or from the JSON field at `json_path`."""
+    _check_lengths(outputs, answers)
+
+    def label(text):
+        return json_label(text, json_path) if json_path else extract_label(text, pattern)
+
+    references = [label(a) or NO_LABEL for a in answers]
+    predictions = [label(o) for o in outputs]
     return {
         "accuracy": accuracy(predictions, references),
         "macro_f1": macro_f1(predictions, references),
         "per_class": per_class(predictions, references),
+        "confusion": confusion_matrix(predictions, references),
         "unparsed": sum(p is None for p in predictions),
     }
+
+
+# extraction and structured output
+
+def parse_json(text: str | None) -> tuple[bool, object]:
+    """(True, value) when `text` holds JSON: the whole text, a ```json fence, or its outermost {...}."""
+    if not text:
+        return False, None
+    candidates = [text.strip()]
+    fence = re.search(r"```(?:json)?\s*(.*?)```", text, re.DOTALL)
+    if fence:
+        candidates.append(fence.group(1).strip())
+    if "{" in text and "}" in text:
+        candidates.append(text[text.index("{"): text.rindex("}") + 1])
+    for candidate in candidates:
+        try:
+            return True, json.loads(candidate)
+        except json.JSONDecodeError:
+            continue
+    return False, None
+
+
+def _normalized(value) -> str:
+    if isinstance(value, str):
+        return " ".join(value.split()).casefold()
+    return json.dumps(value, sort_keys=True)
+
+
+def extraction_metrics(outputs: list[str | None], answers: list[str], fields: list[str] | None = None) -> dict:
+    """Exact match per field and overall (every field right) of JSON outputs against JSON answers.
+    Strings compare case- and whitespace-insensitively; an unparseable output gets every field wrong."""
+    _check_lengths(outputs, answers)
+    references = []
+    for i, answer in enumerate(answers):
+        ok, value = parse_json(answer)
+        if not ok or not isinstance(value, dict):
+            raise ValueError(f"reference answer {i} is not a JSON object: {answer[:80]!r}")
+        references.append(value)
+    predictions = [parse_json(o) for o in outputs]
+    names = fields or sorted({k for r in references for k in r})
+    hits = {name: [] for name in names}
+    overall = []
+    for (ok, predicted), reference in zip(predictions, references):
+        predicted = predicted if ok and isinstance(predicted, dict) else {}
+        matched = [name in predicted and _normalized(predicted[name]) == _normalized(reference[name])
+                   for name in names if name in reference]
+        for name, match in zip([n for n in names if n in reference], matched):
+            hits[name].append(match)
+        overall.append(all(matched))
+    return {
+        "exact_match": sum(overall) / len(overall) if overall else 0.0,
+        "fields": {name: sum(h) / len(h) if h else 0.0 for name, h in hits.items()},
+        "json_parse_rate": sum(ok for ok, _ in predictions) / len(predictions) if predictions else 0.0,
+    }
+
+
+def structured_metrics(outputs: list[str | None], schema: dict) -> dict:
+    """Share of outputs that parse as JSON, and share that also validate against `schema`."""
+    import jsonschema
+
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    parsed = [parse_json(o) for o in outputs]
+    valid = [ok and validator.is_valid(value) for ok, value in parsed]
+    n = len(outputs)
+    return {"json_parse_rate": sum(ok for ok, _ in parsed) / n if n else 0.0,
+            "schema_valid_rate": sum(valid) / n if n else 0.0}
+
+
+# generation
+
+def generation_metrics(outputs: list[str | None], answers: list[str]) -> dict:
+    """Mean ROUGE-L F1 (rouge-score), corpus BLEU and chrF (sacrebleu, 0-100)."""
+    import sacrebleu
+    from rouge_score import rouge_scorer
+
+    _check_lengths(outputs, answers)
+    if not answers:
+        return {"rouge_l": 0.0, "bleu": 0.0, "chrf": 0.0}
+    hypotheses = [o or "" for o in outputs]
+    scorer = rouge_scorer.RougeScorer(["rougeL"])
+    rouge = [scorer.score(a, h)["rougeL"].fmeasure for a, h in zip(answers, hypotheses)]
+    return {
+        "rouge_l": sum(rouge) / len(rouge),
+        "bleu": sacrebleu.corpus_bleu(hypotheses, [answers]).score,
+        "chrf": sacrebleu.corpus_chrf(hypotheses, [answers]).score,
+    }
+
+
+# perplexity and forgetting
+
+def perplexity(nll_sums: list[float | None], token_counts: list[int | None]) -> dict:
+    """Token-weighted perplexity from per-record summed negative log-likelihoods (records that could
+    not be scored, e.g. too long for the context, are None and counted as `unscored`)."""
+    pairs = [(s, n) for s, n in zip(nll_sums, token_counts) if s is not None and n]
+    tokens = sum(n for _, n in pairs)
+    if not tokens:
+        return {"perplexity": None, "nll": None, "scored_tokens": 0, "unscored": len(nll_sums)}
+    nll = sum(s for s, _ in pairs) / tokens
+    return {"perplexity": math.exp(nll), "nll": nll, "scored_tokens": tokens, "unscored": len(nll_sums) - len(pairs)}
+
+
+def contains_answer(output: str | None, expected: str) -> bool:
+    """`expected` appears in `output` as a whole word or phrase, ignoring case."""
+    return bool(output) and re.search(rf"(?<!\w){re.escape(expected)}(?!\w)", output, re.IGNORECASE) is not None
+
+
+def answer_rate(outputs: list[str | None], expected: list[str]) -> float:
+    """Share of outputs that contain their expected answer (the forgetting set's score)."""
+    _check_lengths(outputs, expected)
+    return sum(contains_answer(o, e) for o, e in zip(outputs, expected)) / len(expected) if expected else 0.0
+
+
+def task_metrics(config: EvalConfig, outputs: list[str | None], answers: list[str]) -> dict:
+    """The metrics of `config.task` (perplexity is scored separately, from log-likelihoods)."""
+    if config.task == "classification":
+        return classification_metrics(outputs, answers, config.label_regex, config.label_json)
+    if config.task == "extraction":
+        return extraction_metrics(outputs, answers, config.fields)
+    if config.task == "generation":
+        return generation_metrics(outputs, answers)
+    if config.task == "structured":
+        return structured_metrics(outputs, config.json_schema)
+    return {}

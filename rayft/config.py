@@ -7,6 +7,7 @@ Strings may use `${RAYFT_HOME}` and other environment variables.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -137,11 +138,93 @@ class TrainConfig(Section):
         return value
 
 
+# Metrics each eval task reports, the first being its default primary metric (the one the gate compares).
+TASK_METRICS = {
+    "classification": ("accuracy", "macro_f1"),
+    "extraction": ("exact_match", "json_parse_rate"),
+    "generation": ("rouge_l", "bleu", "chrf"),
+    "structured": ("schema_valid_rate", "json_parse_rate"),
+    "perplexity": ("perplexity",),
+}
+LOWER_IS_BETTER = ("perplexity", "nll")
+
+
+class GateConfig(Section):
+    margin: float = Field(0.01, ge=0, description="the candidate must beat the base and the few-shot base by at "
+                          "least this much on the primary metric (in the metric's units)")
+    max_forgetting_drop: float = Field(0.1, ge=0, le=1, description="largest allowed drop of the forgetting set's "
+                                       "answer rate, base minus candidate")
+    max_forgetting_perplexity_increase: float | None = Field(None, gt=0, description="largest allowed relative rise "
+                                                             "of perplexity on the forgetting set (1.0 = doubled); "
+                                                             "null: not checked")
+
+
 class EvalConfig(Section):
-    task: Literal["classification"] = "classification"
-    label_regex: str = Field(r"Category:\s*(\w+)", description="regex with one group that extracts the label")
+    task: Literal["classification", "extraction", "generation", "structured", "perplexity"] = "classification"
+    label_regex: str | None = Field(r"Category:\s*(\w+)", description="classification: regex with one group that "
+                                    "extracts the label")
+    label_json: str | None = Field(None, description="classification: dotted path to the label in the answer "
+                                   "parsed as JSON (instead of label_regex)")
+    fields: list[str] | None = Field(None, description="extraction: JSON fields compared (default: the reference's)")
+    json_schema: Union[dict, str, None] = Field(None, description="structured: JSON schema the output must follow "
+                                                "(inline, or a .json file)")
+    primary_metric: str | None = Field(None, description="metric the promotion gate compares; default per task")
+    few_shot: int = Field(3, ge=0, description="training examples shown to the few-shot base; 0 skips it")
+    perplexity: bool = Field(True, description="also teacher-forced perplexity of the reference answers")
+    forgetting: bool = Field(True, description="score base and candidate on a general-purpose held-out set")
+    forgetting_set: str | None = Field(None, description="JSONL of {messages, expected}; default the set rayft ships")
     max_new_tokens: int = Field(16, gt=0)
+    max_model_len: int | None = Field(None, gt=0, description="engine context length; default serve.max_model_len")
     limit: int | None = Field(None, gt=0, description="evaluate at most this many test records")
+    batch_size: int = Field(32, gt=0, description="records per engine call (and per progress step)")
+    engines: int = Field(1, gt=0, description="vLLM engine actors in the Ray Data actor pool")
+    seed: int = 0
+    report_path: str | None = Field(None, description="report folder (local, s3:// or gs://); default $RAYFT_HOME/eval")
+    gate: GateConfig = Field(default_factory=GateConfig)
+
+    @field_validator("label_regex")
+    @classmethod
+    def _one_group(cls, value):
+        return DataConfig._one_group(value)
+
+    @field_validator("json_schema")
+    @classmethod
+    def _valid_schema(cls, value):
+        if isinstance(value, str):  # a file
+            try:
+                value = json.loads(Path(value).read_text(encoding="utf-8"))
+            except OSError as error:
+                raise ValueError(f"schema file {value}: {error.strerror}") from None
+            except json.JSONDecodeError as error:
+                raise ValueError(f"schema file {value}: not valid JSON: {error}") from None
+        if value is not None:
+            import jsonschema
+
+            try:
+                jsonschema.validators.validator_for(value).check_schema(value)
+            except jsonschema.SchemaError as error:
+                raise ValueError(f"not a valid JSON schema: {error.message}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _task_settings(self):
+        if self.label_json and "label_regex" in self.model_fields_set and self.label_regex:
+            raise ValueError("give label_regex or label_json, not both")
+        if self.label_json:
+            self.label_regex = None
+        if self.task == "classification" and not (self.label_regex or self.label_json):
+            raise ValueError("task classification needs label_regex or label_json")
+        if self.task == "structured" and self.json_schema is None:
+            raise ValueError("task structured needs json_schema")
+        if self.task == "perplexity":
+            self.perplexity = True
+        allowed = TASK_METRICS[self.task] + (("perplexity",) if self.perplexity and self.task != "perplexity" else ())
+        if self.primary_metric is None:
+            self.primary_metric = allowed[0]
+        elif self.primary_metric not in allowed:
+            raise ValueError(f"primary_metric {self.primary_metric!r} is not reported for task {self.task}; "
+                             f"choose one of {', '.join(allowed)}")
+        return self
 
 
 class ServeConfig(Section):
@@ -156,6 +239,24 @@ class ServeConfig(Section):
     max_prompt_tokens: int = Field(4096, gt=0)
     block_size: int | None = Field(None, gt=0, description="KV block size (multiple of 32 on CPU); small values "
                                    "let short prompts hit the prefix cache")
+    base_name: str | None = Field(None, description="the `model` id of the base; default: its registry name, "
+                                  "hub id, or folder name (clients never send a path)")
+    api_keys: list[str] = Field(default_factory=list, description="accepted bearer keys (also RAYFT_API_KEYS, "
+                                "comma-separated); none = open, with a warning")
+    max_concurrent_requests: int = Field(256, gt=0, description="in flight per ingress replica; beyond: 429")
+    retry_after_s: int = Field(1, gt=0, description="Retry-After on 429 and 503 answers")
+    response_cache_size: int = Field(1024, ge=0, description="deterministic responses kept (LRU); 0 turns it off")
+    min_replicas: int = Field(1, ge=0, description="engine replicas (autoscaling lower bound)")
+    max_replicas: int = Field(1, gt=0, description="engine replicas (autoscaling upper bound)")
+    target_ongoing_requests: int = Field(32, gt=0, description="autoscaling target per engine replica")
+    ingress_replicas: int = Field(1, gt=0)
+    use_gpu: bool = Field(False, description="each engine replica takes one GPU (vLLM's CUDA build)")
+
+    @model_validator(mode="after")
+    def _replica_bounds(self):
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) is above max_replicas ({self.max_replicas})")
+        return self
 
 
 class RayftConfig(Section):
