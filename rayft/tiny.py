@@ -104,3 +104,18 @@ def build_tiny_model(
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+def random_adapter(base: str | Path, out_dir: str | Path, seed: int, rank: int = 8,
+                   targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")) -> str:
+    """A LoRA adapter with random (non-zero) weights on `targets`, saved with peft: distinct
+    adapters that really change the output, for tests and benchmarks."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(
+        r=rank, lora_alpha=2 * rank, target_modules=list(targets), init_lora_weights=False, task_type="CAUSAL_LM"))
+    model.save_pretrained(out_dir)
+    return str(out_dir)

@@ -1,18 +1,24 @@
 """The engine deployment: one vLLM async engine per base model, LoRA on, adapters added at runtime.
 
 Prompts are rendered here with the base tokenizer's chat template (the template training exported),
-so what the model sees when served is what it saw in training. Adapters are registered with the
-engine (`add_lora`) before any request uses them: a bad adapter is refused with a message instead
-of reaching the scheduler, where vLLM would fail the whole engine.
+so what the model sees when served is what it saw in training. An adapter is loaded the first time
+a request needs it (from a local folder or object storage), kept in an LRU of `max_cpu_loras`, and
+loaded again under a new id when its content hash changes; a bad adapter is refused with a message
+before it reaches vLLM's scheduler, where it would fail the whole engine. A replacement replica
+(after a crash) starts empty and loads adapters again on first use.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+from rayft import storage
 from rayft.config import ServeConfig
 from rayft.serving.openai_api import requested_max_tokens, sampling_params
 
@@ -30,15 +36,17 @@ class AdapterError(ValueError):
 @dataclass
 class Adapter:
     ref: str
-    path: str
+    uri: str
+    digest: str
     lora_id: int
+    local: str
 
 
 def check_adapter(path: str, max_rank: int) -> None:
     """Refuse adapters vLLM cannot serve, with a message naming the problem."""
     config_path = Path(path) / "adapter_config.json"
     if not config_path.exists():
-        raise AdapterError(f"no adapter_config.json in {path}")
+        raise AdapterError("no adapter_config.json in the adapter's artifact")
     config = json.loads(config_path.read_text())
     if config.get("r", 0) > max_rank:
         raise AdapterError(f"adapter rank {config['r']} is above the server's max_lora_rank {max_rank}")
@@ -66,36 +74,60 @@ class EngineServer:
         )
         self.engine = AsyncLLM.from_engine_args(args)
         self.tokenizer = self.engine.get_tokenizer()
-        self.adapters: dict[str, Adapter] = {}
+        self.adapters: OrderedDict[str, Adapter] = OrderedDict()  # least recently used first
+        self.loading = asyncio.Lock()
         self.next_lora_id = 1
 
-    async def add_adapter(self, ref: str, path: str) -> str | None:
-        """Register an adapter with the engine; returns an error message or None."""
+    async def ensure_adapter(self, ref: str, uri: str, digest: str) -> Adapter:
+        """The loaded adapter `ref` with content `digest`, loading (or reloading) it if needed."""
+        known = self.adapters.get(ref)
+        if known is None or known.digest != digest:
+            async with self.loading:
+                known = self.adapters.get(ref)
+                if known is None or known.digest != digest:
+                    known = await self._load(ref, uri, digest, replaces=known)
+        self.adapters.move_to_end(ref)
+        return known
+
+    async def _load(self, ref: str, uri: str, digest: str, replaces: Adapter | None) -> Adapter:
         from vllm.lora.request import LoRARequest
 
-        known = self.adapters.get(ref)
-        if known and known.path == path:
-            return None
         try:
-            check_adapter(path, self.serve.max_lora_rank)
-            adapter = Adapter(ref, path, self.next_lora_id)
-            self.next_lora_id += 1  # ids are never reused: vLLM caches weights by id
-            await self.engine.add_lora(LoRARequest(ref, adapter.lora_id, path))
-        except Exception as error:  # vLLM raises plain Exception for load failures
-            return f"adapter {ref!r} cannot be loaded: {error}"
-        if known:
-            await self.engine.remove_lora(known.lora_id)
+            local = str(await asyncio.to_thread(storage.local_dir, uri))
+            check_adapter(local, self.serve.max_lora_rank)
+            adapter = Adapter(ref, uri, digest, self.next_lora_id, local)
+            self.next_lora_id += 1  # ids are never reused: vLLM caches weights (and prefixes) by id
+            await self.engine.add_lora(LoRARequest(ref, adapter.lora_id, local))
+        except AdapterError as error:
+            raise AdapterError(f"adapter {ref!r} cannot be loaded: {error}") from None
+        except Exception as error:  # vLLM raises plain exceptions for adapters it cannot use
+            raise AdapterError(f"adapter {ref!r} cannot be loaded: {error}") from None
+        if replaces:
+            await self.engine.remove_lora(replaces.lora_id)
         self.adapters[ref] = adapter
+        while len(self.adapters) > max(self.serve.max_loras, self.serve.max_cpu_loras):
+            _, evicted = self.adapters.popitem(last=False)
+            await self.engine.remove_lora(evicted.lora_id)
+        return adapter
+
+    async def load_adapter(self, ref: str, uri: str, digest: str) -> str | None:
+        """Admin: load `ref` now; returns an error message or None."""
+        try:
+            await self.ensure_adapter(ref, uri, digest)
+        except AdapterError as error:
+            return str(error)
         return None
 
-    async def remove_adapter(self, ref: str) -> bool:
+    async def unload_adapter(self, ref: str) -> bool:
+        """Admin: drop `ref` from the engine; False when it was not loaded."""
         adapter = self.adapters.pop(ref, None)
         if adapter:
             await self.engine.remove_lora(adapter.lora_id)
         return adapter is not None
 
-    def loaded_adapters(self) -> list[str]:
-        return sorted(self.adapters)
+    def loaded_adapters(self) -> list[dict]:
+        """Loaded adapters, least recently used first."""
+        return [{"ref": a.ref, "digest": a.digest, "lora_id": a.lora_id} for a in self.adapters.values()]
 
     def prompt_ids(self, request) -> list[int]:
         if hasattr(request, "messages"):
@@ -104,42 +136,56 @@ class EngineServer:
             return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
         return self.tokenizer.encode(request.prompt, add_special_tokens=False)
 
-    async def generate(self, request, adapter_ref: str | None, request_id: str, stream: bool):
-        """Yield {'text', 'completion_tokens', 'finish', 'prompt_tokens'} deltas (or one final item).
-
-        A request the engine cannot take yields one {'error': message, 'status': code} item.
-        """
-        from vllm.lora.request import LoRARequest
-
-        ids = self.prompt_ids(request)
+    def check_lengths(self, ids: list[int], request) -> tuple[int, str | None]:
+        """(max_tokens to generate, or an error message when the request does not fit)."""
         room = self.serve.max_model_len - len(ids)
         limit = min(self.serve.max_prompt_tokens, self.serve.max_model_len - 1)
         if len(ids) > limit:
-            yield {"error": f"prompt has {len(ids)} tokens; the limit is {limit}", "status": 400}
-            return
+            return 0, f"prompt has {len(ids)} tokens; the limit is {limit}"
         max_tokens = requested_max_tokens(request) or room
         if max_tokens > room:
-            yield {"error": f"max_tokens {max_tokens} + prompt {len(ids)} tokens exceeds the context of "
-                            f"{self.serve.max_model_len}", "status": 400}
+            return 0, f"max_tokens {max_tokens} + prompt {len(ids)} tokens exceeds the context of {self.serve.max_model_len}"
+        return max_tokens, None
+
+    async def generate(self, request, adapter: dict | None, request_id: str, stream: bool):
+        """Yield {'text', 'finish', 'prompt_tokens', 'completion_tokens'} items: deltas when
+        streaming, else one item with the whole text. The last item also has 'ttft' and 'tpot'
+        (seconds). A request the engine cannot take yields one {'error', 'status'} item."""
+        from vllm.lora.request import LoRARequest
+
+        started = time.perf_counter()
+        ids = self.prompt_ids(request)
+        max_tokens, error = self.check_lengths(ids, request)
+        if error:
+            yield {"error": error, "status": 400}
             return
         lora = None
-        if adapter_ref is not None:
-            adapter = self.adapters.get(adapter_ref)
-            if adapter is None:
-                yield {"error": f"adapter {adapter_ref!r} is not loaded", "status": 404}
+        if adapter is not None:
+            try:
+                loaded = await self.ensure_adapter(adapter["ref"], adapter["uri"], adapter["digest"])
+            except AdapterError as failure:
+                yield {"error": str(failure), "status": 400}
                 return
-            lora = LoRARequest(adapter.ref, adapter.lora_id, adapter.path)
-        params = sampling_params(request, max_tokens, stream)
-        completion_tokens = 0
+            lora = LoRARequest(loaded.ref, loaded.lora_id, loaded.local)
+        params = sampling_params(request, max_tokens)
+        text, tokens, first = [], 0, None
         async for output in self.engine.generate({"prompt_token_ids": ids}, params, request_id, lora_request=lora):
             choice = output.outputs[0]
-            completion_tokens += len(choice.token_ids) if stream else 0
-            yield {
-                "text": choice.text,
-                "completion_tokens": completion_tokens if stream else len(choice.token_ids),
-                "finish": choice.finish_reason,
-                "prompt_tokens": len(ids),
-            }
+            if choice.token_ids and first is None:
+                first = time.perf_counter()
+            tokens += len(choice.token_ids)
+            item = {"text": choice.text, "finish": choice.finish_reason, "prompt_tokens": len(ids),
+                    "completion_tokens": tokens}
+            if output.finished:
+                done = time.perf_counter()
+                item["ttft"] = (first or done) - started
+                item["tpot"] = (done - first) / (tokens - 1) if first and tokens > 1 else None
+            if stream:
+                yield item
+            else:
+                text.append(choice.text)
+                if output.finished:
+                    yield item | {"text": "".join(text)}
 
     async def check_health(self) -> None:
         """Raises when the engine is dead, so Ray Serve replaces the replica."""

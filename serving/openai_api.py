@@ -37,9 +37,14 @@ ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "
 class ApiError(Exception):
     """A request the server refuses, with its HTTP status and the offending parameter."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 retry_after: int | None = None):
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)} if self.retry_after else {}
 
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": ERROR_TYPES.get(self.status, "error"),
@@ -106,14 +111,14 @@ def requested_max_tokens(request) -> int | None:
         return getattr(request, "max_completion_tokens", None) or request.max_tokens
 
 
-def sampling_params(request, max_tokens: int, stream: bool):
-    """vLLM SamplingParams for a parsed request, streaming deltas or one final output."""
+def sampling_params(request, max_tokens: int):
+    """vLLM SamplingParams for a parsed request; outputs come as deltas (for streaming and timing)."""
     from vllm.sampling_params import RequestOutputKind
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         params = request.to_sampling_params(max_tokens, {})
-    params.output_kind = RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY
+    params.output_kind = RequestOutputKind.DELTA
     return params
 
 
@@ -154,11 +159,11 @@ def completion_chunk(request_id: str, model: str, created: int, text: str, finis
     return f"data: {chunk.model_dump_json(exclude_none=True)}\n\n"
 
 
-def model_list(names: list[tuple[str, str]]) -> dict:
-    """`/v1/models` body from (id, owned_by/parent) pairs."""
+def model_list(base: str, ids: list[tuple[str, dict]], max_model_len: int) -> dict:
+    """`/v1/models` body: one card per (id, extra fields); every card's root is the base."""
     now = int(time.time())
-    cards = [ModelCard(id=name, created=now, owned_by="rayft", root=root, parent=None if root == name else root)
-             for name, root in names]
+    cards = [ModelCard(id=name, created=now, owned_by="rayft", root=base, parent=None if name == base else base,
+                       max_model_len=max_model_len, **extra) for name, extra in ids]
     return json.loads(ModelList(data=cards).model_dump_json(exclude_none=True))
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from rayft.tiny import random_adapter  # noqa: F401  (tests build adapters with it)
+
 
 class Reference:
     """Greedy continuations from transformers (base) and peft (adapters), cached per model."""
@@ -45,16 +47,3 @@ class Reference:
                 max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=self.tokenizer.pad_token_id,
             )
         return out[0][len(ids):].tolist()
-
-
-def random_adapter(base: str, out_dir, seed: int, rank: int = 8) -> str:
-    """A LoRA adapter with random (non-zero) weights on q/k/v/o, saved with peft."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(
-        r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
-        init_lora_weights=False, task_type="CAUSAL_LM"))
-    model.save_pretrained(out_dir)
-    return str(out_dir)

@@ -1,17 +1,24 @@
 """The Serve app over real HTTP on 127.0.0.1 with a real vLLM engine, called with the `openai` client."""
 
 import json
+import shutil
 import socket
+import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from reference import Reference, random_adapter
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
 
+KEY = "test-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+BYPASS = {"x-rayft-cache": "bypass"}
 QUESTIONS = [
     "I was charged twice for my Pro plan",
     "My package for order #12345 never arrived",
@@ -28,23 +35,29 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(ray_cluster, tiny_model, trained_adapter, tmp_path_factory):
-    """rayft serve for the tiny base, with the trained adapter and a second (random) one registered."""
+    """rayft serve for the tiny base with the trained adapter, a second (random) one, and two
+    versions of an adapter `ab` for alias tests; API key on, 80 requests in flight per replica."""
     from rayft.config import parse_config
     from rayft.registry import Registry
     from rayft.serving import app
 
-    second = random_adapter(tiny_model, tmp_path_factory.mktemp("adapters") / "other", seed=1)
-    Registry().register("other", "adapter", tiny_model, second)
-    config = parse_config({"name": "support", "model": {"base": tiny_model},
-                           "serve": {"port": free_port(), "max_loras": 2, "max_model_len": 512}})
+    folder = tmp_path_factory.mktemp("adapters")
+    paths = {name: random_adapter(tiny_model, folder / name, seed=i) for i, name in enumerate(["other", "b1", "b2"], 1)}
+    registry = Registry()
+    registry.register("other", "adapter", tiny_model, paths["other"])
+    ab = [registry.register("ab", "adapter", tiny_model, paths[n]).ref for n in ("b1", "b2")]
+    config = parse_config({"name": "support", "model": {"base": tiny_model}, "serve": {
+        "port": free_port(), "max_loras": 2, "max_cpu_loras": 4, "max_model_len": 512, "api_keys": [KEY],
+        "max_concurrent_requests": 80, "adapters": [trained_adapter["ref"]]}})
     url = app.start(config)
-    yield {"url": url, "base": tiny_model, "adapters": {"support": trained_adapter["artifact_uri"], "other": second}}
+    yield {"url": url, "base": tiny_model, "support": trained_adapter["ref"], "ab": ab, "folder": folder,
+           "adapters": {trained_adapter["ref"]: trained_adapter["artifact_uri"], "other": paths["other"]}}
     app.shutdown()
 
 
 @pytest.fixture(scope="module")
 def client(server):
-    return openai.OpenAI(base_url=server["url"] + "/v1", api_key="unused", max_retries=0)
+    return openai.OpenAI(base_url=server["url"] + "/v1", api_key=KEY, max_retries=0)
 
 
 @pytest.fixture(scope="module")
@@ -57,35 +70,50 @@ def chat(client, model, question, **extra):
         model=model, messages=[{"role": "user", "content": question}], max_tokens=8, temperature=0, **extra)
 
 
-def test_models_lists_base_adapters_and_versions(client, server):
+def expected(reference, server, model, question):
+    return reference.chat([{"role": "user", "content": question}], server["adapters"].get(model))
+
+
+def post_chat(server, model, question="hi", headers=None, **extra):
+    body = {"model": model, "messages": [{"role": "user", "content": question}], "max_tokens": 4,
+            "temperature": 0} | extra
+    return httpx.post(server["url"] + "/v1/chat/completions", json=body, headers=AUTH | (headers or {}), timeout=120)
+
+
+def test_models_lists_base_adapters_versions_and_aliases(client, server):
+    from rayft.registry import Registry
+
+    Registry().set_alias("ab", "listed", 2)
     ids = {m.id for m in client.models.list().data}
-    assert {server["base"], "support", "support:1", "other", "other:1"} <= ids
+    assert {"tiny", server["support"], "support", "other", "other:1", *server["ab"], "ab:listed"} <= ids
+    assert server["base"] not in ids  # clients name models, never paths
 
 
-@pytest.mark.parametrize("model", ["base", "support", "other"])
+@pytest.mark.parametrize("model", ["tiny", "support", "other"])
 def test_chat_equals_transformers_reference(client, server, reference, model):
-    name = server["base"] if model == "base" else model
-    adapter = None if model == "base" else server["adapters"][model]
+    name = server["support"] if model == "support" else model
     for question in QUESTIONS[:2]:
-        answer = chat(client, name, question).choices[0].message.content
-        assert answer == reference.chat([{"role": "user", "content": question}], adapter)
+        assert chat(client, name, question).choices[0].message.content == expected(reference, server, name, question)
 
 
-def test_mixed_concurrent_requests_each_match_their_model(client, server, reference):
-    """Base and two adapters in flight together (one vLLM batch): every answer is its own model's."""
-    jobs = [(model, q) for q in QUESTIONS for model in ("base", "support", "other")] * 2
-    names = {"base": server["base"], "support": "support", "other": "other"}
-    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
-        answers = list(pool.map(lambda job: chat(client, names[job[0]], job[1]).choices[0].message.content, jobs))
-    expected = {(m, q): reference.chat([{"role": "user", "content": q}], None if m == "base" else server["adapters"][m])
-                for m, q in set(jobs)}
-    assert len({expected[(m, q)] for m, q in jobs if q == QUESTIONS[0]}) == 3  # the models really differ
-    assert answers == [expected[job] for job in jobs]
+def test_a_thousand_mixed_requests_at_64_concurrency_all_match_their_model(client, server, reference):
+    """Base and two adapters in flight together (vLLM batches them): no 5xx, every answer its own model's."""
+    models = ["tiny", server["support"], "other"]
+    jobs = [(models[i % 3], QUESTIONS[(i // 3) % len(QUESTIONS)]) for i in range(1000)]
+    answers_for = {job: expected(reference, server, *job) for job in set(jobs)}
+    assert len({answers_for[(m, QUESTIONS[0])] for m in models}) == 3  # the three models really differ
+
+    def ask(job):
+        return chat(client, job[0], job[1], extra_headers=BYPASS).choices[0].message.content
+
+    with ThreadPoolExecutor(max_workers=64) as pool:
+        answers = list(pool.map(ask, jobs))  # any 4xx/5xx raises here
+    assert answers == [answers_for[job] for job in jobs]
 
 
-def test_streaming_matches_non_streaming_and_reports_usage(client):
-    full = chat(client, "support", QUESTIONS[2])
-    chunks = list(chat(client, "support", QUESTIONS[2], stream=True, stream_options={"include_usage": True}))
+def test_streaming_matches_non_streaming_and_reports_usage(client, server):
+    full = chat(client, server["support"], QUESTIONS[2])
+    chunks = list(chat(client, server["support"], QUESTIONS[2], stream=True, stream_options={"include_usage": True}))
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == full.choices[0].message.content
     assert chunks[-1].usage.completion_tokens == full.usage.completion_tokens
@@ -99,16 +127,84 @@ def test_completions_route(client, server, reference):
     assert text == reference.continue_ids(ids, server["adapters"]["other"], max_new_tokens=6)
 
 
-def test_response_names_the_version_served(server):
-    body = {"model": "support", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
-    response = httpx.post(server["url"] + "/v1/chat/completions", json=body, timeout=60)
-    assert response.status_code == 200 and response.headers["x-rayft-model"] == "support:1"
+def test_response_names_the_version_served_and_caches_deterministic_answers(server):
+    first = post_chat(server, "support", "cache me")
+    again = post_chat(server, "support", "cache me")
+    bypassed = post_chat(server, "support", "cache me", headers=BYPASS)
+    assert first.headers["x-rayft-model"] == server["support"]
+    assert [r.headers["x-rayft-cache"] for r in (first, again, bypassed)] == ["miss", "hit", "bypass"]
+    content = {r.json()["choices"][0]["message"]["content"] for r in (first, again, bypassed)}
+    assert len(content) == 1
+    sampled = post_chat(server, "support", "cache me", temperature=0.7)
+    assert sampled.headers["x-rayft-cache"] == "bypass"  # not deterministic: never cached
 
 
-def test_unknown_model_is_a_404_with_an_openai_error(client):
-    with pytest.raises(openai.NotFoundError) as error:
-        chat(client, "no-such-model", "hi")
-    assert error.value.body["type"] == "not_found_error" and "no-such-model" in error.value.body["message"]
+def test_cache_never_serves_a_replaced_adapters_output(server, reference, tmp_path):
+    """The same registry version, its files replaced and reloaded: the answer follows the new weights."""
+    from rayft.registry import Registry
+
+    swap = tmp_path / "swap"
+    shutil.copytree(server["adapters"]["other"], swap)
+    ref = Registry().register("swap", "adapter", server["base"], str(swap)).ref
+    question = "Has my refund for the broken kettle been approved?"  # asked nowhere else: nothing cached yet
+    before = post_chat(server, ref, question, max_tokens=8)
+    assert before.headers["x-rayft-cache"] == "miss"
+    assert post_chat(server, ref, question, max_tokens=8).headers["x-rayft-cache"] == "hit"
+    shutil.rmtree(swap)
+    shutil.copytree(server["adapters"][server["support"]], swap)  # other weights, same path and ref
+    after = post_chat(server, ref, question, max_tokens=8)
+    assert after.headers["x-rayft-cache"] == "miss"
+    text = after.json()["choices"][0]["message"]["content"]
+    assert text == reference.chat([{"role": "user", "content": question}], str(swap))
+    assert text != before.json()["choices"][0]["message"]["content"]
+
+
+def test_adapter_loaded_and_alias_repointed_without_restart(server):
+    from rayft.cli import main
+    from rayft.registry import Registry
+
+    first, second = server["ab"]
+    assert main(["serve", "load", first, "--url", server["url"], "--api-key", KEY]) == 0
+    loaded = httpx.get(server["url"] + "/admin/adapters", headers=AUTH).json()["data"]
+    assert first in [a["ref"] for a in loaded]
+    registry = Registry()
+    registry.set_alias("ab", "prod", 1)
+    assert post_chat(server, "ab:prod").headers["x-rayft-model"] == first
+    registry.set_alias("ab", "prod", 2)
+    assert post_chat(server, "ab:prod").headers["x-rayft-model"] == second  # picked up at once
+    registry.rollback("ab", "prod")
+    assert post_chat(server, "ab:prod").headers["x-rayft-model"] == first
+    assert main(["serve", "unload", first, "--url", server["url"], "--api-key", KEY]) == 0
+    assert first not in [a["ref"] for a in httpx.get(server["url"] + "/admin/adapters", headers=AUTH).json()["data"]]
+    assert post_chat(server, "ab:prod").status_code == 200  # loaded again on first use
+
+
+def test_traffic_split_is_proportional_and_sticky_per_user(server):
+    from rayft.registry import Registry
+
+    Registry().set_alias("ab", "canary", {1: 75, 2: 25})
+    served = Counter(post_chat(server, "ab:canary", user=f"user-{i}", max_tokens=1).headers["x-rayft-model"]
+                     for i in range(100))
+    first, second = server["ab"]
+    assert set(served) == {first, second} and 55 <= served[first] <= 95  # 75 expected, sd ≈ 4.3
+    sticky = {post_chat(server, "ab:canary", user="alice", max_tokens=1).headers["x-rayft-model"] for _ in range(8)}
+    assert len(sticky) == 1
+
+
+def test_bad_adapters_are_refused_at_load_with_a_message(server, tmp_path):
+    from rayft.registry import Registry
+
+    registry = Registry()
+    wide = random_adapter(server["base"], tmp_path / "wide", seed=5, rank=32)
+    saving = tmp_path / "saving"
+    shutil.copytree(server["adapters"]["other"], saving)
+    config = json.loads((saving / "adapter_config.json").read_text()) | {"modules_to_save": ["lm_head"]}
+    (saving / "adapter_config.json").write_text(json.dumps(config))
+    for name, path, words in (("wide", wide, "max_lora_rank"), ("saving", saving, "modules_to_save")):
+        ref = registry.register(name, "adapter", server["base"], str(path)).ref
+        response = post_chat(server, ref)
+        assert response.status_code == 400 and words in response.json()["error"]["message"]
+    assert post_chat(server, "other").status_code == 200  # the engine is unharmed
 
 
 @pytest.mark.parametrize("payload, words", [
@@ -120,6 +216,76 @@ def test_unknown_model_is_a_404_with_an_openai_error(client):
 ])
 def test_bad_requests_are_400_with_a_message(server, payload, words):
     response = httpx.post(server["url"] + "/v1/chat/completions", content=payload,
-                          headers={"content-type": "application/json"}, timeout=60)
+                          headers=AUTH | {"content-type": "application/json"}, timeout=60)
     assert response.status_code == 400
     assert words in response.json()["error"]["message"]
+
+
+def test_unknown_models_and_paths_are_404_with_an_openai_error(client, server):
+    for model in ("no-such-model", server["base"], "../etc/passwd", "support:99"):
+        with pytest.raises(openai.NotFoundError) as error:
+            chat(client, model, "hi")
+        assert error.value.body["type"] == "not_found_error"
+
+
+def test_requests_without_a_valid_key_are_401(server):
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        response = httpx.get(server["url"] + "/v1/models", headers=headers)
+        assert response.status_code == 401 and "API key" in response.json()["error"]["message"]
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=server["url"] + "/v1", api_key="wrong", max_retries=0).models.list()
+    assert httpx.get(server["url"] + "/health").status_code == 200
+
+
+def test_over_the_concurrency_limit_is_429_with_retry_after(server):
+    def slow(_):
+        body = {"model": "other", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 150,
+                "ignore_eos": True, "stream": True}
+        with httpx.stream("POST", server["url"] + "/v1/chat/completions", json=body, headers=AUTH | BYPASS,
+                          timeout=300) as response:
+            response.read()
+            return response.status_code, response.headers.get("retry-after")
+
+    with ThreadPoolExecutor(max_workers=120) as pool:
+        results = list(pool.map(slow, range(120)))
+    codes = Counter(code for code, _ in results)
+    assert set(codes) == {200, 429} and codes[200] >= 80
+    assert all(retry == "1" for code, retry in results if code == 429)
+
+
+def test_metrics_are_per_adapter(server):
+    post_chat(server, "other", "metrics")
+    post_chat(server, "other", "metrics")  # a cache hit
+    text = httpx.get(server["url"] + "/metrics").text
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+
+    def value(name, **labels):
+        return samples.get((name, tuple(sorted(labels.items()))), 0)
+
+    assert value("rayft_requests_total", model="other:1", route="chat") >= 2
+    assert value("rayft_response_cache_total", model="other:1", result="hit") >= 1
+    assert value("rayft_time_to_first_token_seconds_count", model="other:1") >= 1
+    assert value("rayft_completion_tokens_total", model="tiny") > 0
+    assert value("rayft_request_errors_total", model="-", code="404") >= 1
+    assert value("rayft_request_errors_total", model="-", code="401") >= 1
+    assert value("rayft_request_errors_total", model="-", code="429") >= 1
+
+
+def test_a_killed_engine_replica_is_replaced_and_later_requests_succeed(server, reference):
+    import ray
+
+    replicas = [a for a in ray.util.list_named_actors(all_namespaces=True)
+                if a["name"].startswith("SERVE_REPLICA::rayft#engine")]
+    assert len(replicas) == 1
+    ray.kill(ray.get_actor(replicas[0]["name"], namespace=replicas[0]["namespace"]), no_restart=True)
+    statuses, deadline = [], time.time() + 240
+    while time.time() < deadline:
+        response = post_chat(server, "other", QUESTIONS[3], headers=BYPASS, max_tokens=8)
+        statuses.append(response.status_code)
+        if response.status_code == 200:
+            break
+        time.sleep(1)
+    assert statuses[-1] == 200 and set(statuses) <= {200, 503}
+    answer = response.json()["choices"][0]["message"]["content"]
+    assert answer == expected(reference, server, "other", QUESTIONS[3])  # the adapter was loaded again

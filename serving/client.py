@@ -1,0 +1,47 @@
+"""Admin calls to a running `rayft serve` over HTTP: `rayft serve load|unload|adapters`."""
+
+from __future__ import annotations
+
+import os
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+class AdminError(RuntimeError):
+    """The server refused or could not be reached; the message says which and why."""
+
+
+def admin_call(method: str, path: str, url: str | None = None, api_key: str | None = None,
+               body: dict | None = None) -> dict:
+    """One admin request; the server's JSON answer, or AdminError with its error message."""
+    import httpx
+
+    url = (url or os.environ.get("RAYFT_SERVE_URL") or DEFAULT_URL).rstrip("/")
+    key = api_key or os.environ.get("RAYFT_API_KEY")
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    try:
+        response = httpx.request(method, url + path, json=body, headers=headers, timeout=300)
+    except httpx.HTTPError as error:
+        raise AdminError(f"cannot reach rayft serve at {url}: {error}") from None
+    if response.status_code >= 400:
+        try:
+            message = response.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = response.text
+        raise AdminError(f"{response.status_code}: {message}")
+    return response.json()
+
+
+def load_adapter(ref: str, url: str | None = None, api_key: str | None = None) -> dict:
+    """Load the adapter a registry ref names into the running server (no restart)."""
+    return admin_call("POST", "/admin/adapters", url, api_key, {"model": ref})
+
+
+def unload_adapter(ref: str, url: str | None = None, api_key: str | None = None) -> dict:
+    """Drop an adapter from the running server's engine."""
+    return admin_call("DELETE", f"/admin/adapters/{ref}", url, api_key)
+
+
+def loaded_adapters(url: str | None = None, api_key: str | None = None) -> list[dict]:
+    """The adapters loaded in the server's engine, least recently used first."""
+    return admin_call("GET", "/admin/adapters", url, api_key)["data"]

@@ -1,0 +1,272 @@
+"""The OpenAI ingress deployment: auth, limits, model routing, the response cache, metrics.
+
+Per request: check the API key (401) → admit it under the replica's concurrency limit (429 with
+Retry-After) → parse it with vLLM's protocol models (400) → resolve `model` through the registry
+(404; aliases and traffic splits included) → answer from the response cache, or stream the engine's
+output back as an OpenAI response or SSE chunks. Every answer names the exact version served in
+`x-rayft-model` and the cache result in `x-rayft-cache`. Client mistakes are 4xx with an
+OpenAI-style error body; an engine replica that dies mid-request is a 503, never a hang.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+import weakref
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST
+from ray import serve
+from ray.exceptions import RayActorError, WorkerCrashedError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
+
+from rayft.registry import Registry
+from rayft.serving import openai_api as api
+from rayft.serving.cache import AdapterHashes, ResponseCache, cache_key, deterministic
+from rayft.serving.metrics import ServingMetrics
+from rayft.serving.routing import ModelRouter, Route, UnknownModel
+
+MODEL_HEADER = "x-rayft-model"
+CACHE_HEADER = "x-rayft-cache"
+ENGINE_GONE = (RayActorError, WorkerCrashedError, BackPressureError, DeploymentUnavailableError,
+               ReplicaUnavailableError)
+logger = logging.getLogger("ray.serve")
+
+app = FastAPI(title="rayft")
+
+
+@app.exception_handler(api.ApiError)
+async def _api_error(_request: Request, error: api.ApiError) -> JSONResponse:
+    return JSONResponse(status_code=error.status, content=error.body(), headers=error.headers())
+
+
+# Defined before the ingress class: Serve pickles the class at decoration time.
+async def _sse(first: dict, outputs, request_id: str, model: str, chat: bool, include_usage: bool, done):
+    """Server-sent events for a streamed response, ending with an optional usage chunk and [DONE];
+    `done(final_item)` runs when the stream ends, however it ends."""
+    created, last = int(time.time()), first
+    try:
+        if chat:
+            yield api.chat_chunk(request_id, model, created, "", None, role=True)
+        async for item in _prepend(first, outputs):
+            last = item
+            if chat:
+                yield api.chat_chunk(request_id, model, created, item["text"], item["finish"])
+            else:
+                yield api.completion_chunk(request_id, model, created, item["text"], item["finish"])
+        if include_usage:
+            usage = api.usage(last["prompt_tokens"], last["completion_tokens"])
+            if chat:
+                yield api.chat_chunk(request_id, model, created, None, None, usage_info=usage)
+            else:
+                yield api.completion_chunk(request_id, model, created, "", None, usage_info=usage)
+        yield api.DONE
+    finally:
+        done(last)
+
+
+async def _prepend(first, rest):
+    yield first
+    async for item in rest:
+        yield item
+
+
+def bearer_key(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, key = header.partition(" ")
+    return key.strip() if scheme.lower() == "bearer" else None
+
+
+def cache_bypassed(request: Request) -> bool:
+    return (request.headers.get(CACHE_HEADER, "").lower() == "bypass"
+            or "no-cache" in request.headers.get("cache-control", "").lower())
+
+
+@serve.deployment(name="openai", max_ongoing_requests=1024, ray_actor_options={"num_cpus": 0.25})
+@serve.ingress(app)
+class OpenAIServer:
+    """The OpenAI routes plus `/admin/adapters`, `/health` and `/metrics` (see module docstring)."""
+
+    def __init__(self, engine, settings: dict):
+        self.engine = engine
+        self.stream_engine = engine.options(stream=True)
+        self.settings = settings
+        self.router = ModelRouter(Registry(settings["registry_path"]), settings["base_name"],
+                                  settings["base_path"], settings["base_ref"])
+        self.keys = frozenset(settings["api_keys"])
+        self.cache = ResponseCache(settings["response_cache_size"])
+        self.hashes = AdapterHashes()
+        self.metrics = ServingMetrics()
+        self.in_flight = 0
+        if not self.keys:
+            logger.warning("rayft serve: no API keys configured (serve.api_keys / RAYFT_API_KEYS): "
+                           "the endpoint is open to anyone who can reach it")
+
+    # --- guards -------------------------------------------------------------------------------
+    def authorize(self, request: Request) -> None:
+        if self.keys and bearer_key(request) not in self.keys:
+            self.metrics.failed(None, 401)
+            raise api.ApiError(401, "missing or invalid API key (send 'Authorization: Bearer <key>')",
+                               code="invalid_api_key")
+
+    def admit(self) -> None:
+        if self.in_flight >= self.settings["max_concurrent_requests"]:
+            self.metrics.failed(None, 429)
+            raise api.ApiError(429, f"this replica is answering {self.in_flight} requests, its limit; retry shortly",
+                               code="too_many_requests", retry_after=self.settings["retry_after_s"])
+        self.in_flight += 1
+        self.metrics.in_flight.set(self.in_flight)
+
+    def release(self) -> None:
+        self.in_flight -= 1
+        self.metrics.in_flight.set(self.in_flight)
+
+    def route(self, model: str, user: str | None) -> Route:
+        try:
+            return self.router.resolve(model, user)
+        except UnknownModel as error:
+            raise api.ApiError(404, str(error), param="model", code="model_not_found") from None
+
+    def adapter_spec(self, route: Route) -> dict | None:
+        if route.adapter is None:
+            return None
+        version = route.adapter
+        return {"ref": version.ref, "uri": version.artifact_uri,
+                "digest": self.hashes.of(version.artifact_uri, version.weights_hash)}
+
+    # --- routes -------------------------------------------------------------------------------
+    @app.get("/health")
+    async def health(self) -> dict:
+        return {"status": "ok"}
+
+    @app.get("/metrics")
+    async def prometheus(self) -> Response:
+        return Response(self.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models")
+    async def models(self, request: Request) -> dict:
+        self.authorize(request)
+        return api.model_list(self.settings["base_name"], self.router.model_ids(), self.settings["max_model_len"])
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(self, request: Request):
+        return await self.answer(request, chat=True)
+
+    @app.post("/v1/completions")
+    async def completions(self, request: Request):
+        return await self.answer(request, chat=False)
+
+    @app.get("/admin/adapters")
+    async def loaded_adapters(self, request: Request) -> dict:
+        self.authorize(request)
+        return {"data": await self.call_engine(self.engine.loaded_adapters.remote())}
+
+    @app.post("/admin/adapters")
+    async def load_adapter(self, request: Request) -> dict:
+        """Load the adapter a registry ref (name, name:version or alias) names, before any request."""
+        self.authorize(request)
+        model = api.parse_json(await request.body()).get("model")
+        if not isinstance(model, str):
+            raise api.ApiError(400, "body must be {\"model\": \"<registry ref>\"}", param="model")
+        route, spec = await self.load(model)
+        return {"loaded": route.served, "digest": spec["digest"]}
+
+    async def load_adapter_by_ref(self, ref: str) -> str | None:
+        """Load an adapter through a deployment handle (`serve.adapters` at start-up); returns an
+        error message or None."""
+        try:
+            await self.load(ref)
+        except api.ApiError as error:
+            return error.message
+        return None
+
+    async def load(self, model: str) -> tuple[Route, dict]:
+        route = self.route(model, None)
+        spec = self.adapter_spec(route)
+        if spec is None:
+            raise api.ApiError(400, f"{model!r} is the base model, not an adapter", param="model")
+        error = await self.call_engine(self.engine.load_adapter.remote(**spec))
+        if error:
+            raise api.ApiError(400, error, param="model")
+        return route, spec
+
+    @app.delete("/admin/adapters/{ref}")
+    async def unload_adapter(self, ref: str, request: Request) -> dict:
+        self.authorize(request)
+        version = self.route(ref, None).served
+        if not await self.call_engine(self.engine.unload_adapter.remote(version)):
+            raise api.ApiError(404, f"{version!r} is not loaded", param="model", code="model_not_loaded")
+        return {"unloaded": version}
+
+    # --- answering ----------------------------------------------------------------------------
+    async def call_engine(self, pending):
+        try:
+            return await pending
+        except ENGINE_GONE as error:
+            raise api.ApiError(503, f"the model engine is restarting ({type(error).__name__}); retry shortly",
+                               retry_after=self.settings["retry_after_s"]) from None
+
+    async def answer(self, request: Request, chat: bool):
+        self.authorize(request)
+        self.admit()
+        route, streaming = None, False
+        try:
+            body = api.parse_json(await request.body())
+            parsed = api.parse_chat(body) if chat else api.parse_completion(body)
+            route = self.route(parsed.model, parsed.user)
+            response = await self.respond(request, body, parsed, route, chat)
+            streaming = isinstance(response, StreamingResponse)
+            return response
+        except api.ApiError as error:
+            self.metrics.failed(route.served if route else None, error.status)
+            raise
+        finally:
+            if not streaming:
+                self.release()
+
+    async def respond(self, request: Request, body: dict, parsed, route: Route, chat: bool):
+        kind = "chat" if chat else "completion"
+        adapter = self.adapter_spec(route)
+        headers = {MODEL_HEADER: route.served}
+        key = None
+        if parsed.stream or cache_bypassed(request) or not deterministic(body):
+            headers[CACHE_HEADER] = "bypass"
+        else:
+            key = cache_key(adapter["digest"] if adapter else "base", kind, body)
+            cached = self.cache.get(key)
+            self.metrics.cache.labels(route.served, "hit" if cached else "miss").inc()
+            if cached:
+                self.metrics.requests.labels(route.served, kind).inc()
+                return JSONResponse(cached, headers=headers | {CACHE_HEADER: "hit"})
+            headers[CACHE_HEADER] = "miss"
+        if headers[CACHE_HEADER] == "bypass":
+            self.metrics.cache.labels(route.served, "bypass").inc()
+
+        request_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+        outputs = self.stream_engine.generate.remote(parsed, adapter, request_id, bool(parsed.stream))
+        first = await self.call_engine(outputs.__anext__())
+        if "error" in first:
+            raise api.ApiError(first["status"], first["error"], param="model" if adapter else None)
+        if parsed.stream:
+            include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
+
+            finished = []
+
+            def done(final: dict) -> None:  # once: at the stream's end, or when a never-started one is dropped
+                if not finished:
+                    finished.append(final)
+                    self.metrics.answered(route.served, kind, final)
+                    self.release()
+
+            events = _sse(first, outputs, request_id, parsed.model, chat, include_usage, done)
+            weakref.finalize(events, done, first)
+            return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+        build = api.chat_response if chat else api.completion_response
+        answer = build(parsed.model, first["text"], first["finish"], first["prompt_tokens"], first["completion_tokens"])
+        answer["id"] = request_id
+        self.metrics.answered(route.served, kind, first)
+        if key:
+            self.cache.put(key, answer)
+        return JSONResponse(answer, headers=headers)

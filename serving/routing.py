@@ -1,0 +1,102 @@
+"""Which model a request's `model` field means: the base, an adapter version, or an alias.
+
+Names resolve through the registry on every request (a read of the local SQLite file), so a new
+version, an alias re-pointed by `rayft promote`/`rayft registry alias`, or a rollback is served from
+the next request on, without a restart. An alias with a traffic split (e.g. 90/10) picks a version
+per request in proportion to the weights; with a `user` field the pick is sticky for that user.
+Requests name models, never paths: anything that is not the base or a registry ref is a 404.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from rayft.registry import ModelVersion, Registry, RegistryError
+
+
+class UnknownModel(LookupError):
+    """The request's `model` is not served here; the message says why."""
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where one request goes: `adapter` is None for the base."""
+
+    served: str  # the exact version answered, e.g. "support:3", or the base name
+    adapter: ModelVersion | None = None
+
+
+def default_base_name(base: str, base_ref: str | None) -> str:
+    """The id clients send for the base: the registry name, the hub id, or the folder's name."""
+    if base_ref:
+        return base_ref.split(":")[0]
+    path = Path(base).expanduser()
+    return path.name if path.exists() else base
+
+
+def sticky_fraction(key: str, user: str) -> float:
+    """A stable number in [0, 1) for (alias, user): the same user always lands on the same version."""
+    digest = hashlib.sha256(f"{key}\0{user}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def pick_weighted(targets: list[tuple[ModelVersion, float]], fraction: float) -> ModelVersion:
+    """The target whose cumulative weight range holds `fraction` (targets in version order)."""
+    ordered = sorted(targets, key=lambda t: t[0].version)
+    total = sum(weight for _, weight in ordered)
+    point, upto = fraction * total, 0.0
+    for version, weight in ordered:
+        upto += weight
+        if point < upto:
+            return version
+    return ordered[-1][0]
+
+
+class ModelRouter:
+    """Resolves `model` names for one served base against the registry."""
+
+    def __init__(self, registry: Registry, base_name: str, base_path: str, base_ref: str | None = None):
+        self.registry, self.base_name, self.base_path, self.base_ref = registry, base_name, base_path, base_ref
+
+    def resolve(self, model: str, user: str | None = None) -> Route:
+        """The route for `model`; raises UnknownModel when it is not served here."""
+        if model in (self.base_name, self.base_ref):
+            return Route(served=self.base_name)
+        try:
+            targets = self.registry.alias_targets(model)
+            version = self.registry.get(model) if targets is None else self.pick(model, targets, user)
+        except RegistryError:
+            raise UnknownModel(f"model {model!r} does not exist") from None
+        if version.kind == "full" and version.artifact_uri == self.base_path:
+            return Route(served=self.base_name)
+        if version.kind != "adapter" or version.base_model != self.base_path:
+            raise UnknownModel(f"model {model!r} is not served here: this server serves {self.base_name!r} "
+                               "and its adapters")
+        return Route(served=version.ref, adapter=version)
+
+    @staticmethod
+    def pick(alias: str, targets: list[tuple[ModelVersion, float]], user: str | None) -> ModelVersion:
+        if len(targets) == 1:
+            return targets[0][0]
+        return pick_weighted(targets, sticky_fraction(alias, user) if user else random.random())
+
+    def model_ids(self) -> list[tuple[str, dict]]:
+        """(id, extra card fields) for the base, every adapter version of it, each adapter name
+        (its latest version) and each alias whose versions are all served here."""
+        ids: list[tuple[str, dict]] = [(self.base_name, {})]
+        latest: dict[str, str] = {}
+        served = set()
+        for version in self.registry.list():
+            if version.kind == "adapter" and version.base_model == self.base_path:
+                ids.append((version.ref, {}))
+                latest[version.name] = version.ref
+                served.add(version.ref)
+        ids += [(name, {"resolves_to": ref}) for name, ref in sorted(latest.items())]
+        for alias in self.registry.aliases():
+            refs = {f"{alias.name}:{v}": w for v, w in alias.targets.items()}
+            if refs and set(refs) <= served:
+                ids.append((alias.ref, {"resolves_to": refs if len(refs) > 1 else next(iter(refs))}))
+        return ids

@@ -1,0 +1,88 @@
+"""Serving's pure parts, without Ray: traffic splits, cache keys, adapter hashes, options from config."""
+
+import pytest
+
+from rayft.config import ConfigError, ServeConfig, parse_config
+from rayft.registry import ModelVersion
+from rayft.serving.cache import AdapterHashes, ResponseCache, cache_key, deterministic
+from rayft.serving.routing import default_base_name, pick_weighted, sticky_fraction
+
+
+def version(n: int) -> ModelVersion:
+    return ModelVersion(name="m", version=n, kind="adapter", base_model="/b", artifact_uri=f"/a{n}")
+
+
+def test_weighted_pick_follows_the_weights():
+    targets = [(version(2), 10.0), (version(1), 90.0)]
+    assert pick_weighted(targets, 0.0).version == 1
+    assert pick_weighted(targets, 0.899).version == 1
+    assert pick_weighted(targets, 0.9).version == 2
+    assert pick_weighted(targets, 0.999).version == 2
+
+
+def test_sticky_fraction_is_stable_per_user_and_spread_over_users():
+    assert sticky_fraction("m:canary", "alice") == sticky_fraction("m:canary", "alice")
+    values = [sticky_fraction("m:canary", f"user-{i}") for i in range(2000)]
+    assert all(0 <= v < 1 for v in values)
+    assert 0.45 < sum(v < 0.5 for v in values) / len(values) < 0.55
+
+
+def test_base_name_is_never_a_path(tmp_path):
+    (tmp_path / "llama-tiny").mkdir()
+    assert default_base_name(str(tmp_path / "llama-tiny"), None) == "llama-tiny"
+    assert default_base_name("meta-llama/Llama-3.2-1B", None) == "meta-llama/Llama-3.2-1B"
+    assert default_base_name("/x/models/chat-v3", "chat:3") == "chat"
+
+
+def test_cache_keys_follow_weights_route_and_output_fields():
+    body = {"model": "a", "messages": [{"role": "user", "content": "hi"}], "temperature": 0, "user": "u1"}
+    key = cache_key("w1", "chat", body)
+    assert cache_key("w1", "chat", body | {"user": "u2", "model": "a:prod"}) == key
+    assert cache_key("w2", "chat", body) != key  # other weights
+    assert cache_key("w1", "completion", body) != key
+    assert cache_key("w1", "chat", body | {"max_tokens": 5}) != key
+    assert deterministic(body) and deterministic({"temperature": 1, "seed": 3}) and not deterministic({})
+
+
+def test_response_cache_is_a_bounded_lru():
+    cache = ResponseCache(2)
+    cache.put("a", {"n": 1})
+    cache.put("b", {"n": 2})
+    assert cache.get("a") == {"n": 1}
+    cache.put("c", {"n": 3})  # evicts b, the least recently used
+    assert cache.get("b") is None and cache.get("a") and cache.get("c")
+    off = ResponseCache(0)
+    off.put("x", {})
+    assert off.get("x") is None
+
+
+def test_adapter_hash_changes_with_the_files(tmp_path):
+    (tmp_path / "adapter_config.json").write_text('{"r": 8}')
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"weights-1")
+    hashes = AdapterHashes()
+    first = hashes.of(str(tmp_path), None)
+    assert hashes.of(str(tmp_path), None) == first
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"weights-2!")
+    assert hashes.of(str(tmp_path), None) != first
+    assert hashes.of("s3://bucket/adapter", "registered-hash") == "registered-hash"
+
+
+def test_api_keys_from_config_and_environment(monkeypatch):
+    from rayft.serving.app import api_keys
+
+    monkeypatch.setenv("RAYFT_API_KEYS", "k2, k3,")
+    assert api_keys(ServeConfig(api_keys=["k1", "k2"])) == ["k1", "k2", "k3"]
+    monkeypatch.delenv("RAYFT_API_KEYS")
+    assert api_keys(ServeConfig()) == []
+
+
+def test_replica_settings_become_serve_options():
+    from rayft.serving.app import engine_options
+
+    assert engine_options(ServeConfig(min_replicas=2, max_replicas=2))["num_replicas"] == 2
+    scaling = engine_options(ServeConfig(min_replicas=1, max_replicas=4, target_ongoing_requests=16))
+    assert "num_replicas" not in scaling
+    assert scaling["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 4, "initial_replicas": 1,
+                                             "target_ongoing_requests": 16}
+    with pytest.raises(ConfigError, match="min_replicas"):
+        parse_config({"name": "x", "model": {"base": "b"}, "serve": {"min_replicas": 3, "max_replicas": 2}})
