@@ -1,22 +1,56 @@
-"""Batch generation over a test split with vLLM, inside a Ray Data actor pool.
+"""Batch generation and teacher-forced scoring with vLLM, inside a Ray Data actor pool.
 
-One actor loads one model with LoRA enabled and answers every prompt for each variant it is given
-(the base itself, or an adapter on it), with the same prompts and the same greedy decoding.
+One actor holds one vLLM engine (LoRA enabled when a variant is an adapter). For each variant it is
+given (the model itself, an adapter on it, or the model shown few-shot examples) it answers the rows
+of that variant's sets greedily, and scores each reference answer from the prompt log-probabilities
+of prompt + answer (one prefill, no sampling): the same prompts and the same decoding for every
+variant. Each engine call carries one variant only, so base and adapter rows never share a batch.
+
+Columns added per variant: `output:<v>` (text), `nll:<v>` (summed negative log-likelihood of the
+answer tokens), `tokens:<v>` (how many), `shots:<v>` (examples that fit); None where not applicable.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from rayft import storage
+from rayft.eval.prompts import with_examples
 
 VLLM_ENV = {
     "VLLM_ENABLE_V1_MULTIPROCESSING": "0",  # engine in the actor's process: faster start, less memory
     "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
 }
+COLUMN_TYPES = {"output": pa.string(), "nll": pa.float64(), "tokens": pa.int64(), "shots": pa.int64()}
+
+
+@dataclass
+class Variant:
+    """One way of answering: `adapter` (a folder or URI) on the engine's model, or the model itself;
+    `few_shot` conversations shown before each prompt; the row `sets` it answers."""
+
+    name: str
+    adapter: str | None = None
+    few_shot: list[list[dict]] = field(default_factory=list)
+    sets: tuple[str, ...] = ("test",)
+
+
+@dataclass
+class Decoding:
+    """Greedy decoding, identical for every variant; `max_new_tokens` per row set."""
+
+    max_new_tokens: dict[str, int]
+    max_model_len: int
+    generate: bool = True  # False: score only (task perplexity); forgetting rows are always generated
+    score: bool = True
+    chat_template: str | None = None
 
 
 def adapter_rank(path: str) -> int:
-    import json
     from pathlib import Path
 
     return int(json.loads((Path(path) / "adapter_config.json").read_text())["r"])
@@ -30,52 +64,100 @@ def supported_lora_rank(rank: int) -> int:
     raise ValueError(f"LoRA rank {rank} is above vLLM's largest supported rank (512)")
 
 
-class GenerateAnswers:
-    """Ray Data UDF: adds an `output:<variant>` column per variant (None = the model itself)."""
-
-    def __init__(self, model: str, variants: dict[str, str | None], max_model_len: int, max_new_tokens: int):
-        from vllm import LLM, SamplingParams
-        from vllm.lora.request import LoRARequest
-
-        adapters = {name: path for name, path in variants.items() if path}
-        ranks = [adapter_rank(p) for p in adapters.values()]
-        self.llm = LLM(
-            model=model, dtype="float32" if _on_cpu() else "auto", max_model_len=max_model_len,
-            enforce_eager=True, enable_lora=bool(adapters), max_loras=max(1, len(adapters)),
-            max_lora_rank=supported_lora_rank(max(ranks, default=8)), seed=0,
-        )
-        self.tokenizer = self.llm.get_tokenizer()
-        self.sampling = SamplingParams(temperature=0.0, max_tokens=max_new_tokens)
-        self.requests = {
-            name: LoRARequest(name, i, path) if path else None
-            for i, (name, path) in enumerate(sorted(variants.items(), key=lambda kv: kv[0]), start=1)
-        }
-
-    def prompt(self, messages_json: str) -> dict:
-        ids = self.tokenizer.apply_chat_template(json.loads(messages_json), add_generation_prompt=True, tokenize=True)
-        return {"prompt_token_ids": list(ids["input_ids"] if hasattr(ids, "keys") else ids)}
-
-    def __call__(self, batch: dict) -> dict:
-        prompts = [self.prompt(m) for m in batch["prompt"]]
-        for name, request in self.requests.items():
-            outputs = self.llm.generate(prompts, self.sampling, lora_request=request, use_tqdm=False)
-            batch[f"output:{name}"] = [o.outputs[0].text for o in outputs]
-        return batch
-
-
 def _on_cpu() -> bool:
     import torch
 
     return not torch.cuda.is_available()
 
 
-def generate_answers(rows, model: str, variants: dict[str, str | None], max_model_len: int, max_new_tokens: int):
-    """`rows` (with `prompt`, a JSON list of messages) plus one output column per variant, from one vLLM actor."""
-    return rows.map_batches(
-        GenerateAnswers,
-        fn_constructor_args=(model, variants, max_model_len, max_new_tokens),
-        batch_size=256,
-        concurrency=1,
-        num_cpus=1,
-        runtime_env={"env_vars": VLLM_ENV},
-    )
+class EvalEngine:
+    """Ray Data UDF holding one vLLM engine; adds the output and score columns of each variant."""
+
+    def __init__(self, model: str, variants: list[Variant], decoding: Decoding):
+        from vllm import LLM, SamplingParams
+        from vllm.lora.request import LoRARequest
+
+        adapters = {v.name: str(storage.local_dir(v.adapter)) for v in variants if v.adapter}
+        self.llm = LLM(
+            model=str(storage.local_dir(model)), dtype="float32" if _on_cpu() else "auto",
+            max_model_len=decoding.max_model_len, enforce_eager=True, enable_lora=bool(adapters), max_loras=1,
+            max_lora_rank=supported_lora_rank(max(map(adapter_rank, adapters.values()), default=8)), seed=0,
+        )
+        self.tokenizer = self.llm.get_tokenizer()
+        if decoding.chat_template:
+            self.tokenizer.chat_template = decoding.chat_template
+        self.variants, self.decoding = variants, decoding
+        self.lora = {name: LoRARequest(name, i, path) for i, (name, path) in enumerate(sorted(adapters.items()), 1)}
+        self.greedy = {s: SamplingParams(temperature=0.0, max_tokens=n) for s, n in decoding.max_new_tokens.items()}
+        self.scoring = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=0, detokenize=False)
+
+    def render(self, messages: list[dict], generation_prompt: bool) -> str:
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+
+    def ids(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def prompt(self, messages: list[dict], examples: list[list[dict]], room: int) -> tuple[int, list[dict], str, list[int]]:
+        """How many of `examples` leave `room` tokens of context (the last ones dropped first), the
+        conversation with them, rendered as the generation prompt, and its ids."""
+        for shots in range(len(examples), -1, -1):
+            shown = with_examples(messages, examples[:shots])
+            text = self.render(shown, True)
+            ids = self.ids(text)
+            if len(ids) + room <= self.decoding.max_model_len:
+                break
+        return shots, shown, text, ids
+
+    def answer_ids(self, messages: list[dict], prompt_text: str, answer: str) -> list[int] | None:
+        """The answer's tokens as the template renders them after the prompt, end-of-turn token
+        included (what training learns); None when the template does not extend the prompt."""
+        full = self.render(messages + [{"role": "assistant", "content": answer}], False)
+        if not full.startswith(prompt_text):
+            return None
+        return self.ids(full[len(prompt_text):len(full.rstrip())])
+
+    def requests(self, variant: Variant, sets: list[str], prompts: list[str], answers: list[str], shots: list):
+        """The engine requests of one variant: (row, kind, answer start, prompt, sampling) for a
+        greedy answer ("output") and a scored reference answer ("nll") per row it answers."""
+        out = []
+        for row, (row_set, prompt, answer) in enumerate(zip(sets, prompts, answers)):
+            if row_set not in variant.sets:
+                continue
+            max_new = self.decoding.max_new_tokens[row_set]
+            shots[row], shown, text, ids = self.prompt(json.loads(prompt), variant.few_shot, max_new)
+            if (self.decoding.generate or row_set != "test") and len(ids) + max_new <= self.decoding.max_model_len:
+                out.append((row, "output", None, ids, self.greedy[row_set]))
+            answer_ids = self.answer_ids(shown, text, answer) if self.decoding.score else None
+            if answer_ids and len(ids) + len(answer_ids) < self.decoding.max_model_len:
+                out.append((row, "nll", len(ids), ids + answer_ids, self.scoring))
+        return out
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        sets, prompts, answers = (batch.column(c).to_pylist() for c in ("set", "prompt", "answer"))
+        for variant in self.variants:
+            columns = {key: [None] * len(sets) for key in COLUMN_TYPES}
+            requests = self.requests(variant, sets, prompts, answers, columns["shots"])
+            outputs = self.llm.generate([{"prompt_token_ids": r[3]} for r in requests], [r[4] for r in requests],
+                                        lora_request=self.lora.get(variant.name), use_tqdm=False) if requests else []
+            for (row, kind, start, _, _), output in zip(requests, outputs):
+                if kind == "output":
+                    columns["output"][row] = output.outputs[0].text
+                else:
+                    tokens, logprobs = output.prompt_token_ids[start:], output.prompt_logprobs[start:]
+                    columns["nll"][row] = -sum(lp[t].logprob for t, lp in zip(tokens, logprobs))
+                    columns["tokens"][row] = len(tokens)
+            for key, values in columns.items():
+                batch = batch.append_column(f"{key}:{variant.name}", pa.array(values, type=COLUMN_TYPES[key]))
+        return batch
+
+
+def answer_with_engines(rows, stages: list[tuple[str, list[Variant]]], decoding: Decoding, batch_size: int,
+                        engines: int):
+    """`rows` plus every variant's columns: one actor pool of `engines` vLLM actors per model in
+    `stages` ([(model, variants)]: the base with its variants, then a full candidate if any)."""
+    for model, variants in stages:
+        rows = rows.map_batches(
+            EvalEngine, fn_constructor_args=(model, variants, decoding), batch_size=batch_size,
+            batch_format="pyarrow", concurrency=engines, num_cpus=1, runtime_env={"env_vars": VLLM_ENV},
+        )
+    return rows

@@ -44,6 +44,7 @@ def cmd_data_prepare(args) -> int:
     data = config.data if config else DataConfig()
     overrides = {k: v for k, v in {
         "seed": args.seed, "label_field": args.label_field, "label_regex": args.label_regex, "format": args.format,
+        "label_json": args.label_json,
     }.items() if v is not None}
     data = DataConfig.model_validate(data.model_dump() | overrides)
     inputs = args.inputs or data.inputs
@@ -65,10 +66,34 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from rayft.eval.evaluate import evaluate, print_report
+    from rayft.eval.evaluate import evaluate
+    from rayft.eval.report import print_report
 
-    report = evaluate(load_config(args.config), candidate=args.model)
+    report = evaluate(load_config(args.config), candidate=args.model, show_progress=not args.no_progress)
     print_report(report)
+    return 0
+
+
+def cmd_promote(args) -> int:
+    from rayft.eval.gate import PromotionRefused, print_checks, promote
+
+    try:
+        alias, checks = promote(Registry(), args.ref, args.alias, force=args.force, reason=args.reason, actor=_actor())
+    except PromotionRefused as refused:
+        if args.json:
+            print(json.dumps({"promoted": False, "checks": [c.to_dict() for c in refused.checks]}, indent=2))
+        else:
+            print_checks(args.ref, args.alias, refused.checks)
+            print(f"refused: {refused}\n(override with --force --reason \"...\"; the reason is recorded)",
+                  file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({"promoted": True, "alias": alias.to_dict(), "checks": [c.to_dict() for c in checks]},
+                         indent=2))
+    else:
+        print_checks(args.ref, args.alias, checks)
+        forced = " (forced: " + args.reason + ")" if not all(c.passed for c in checks) else ""
+        print(f"promoted {args.ref} to {alias.ref}{forced}")
     return 0
 
 
@@ -213,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--format", choices=["auto", "messages", "prompt_completion", "parquet", "hf"])
     prepare.add_argument("--label-field")
     prepare.add_argument("--label-regex")
+    prepare.add_argument("--label-json", help="dotted path into the last assistant turn parsed as JSON")
     prepare.add_argument("--seed", type=int)
     prepare.set_defaults(func=cmd_data_prepare)
 
@@ -224,7 +250,16 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="evaluate a registered model against its base")
     evaluate.add_argument("config")
     evaluate.add_argument("--model", help="registry ref to evaluate (default: latest version of the config's name)")
+    evaluate.add_argument("--no-progress", action="store_true", help="no progress bar (logs of batch jobs)")
     evaluate.set_defaults(func=cmd_eval)
+
+    promotion = commands.add_parser("promote", help="move an alias to a version if its eval passes the gate")
+    promotion.add_argument("ref", help="NAME:VERSION")
+    promotion.add_argument("--alias", required=True, help="e.g. prod")
+    promotion.add_argument("--force", action="store_true", help="promote even if the gate refuses (needs --reason)")
+    promotion.add_argument("--reason", help="why; recorded in the alias history")
+    promotion.add_argument("--json", action="store_true")
+    promotion.set_defaults(func=cmd_promote)
 
     registry = commands.add_parser("registry", help="the model registry").add_subparsers(dest="registry_command", required=True)
     as_json = argparse.ArgumentParser(add_help=False)

@@ -32,6 +32,46 @@ def test_quickstart_runs_every_stage_and_the_adapter_beats_the_base(ray_cluster,
 
     from rayft.registry import Registry
 
-    adapter = Registry().get(summary["adapter_training"]["ref"])
+    registry = Registry()
+    adapter = registry.get(summary["adapter_training"]["ref"])
     assert adapter.parent == summary["base_training"]["ref"]  # lineage: LoRA on the registered full model
-    assert adapter.eval_report["metrics"]["candidate"]["accuracy"] == summary["eval"]["adapter"]
+    report = adapter.eval_report
+    assert report["metrics"]["candidate"]["accuracy"] == summary["eval"]["adapter"]
+    check_gate_and_rollback(registry, adapter, summary["base_training"]["artifact"], tmp_path)
+
+
+def check_gate_and_rollback(registry, adapter, base, tmp_path):
+    """The eval report has every part; the gate lets the trained adapter through to `prod`, refuses a
+    deliberately bad one (random LoRA weights) and says why; a forced move is recorded and rolled back."""
+    from pathlib import Path
+
+    from reference import random_adapter
+
+    from rayft.eval.evaluate import evaluate
+    from rayft.eval.gate import PromotionRefused, promote
+    from rayft.quickstart import packaged_config
+
+    report = adapter.eval_report
+    assert report["metrics"]["candidate"]["accuracy"] >= report["metrics"]["few_shot"]["accuracy"] + 0.3
+    assert report["metrics"]["few_shot"]["mean_shots"] > 0 and report["forgetting"]["n"] == 60
+    assert report["metrics"]["candidate"]["perplexity"] < report["metrics"]["base"]["perplexity"]
+    folder = Path(report["folder"])
+    assert {"report.md", "metrics.png", "confusion.png", "training_loss.png"} <= {p.name for p in folder.iterdir()}
+    assert json.loads(Path(report["path"]).read_text())["candidate"] == adapter.ref
+    alias, checks = promote(registry, adapter.ref, "prod")
+    assert all(c.passed for c in checks) and registry.get("support:prod").ref == adapter.ref
+
+    bad = registry.register("support", "adapter", base, random_adapter(base, tmp_path / "bad-adapter", seed=3))
+    config = packaged_config("quickstart.yaml")
+    config.eval.limit, config.eval.few_shot = 64, 0
+    evaluate(config, candidate=bad.ref, show_progress=False)
+    with pytest.raises(PromotionRefused) as refused:
+        promote(registry, bad.ref, "prod")
+    failed = {c.name for c in refused.value.checks if not c.passed}
+    assert {"beats the base", "forgetting perplexity"} <= failed, refused.value.checks
+    assert registry.get("support:prod").ref == adapter.ref
+    promote(registry, bad.ref, "prod", force=True, reason="override drill")
+    assert registry.get("support:prod").ref == bad.ref
+    assert registry.rollback("support", "prod", reason="bad answers").targets == {adapter.version: 1.0}
+    assert [(c.action, c.details and c.details["forced"]) for c in registry.history("support", "prod")] == \
+        [("set", False), ("set", True), ("rollback", None)]

@@ -1,0 +1,104 @@
+"""What the models are asked: the test split, the forgetting set and the few-shot examples.
+
+Every record becomes a row with `set` ("test" or "forgetting"), `prompt` (the conversation without
+its last assistant answer, as JSON), `answer` (that reference answer) and `expected` (the forgetting
+set's key answer; "" for test rows). The few-shot base sees the same prompts with k training
+examples placed as earlier turns of the conversation.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from importlib import resources
+from pathlib import Path
+
+import pyarrow as pa
+
+ROW_COLUMNS = ("set", "prompt", "answer", "expected")
+
+
+def _clean(conversation: list[dict]) -> list[dict]:
+    """Parquet gives every message every key; drop the ones a record did not have."""
+    return [{k: v for k, v in m.items() if v is not None} for m in conversation]
+
+
+def split_prompt(batch: pa.Table) -> dict[str, list]:
+    """Ray Data UDF: conversations to eval rows (prompt = all turns but the last assistant answer)."""
+    prompts, answers = [], []
+    for conversation in batch.column("messages").to_pylist():
+        messages = _clean(conversation)
+        prompts.append(json.dumps(messages[:-1], ensure_ascii=False))
+        answers.append(messages[-1]["content"])
+    return {"set": ["test"] * len(prompts), "prompt": prompts, "answer": answers, "expected": [""] * len(prompts)}
+
+
+def read_test_split(dataset_dir: Path, limit: int | None):
+    """The prepared test split as eval rows, on Ray Data."""
+    import ray
+
+    path = dataset_dir / "test.parquet"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: run `rayft data prepare` first")
+    rows = ray.data.read_parquet(str(path)).select_columns(["messages"])
+    if limit:
+        rows = rows.limit(limit)
+    return rows.map_batches(split_prompt, batch_format="pyarrow")
+
+
+def forgetting_records(path: str | None) -> list[dict]:
+    """The forgetting set as eval rows: `path`, or the general-purpose set rayft ships
+    (`eval/forgetting.jsonl`). Each line is {"messages": [..., assistant answer], "expected": "..."};
+    a bad line raises ValueError naming the file and line."""
+    source = Path(path) if path else resources.files("rayft.eval") / "forgetting.jsonl"
+    rows = []
+    for number, line in enumerate(source.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{source}:{number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{where}: not valid JSON: {error}") from None
+        messages, expected = record.get("messages"), record.get("expected")
+        if not (isinstance(messages, list) and messages and isinstance(messages[-1], dict)
+                and messages[-1].get("role") == "assistant"):
+            raise ValueError(f"{where}: 'messages' must be a conversation ending with the assistant's answer")
+        if not isinstance(expected, str) or not expected.strip():
+            raise ValueError(f"{where}: 'expected' must be the non-empty answer the output has to contain")
+        rows.append({"set": "forgetting", "prompt": json.dumps(messages[:-1], ensure_ascii=False),
+                     "answer": messages[-1]["content"], "expected": expected})
+    if not rows:
+        raise ValueError(f"{source}: the forgetting set is empty")
+    return rows
+
+
+def few_shot_examples(dataset_dir: Path, k: int, seed: int, label=None) -> list[list[dict]]:
+    """`k` conversations drawn (seeded) from the training split; when `label(answer)` is given, the
+    draw covers as many different labels as it can before repeating one."""
+    import pyarrow.parquet as pq
+
+    if k == 0:
+        return []
+    path = dataset_dir / "train.parquet"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: the few-shot base draws its examples from the training split")
+    conversations = [_clean(c) for c in pq.read_table(path, columns=["messages"]).column("messages").to_pylist()]
+    random.Random(seed).shuffle(conversations)
+    chosen, labels = [], set()
+    for conversation in conversations:  # first pass: one per label
+        tag = label(conversation[-1]["content"]) if label else None
+        if tag not in labels or not label:
+            chosen.append(conversation)
+            labels.add(tag)
+        if len(chosen) == k:
+            return chosen
+    return chosen + [c for c in conversations if c not in chosen][: k - len(chosen)]
+
+
+def with_examples(messages: list[dict], examples: list[list[dict]]) -> list[dict]:
+    """The prompt with `examples` as earlier turns: its system message(s), then each example's
+    non-system turns, then its own turns."""
+    system = [m for m in messages if m["role"] == "system"]
+    shots = [m for example in examples for m in example if m["role"] != "system"]
+    return system + shots + [m for m in messages if m["role"] != "system"]

@@ -1,0 +1,139 @@
+"""Eval pieces without a model: the eval config, the forgetting set, few-shot prompts, the report
+and its plots (written locally and through an object-storage URI)."""
+
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from rayft.config import ConfigError, EvalConfig, parse_config
+from rayft.eval.evaluate import write_report
+from rayft.eval.prompts import few_shot_examples, forgetting_records, with_examples
+from rayft.eval.report import build_report, print_report
+from rayft.registry import ModelVersion
+
+
+def eval_config(**fields) -> EvalConfig:
+    return parse_config({"name": "support", "model": {"base": "/base"}, "eval": fields}, "eval.yaml").eval
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"task": "structured"}, "eval: Value error, task structured needs json_schema"),
+    ({"task": "generation", "primary_metric": "accuracy"}, "choose one of rouge_l, bleu, chrf, perplexity"),
+    ({"label_regex": "(a)", "label_json": "a.b"}, "give label_regex or label_json, not both"),
+    ({"label_regex": "no group"}, "eval.label_regex: Value error, label_regex must have exactly one capture group"),
+    ({"task": "structured", "json_schema": {"type": "nope"}}, "eval.json_schema: Value error, not a valid JSON schema"),
+    ({"task": "structured", "json_schema": "/missing/schema.json"}, "schema file /missing/schema.json: No such file"),
+    ({"gate": {"margin": -0.1}}, "eval.gate.margin: Input should be greater than or equal to 0"),
+    ({"few_shot": -1}, "eval.few_shot: Input should be greater than or equal to 0"),
+])
+def test_eval_config_errors_name_the_field(fields, message):
+    with pytest.raises(ConfigError, match="eval.yaml: invalid config") as error:
+        eval_config(**fields)
+    assert message in str(error.value)
+
+
+def test_eval_config_defaults_per_task(tmp_path):
+    assert eval_config().primary_metric == "accuracy"
+    assert eval_config(task="generation").primary_metric == "rouge_l"
+    assert eval_config(task="perplexity", perplexity=False).perplexity is True
+    assert eval_config(label_json="triage.category").label_regex is None
+    schema = tmp_path / "schema.json"
+    schema.write_text('{"type": "object", "required": ["priority"]}')
+    assert eval_config(task="structured", json_schema=str(schema)).json_schema["required"] == ["priority"]
+
+
+def test_the_shipped_forgetting_set_and_bad_lines(tmp_path):
+    rows = forgetting_records(None)
+    assert len(rows) == 60 and all(r["set"] == "forgetting" and r["expected"] for r in rows)
+    assert all(json.loads(r["prompt"])[-1]["role"] == "user" for r in rows)
+    bad = tmp_path / "set.jsonl"
+    bad.write_text(json.dumps(rows[0] | {"messages": [{"role": "user", "content": "hi"},
+                                                      {"role": "assistant", "content": "Hello"}],
+                                         "expected": "Hello"}) + "\n\n{not json\n")
+    with pytest.raises(ValueError, match=f"{bad}:3: not valid JSON"):
+        forgetting_records(str(bad))
+    bad.write_text('{"messages": [{"role": "user", "content": "hi"}], "expected": "x"}\n')
+    with pytest.raises(ValueError, match=f"{bad}:1: 'messages' must be a conversation ending"):
+        forgetting_records(str(bad))
+
+
+def test_few_shot_examples_cover_labels_first_and_sit_before_the_prompt(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def chat(label, i):
+        return [{"role": "system", "content": "S"}, {"role": "user", "content": f"q{i}"},
+                {"role": "assistant", "content": f"Category: {label}"}]
+
+    conversations = [chat("billing", i) for i in range(20)] + [chat("refund", 20), chat("shipping", 21)]
+    pq.write_table(pa.table({"messages": conversations}), tmp_path / "train.parquet")
+    label = lambda answer: answer.split(": ")[1]  # noqa: E731
+    chosen = few_shot_examples(tmp_path, 3, seed=0, label=label)
+    assert sorted(label(c[-1]["content"]) for c in chosen) == ["billing", "refund", "shipping"]
+    assert few_shot_examples(tmp_path, 3, seed=0, label=label) == chosen  # seeded
+    assert len(few_shot_examples(tmp_path, 5, seed=1)) == 5 and few_shot_examples(tmp_path, 0, seed=0) == []
+    prompt = [{"role": "system", "content": "S"}, {"role": "user", "content": "new"}]
+    assert [m["content"] for m in with_examples(prompt, chosen[:1])] == ["S", chosen[0][1]["content"],
+                                                                         chosen[0][2]["content"], "new"]
+
+
+def answered_rows() -> pd.DataFrame:
+    rows = []
+    for i, (label, base, candidate) in enumerate([("billing", "I can help", "Category: billing"),
+                                                  ("refund", "Category: refund", "Category: refund"),
+                                                  ("shipping", None, "Category: billing")]):
+        rows.append({"set": "test", "prompt": json.dumps([{"role": "user", "content": f"q{i}"}]),
+                     "answer": f"Category: {label}", "expected": "",
+                     "output:base": base, "nll:base": 6.0, "tokens:base": 3,
+                     "output:candidate": candidate, "nll:candidate": 3.0, "tokens:candidate": 3})
+    rows.append({"set": "forgetting", "prompt": json.dumps([{"role": "user", "content": "2+2?"}]), "answer": "4",
+                 "expected": "4", "output:base": "It is 4.", "nll:base": 1.0, "tokens:base": 2,
+                 "output:candidate": "Category: billing", "nll:candidate": float("nan"), "tokens:candidate": None})
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("remote", [False, True])
+def test_report_files_and_numbers(tmp_path, remote, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 2.0 / s}) + "\n" for s in (1, 2)))
+    version = ModelVersion("support", 3, "adapter", "/base", "/a3", weights_hash="w3",
+                           metrics={"run_dir": f"file://{run_dir}" if remote else str(run_dir)})
+    report = build_report(answered_rows(), version, eval_config(), ["base", "candidate"], [], {"temperature": 0.0})
+    assert report["metrics"]["base"]["accuracy"] == pytest.approx(1 / 3)
+    assert report["metrics"]["candidate"]["accuracy"] == pytest.approx(2 / 3)
+    assert report["metrics"]["candidate"]["perplexity"] == pytest.approx(math.exp(1.0))
+    assert report["forgetting"]["drop"] == 1.0 and report["forgetting"]["candidate"]["unscored"] == 1
+    report["verdict"] = [{"name": "beats the base", "passed": True, "detail": "accuracy 0.667 vs 0.333"}]
+    root = f"file://{tmp_path}/reports" if remote else str(tmp_path / "reports")
+    written = write_report(report, answered_rows(), version, root)
+    folder = tmp_path / "reports" / "support" / "3"
+    assert written["path"] == f"{root}/support/3/report.json"
+    assert json.loads((folder / "report.json").read_text())["metrics"] == json.loads(json.dumps(report["metrics"]))
+    assert written["files"]["plots"] == {"metrics": "metrics.png", "confusion": "confusion.png",
+                                         "training": "training_loss.png"}
+    assert all((folder / name).stat().st_size > 1000 for name in written["files"]["plots"].values())
+    markdown = (folder / "report.md").read_text()
+    assert "| accuracy | 0.3333 | 0.6667 |" in markdown and "- pass: beats the base" in markdown
+    assert len((folder / "answers.jsonl").read_text().splitlines()) == 4
+    print_report(written)
+    printed = capsys.readouterr().out
+    assert "forgetting answer rate" in printed and "would pass" in printed and written["path"] in printed
+
+
+def test_an_adapter_shares_the_base_engine_and_a_full_model_gets_its_own():
+    from rayft.eval.evaluate import plan_engines
+
+    examples = [[{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]]
+    adapter = ModelVersion("support", 1, "adapter", "/base", "/a1")
+    [(model, variants)] = plan_engines(adapter, examples, forgetting=True)
+    assert model == "/base" and [(v.name, v.adapter, v.sets) for v in variants] == [
+        ("base", None, ("test", "forgetting")), ("few_shot", None, ("test",)),
+        ("candidate", "/a1", ("test", "forgetting"))]
+    assert variants[1].few_shot == examples
+    full = ModelVersion("chat", 2, "full", "/base", "/chat-v2")
+    (base_model, base_variants), (candidate_model, [candidate]) = plan_engines(full, [], forgetting=False)
+    assert (base_model, [v.name for v in base_variants]) == ("/base", ["base"])
+    assert (candidate_model, candidate.name, candidate.adapter, candidate.sets) == ("/chat-v2", "candidate", None, ("test",))
