@@ -52,14 +52,34 @@ def run_training(tiny_model, dataset, name, resume=False, **train):
     return run(parse_config(lora_train_config(tiny_model, dataset, name, **train)), resume=resume, show_progress=False)
 
 
+def tensorboard_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    """Scalars by tag from TensorBoard event files (TFRecord framing: length, crc, event, crc)."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event
+
+    scalars: dict[str, list] = {}
+    for path in sorted(folder.glob("events.out.tfevents.*")):
+        data, at = path.read_bytes(), 0
+        while at < len(data):
+            (length,) = struct.unpack("<Q", data[at : at + 8])
+            event = Event.FromString(data[at + 12 : at + 12 + length])
+            at += 12 + length + 4
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return scalars
+
+
 def step_log(version):
     return [json.loads(l) for l in (Path(version["metrics"]["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_zero3_lora_and_resume_continues_steps_and_curve(ray_cluster, tiny_model, tickets_dataset):
-    settings = {"deepspeed": {"zero_stage": 3}, "checkpoint_every": 3, "eval_every": 3}
+def test_zero3_lora_packed_and_resume_continues_steps_and_curve(ray_cluster, tiny_model, tickets_dataset):
+    settings = {"deepspeed": {"zero_stage": 3}, "checkpoint_every": 3, "eval_every": 3, "packing": True}
     first = run_training(tiny_model, tickets_dataset, "z3lora", max_steps=6, **settings)
     assert first["metrics"]["steps"] == 6 and first["metrics"]["verified_tensors"] > 0
+    plan = first["metrics"]["plan"]
+    assert plan["steps_per_epoch"] < plan["n_train"] // plan["global_batch"]  # packed rows hold several examples
     first_steps = [r for r in step_log(first) if "loss" in r]
     second = run_training(tiny_model, tickets_dataset, "z3lora", resume=True, max_steps=12, **settings)
     assert second["metrics"]["run_dir"] == first["metrics"]["run_dir"]
@@ -67,6 +87,7 @@ def test_zero3_lora_and_resume_continues_steps_and_curve(ray_cluster, tiny_model
     steps = [r for r in log if "loss" in r]
     assert [r["step"] for r in steps] == list(range(1, 13))
     assert steps[:6] == first_steps  # the curve continues, not restarts
+    assert steps[-1]["loss"] < steps[0]["loss"]  # packed rows train
     assert {"event": "resumed", "from_step": 6, "epoch": 0} in log
     assert second["parent"] == first["ref"]  # lineage: the resumed run continues the first export
 
@@ -74,35 +95,35 @@ def test_zero3_lora_and_resume_continues_steps_and_curve(ray_cluster, tiny_model
 def test_zero2_full_fine_tune_stops_early_on_validation_loss(ray_cluster, tiny_model, tickets_dataset):
     from transformers import AutoModelForCausalLM
 
-    version = run_training(tiny_model, tickets_dataset, "z2full", method="full", learning_rate=3.0,
+    version = run_training(tiny_model, tickets_dataset, "z2full", method="full", learning_rate=3.0, tensorboard=True,
                            max_steps=30, eval_every=2, checkpoint_every=2, early_stopping_patience=2)
     metrics = version["metrics"]
     assert metrics["stopped_early"] and metrics["steps"] < 30
-    vals = [r["val_loss"] for r in step_log(version) if "val_loss" in r]
+    log = step_log(version)
+    vals = [r["val_loss"] for r in log if "val_loss" in r]
     assert min(vals) < vals[-1]  # it stopped because validation loss stopped improving
+    board = tensorboard_scalars(Path(metrics["run_dir"]) / "tensorboard")  # the same curves in TensorBoard
+    assert board["train/loss"] == [(r["step"], pytest.approx(r["loss"])) for r in log if "loss" in r]
+    assert [v for _, v in board["train/val_loss"]] == pytest.approx(vals)
     assert version["kind"] == "full" and metrics["verified_tensors"] == 21
     AutoModelForCausalLM.from_pretrained(version["artifact_uri"])  # a loadable HF folder
 
 
-def test_zero3_full_export_equals_the_gathered_training_weights(ray_cluster, tiny_model, tickets_dataset):
-    from safetensors.torch import load_file
-
-    version = run_training(tiny_model, tickets_dataset, "z3full", method="full", learning_rate=1e-3,
-                           deepspeed={"zero_stage": 3, "override": {"zero_optimization": {"stage3_param_persistence_threshold": 0}}},
-                           max_steps=4, checkpoint_every=4, eval_every=4)
-    final = Path(version["metrics"]["run_dir"]) / "step_000004" / "train_state.json"
-    fingerprint = json.loads(final.read_text())["fingerprint"]  # written by the workers from gathered params
-    exported = load_file(Path(version["artifact_uri"]) / "model.safetensors")
-    assert set(fingerprint) <= set(exported)
-    for name, (total, _) in fingerprint.items():
-        assert float(exported[name].double().sum()) == pytest.approx(total, rel=1e-9, abs=1e-9), name
-    base = load_file(Path(tiny_model) / "model.safetensors")
-    assert any(not torch.equal(base[k], exported[k]) for k in fingerprint)  # and it did train
+@pytest.fixture(scope="module")
+def z3_full_after_a_crash(ray_cluster, tiny_model, tickets_dataset):
+    """A ZeRO-3 full fine-tune whose last worker crashes once at step 5 (a test hook), so Ray Train
+    restarts the worker group from the step-3 checkpoint; every parameter is partitioned."""
+    os.environ["RAYFT_FAULT_STEP"] = "5"
+    try:
+        return run_training(tiny_model, tickets_dataset, "z3full", method="full", learning_rate=1e-3,
+                            deepspeed={"zero_stage": 3, "override": {"zero_optimization": {"stage3_param_persistence_threshold": 0}}},
+                            max_steps=8, checkpoint_every=3, eval_every=3)
+    finally:
+        del os.environ["RAYFT_FAULT_STEP"]
 
 
-def test_a_worker_killed_mid_run_resumes_from_the_last_checkpoint(ray_cluster, tiny_model, tickets_dataset, monkeypatch):
-    monkeypatch.setenv("RAYFT_FAULT_STEP", "5")
-    version = run_training(tiny_model, tickets_dataset, "faulty", max_steps=8, checkpoint_every=3, eval_every=3)
+def test_a_worker_killed_mid_run_resumes_from_the_last_checkpoint(z3_full_after_a_crash):
+    version = z3_full_after_a_crash
     log = step_log(version)
     assert version["metrics"]["restarts"] == 1 and version["metrics"]["steps"] == 8
     resumed = [r for r in log if r.get("event") == "resumed"]
@@ -110,35 +131,59 @@ def test_a_worker_killed_mid_run_resumes_from_the_last_checkpoint(ray_cluster, t
     assert [r["step"] for r in log if "loss" in r] == list(range(1, 9))
 
 
-@pytest.mark.parametrize("train, words", [
-    ({"method": "qlora"}, "qlora quantizes the base to 4 bits"),
-    ({"lora": {"target_modules": ["q_proj", "attn_qkv"]}}, "attn_qkv not in the model"),
+def test_zero3_full_export_equals_the_gathered_training_weights(z3_full_after_a_crash, tiny_model):
+    from safetensors.torch import load_file
+
+    metrics = z3_full_after_a_crash["metrics"]
+    exported_from = Path(metrics["run_dir"]) / f"step_{metrics['exported_step']:06d}" / "train_state.json"
+    fingerprint = json.loads(exported_from.read_text())["fingerprint"]  # written by the workers from gathered params
+    exported = load_file(Path(z3_full_after_a_crash["artifact_uri"]) / "model.safetensors")
+    assert z3_full_after_a_crash["kind"] == "full" and set(fingerprint) <= set(exported)
+    for name, (total, _) in fingerprint.items():
+        assert float(exported[name].double().sum()) == pytest.approx(total, rel=1e-9, abs=1e-9), name
+    base = load_file(Path(tiny_model) / "model.safetensors")
+    assert any(not torch.equal(base[k], exported[k]) for k in fingerprint)  # and it did train
+
+
+@pytest.mark.parametrize("rows, train, words", [
+    (40, {"method": "qlora"}, "qlora quantizes the base to 4 bits"),
+    (40, {"lora": {"target_modules": ["q_proj", "attn_qkv"]}}, "attn_qkv not in the model"),
+    (0, {}, "training split is empty"),
+    (40, {"batch_size": 64}, r"batch of 64 .* larger than the data \(40 examples\)"),
+    (40, {"batch_size": 64, "packing": True}, "larger than the data"),
+    (None, {}, "not a readable Parquet file"),
 ])
-def test_bad_configs_fail_before_ray_starts(tiny_model, tmp_path, train, words):
+def test_bad_configs_fail_before_any_work(tiny_model, tmp_path, monkeypatch, rows, train, words):
+    import rayft.training.trainer as trainer
     from rayft.config import ConfigError, parse_config
-    from rayft.training.trainer import train as run
 
-    (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "train.parquet").write_bytes(b"")
     from conftest import lora_train_config
 
-    config = parse_config(lora_train_config(tiny_model, tmp_path / "data", "bad", **train))
+    def no_work(*args, **kwargs):
+        raise AssertionError("started Ray before refusing the config")
+
+    monkeypatch.setattr(trainer, "ensure_ray", no_work)
+    path = tmp_path / "data" / "train.parquet"
+    path.parent.mkdir()
+    if rows is None:
+        path.write_bytes(b"not parquet")
+    else:
+        messages = [[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]] * rows
+        pd.DataFrame({"messages": pd.Series(messages, dtype=object)}).to_parquet(path)
     with pytest.raises(ConfigError, match=words):
-        run(config)
+        trainer.train(parse_config(lora_train_config(tiny_model, path.parent, "bad", **train)))
 
 
-def test_data_that_cannot_train_fails_before_workers_start(ray_cluster, tiny_model, tickets_dataset, tmp_path):
-    from rayft.config import ConfigError, parse_config
-    from rayft.training.trainer import train as run
+def test_progress_tail_reads_whole_lines_and_survives_a_rewrite(tmp_path):
+    from rayft.training.progress import LogTail
 
-    from conftest import lora_train_config
-
-    with pytest.raises(ConfigError, match="larger than the data"):
-        run(parse_config(lora_train_config(tiny_model, tickets_dataset, "huge", batch_size=4096)))
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    for split in ("train", "val", "test"):
-        pd.DataFrame({"messages": pd.Series([], dtype=object)}).to_parquet(empty / f"{split}.parquet")
-    with pytest.raises(ConfigError, match="training split is empty"):
-        run(parse_config(lora_train_config(tiny_model, empty, "empty")))
-    assert not (Path(os.environ["RAYFT_HOME"]) / "runs" / "huge").exists()
+    path = tmp_path / "metrics.jsonl"
+    tail = LogTail(path)
+    assert tail.read_new() == []
+    path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.9}\n{"step": 3, "lo')  # step 3 half written
+    assert [r["step"] for r in tail.read_new()] == [1, 2]
+    with path.open("a") as log:
+        log.write('ss": 1.8}\n')
+    assert [r["step"] for r in tail.read_new()] == [3]
+    path.write_text('{"step": 1, "loss": 2.0}\n')  # a restarted worker cut the log back to its checkpoint
+    assert [r["step"] for r in tail.read_new()] == [1]

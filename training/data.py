@@ -1,33 +1,45 @@
-"""Prepared splits to token rows on Ray Data, done once on the cluster before the workers start."""
+"""Prepared splits to token rows on Ray Data, done once on the cluster before the workers start.
+
+All splits go through one pipeline of Ray tasks. Each task process loads the tokenizer once and
+keeps it (`load_tokenizer` is cached per process), and Ray reuses idle task processes, so later
+runs in the same cluster skip the transformers import and the tokenizer load.
+"""
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 import pyarrow as pa
 
 
-class TokenizeConversations:
-    """Ray Data UDF: `messages` rows to `input_ids`/`labels` with the model's chat template."""
+@lru_cache(maxsize=4)
+def load_tokenizer(path: str, chat_template: str | None):
+    """The model's tokenizer (with `chat_template` when given) and a pad token; cached per process."""
+    from transformers import AutoTokenizer
 
-    def __init__(self, tokenizer_path: str, chat_template: str | None, max_seq_len: int):
-        from transformers import AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if chat_template:
+        tokenizer.chat_template = chat_template
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
-        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
-        if chat_template:
-            self.tokenizer.chat_template = chat_template
-        self.max_seq_len = max_seq_len
 
-    def __call__(self, batch: pa.Table) -> dict[str, list]:
-        from rayft.training.formatting import tokenize_conversation
+def tokenize_batch(batch: pa.Table, tokenizer_path: str, chat_template: str | None, max_seq_len: int) -> dict:
+    """Ray Data UDF: `messages` rows to `input_ids`/`labels` with the model's chat template; `split`
+    names the file each row came from."""
+    from rayft.training.formatting import tokenize_conversation
 
-        rows = [tokenize_conversation(self.tokenizer, m, self.max_seq_len) for m in _messages(batch)]
-        return {
-            "input_ids": [r["input_ids"] for r in rows],
-            "labels": [r["labels"] for r in rows],
-            "length": [len(r["input_ids"]) for r in rows],
-            "n_labels": [sum(1 for x in r["labels"] if x != -100) for r in rows],
-        }
+    tokenizer = load_tokenizer(tokenizer_path, chat_template)
+    rows = [tokenize_conversation(tokenizer, m, max_seq_len) for m in _messages(batch)]
+    return {
+        "split": [Path(p).stem for p in batch.column("path").to_pylist()],
+        "input_ids": [r["input_ids"] for r in rows],
+        "labels": [r["labels"] for r in rows],
+        "length": [len(r["input_ids"]) for r in rows],
+        "n_labels": [sum(1 for x in r["labels"] if x != -100) for r in rows],
+    }
 
 
 def _messages(batch: pa.Table) -> list[list[dict]]:
@@ -37,19 +49,22 @@ def _messages(batch: pa.Table) -> list[list[dict]]:
     return out
 
 
-def tokenized_split(dataset_dir: Path, split: str, tokenizer_path: str, chat_template: str | None, max_seq_len: int):
-    """One split of a prepared dataset as materialised token rows (rows with no label dropped)."""
+def tokenized_splits(dataset_dir: Path, splits: list[str], tokenizer_path: str, chat_template: str | None,
+                     max_seq_len: int) -> dict:
+    """The named splits of a prepared dataset as materialised token rows (rows with no learned
+    token dropped), tokenized in one Ray Data pipeline."""
     import ray
     from ray.data.expressions import col
 
-    path = dataset_dir / f"{split}.parquet"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: run `rayft data prepare` first")
-    rows = ray.data.read_parquet(str(path)).select_columns(["messages"]).map_batches(
-        TokenizeConversations,
-        fn_constructor_args=(tokenizer_path, chat_template, max_seq_len),
-        batch_format="pyarrow",
-        batch_size=256,
-        concurrency=(1, 2),
-    )
-    return rows.filter(expr=col("n_labels") > 0).materialize()
+    paths = [dataset_dir / f"{split}.parquet" for split in splits]
+    for path in paths:
+        if not path.exists():
+            raise FileNotFoundError(f"{path} not found: run `rayft data prepare` first")
+    rows = ray.data.read_parquet([str(p) for p in paths], include_paths=True).select_columns(["messages", "path"])
+    tokens = rows.map_batches(
+        tokenize_batch, fn_kwargs={"tokenizer_path": tokenizer_path, "chat_template": chat_template,
+                                   "max_seq_len": max_seq_len},
+        batch_format="pyarrow", batch_size=256, concurrency=2,
+    ).filter(expr=col("n_labels") > 0).materialize()
+    columns = ["input_ids", "labels", "length", "n_labels"]
+    return {split: tokens.filter(expr=col("split") == split).select_columns(columns).materialize() for split in splits}

@@ -23,7 +23,7 @@ from rayft.home import rayft_home
 from rayft.registry import Registry, RegistryError, resolve_model_path
 from rayft.runtime import ensure_ray
 from rayft.training import report
-from rayft.training.data import tokenized_split
+from rayft.training.data import load_tokenizer, tokenized_splits
 from rayft.training.deepspeed_config import deepspeed_config
 from rayft.training.export import export_checkpoint, verify_export
 from rayft.training.model import check_target_modules
@@ -39,7 +39,8 @@ class TrainingError(RuntimeError):
 
 
 def check_config(config: RayftConfig, base: str) -> None:
-    """Config problems that need no data: raised before Ray starts."""
+    """Config and data problems found without Ray and without reading a record: raised before any
+    work starts."""
     train = config.train
     if train.method == "qlora" and not train.use_gpu:
         raise ConfigError("train.method: qlora quantizes the base to 4 bits with bitsandbytes, which needs a GPU; "
@@ -51,17 +52,35 @@ def check_config(config: RayftConfig, base: str) -> None:
             raise ConfigError(str(error)) from None
     if not (config.dataset_dir() / "train.parquet").exists():
         raise ConfigError(f"train.dataset: no prepared dataset at {config.dataset_dir()} (run `rayft data prepare`)")
+    check_data_size(config)
 
 
-def load_tokenizer(base: str, chat_template: str | None):
-    from transformers import AutoTokenizer
+def split_rows(path: Path) -> int:
+    """Rows in one prepared split, from its Parquet footer (nothing is read or tokenized)."""
+    import pyarrow.parquet as pq
 
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    if chat_template:
-        tokenizer.chat_template = chat_template
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
+        raise ConfigError(f"train.dataset: {path} is not a readable Parquet file ({error})") from None
+
+
+def check_data_size(config: RayftConfig) -> None:
+    """Refuse data that cannot train (empty, or smaller than one batch) from the splits' row counts,
+    before Ray starts. Tokenizing can only drop rows and truncates each to max_seq_len, so a plan
+    that fails on these upper bounds fails on the tokenized data too; the plan is made again on the
+    real counts after tokenizing."""
+    dataset_dir = config.dataset_dir()
+    n_train = split_rows(dataset_dir / "train.parquet")
+    n_val = split_rows(dataset_dir / "val.parquet") if (dataset_dir / "val.parquet").exists() else 0
+    plan_or_error(config, n_train, n_val, n_train * config.train.max_seq_len)
+
+
+def plan_or_error(config: RayftConfig, n_train: int, n_val: int, train_tokens: int) -> TrainPlan:
+    try:
+        return make_plan(config.train, n_train, n_val, train_tokens)
+    except PlanError as error:
+        raise ConfigError(f"train: {error}") from None
 
 
 def run_location(config: RayftConfig, resume: bool) -> tuple[str, str]:
@@ -79,20 +98,14 @@ def run_location(config: RayftConfig, resume: bool) -> tuple[str, str]:
 def tokenized_datasets(config: RayftConfig, base: str) -> tuple[dict, TrainPlan]:
     """Train (and val, when present) token rows on Ray Data, and the plan they allow."""
     dataset_dir = config.dataset_dir()
-    tokenize = (base, config.model.chat_template, config.train.max_seq_len)
-    datasets = {"train": tokenized_split(dataset_dir, "train", *tokenize)}
-    n_val = 0
-    if (dataset_dir / "val.parquet").exists():
-        datasets["val"] = tokenized_split(dataset_dir, "val", *tokenize)
-        n_val = datasets["val"].count()
-        if n_val == 0:
-            del datasets["val"]
+    splits = ["train"] + (["val"] if (dataset_dir / "val.parquet").exists() else [])
+    datasets = tokenized_splits(dataset_dir, splits, base, config.model.chat_template, config.train.max_seq_len)
+    n_val = datasets["val"].count() if "val" in datasets else 0
+    if "val" in datasets and n_val == 0:
+        del datasets["val"]
     n_train = datasets["train"].count()
     tokens = int(datasets["train"].sum("length") or 0) if n_train else 0
-    try:
-        return datasets, make_plan(config.train, n_train, n_val, tokens)
-    except PlanError as error:
-        raise ConfigError(f"train: {error}") from None
+    return datasets, plan_or_error(config, n_train, n_val, tokens)
 
 
 def build_trainer(config: RayftConfig, spec: WorkerSpec, datasets: dict, runs: str, run_name: str):
