@@ -11,12 +11,38 @@ import threading
 from pathlib import Path
 
 
+class LogTail:
+    """Reads the complete JSON lines added to a log since the last read. A log rewritten shorter
+    (a restarted worker cuts it back to its checkpoint) is read again from the start."""
+
+    def __init__(self, path: Path):
+        self.path, self.offset = path, 0
+
+    def read_new(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        if self.path.stat().st_size < self.offset:
+            self.offset = 0
+        with self.path.open("rb") as log:
+            log.seek(self.offset)
+            data = log.read()
+        complete = data[: data.rfind(b"\n") + 1]  # a line still being written waits for the next read
+        self.offset += len(complete)
+        records = []
+        for line in complete.decode("utf-8", "replace").splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # read across a rewrite; the rewritten lines come again
+        return records
+
+
 class FollowLog(threading.Thread):
     """Shows step/total, loss and validation loss from a JSONL log until `stop()`."""
 
     def __init__(self, path: Path, total: int, title: str, enabled: bool = True):
         super().__init__(daemon=True)
-        self.path, self.total, self.title, self.enabled = path, total, title, enabled
+        self.tail, self.total, self.title, self.enabled = LogTail(path), total, title, enabled
         self.done = threading.Event()
 
     def run(self) -> None:
@@ -26,15 +52,8 @@ class FollowLog(threading.Thread):
                    TextColumn("{task.fields[status]}"))
         with Progress(*columns, disable=not self.enabled) as bar:
             task = bar.add_task(self.title, total=self.total, status="")
-            offset = 0
             while not self.done.wait(0.5):
-                if not self.path.exists():
-                    continue
-                with self.path.open() as log:
-                    log.seek(offset)
-                    lines = log.readlines()
-                    offset = log.tell()
-                for record in (json.loads(line) for line in lines if line.endswith("\n")):
+                for record in self.tail.read_new():
                     if "loss" not in record:
                         continue
                     status = f"loss {record['loss']:.4f}"

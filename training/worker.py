@@ -179,6 +179,11 @@ class RunLog:
                 print("[rayft] " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                             for k, v in record.items()), flush=True)
 
+    def close(self) -> None:
+        """Write out what is still queued for TensorBoard (its writer works asynchronously)."""
+        if self.tensorboard:
+            self.tensorboard.close()
+
 
 def save_checkpoint(engine, state: TrainState, metrics: dict, spec: WorkerSpec, log: RunLog, rank: int, lora: bool):
     """DeepSpeed checkpoint of every rank, reported to Ray Train (which merges and uploads it)."""
@@ -291,6 +296,7 @@ def train_loop_per_worker(spec_dict: dict) -> None:
         metrics = {"step": state.step, "stopped_early": state.stopped_early}
         metrics["val_loss"] = state.last_val_loss if state.last_val_loss is not None else float("nan")
         save_checkpoint(engine, state, metrics, spec, log, rank, lora)
+    log.close()
 
 
 def _track_early_stopping(state: TrainState, train: TrainConfig) -> None:
