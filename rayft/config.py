@@ -93,6 +93,12 @@ class DeepSpeedConfig(Section):
     offload_params: bool = False
     override: dict | None = Field(None, description="raw DeepSpeed JSON merged over the generated config")
 
+    @model_validator(mode="after")
+    def _param_offload_needs_zero3(self):
+        if self.offload_params and self.zero_stage != 3:
+            raise ValueError("offload_params needs zero_stage 3")
+        return self
+
 
 class TrainConfig(Section):
     dataset: str | None = Field(None, description="prepared dataset folder; default data.out")

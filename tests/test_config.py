@@ -22,6 +22,7 @@ def test_minimal_config_gets_defaults():
         ({"train": {"lr": 0.1}}, "train.lr", "unknown field"),
         ({"train": {"epochs": 0}}, "train.epochs", "positive integer or 'auto'"),
         ({"train": {"deepspeed": {"zero_stage": 1}}}, "train.deepspeed.zero_stage", ""),
+        ({"train": {"deepspeed": {"offload_params": True}}}, "train.deepspeed", "offload_params needs zero_stage 3"),
         ({"data": {"split": {"train": 0.9, "val": 0.1, "test": 0.1}}}, "data.split", "must be 1.0"),
         ({"data": {"label_regex": "Category: \\w+"}}, "data.label_regex", "exactly one capture group"),
         ({"serve": {"port": 70000}}, "serve.port", "less than 65536"),
@@ -55,12 +56,15 @@ def test_invalid_yaml_names_file(tmp_path):
         load_config(path)
 
 
-def test_cli_rejects_bad_config_before_any_work(tmp_path, capsys):
-    import ray
+def test_cli_rejects_bad_config_before_any_work(tmp_path, capsys, monkeypatch):
+    import rayft.training.trainer
 
+    def no_work(*args, **kwargs):
+        raise AssertionError("training started on an invalid config")
+
+    monkeypatch.setattr(rayft.training.trainer, "train", no_work)
     path = tmp_path / "bad.yaml"
     path.write_text("name: a\nmodel: {base: /nowhere}\ntrain: {batch_size: -4}\n")
     assert main(["train", str(path)]) == 2
     err = capsys.readouterr().err
     assert "bad.yaml: invalid config" in err and "train.batch_size" in err
-    assert not ray.is_initialized()

@@ -27,9 +27,7 @@ def deepspeed_config(train: TrainConfig, micro_batch: int, use_gpu: bool) -> dic
     zero: dict = {"stage": train.deepspeed.zero_stage}
     if train.deepspeed.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": use_gpu}
-    if train.deepspeed.offload_params:
-        if train.deepspeed.zero_stage != 3:
-            raise ValueError("train.deepspeed.offload_params needs zero_stage 3")
+    if train.deepspeed.offload_params:  # the config allows it with ZeRO-3 only
         zero["offload_param"] = {"device": "cpu", "pin_memory": use_gpu}
     if train.deepspeed.zero_stage == 3:
         zero["stage3_gather_16bit_weights_on_model_save"] = True
