@@ -47,6 +47,16 @@ def ray_cluster():
     ray.shutdown()
 
 
+@pytest.fixture(autouse=True)
+def _ray_cluster_is_up(request):
+    """Restart the session's Ray for tests that use it after the Jobs tests shut it down (those run
+    their own `ray start` head instead, and say so with OWN_RAY_HEAD = True in their module)."""
+    if "ray_cluster" in request.fixturenames and not getattr(request.module, "OWN_RAY_HEAD", False):
+        from rayft.runtime import ensure_ray
+
+        ensure_ray()
+
+
 @pytest.fixture(scope="session")
 def tickets_file(tmp_path_factory) -> Path:
     """The support-ticket sample (with its planted malformed lines), 600 records."""

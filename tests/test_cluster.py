@@ -1,0 +1,364 @@
+"""Cluster: manifests checked against our config and Ray's schemas; `rayft submit` / `rayft jobs`
+against a real `ray start --head` (its own temp dir and ports), with and without token auth."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rayft.cli import build_parser, cmd_train, main
+from rayft.config import load_config, parse_config
+
+OWN_RAY_HEAD = True  # the Jobs tests run their own `ray start` head: conftest must not restart its Ray
+ROOT = Path(__file__).resolve().parents[1]
+CLUSTER = ROOT / "cluster"
+GPU_CONFIG = ROOT / "configs" / "cluster-gpu.yaml"
+MANIFESTS = {name: yaml.safe_load((CLUSTER / "kuberay" / name).read_text())
+             for name in ("raycluster.yaml", "rayjob-train.yaml", "rayservice.yaml")}
+LAUNCHER = yaml.safe_load((CLUSTER / "launcher" / "aws-gpu.yaml").read_text())
+GPUS_PER_INSTANCE = {"g5.2xlarge": 1, "g5.12xlarge": 4, "g5.48xlarge": 8, "p4d.24xlarge": 8, "p5.48xlarge": 8}
+
+
+def cluster_specs():
+    """(manifest, RayCluster spec) for the three KubeRay resources."""
+    specs = {"raycluster.yaml": MANIFESTS["raycluster.yaml"]["spec"],
+             "rayjob-train.yaml": MANIFESTS["rayjob-train.yaml"]["spec"]["rayClusterSpec"],
+             "rayservice.yaml": MANIFESTS["rayservice.yaml"]["spec"]["rayClusterConfig"]}
+    return list(specs.items())
+
+
+def containers(spec):
+    groups = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
+    return [c for g in groups for c in g["template"]["spec"]["containers"]]
+
+
+def pod_gpus(group) -> int:
+    return int(group["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu", 0))
+
+
+def mounted_config_dir(spec) -> str:
+    head = spec["headGroupSpec"]["template"]["spec"]
+    volume = next(v["name"] for v in head["volumes"] if v.get("configMap", {}).get("name") == "rayft-configs")
+    return next(m["mountPath"] for m in head["containers"][0]["volumeMounts"] if m["name"] == volume)
+
+
+# ---------------------------------------------------------------- manifests (no Ray started)
+
+@pytest.mark.parametrize("name,kind", [("raycluster.yaml", "RayCluster"), ("rayjob-train.yaml", "RayJob"),
+                                       ("rayservice.yaml", "RayService")])
+def test_kuberay_manifests_have_the_required_fields(name, kind):
+    import ray
+
+    manifest = MANIFESTS[name]
+    assert manifest["apiVersion"] == "ray.io/v1" and manifest["kind"] == kind and manifest["metadata"]["name"]
+    spec = dict(cluster_specs())[name]
+    assert spec["rayVersion"] == ray.__version__  # the image's Ray is the one rayft pins
+    assert spec["authOptions"]["mode"] == "token"
+    head = spec["headGroupSpec"]
+    assert isinstance(head["rayStartParams"], dict) and head["template"]["spec"]["containers"][0]["name"] == "ray-head"
+    assert pod_gpus(head) == 0  # a CPU head
+    assert spec["workerGroupSpecs"], "no worker group"
+    for group in spec["workerGroupSpecs"]:
+        assert group["groupName"] and isinstance(group["rayStartParams"], dict)
+        assert 0 <= group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+        assert pod_gpus(group) >= 1  # GPU workers
+        limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
+        assert limits == group["template"]["spec"]["containers"][0]["resources"]["requests"]
+        instance = group["template"]["spec"]["nodeSelector"]["node.kubernetes.io/instance-type"]
+        assert pod_gpus(group) == GPUS_PER_INSTANCE[instance]
+    if kind == "RayJob":
+        assert manifest["spec"]["shutdownAfterJobFinishes"] is True
+    if kind != "RayService":  # drivers on the head keep the registry on its own volume
+        mounts = {m["mountPath"]: m["name"] for m in head["template"]["spec"]["containers"][0]["volumeMounts"]}
+        env = {e["name"]: e["value"] for e in head["template"]["spec"]["containers"][0]["env"]}
+        assert mounts[env["RAYFT_HOME"]] == "rayft-home"
+
+
+def test_one_image_everywhere_built_from_our_dockerfile():
+    import ray
+    import tomllib
+
+    images = {c["image"] for _, spec in cluster_specs() for c in containers(spec)} | {LAUNCHER["docker"]["image"]}
+    assert len(images) == 1, images
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert images.pop().endswith(f"rayft:{project['project']['version']}-gpu")
+    dockerfile = (CLUSTER / "Dockerfile").read_text()
+    assert re.search(rf"^FROM rayproject/ray:{re.escape(ray.__version__)}-py311-gpu$", dockerfile, re.M)
+    assert f"ray[train,serve,data]=={ray.__version__}" in project["project"]["dependencies"]
+    copied = set(re.findall(r"^COPY \S+ (\S+) \1$", dockerfile, re.M))
+    assert copied >= set(project["tool"]["setuptools"]["package-dir"].values()) - {"serving/cpu_lora"}
+
+
+def test_gpu_worker_groups_fit_the_cluster_training_config():
+    config = load_config(GPU_CONFIG)
+    train = config.train
+    assert train.use_gpu and train.method in ("lora", "qlora") and train.num_workers == 8
+    # A multi-node run keeps runs and exports where every node can reach them.
+    assert train.storage_path.startswith("s3://") and train.export_path.startswith("s3://")
+    for name, spec in cluster_specs()[:2]:
+        groups = spec["workerGroupSpecs"]
+        assert sum(g["maxReplicas"] * pod_gpus(g) for g in groups) >= train.num_workers, name
+        for g in groups:  # one training worker per GPU, with its CPUs
+            cpus = float(g["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"])
+            assert cpus >= pod_gpus(g) * train.cpus_per_worker, name
+    job = MANIFESTS["rayjob-train.yaml"]["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+    assert sum(g["replicas"] * pod_gpus(g) for g in job) == train.num_workers  # the job's cluster is exact
+
+
+def test_rayjob_entrypoint_is_a_rayft_command_on_the_mounted_config():
+    spec = MANIFESTS["rayjob-train.yaml"]["spec"]
+    command = shlex.split(spec["entrypoint"])
+    assert command[0] == "rayft"
+    args = build_parser().parse_args(command[1:])
+    assert args.func is cmd_train
+    config = Path(args.config)
+    assert str(config.parent) == mounted_config_dir(spec["rayClusterSpec"])
+    assert (ROOT / "configs" / config.name).resolve() == GPU_CONFIG  # `kubectl create configmap --from-file`
+
+
+def test_rayservice_serve_config_is_valid_and_fits_the_workers(tiny_model, tmp_path):
+    from ray.serve.schema import ServeDeploySchema
+
+    from rayft.cluster.service import app_builder
+
+    spec = MANIFESTS["rayservice.yaml"]["spec"]
+    serve_config = ServeDeploySchema.model_validate(yaml.safe_load(spec["serveConfigV2"]))
+    (app,) = serve_config.applications
+    assert app.import_path == "rayft.cluster.service:app_builder"
+    assert Path(app.args["config"]).parent == Path(mounted_config_dir(spec["rayClusterConfig"]))
+    assert (ROOT / "configs" / Path(app.args["config"]).name).resolve() == GPU_CONFIG
+    # The builder makes rayft's app; the deployments the manifest tunes are in it.
+    config = tmp_path / "serve.yaml"
+    config.write_text(yaml.safe_dump({"name": "svc", "model": {"base": tiny_model}}))
+    built = app_builder({"config": str(config)})
+    ingress = built._bound_deployment
+    engine = next(a for a in ingress.init_args if hasattr(a, "_bound_deployment"))._bound_deployment
+    overrides = {d.name: d.ray_actor_options.model_dump(exclude_unset=True) for d in app.deployments}
+    assert set(overrides) == {ingress.name, engine.name}
+    workers = spec["rayClusterConfig"]["workerGroupSpecs"]
+    assert 1 <= overrides[engine.name]["num_gpus"] <= min(pod_gpus(g) for g in workers)
+    # The ingress opens the registry database, so it runs where that lives: the head.
+    (resource,) = overrides[ingress.name]["resources"]
+    head_resources = json.loads(json.loads(spec["rayClusterConfig"]["headGroupSpec"]["rayStartParams"]["resources"]))
+    assert head_resources[resource] >= 1
+
+
+def test_launcher_config_passes_ray_schema_and_fits_the_config():
+    import jsonschema
+    import ray.autoscaler
+
+    schema = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
+    jsonschema.validate(LAUNCHER, schema)
+    nodes = LAUNCHER["available_node_types"]
+    assert LAUNCHER["head_node_type"] in nodes and not nodes[LAUNCHER["head_node_type"]]["resources"].get("GPU")
+    train = load_config(GPU_CONFIG).train
+    gpu_nodes = [n for n in nodes.values() if n["resources"].get("GPU")]
+    assert sum(n["max_workers"] * n["resources"]["GPU"] for n in gpu_nodes) >= train.num_workers
+    for node in gpu_nodes:
+        assert node["resources"]["GPU"] == GPUS_PER_INSTANCE[node["node_config"]["InstanceType"]]
+        assert node["resources"]["CPU"] >= node["resources"]["GPU"] * train.cpus_per_worker
+    assert "/etc/rayft/cluster-gpu.yaml" in LAUNCHER["file_mounts"]
+    assert "-e RAY_AUTH_MODE=token" in LAUNCHER["docker"]["run_options"]
+
+
+# ---------------------------------------------------------------- submission pieces (no Ray started)
+
+def test_staged_upload_carries_the_config_and_skips_state(tmp_path, monkeypatch):
+    from rayft.cluster.submit import JOB_FOLDER, staged_working_dir
+
+    work = tmp_path / "project"
+    (work / "data").mkdir(parents=True)
+    (work / "data" / "in.jsonl").write_text("{}\n")
+    for skipped in (".git", ".venv", "my-home"):
+        (work / skipped).mkdir()
+    monkeypatch.setenv("RAYFT_HOME", str(work / "my-home"))
+    config = tmp_path / "elsewhere.yaml"
+    config.write_text("name: x\n")
+    with staged_working_dir(work, config) as (upload, config_in_job):
+        assert sorted(p.name for p in upload.iterdir()) == [JOB_FOLDER, "data"]
+        assert (upload / "data" / "in.jsonl").read_text() == "{}\n"
+        assert (upload / config_in_job).read_text() == "name: x\n" and config_in_job == f"{JOB_FOLDER}/elsewhere.yaml"
+    assert not upload.exists()
+
+
+def test_addresses_tokens_and_env_options(tmp_path, monkeypatch):
+    from rayft.cluster.client import ClusterError, auth_headers, resolve_address
+    from rayft.cluster.submit import parse_env, stage_entrypoint
+    from rayft.config import ConfigError
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert resolve_address(None) == "http://127.0.0.1:8265"
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:8265")
+    assert resolve_address(None) == "http://10.0.0.5:8265"
+    assert resolve_address("https://ray.example.com/") == "https://ray.example.com"
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ray/auth_token
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+    assert auth_headers("http://h:8265", "disabled") == {} and auth_headers("http://h:8265", None) == {}
+    with pytest.raises(ClusterError, match="uses token authentication and no token was found"):
+        auth_headers("http://h:8265", "token")
+    (tmp_path / "token").write_text("s3cret\n")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "token"))
+    assert auth_headers("http://h:8265", "token") == {"Authorization": "Bearer s3cret"}
+    assert parse_env(["A=1", "B=x=y"]) == {"A": "1", "B": "x=y"}
+    with pytest.raises(ConfigError, match="--env: expected KEY=VALUE, got 'oops'"):
+        parse_env(["oops"])
+    assert stage_entrypoint("data", "_rayft_job/c.yaml", "/v/bin/python", []) == \
+        "/v/bin/python -m rayft.cli data prepare --config _rayft_job/c.yaml"
+    args = build_parser().parse_args(shlex.split(stage_entrypoint("train", "c.yaml", "python", ["--resume"]))[3:])
+    assert args.func is cmd_train and args.resume
+
+
+def test_submit_fails_before_sending_on_a_bad_config(tmp_path, capsys):
+    config = tmp_path / "bad.yaml"
+    config.write_text("name: x\nmodel: {base: m}\ntrain: {num_workers: 0}\n")
+    assert main(["submit", "--address", "http://127.0.0.1:9", "train", str(config)]) == 2
+    assert "train.num_workers" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- jobs on a real `ray start --head`
+
+def job_id_from(output: str) -> str:
+    return re.search(r"^submitted (\S+) to ", output, re.M).group(1)
+
+
+def write_config_file(path: Path, data: dict) -> Path:
+    from conftest import write_config
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_config(path, data)
+
+
+def write_job_config(folder: Path, name: str, base: str, dataset: Path, **train) -> Path:
+    """The small LoRA run of conftest (2 workers at 0.5 CPU) as a config file in `folder`."""
+    from conftest import lora_train_config
+
+    return write_config_file(folder / f"{name}.yaml", lora_train_config(base, dataset, name, **train))
+
+
+def ask_head(head, method: str, job_id: str):
+    """A Jobs API call through rayft's client (with the token when the head wants one)."""
+    from rayft.cluster.client import Cluster
+
+    return Cluster(head.address).call(method, job_id)
+
+
+def wait_for_log_line(head, job_id: str, text: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while text not in (log := ask_head(head, "get_job_logs", job_id)):
+        assert time.monotonic() < deadline, f"{text!r} not in the log of {job_id}:\n{log}"
+        time.sleep(0.5)
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(120)
+def test_token_auth_head_runs_a_job_that_stop_ends_and_only_its_head_is_stopped(
+        tiny_model, tickets_dataset, tmp_path, monkeypatch, capsys):
+    from ray.job_submission import JobSubmissionClient
+
+    from ray_head import head_processes, running_head
+
+    token = tmp_path / "token"
+    token.write_text("rayft-test-token-0123456789abcdef")
+    monkeypatch.setenv("HOME", str(tmp_path))  # never read or write the real ~/.ray/auth_token
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+    # A bystander named like a Ray process: `ray stop` or `pkill -f raylet` would end it too.
+    bystander = subprocess.Popen(["bash", "-c", "exec -a /opt/fake/raylet sleep 300"])
+    config = write_job_config(tmp_path / "work", "long", tiny_model, tickets_dataset, max_steps=10_000)
+    try:
+        with running_head(env={"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token.read_text()}) as head:
+            with pytest.raises(Exception, match="Unauthorized: Missing authentication token"):  # auth is on
+                JobSubmissionClient(head.address).list_jobs()
+            assert main(["jobs", "list", "--address", head.address]) == 2
+            assert "uses token authentication and no token was found" in capsys.readouterr().err
+            monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
+            assert main(["submit", "--address", head.address, "--working-dir", str(tmp_path / "work"),
+                         "--env", f"RAYFT_HOME={tmp_path / 'home'}", "train", str(config)]) == 0
+            job_id = job_id_from(capsys.readouterr().out)
+            # The driver joined the token cluster (with the cluster's RAY_AUTH_MODE) and ran Ray Data.
+            wait_for_log_line(head, job_id, "[rayft] run long-", timeout_s=60)
+            assert ask_head(head, "get_job_status", job_id).value == "RUNNING"
+            assert main(["jobs", "stop", job_id, "--address", head.address]) == 0
+            assert f"job {job_id} STOPPED" in capsys.readouterr().out
+            assert main(["jobs", "status", job_id, "--address", head.address]) == 3
+            ours = head_processes(head)
+            assert ours and bystander.pid not in {p.pid for p in ours}
+        assert not head_processes(head), "processes of the stopped head are left"
+        assert bystander.poll() is None, "stopping the head ended a process it did not start"
+        assert not (tmp_path / ".ray" / "auth_token").exists()
+    finally:
+        bystander.kill()
+
+
+@pytest.fixture(scope="module")
+def ray_head(tickets_dataset, tiny_model):
+    """A head without token auth for this module's jobs (the dataset is prepared before it starts,
+    by the session's in-process Ray, which the head replaces)."""
+    from ray_head import head_processes, running_head
+
+    with running_head() as head:
+        yield head
+    assert not head_processes(head), "processes of the stopped head are left"
+    assert "RAY_ADDRESS" not in os.environ
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(60)
+def test_a_failing_job_reports_failed_with_its_error(ray_head, tiny_model, tmp_path, capsys):
+    config = write_job_config(tmp_path / "work", "no-data", tiny_model, tmp_path / "missing")
+    code = main(["submit", "--address", ray_head.address, "--working-dir", str(tmp_path / "work"),
+                 "--env", f"RAYFT_HOME={tmp_path / 'home'}", "--follow", "train", str(config)])
+    captured = capsys.readouterr()
+    assert code == 1
+    job_id = job_id_from(captured.out)
+    assert f"job {job_id} FAILED: Job entrypoint command failed with exit code 2" in captured.err
+    assert main(["jobs", "status", job_id, "--address", ray_head.address]) == 1
+    err = capsys.readouterr().err
+    assert "train.dataset: no prepared dataset at" in err and str(tmp_path / "missing") in err
+    assert main(["jobs", "logs", "rayft-train-nope-0", "--address", ray_head.address]) == 2
+    assert "rayft-train-nope-0 does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(180)
+def test_training_job_followed_to_succeeded_registers_its_adapter(ray_head, tiny_model, tickets_dataset,
+                                                                  tmp_path, capsys):
+    from rayft.registry import Registry
+
+    home = tmp_path / "job-home"
+    # The prepared dataset travels in the uploaded working directory; the config names it relatively.
+    shutil.copytree(tickets_dataset, tmp_path / "work" / "tickets")
+    config = write_job_config(tmp_path / "work", "support-cluster", tiny_model, Path("tickets"),
+                              max_steps=4, eval_every=4, checkpoint_every=4)
+    assert main(["submit", "--address", ray_head.address, "--working-dir", str(tmp_path / "work"),
+                 "--env", f"RAYFT_HOME={home}", "train", str(config)]) == 0
+    out = capsys.readouterr().out
+    job_id = job_id_from(out)
+    assert f"rayft jobs logs {job_id} --follow --address {ray_head.address}" in out
+    assert f"{sys.executable} -m rayft.cli train _rayft_job/support-cluster.yaml" in out
+    assert main(["jobs", "logs", job_id, "--follow", "--address", ray_head.address]) == 0
+    streamed = capsys.readouterr().out
+    assert "[rayft] run support-cluster-" in streamed and "registered support-cluster:1 (adapter)" in streamed
+    assert streamed.rstrip().endswith(f"job {job_id} SUCCEEDED")
+    version = Registry(home / "registry.db").get("support-cluster")
+    assert version.kind == "adapter" and version.metrics["steps"] == 4
+    assert Path(version.artifact_uri).is_relative_to(home / "models")
+    assert (Path(version.artifact_uri) / "adapter_model.safetensors").exists()
+    manifest = json.loads((tickets_dataset / "manifest.json").read_text())
+    assert version.dataset_hash == manifest["dataset_hash"]
+    assert main(["jobs", "status", job_id, "--address", ray_head.address]) == 0
+    assert f"job {job_id} SUCCEEDED" in capsys.readouterr().out
+    assert main(["jobs", "list", "--json", "--address", ray_head.address]) == 0
+    listed = {j["job_id"]: j for j in json.loads(capsys.readouterr().out)}
+    assert listed[job_id]["status"] == "SUCCEEDED" and listed[job_id]["stage"] == "train"
