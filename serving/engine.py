@@ -20,7 +20,6 @@ from pathlib import Path
 
 from rayft import storage
 from rayft.config import ServeConfig
-from rayft.serving.openai_api import requested_max_tokens, sampling_params
 
 ENGINE_ENV = {
     # Engine core without the extra CPU worker process: faster start, ~0.6 GiB less memory.
@@ -138,6 +137,8 @@ class EngineServer:
 
     def check_lengths(self, ids: list[int], request) -> tuple[int, str | None]:
         """(max_tokens to generate, or an error message when the request does not fit)."""
+        from rayft.serving.openai_api import requested_max_tokens
+
         room = self.serve.max_model_len - len(ids)
         limit = min(self.serve.max_prompt_tokens, self.serve.max_model_len - 1)
         if len(ids) > limit:
@@ -152,6 +153,8 @@ class EngineServer:
         streaming, else one item with the whole text. The last item also has 'ttft' and 'tpot'
         (seconds). A request the engine cannot take yields one {'error', 'status'} item."""
         from vllm.lora.request import LoRARequest
+
+        from rayft.serving.openai_api import sampling_params
 
         started = time.perf_counter()
         ids = self.prompt_ids(request)

@@ -23,7 +23,7 @@ from ray.exceptions import RayActorError, WorkerCrashedError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 
 from rayft.registry import Registry
-from rayft.serving import openai_api as api
+from rayft.serving.errors import ApiError, parse_json
 from rayft.serving.cache import AdapterHashes, ResponseCache, cache_key, deterministic
 from rayft.serving.metrics import ServingMetrics
 from rayft.serving.routing import ModelRouter, Route, UnknownModel
@@ -37,8 +37,16 @@ logger = logging.getLogger("ray.serve")
 app = FastAPI(title="rayft")
 
 
-@app.exception_handler(api.ApiError)
-async def _api_error(_request: Request, error: api.ApiError) -> JSONResponse:
+def protocol():
+    """vLLM's OpenAI protocol (`openai_api`), imported in the replica on first use, so the process
+    that builds the app never pays vLLM's import time."""
+    from rayft.serving import openai_api
+
+    return openai_api
+
+
+@app.exception_handler(ApiError)
+async def _api_error(_request: Request, error: ApiError) -> JSONResponse:
     return JSONResponse(status_code=error.status, content=error.body(), headers=error.headers())
 
 
@@ -46,7 +54,7 @@ async def _api_error(_request: Request, error: api.ApiError) -> JSONResponse:
 async def _sse(first: dict, outputs, request_id: str, model: str, chat: bool, include_usage: bool, done):
     """Server-sent events for a streamed response, ending with an optional usage chunk and [DONE];
     `done(final_item)` runs when the stream ends, however it ends."""
-    created, last = int(time.time()), first
+    api, created, last = protocol(), int(time.time()), first
     try:
         if chat:
             yield api.chat_chunk(request_id, model, created, "", None, role=True)
@@ -100,6 +108,7 @@ class OpenAIServer:
         self.hashes = AdapterHashes()
         self.metrics = ServingMetrics()
         self.in_flight = 0
+        protocol()  # load vLLM's protocol now, not on the first request
         if not self.keys:
             logger.warning("rayft serve: no API keys configured (serve.api_keys / RAYFT_API_KEYS): "
                            "the endpoint is open to anyone who can reach it")
@@ -108,13 +117,13 @@ class OpenAIServer:
     def authorize(self, request: Request) -> None:
         if self.keys and bearer_key(request) not in self.keys:
             self.metrics.failed(None, 401)
-            raise api.ApiError(401, "missing or invalid API key (send 'Authorization: Bearer <key>')",
+            raise ApiError(401, "missing or invalid API key (send 'Authorization: Bearer <key>')",
                                code="invalid_api_key")
 
     def admit(self) -> None:
         if self.in_flight >= self.settings["max_concurrent_requests"]:
             self.metrics.failed(None, 429)
-            raise api.ApiError(429, f"this replica is answering {self.in_flight} requests, its limit; retry shortly",
+            raise ApiError(429, f"this replica is answering {self.in_flight} requests, its limit; retry shortly",
                                code="too_many_requests", retry_after=self.settings["retry_after_s"])
         self.in_flight += 1
         self.metrics.in_flight.set(self.in_flight)
@@ -127,7 +136,7 @@ class OpenAIServer:
         try:
             return self.router.resolve(model, user)
         except UnknownModel as error:
-            raise api.ApiError(404, str(error), param="model", code="model_not_found") from None
+            raise ApiError(404, str(error), param="model", code="model_not_found") from None
 
     def adapter_spec(self, route: Route) -> dict | None:
         if route.adapter is None:
@@ -148,7 +157,7 @@ class OpenAIServer:
     @app.get("/v1/models")
     async def models(self, request: Request) -> dict:
         self.authorize(request)
-        return api.model_list(self.settings["base_name"], self.router.model_ids(), self.settings["max_model_len"])
+        return protocol().model_list(self.settings["base_name"], self.router.model_ids(), self.settings["max_model_len"])
 
     @app.post("/v1/chat/completions")
     async def chat_completions(self, request: Request):
@@ -167,9 +176,9 @@ class OpenAIServer:
     async def load_adapter(self, request: Request) -> dict:
         """Load the adapter a registry ref (name, name:version or alias) names, before any request."""
         self.authorize(request)
-        model = api.parse_json(await request.body()).get("model")
+        model = parse_json(await request.body()).get("model")
         if not isinstance(model, str):
-            raise api.ApiError(400, "body must be {\"model\": \"<registry ref>\"}", param="model")
+            raise ApiError(400, "body must be {\"model\": \"<registry ref>\"}", param="model")
         route, spec = await self.load(model)
         return {"loaded": route.served, "digest": spec["digest"]}
 
@@ -178,7 +187,7 @@ class OpenAIServer:
         error message or None."""
         try:
             await self.load(ref)
-        except api.ApiError as error:
+        except ApiError as error:
             return error.message
         return None
 
@@ -186,10 +195,10 @@ class OpenAIServer:
         route = self.route(model, None)
         spec = self.adapter_spec(route)
         if spec is None:
-            raise api.ApiError(400, f"{model!r} is the base model, not an adapter", param="model")
+            raise ApiError(400, f"{model!r} is the base model, not an adapter", param="model")
         error = await self.call_engine(self.engine.load_adapter.remote(**spec))
         if error:
-            raise api.ApiError(400, error, param="model")
+            raise ApiError(400, error, param="model")
         return route, spec
 
     @app.delete("/admin/adapters/{ref}")
@@ -197,7 +206,7 @@ class OpenAIServer:
         self.authorize(request)
         version = self.route(ref, None).served
         if not await self.call_engine(self.engine.unload_adapter.remote(version)):
-            raise api.ApiError(404, f"{version!r} is not loaded", param="model", code="model_not_loaded")
+            raise ApiError(404, f"{version!r} is not loaded", param="model", code="model_not_loaded")
         return {"unloaded": version}
 
     # --- answering ----------------------------------------------------------------------------
@@ -205,7 +214,7 @@ class OpenAIServer:
         try:
             return await pending
         except ENGINE_GONE as error:
-            raise api.ApiError(503, f"the model engine is restarting ({type(error).__name__}); retry shortly",
+            raise ApiError(503, f"the model engine is restarting ({type(error).__name__}); retry shortly",
                                retry_after=self.settings["retry_after_s"]) from None
 
     async def answer(self, request: Request, chat: bool):
@@ -213,13 +222,13 @@ class OpenAIServer:
         self.admit()
         route, streaming = None, False
         try:
-            body = api.parse_json(await request.body())
-            parsed = api.parse_chat(body) if chat else api.parse_completion(body)
+            body = parse_json(await request.body())
+            parsed = protocol().parse_chat(body) if chat else protocol().parse_completion(body)
             route = self.route(parsed.model, parsed.user)
             response = await self.respond(request, body, parsed, route, chat)
             streaming = isinstance(response, StreamingResponse)
             return response
-        except api.ApiError as error:
+        except ApiError as error:
             self.metrics.failed(route.served if route else None, error.status)
             raise
         finally:
@@ -248,7 +257,7 @@ class OpenAIServer:
         outputs = self.stream_engine.generate.remote(parsed, adapter, request_id, bool(parsed.stream))
         first = await self.call_engine(outputs.__anext__())
         if "error" in first:
-            raise api.ApiError(first["status"], first["error"], param="model" if adapter else None)
+            raise ApiError(first["status"], first["error"], param="model" if adapter else None)
         if parsed.stream:
             include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
 
@@ -263,7 +272,7 @@ class OpenAIServer:
             events = _sse(first, outputs, request_id, parsed.model, chat, include_usage, done)
             weakref.finalize(events, done, first)
             return StreamingResponse(events, media_type="text/event-stream", headers=headers)
-        build = api.chat_response if chat else api.completion_response
+        build = protocol().chat_response if chat else protocol().completion_response
         answer = build(parsed.model, first["text"], first["finish"], first["prompt_tokens"], first["completion_tokens"])
         answer["id"] = request_id
         self.metrics.answered(route.served, kind, first)

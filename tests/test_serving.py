@@ -191,6 +191,16 @@ def test_traffic_split_is_proportional_and_sticky_per_user(server):
     assert len(sticky) == 1
 
 
+def test_adapter_from_an_object_storage_uri(server, reference, tmp_path):
+    """Artifacts behind a URI (pyarrow filesystems: s3://, gs://; file:// here) are fetched and served."""
+    from rayft.registry import Registry
+
+    copy = shutil.copytree(server["adapters"]["other"], tmp_path / "bucket" / "other")
+    ref = Registry().register("remote", "adapter", server["base"], f"file://{copy}", weights_hash="h-remote").ref
+    answer = post_chat(server, ref, QUESTIONS[0], max_tokens=8).json()["choices"][0]["message"]["content"]
+    assert answer == expected(reference, server, "other", QUESTIONS[0])
+
+
 def test_bad_adapters_are_refused_at_load_with_a_message(server, tmp_path):
     from rayft.registry import Registry
 
