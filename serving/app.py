@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import time
 
+import ray
 from ray import serve
 
 from rayft.config import RayftConfig, ServeConfig
@@ -49,8 +50,9 @@ def engine_options(serve_config: ServeConfig) -> dict:
     return options
 
 
-def build_app(config: RayftConfig):
-    """The Serve application (ingress bound to one engine deployment) for `config`."""
+def build_app(config: RayftConfig, registry_node: str | None = None):
+    """The Serve application (ingress bound to one engine deployment) for `config`. The ingress
+    reads the registry's SQLite file, so with `registry_node` (an IP) it is placed on that node."""
     registry = Registry()
     base_path, base_ref = resolve_model_path(config.model.base, registry)
     settings = config.serve
@@ -62,7 +64,10 @@ def build_app(config: RayftConfig):
         "retry_after_s": settings.retry_after_s, "response_cache_size": settings.response_cache_size,
         "max_model_len": settings.max_model_len,
     }
-    return OpenAIServer.options(num_replicas=settings.ingress_replicas).bind(engine, ingress)
+    options = {"num_replicas": settings.ingress_replicas}
+    if registry_node:
+        options["ray_actor_options"] = {"num_cpus": 0.25, "resources": {f"node:{registry_node}": 0.001}}
+    return OpenAIServer.options(**options).bind(engine, ingress)
 
 
 def start(config: RayftConfig) -> str:
@@ -71,7 +76,8 @@ def start(config: RayftConfig) -> str:
 
     ensure_ray()
     serve.start(http_options={"host": config.serve.host, "port": config.serve.port})
-    handle = serve.run(build_app(config), name=APP_NAME, route_prefix="/", blocking=False)
+    app = build_app(config, registry_node=ray.util.get_node_ip_address())  # this process's registry
+    handle = serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
     for ref in config.serve.adapters:
         response = handle.load_adapter_by_ref.remote(ref).result()
         if response:
