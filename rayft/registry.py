@@ -15,19 +15,19 @@ read-modify-write never interleaves with another.
 
 from __future__ import annotations
 
-import functools
 import json
-import math
-import re
 import sqlite3
-import subprocess
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rayft import storage
 from rayft.home import home_path
+from rayft.registry_records import (  # noqa: F401  (re-exported: the registry's public records)
+    ALIAS_PATTERN, JSON_COLUMNS, NAME_PATTERN, NAME_RULE, REGISTRY_PREFIX, Alias, AliasChange, ModelVersion, Ref,
+    RegistryError, alias_weights, current_code_revision, decode_targets, encode_targets, parse_ref, row_to_change,
+    row_to_version,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS versions (
@@ -51,175 +51,9 @@ CREATE TABLE IF NOT EXISTS alias_history (
 );
 """
 
-REGISTRY_PREFIX = "registry:"
-NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-ALIAS_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*")
-VERSION_PATTERN = re.compile(r"[0-9]+")
-NAME_RULE = "a model name starts with a letter or digit, then letters, digits, '_', '.', '-'"
 # An alias's versions with their weights, primary first; the one query behind alias lookups.
 ALIAS_ROWS = ("SELECT v.*, a.weight FROM alias_targets a JOIN versions v ON v.name = a.name AND v.version = a.version"
               " WHERE a.name = ? AND a.alias = ? ORDER BY a.weight DESC, a.version DESC")
-
-
-class RegistryError(LookupError):
-    """A registry lookup or change that cannot be done; the message says which name and why."""
-
-
-@dataclass
-class ModelVersion:
-    """One registered model version."""
-
-    name: str
-    version: int
-    kind: str  # "adapter" or "full"
-    base_model: str
-    artifact_uri: str
-    weights_hash: str | None = None
-    dataset_hash: str | None = None
-    config: dict = field(default_factory=dict)
-    metrics: dict = field(default_factory=dict)
-    eval_report: dict | None = None
-    parent: str | None = None
-    code_revision: str | None = None
-    created_at: float = 0.0
-
-    @property
-    def ref(self) -> str:
-        return f"{self.name}:{self.version}"
-
-    def to_dict(self) -> dict:
-        return asdict(self) | {"ref": self.ref}
-
-
-@dataclass
-class Alias:
-    """A named pointer (`support:prod`) to one version, or to several with traffic weights."""
-
-    name: str
-    alias: str
-    targets: dict[int, float]
-    updated_at: float
-
-    @property
-    def ref(self) -> str:
-        return f"{self.name}:{self.alias}"
-
-    @property
-    def primary(self) -> int:
-        """The version with the highest weight (ties: the higher version)."""
-        return max(self.targets, key=lambda v: (self.targets[v], v))
-
-    def to_dict(self) -> dict:
-        return asdict(self) | {"ref": self.ref, "primary": self.primary}
-
-
-@dataclass
-class AliasChange:
-    """One recorded alias change: a `set` (promotion or manual move) or a `rollback`."""
-
-    id: int
-    name: str
-    alias: str
-    action: str
-    targets: dict[int, float]
-    previous: dict[int, float] | None
-    undoes: int | None
-    reason: str | None
-    actor: str | None
-    details: dict | None
-    created_at: float
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class Ref:
-    """A parsed ref: a name with either a version number, an alias, or neither (latest)."""
-
-    name: str
-    version: int | None = None
-    alias: str | None = None
-
-
-def parse_ref(ref: str) -> Ref:
-    """Split `NAME`, `NAME:VERSION` or `NAME:ALIAS`; a malformed ref raises RegistryError naming it."""
-    name, colon, rest = ref.partition(":")
-    if not NAME_PATTERN.fullmatch(name):
-        raise RegistryError(f"{ref!r}: {NAME_RULE}")
-    if not colon:
-        return Ref(name)
-    if VERSION_PATTERN.fullmatch(rest):
-        return Ref(name, version=int(rest))
-    if ALIAS_PATTERN.fullmatch(rest):
-        return Ref(name, alias=rest)
-    raise RegistryError(f"{ref!r}: expected NAME, NAME:VERSION (digits) or NAME:ALIAS (starting with a letter)")
-
-
-@functools.lru_cache(maxsize=1)
-def current_code_revision() -> str:
-    """The code that is registering: `git:<commit>[+dirty]` for a source checkout, else `rayft==<version>`."""
-    source = Path(__file__).resolve().parent.parent
-
-    def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(source), *args], capture_output=True, text=True, timeout=10,
-                              check=True).stdout.strip()
-
-    try:
-        if Path(git("rev-parse", "--show-toplevel")).resolve() == source:
-            dirty = git("status", "--porcelain", "--untracked-files=no")
-            return f"git:{git('rev-parse', 'HEAD')}" + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        pass
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return f"rayft=={version('rayft')}"
-    except PackageNotFoundError:
-        return "unknown"
-
-
-_JSON_COLUMNS = ("config", "metrics", "eval_report")
-
-
-def _row_to_version(row: sqlite3.Row) -> ModelVersion:
-    values = {k: row[k] for k in row.keys() if k != "weight"}
-    for column in _JSON_COLUMNS:
-        if values[column] is not None:
-            values[column] = json.loads(values[column])
-    return ModelVersion(**values)
-
-
-def _encode_targets(targets: dict[int, float]) -> str:
-    return json.dumps({str(v): w for v, w in sorted(targets.items())})
-
-
-def _decode_targets(text: str | None) -> dict[int, float] | None:
-    return None if text is None else {int(v): float(w) for v, w in json.loads(text).items()}
-
-
-def _row_to_change(row: sqlite3.Row) -> AliasChange:
-    values = dict(row)
-    values["targets"] = _decode_targets(values["targets"])
-    values["previous"] = _decode_targets(values["previous"])
-    values["details"] = None if values["details"] is None else json.loads(values["details"])
-    return AliasChange(**values)
-
-
-def alias_weights(targets: int | dict[int, float]) -> dict[int, float]:
-    """`3` or `{3: 90, 4: 10}` as {version: weight}; versions are integers, weights finite and > 0."""
-    if isinstance(targets, int) and not isinstance(targets, bool):
-        targets = {targets: 1.0}
-    if not isinstance(targets, dict) or not targets:
-        raise RegistryError(f"alias targets must be a version number or a non-empty {{version: weight}}, got {targets!r}")
-    weights = {}
-    for version, weight in targets.items():
-        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-            raise RegistryError(f"alias target {version!r}: a version is a positive integer")
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight <= 0:
-            raise RegistryError(f"alias target {version}: weight must be a number > 0, got {weight!r}")
-        weights[version] = float(weight)
-    return weights
 
 
 class Registry:
@@ -290,7 +124,7 @@ class Registry:
             )
             row = version.to_dict()
             row.pop("ref")
-            for column in _JSON_COLUMNS:
+            for column in JSON_COLUMNS:
                 row[column] = None if row[column] is None else json.dumps(row[column], sort_keys=True)
             columns = ", ".join(row)
             db.execute(f"INSERT INTO versions ({columns}) VALUES ({', '.join('?' * len(row))})", tuple(row.values()))
@@ -320,7 +154,7 @@ class Registry:
         if row is None:
             what = "is not an alias in the registry" if parsed.alias else "is not in the registry"
             raise RegistryError(f"{ref!r} {what}")
-        return _row_to_version(row)
+        return row_to_version(row)
 
     def list(self, name: str | None = None) -> list[ModelVersion]:
         """All versions (of `name` if given), oldest first."""
@@ -329,7 +163,7 @@ class Registry:
                 rows = db.execute("SELECT * FROM versions WHERE name = ? ORDER BY version", (name,)).fetchall()
             else:
                 rows = db.execute("SELECT * FROM versions ORDER BY name, version").fetchall()
-        return [_row_to_version(r) for r in rows]
+        return [row_to_version(r) for r in rows]
 
     def delete(self, ref: str) -> ModelVersion:
         """Remove `NAME:VERSION` from the registry (its artifact stays where it is); refused while an
@@ -352,7 +186,7 @@ class Registry:
             db.execute("DELETE FROM versions WHERE name = ? AND version = ?", (parsed.name, parsed.version))
             db.execute("INSERT INTO deleted_versions VALUES (?, ?, ?, ?)",
                        (parsed.name, parsed.version, row["artifact_uri"], time.time()))
-        return _row_to_version(row)
+        return row_to_version(row)
 
     # aliases
 
@@ -365,7 +199,7 @@ class Registry:
             rows = db.execute(ALIAS_ROWS, (parsed.name, parsed.alias)).fetchall()
         if not rows:
             raise RegistryError(f"{ref!r} is not an alias in the registry")
-        return [(_row_to_version(row), row["weight"]) for row in rows]
+        return [(row_to_version(row), row["weight"]) for row in rows]
 
     def aliases(self, name: str | None = None) -> list[Alias]:
         """All aliases (of `name` if given), by name and alias."""
@@ -384,7 +218,7 @@ class Registry:
         with self._connect() as db:
             query = "SELECT * FROM alias_history WHERE name = ?" + (" AND alias = ?" if alias else "") + " ORDER BY id"
             rows = db.execute(query, (name, alias) if alias else (name,)).fetchall()
-        return [_row_to_change(r) for r in rows]
+        return [row_to_change(r) for r in rows]
 
     def set_alias(self, name: str, alias: str, targets: int | dict[int, float], *, reason: str | None = None,
                   actor: str | None = None, details: dict | None = None) -> Alias:
@@ -410,7 +244,7 @@ class Registry:
                 raise RegistryError(f"'{name}:{alias}' is not an alias in the registry")
             if last is None or last["previous"] is None:
                 raise RegistryError(f"'{name}:{alias}' has no earlier state to roll back to")
-            previous = _decode_targets(last["previous"])
+            previous = decode_targets(last["previous"])
             self._require_versions(db, name, previous, f"cannot roll back '{name}:{alias}': {{ref!r}} was deleted")
             return self._move_alias(db, name, alias, previous, "rollback", undoes=last["id"], reason=reason,
                                     actor=actor, details=None)
@@ -437,7 +271,7 @@ class Registry:
         db.execute(
             "INSERT INTO alias_history (name, alias, action, targets, previous, undoes, reason, actor, details,"
             " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (name, alias, action, _encode_targets(weights), None if previous is None else _encode_targets(previous),
+            (name, alias, action, encode_targets(weights), None if previous is None else encode_targets(previous),
              undoes, reason, actor, None if details is None else json.dumps(details, sort_keys=True), now))
         return Alias(name, alias, dict(weights), now)
 
