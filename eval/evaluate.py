@@ -58,11 +58,9 @@ def collect(rows, total: int, title: str, show_progress: bool):
     return pd.concat(frames, ignore_index=True)
 
 
-def count_test_rows(dataset_dir: Path, limit: int | None) -> int:
-    import pyarrow.parquet as pq
-
-    path = dataset_dir / "test.parquet"
-    rows = pq.ParquetFile(path).metadata.num_rows if path.exists() else 0
+def count_test_rows(dataset_dir: str, limit: int | None) -> int:
+    path = storage.join(dataset_dir, "test.parquet")
+    rows = storage.parquet_file(path).metadata.num_rows if storage.exists(path) else 0
     return min(rows, limit) if limit else rows
 
 

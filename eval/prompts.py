@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from rayft import storage
+
 ROW_COLUMNS = ("set", "prompt", "answer", "expected")
 
 
@@ -33,14 +35,14 @@ def split_prompt(batch: pa.Table) -> dict[str, list]:
     return {"set": ["test"] * len(prompts), "prompt": prompts, "answer": answers, "expected": [""] * len(prompts)}
 
 
-def read_test_split(dataset_dir: Path, limit: int | None):
-    """The prepared test split as eval rows, on Ray Data."""
+def read_test_split(dataset_dir: str, limit: int | None):
+    """The prepared test split (a local path or URI) as eval rows, on Ray Data."""
     import ray
 
-    path = dataset_dir / "test.parquet"
-    if not path.exists():
+    path = storage.join(dataset_dir, "test.parquet")
+    if not storage.exists(path):
         raise FileNotFoundError(f"{path} not found: run `rayft data prepare` first")
-    rows = ray.data.read_parquet(str(path)).select_columns(["messages"])
+    rows = ray.data.read_parquet(path).select_columns(["messages"])
     if limit:
         rows = rows.limit(limit)
     return rows.map_batches(split_prompt, batch_format="pyarrow")
@@ -73,17 +75,16 @@ def forgetting_records(path: str | None) -> list[dict]:
     return rows
 
 
-def few_shot_examples(dataset_dir: Path, k: int, seed: int, label=None) -> list[list[dict]]:
+def few_shot_examples(dataset_dir: str, k: int, seed: int, label=None) -> list[list[dict]]:
     """`k` conversations drawn (seeded) from the training split; when `label(answer)` is given, the
     draw covers as many different labels as it can before repeating one."""
-    import pyarrow.parquet as pq
-
     if k == 0:
         return []
-    path = dataset_dir / "train.parquet"
-    if not path.exists():
+    path = storage.join(dataset_dir, "train.parquet")
+    if not storage.exists(path):
         raise FileNotFoundError(f"{path} not found: the few-shot base draws its examples from the training split")
-    conversations = [_clean(c) for c in pq.read_table(path, columns=["messages"]).column("messages").to_pylist()]
+    table = storage.parquet_file(path).read(columns=["messages"])
+    conversations = [_clean(c) for c in table.column("messages").to_pylist()]
     random.Random(seed).shuffle(conversations)
     chosen, labels = [], set()
     for conversation in conversations:  # first pass: one per label

@@ -275,10 +275,10 @@ class RayftConfig(Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
 
-    def dataset_dir(self) -> Path:
-        """The prepared dataset folder this config reads and writes."""
-        where = self.train.dataset or self.data.out or str(rayft_home() / "datasets" / self.name)
-        return Path(where)
+    def dataset_dir(self) -> str:
+        """The prepared dataset folder this config reads and writes: a local path, or an `s3://`,
+        `gs://` or `file://` URI that every node of a cluster can read."""
+        return self.train.dataset or self.data.out or str(rayft_home() / "datasets" / self.name)
 
 
 def _expand(value):

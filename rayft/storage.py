@@ -15,20 +15,20 @@ from rayft.home import rayft_home
 REMOTE_SCHEMES = ("s3://", "gs://", "gcs://", "file://")
 
 
-def is_remote(uri: str) -> bool:
-    return uri.startswith(REMOTE_SCHEMES)
+def is_remote(uri: str | Path) -> bool:
+    return str(uri).startswith(REMOTE_SCHEMES)
 
 
-def _fs(uri: str):
+def _fs(uri: str | Path):
     import pyarrow.fs
 
-    return pyarrow.fs.FileSystem.from_uri(uri)
+    return pyarrow.fs.FileSystem.from_uri(str(uri))
 
 
-def join(uri: str, *parts: str) -> str:
+def join(uri: str | Path, *parts: str) -> str:
     """A child of a local path or a URI."""
     if is_remote(uri):
-        return "/".join([uri.rstrip("/"), *parts])
+        return "/".join([str(uri).rstrip("/"), *parts])
     return str(Path(uri).joinpath(*parts))
 
 
@@ -42,6 +42,35 @@ def list_dirs(uri: str) -> list[str]:
     fs, path = _fs(uri)
     infos = fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
     return sorted(Path(i.path).name for i in infos if i.type == pyarrow.fs.FileType.Directory)
+
+
+def exists(uri: str | Path) -> bool:
+    """Whether a file or folder is at a local path or a URI."""
+    if not is_remote(uri):
+        return Path(uri).exists()
+    import pyarrow.fs
+
+    fs, path = _fs(uri)
+    return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
+
+
+def read_text(uri: str | Path) -> str:
+    """A text file from a local path or a URI."""
+    if not is_remote(uri):
+        return Path(uri).read_text(encoding="utf-8")
+    fs, path = _fs(uri)
+    with fs.open_input_stream(path) as data:
+        return data.read().decode("utf-8")
+
+
+def parquet_file(uri: str | Path):
+    """A `pyarrow.parquet.ParquetFile` at a local path or a URI (its footer is read, not its rows)."""
+    import pyarrow.parquet as pq
+
+    if not is_remote(uri):
+        return pq.ParquetFile(uri)
+    fs, path = _fs(uri)
+    return pq.ParquetFile(path, filesystem=fs)
 
 
 def write_text(uri: str, text: str) -> None:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from rayft import storage
+
 
 @lru_cache(maxsize=4)
 def load_tokenizer(path: str, chat_template: str | None):
@@ -49,18 +51,18 @@ def _messages(batch: pa.Table) -> list[list[dict]]:
     return out
 
 
-def tokenized_splits(dataset_dir: Path, splits: list[str], tokenizer_path: str, chat_template: str | None,
+def tokenized_splits(dataset_dir: str, splits: list[str], tokenizer_path: str, chat_template: str | None,
                      max_seq_len: int) -> dict:
     """The named splits of a prepared dataset as materialised token rows (rows with no learned
     token dropped), tokenized in one Ray Data pipeline."""
     import ray
     from ray.data.expressions import col
 
-    paths = [dataset_dir / f"{split}.parquet" for split in splits]
+    paths = [storage.join(dataset_dir, f"{split}.parquet") for split in splits]
     for path in paths:
-        if not path.exists():
+        if not storage.exists(path):
             raise FileNotFoundError(f"{path} not found: run `rayft data prepare` first")
-    rows = ray.data.read_parquet([str(p) for p in paths], include_paths=True).select_columns(["messages", "path"])
+    rows = ray.data.read_parquet(paths, include_paths=True).select_columns(["messages", "path"])
     tokens = rows.map_batches(
         tokenize_batch, fn_kwargs={"tokenizer_path": tokenizer_path, "chat_template": chat_template,
                                    "max_seq_len": max_seq_len},

@@ -50,17 +50,15 @@ def check_config(config: RayftConfig, base: str) -> None:
             check_target_modules(base, train.lora)
         except ValueError as error:
             raise ConfigError(str(error)) from None
-    if not (config.dataset_dir() / "train.parquet").exists():
+    if not storage.exists(storage.join(config.dataset_dir(), "train.parquet")):
         raise ConfigError(f"train.dataset: no prepared dataset at {config.dataset_dir()} (run `rayft data prepare`)")
     check_data_size(config)
 
 
-def split_rows(path: Path) -> int:
+def split_rows(path: str) -> int:
     """Rows in one prepared split, from its Parquet footer (nothing is read or tokenized)."""
-    import pyarrow.parquet as pq
-
     try:
-        return pq.ParquetFile(path).metadata.num_rows
+        return storage.parquet_file(path).metadata.num_rows
     except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
         raise ConfigError(f"train.dataset: {path} is not a readable Parquet file ({error})") from None
 
@@ -70,9 +68,9 @@ def check_data_size(config: RayftConfig) -> None:
     before Ray starts. Tokenizing can only drop rows and truncates each to max_seq_len, so a plan
     that fails on these upper bounds fails on the tokenized data too; the plan is made again on the
     real counts after tokenizing."""
-    dataset_dir = config.dataset_dir()
-    n_train = split_rows(dataset_dir / "train.parquet")
-    n_val = split_rows(dataset_dir / "val.parquet") if (dataset_dir / "val.parquet").exists() else 0
+    val = storage.join(config.dataset_dir(), "val.parquet")
+    n_train = split_rows(storage.join(config.dataset_dir(), "train.parquet"))
+    n_val = split_rows(val) if storage.exists(val) else 0
     plan_or_error(config, n_train, n_val, n_train * config.train.max_seq_len)
 
 
@@ -98,7 +96,7 @@ def run_location(config: RayftConfig, resume: bool) -> tuple[str, str]:
 def tokenized_datasets(config: RayftConfig, base: str) -> tuple[dict, TrainPlan]:
     """Train (and val, when present) token rows on Ray Data, and the plan they allow."""
     dataset_dir = config.dataset_dir()
-    splits = ["train"] + (["val"] if (dataset_dir / "val.parquet").exists() else [])
+    splits = ["train"] + (["val"] if storage.exists(storage.join(dataset_dir, "val.parquet")) else [])
     datasets = tokenized_splits(dataset_dir, splits, base, config.model.chat_template, config.train.max_seq_len)
     n_val = datasets["val"].count() if "val" in datasets else 0
     if "val" in datasets and n_val == 0:
@@ -175,8 +173,8 @@ def train(config: RayftConfig, resume: bool = False, show_progress: bool = True)
         raise ConfigError(f"model.base: {error}") from None
     check_config(config, base)
     tokenizer = load_tokenizer(base, config.model.chat_template)
-    manifest_path = config.dataset_dir() / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    manifest_path = storage.join(config.dataset_dir(), "manifest.json")
+    manifest = json.loads(storage.read_text(manifest_path)) if storage.exists(manifest_path) else {}
     ensure_ray()
     datasets, plan = tokenized_datasets(config, base)
     runs, run_name = run_location(config, resume)
