@@ -3,9 +3,11 @@ PII recall. Run: `.venv/bin/python bench/data_prep.py [--records N]` (results go
 record them in bench/RESULTS.md).
 
 Records are random word sequences (so natural near duplicates are rare); the generator plants exact
-duplicates, near duplicates (one word replaced: true Jaccard of word 3-grams >= 0.8, checked) and
-one PII value of a random kind in some records. Ground truth is known, so:
-- near-dup recall: planted near duplicates (true Jaccard >= threshold) that end up removed;
+duplicates, near duplicates (one to three words replaced, so the true Jaccard similarity of their
+word 3-grams spreads from about 0.7 to 0.9, on both sides of the 0.8 threshold) and one PII value of
+a random kind in some records. Ground truth is known, so:
+- near-dup recall: planted near duplicates with true Jaccard >= threshold that end up removed (also
+  reported for the hard band, true Jaccard in [threshold, threshold + 0.05));
 - near-dup precision: removed near duplicates whose true Jaccard with the record they are said to
   duplicate is >= threshold;
 - PII recall: planted PII values that appear in no output file (splits and rejects).
@@ -93,7 +95,8 @@ def generate(n: int, seed: int = 0, dup_rate: float = 0.05, near_rate: float = 0
             source = rng.randrange(len(records))
             copy = json.loads(json.dumps(records[source]))
             words = copy["messages"][0]["content"].split()
-            words[rng.randrange(len(words))] = rng.choice(vocab)
+            for _ in range(rng.choice((1, 2, 3))):  # true Jaccard from ~0.7 to ~0.9: both sides of 0.8
+                words[rng.randrange(len(words))] = rng.choice(vocab)
             copy["messages"][0]["content"] = " ".join(words)
             truth["near"].append((len(records), source))
             records.append(copy)
@@ -132,9 +135,12 @@ def main() -> None:
 
     rejects = [json.loads(l) for l in (work / "out" / "rejects.jsonl").read_text().splitlines()]
     removed = {r["line"] - 1: r for r in rejects if r["reason"].startswith("duplicate")}
-    planted_near = [(i, s) for i, s in truth["near"] if jaccard(records[i], records[s]) >= config.near_dup_threshold]
+    threshold = config.near_dup_threshold
+    similarity = {(i, s): jaccard(records[i], records[s]) for i, s in truth["near"]}
+    planted_near = [pair for pair, j in similarity.items() if j >= threshold]
+    hard_band = [pair for pair, j in similarity.items() if threshold <= j < threshold + 0.05]
     near_removed = [r for r in removed.values() if r["reason"] == "duplicate_near"]
-    near_true = sum(jaccard(records[r["line"] - 1], records[r["duplicate_of"]["line"] - 1]) >= config.near_dup_threshold
+    near_true = sum(jaccard(records[r["line"] - 1], records[r["duplicate_of"]["line"] - 1]) >= threshold
                     for r in near_removed)
     texts = "\n".join(pd.concat([pd.read_parquet(work / "out" / f"{s}.parquet") for s in ("train", "val", "test")])
                       ["messages"].map(lambda ms: " ".join(m["content"] for m in ms)))
@@ -148,7 +154,11 @@ def main() -> None:
         "ray_start_s": round(started - ray_started, 1),
         "counts": manifest["counts"],
         "exact_dup_recall": sum(i in removed for i in truth["exact"]) / max(1, len(truth["exact"])),
+        "near_dup_planted_above_threshold": len(planted_near),
+        "near_dup_planted_below_threshold": len(similarity) - len(planted_near),
         "near_dup_recall": sum(i in removed for i, _ in planted_near) / max(1, len(planted_near)),
+        "near_dup_recall_hard_band": sum(i in removed for i, _ in hard_band) / max(1, len(hard_band)),
+        "near_dup_hard_band": len(hard_band),
         "near_dup_precision": near_true / max(1, len(near_removed)),
         "pii_recall": 1 - len(leaked_pii) / max(1, len(truth["pii"])),
         "pii_missed_examples": leaked_pii[:5],

@@ -21,7 +21,7 @@ from ray.data.expressions import col
 
 from rayft.config import DataConfig
 from rayft.data import dedup, outputs, pii, sources, split
-from rayft.data.records import CleanRecords
+from rayft.data.records import clean_batch
 from rayft.runtime import ensure_ray
 
 STAGES = ["validate and scrub", "exact duplicates", "near duplicates", "split", "leakage", "write"]
@@ -33,6 +33,23 @@ class PrepareOptions:
 
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: str | None = None  # a model folder or hub id; token limits and stats need it
+
+
+@contextmanager
+def shuffles_as_tasks():
+    """Run this pipeline's groupbys as pull-based sort shuffles, which are plain Ray tasks. Ray Data's
+    default shuffle starts aggregator actors (new processes) for every groupby: seconds each on a
+    small cluster, most of the pipeline's time at 100k records (bench/RESULTS.md)."""
+    from ray.data import DataContext
+    from ray.data.context import ShuffleStrategy
+
+    context = DataContext.get_current()
+    default = context.shuffle_strategy
+    context.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+    try:
+        yield
+    finally:
+        context.shuffle_strategy = default
 
 
 @contextmanager
@@ -86,10 +103,10 @@ def prepare_dataset(inputs: list[str], out_dir: str | Path, options: PrepareOpti
     ensure_ray()
 
     # run
-    with progress(show_progress) as advance:
+    with shuffles_as_tasks(), progress(show_progress) as advance:
         cleaned = sources.read_records(files, data.format).map_batches(
-            CleanRecords, fn_constructor_args=(data, options.tokenizer), batch_size=1024,
-            concurrency=(1, dedup.shuffle_partitions() // 2),
+            clean_batch, fn_kwargs={"data_json": data.model_dump_json(), "tokenizer": options.tokenizer},
+            batch_size=1024,
         ).materialize()
         valid = cleaned.filter(expr=col("status") == "ok")
         advance(STAGES[1])

@@ -12,6 +12,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+# Records per block after reading. A file is read as one block, and one block is one task for every
+# step after it: blocks of this size spread a big file over the cluster's cores while keeping the
+# per-task overhead small.
+RECORDS_PER_BLOCK = 10_000
 LINE_BITS = 40  # order = input_index << LINE_BITS | line: inputs keep their order, then lines
 
 
@@ -77,7 +81,8 @@ def read_records(inputs: list[str], forced_format: str = "auto"):
     kinds = {f: file_format(Path(f), forced_format) for f in files}
     index_of = {f: i for i, f in enumerate(files)}
     raw_files = ray.data.read_binary_files(files, include_paths=True)
-    return raw_files.flat_map(_split_file, fn_kwargs={"index_of": index_of, "kinds": kinds})
+    rows = raw_files.flat_map(_split_file, fn_kwargs={"index_of": index_of, "kinds": kinds})
+    return rows.repartition(target_num_rows_per_block=RECORDS_PER_BLOCK)  # one file would be one block
 
 
 def locate(order: int, files: list[str]) -> dict:

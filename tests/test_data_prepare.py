@@ -190,3 +190,20 @@ def test_cli_prints_counts_and_writes_outputs(ray_cluster, tickets_file, tmp_pat
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["counts"]["rejected"] == 5 and manifest["counts"]["input"] == 605
     assert "duplicates_near" in printed and "605" in printed and manifest["dataset_hash"][:12] in printed
+
+
+def test_near_duplicate_candidates_are_verified_by_exact_jaccard(ray_cluster):
+    import numpy as np
+    import ray
+
+    from rayft.data.dedup import jaccard, verified_pairs
+
+    words = [f"w{i}" for i in range(60)]
+    variants = {1: words, 2: words[:30] + ["x"] + words[31:], 3: words[:10] + ["y", "z"] + words[12:40] + ["q"] + words[41:]}
+    rows = pd.DataFrame({"order": list(variants), "messages": [
+        json.dumps([{"role": "user", "content": " ".join(v)}, {"role": "assistant", "content": "ok"}]) for v in variants.values()]})
+    grams = {o: set(shingles(" ".join(v) + "\nok")) for o, v in variants.items()}
+    exact = {pair: jaccard(grams[pair[0]], grams[pair[1]]) for pair in ((1, 2), (1, 3))}
+    assert exact[(1, 2)] > 0.8 > exact[(1, 3)]  # one word changed; three words changed
+    found = verified_pairs(ray.data.from_pandas(rows), np.array([[1, 2], [1, 3]]), 0.8)
+    assert found == [(1, 2, exact[(1, 2)])]
