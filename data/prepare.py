@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ray.data.expressions import col
 
+from rayft import storage
 from rayft.config import DataConfig
 from rayft.data import dedup, outputs, pii, sources, split
 from rayft.data.records import clean_batch
@@ -92,13 +93,17 @@ def drop_orders(rows, orders: dict):
 
 def prepare_dataset(inputs: list[str], out_dir: str | Path, options: PrepareOptions | None = None,
                     show_progress: bool = True) -> dict:
-    """Prepare `inputs` into `out_dir`; returns the manifest (also written as manifest.json)."""
+    """Prepare `inputs` into `out_dir`, a folder or an `s3://` / `gs://` URI (written locally, then
+    uploaded); returns the manifest (also written as manifest.json)."""
+    with storage.writable_dir(out_dir) as local:
+        return prepare_into(inputs, local, options or PrepareOptions(), show_progress)
+
+
+def prepare_into(inputs: list[str], out_dir: Path, options: PrepareOptions, show_progress: bool) -> dict:
+    """The pipeline of `prepare_dataset`, writing into a local folder."""
     # setup
-    options = options or PrepareOptions()
     data = options.data
     pii.load_detector(data.pii_detector)  # a bad detector name fails before any work
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     files = sources.expand_inputs(inputs)
     ensure_ray()
 

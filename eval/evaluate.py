@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tempfile
 import time
 from functools import partial
-from pathlib import Path
 
 from rayft import storage
 from rayft.config import RayftConfig
@@ -67,9 +65,7 @@ def count_test_rows(dataset_dir: str, limit: int | None) -> int:
 def write_report(report: dict, table, version: ModelVersion, root: str) -> dict:
     """report.json, report.md and the plots in `root/NAME/VERSION` (uploaded when `root` is a URI)."""
     target = storage.join(root, version.name, str(version.version))
-    with tempfile.TemporaryDirectory() as scratch:
-        out = Path(scratch if storage.is_remote(target) else target)
-        out.mkdir(parents=True, exist_ok=True)
+    with storage.writable_dir(target) as out:
         drawn = {"metrics": plots.metric_bars(report, out / "metrics.png"),
                  "confusion": plots.confusion_matrices(report, out / "confusion.png"),
                  "training": plots.training_curve(version.metrics.get("run_dir"), out / "training_loss.png")}
@@ -79,7 +75,6 @@ def write_report(report: dict, table, version: ModelVersion, root: str) -> dict:
         (out / "report.md").write_text(markdown(report))
         (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         table.to_json(out / "answers.jsonl", orient="records", lines=True)
-        storage.upload_dir(out, target)
     return report
 
 

@@ -8,6 +8,8 @@ come from the usual environment variables or instance roles).
 from __future__ import annotations
 
 import hashlib
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 from rayft.home import rayft_home
@@ -112,6 +114,19 @@ def upload_dir(local: str | Path, uri: str) -> str:
     fs.create_dir(path, recursive=True)
     pyarrow.fs.copy_files(str(local), path, source_filesystem=pyarrow.fs.LocalFileSystem(), destination_filesystem=fs)
     return uri
+
+
+@contextmanager
+def writable_dir(uri: str | Path):
+    """A local folder to write `uri`'s contents into: the folder itself, or (for a URI) a scratch
+    folder that is uploaded to `uri` when the block ends without an error."""
+    if not is_remote(uri):
+        Path(uri).mkdir(parents=True, exist_ok=True)
+        yield Path(uri)
+        return
+    with tempfile.TemporaryDirectory(prefix="rayft-upload-") as scratch:
+        yield Path(scratch)
+        upload_dir(scratch, str(uri))
 
 
 def content_hash(folder: str | Path, patterns: tuple[str, ...] = ("*.safetensors",)) -> str:

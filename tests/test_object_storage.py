@@ -12,11 +12,25 @@ pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 
 
 @pytest.fixture(scope="module")
-def dataset_uri(tickets_dataset, tmp_path_factory) -> str:
-    """The session's prepared ticket dataset, copied to a `file://` URI."""
+def dataset_uri(ray_cluster, tickets_file, tiny_model, tmp_path_factory) -> str:
+    """The ticket sample prepared straight to a `file://` URI, with the session dataset's options."""
+    from rayft.config import DataConfig
+    from rayft.data.prepare import PrepareOptions, prepare_dataset
+
     target = f"file://{tmp_path_factory.mktemp('bucket')}/datasets/tickets"
-    storage.upload_dir(tickets_dataset, target)
+    options = PrepareOptions(DataConfig(label_regex=r"Category:\s*(\w+)", max_tokens=256), tokenizer=tiny_model)
+    prepare_dataset([str(tickets_file)], target, options, show_progress=False)
     return target
+
+
+def test_data_prepare_writes_the_same_version_to_a_uri(dataset_uri, tickets_dataset):
+    import json
+
+    remote = json.loads(storage.read_text(storage.join(dataset_uri, "manifest.json")))
+    local = json.loads((tickets_dataset / "manifest.json").read_text())
+    assert remote["dataset_hash"] == local["dataset_hash"] and remote["counts"] == local["counts"]
+    for name in ("train.parquet", "val.parquet", "test.parquet", "rejects.jsonl", "token_lengths.png"):
+        assert storage.exists(storage.join(dataset_uri, name)), name
 
 
 def test_training_and_eval_read_a_dataset_uri(ray_cluster, tiny_model, tickets_dataset, dataset_uri):

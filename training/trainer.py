@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -142,14 +141,12 @@ def export_and_verify(checkpoint, base: str, config: RayftConfig, tokenizer, run
     location; returns the export info and the checkpoint's step log."""
     exports = config.train.export_path or str(rayft_home() / "models")
     target = storage.join(exports, config.name, run_name)
-    with checkpoint.as_directory() as directory, tempfile.TemporaryDirectory() as scratch:
+    with checkpoint.as_directory() as directory, storage.writable_dir(target) as local:
         log = report.read_log(Path(directory) / LOG_NAME)
         fingerprint = json.loads((Path(directory) / STATE_NAME).read_text())["fingerprint"]
-        local = target if not storage.is_remote(target) else scratch
         exported = export_checkpoint(directory, base, config.train, tokenizer, local)
         checked = verify_export(local, fingerprint, exported["kind"] == "adapter",
                                 rel_tol=1e-2 if config.train.use_gpu else 1e-6)
-        storage.upload_dir(local, target)
     return exported | {"path": target, "verified_tensors": checked}, log
 
 
