@@ -18,7 +18,7 @@ import torch
 
 from .ops import cast, present_weights, stacked
 from .plan import Plan, plan_for_segments, plan_for_tokens
-from .zero_slots import contributes
+from .zero_slots import contributes, transposed_slots
 
 
 def batch_plan(wrapper: Any) -> Plan | None:
@@ -48,31 +48,30 @@ def _one_adapter(y, x, a_stacked, b_stacked, scale: float, slices, slot: int) ->
 
 
 def _mixed(y, x, a_stacked, b_stacked, scale: float, slices, plan: Plan) -> None:
-    """Rows gathered once into equal-size adapter groups; per slice two batched matmuls."""
+    """Rows gathered once into equal-size adapter groups; per slice two batched matmuls (the expand
+    weights contiguous, see `transposed_slots`); results go back to row order in one pass."""
     pad, groups = plan.padded, len(plan.groups)
     k, slots = groups * pad.m, plan.slots
     live = [contributes(a, b, slots) for a, b in zip(a_stacked, b_stacked)]
     if not any(live):  # none of the adapters targets this layer
         return
     xs = cast(x.index_select(0, pad.gather), torch.float32).view(groups, pad.m, -1)
+    out = torch.empty((k + plan.has_base, sum(slices)), dtype=y.dtype, device=y.device)
     offset = 0
     for a, b, size, use in zip(a_stacked, b_stacked, slices, live):
-        if not use:
+        if not use:  # adds nothing: zero columns
+            out[:k, offset : offset + size].zero_()
             offset += size
             continue
         h = torch.bmm(xs, present_weights(stacked(a), plan, torch.float32))
         if scale != 1.0:
             h.mul_(scale)
-        out = torch.empty((k + plan.has_base, size), dtype=y.dtype, device=y.device)
-        torch.bmm(
-            cast(h, y.dtype),
-            present_weights(stacked(b), plan, y.dtype),
-            out=out[:k].view(groups, pad.m, size),
-        )
-        if plan.has_base:
-            out[k].zero_()  # rows without adapter read this row
-        y[:, offset : offset + size].add_(out.index_select(0, plan.inv))
+        expanded = torch.bmm(cast(h, y.dtype), transposed_slots(b, slots, y.dtype))
+        out[:k, offset : offset + size].copy_(expanded.view(k, size))
         offset += size
+    if plan.has_base:
+        out[k].zero_()  # rows without adapter read this row
+    y[:, :offset].add_(out.index_select(0, plan.inv))
 
 
 def _per_op(self, y, x, a_stacked, b_stacked, scale, slices, buffer, **kwargs) -> None:
