@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,7 +70,7 @@ class EngineServer:
             max_cpu_loras=max(self.serve.max_loras, self.serve.max_cpu_loras), max_num_seqs=self.serve.max_num_seqs,
             disable_log_stats=True, seed=0,
         )
-        self.engine = AsyncLLM.from_engine_args(args)
+        self.engine = AsyncLLM.from_engine_args(args, stat_loggers=[quiet_stats()])
         self.tokenizer = self.engine.get_tokenizer()
         self.adapters: OrderedDict[str, Adapter] = OrderedDict()  # least recently used first
         self.loading = asyncio.Lock()
@@ -148,51 +147,81 @@ class EngineServer:
             return 0, f"max_tokens {max_tokens} + prompt {len(ids)} tokens exceeds the context of {self.serve.max_model_len}"
         return max_tokens, None
 
-    async def generate(self, request, adapter: dict | None, request_id: str, stream: bool):
-        """Yield {'text', 'finish', 'prompt_tokens', 'completion_tokens'} items: deltas when
-        streaming, else one item with the whole text. The last item also has 'ttft' and 'tpot'
-        (seconds). A request the engine cannot take yields one {'error', 'status'} item."""
+    async def outputs(self, request, adapter: dict | None, request_id: str, stream: bool):
+        """vLLM's outputs for one request (deltas when streaming, else only the final one), or an
+        {'error', 'status'} dict when the engine cannot take it."""
         from vllm.lora.request import LoRARequest
 
         from rayft.serving.openai_api import sampling_params
 
-        started = time.perf_counter()
         ids = self.prompt_ids(request)
         max_tokens, error = self.check_lengths(ids, request)
         if error:
-            yield {"error": error, "status": 400}
-            return
+            return {"error": error, "status": 400}
         lora = None
         if adapter is not None:
             try:
                 loaded = await self.ensure_adapter(adapter["ref"], adapter["uri"], adapter["digest"])
             except AdapterError as failure:
-                yield {"error": str(failure), "status": 400}
-                return
+                return {"error": str(failure), "status": 400}
             lora = LoRARequest(loaded.ref, loaded.lora_id, loaded.local)
-        params = sampling_params(request, max_tokens)
-        text, tokens, first = [], 0, None
-        async for output in self.engine.generate({"prompt_token_ids": ids}, params, request_id, lora_request=lora):
-            choice = output.outputs[0]
-            if choice.token_ids and first is None:
-                first = time.perf_counter()
-            tokens += len(choice.token_ids)
-            item = {"text": choice.text, "finish": choice.finish_reason, "prompt_tokens": len(ids),
-                    "completion_tokens": tokens}
-            if output.finished:
-                done = time.perf_counter()
-                item["ttft"] = (first or done) - started
-                item["tpot"] = (done - first) / (tokens - 1) if first and tokens > 1 else None
-            if stream:
-                yield item
-            else:
-                text.append(choice.text)
-                if output.finished:
-                    yield item | {"text": "".join(text)}
+        params = sampling_params(request, max_tokens, stream)
+        return self.engine.generate({"prompt_token_ids": ids}, params, request_id, lora_request=lora)
+
+    async def complete(self, request, adapter: dict | None, request_id: str) -> dict:
+        """The whole answer as one item (see `answer_item`), or an {'error', 'status'} dict."""
+        outputs = await self.outputs(request, adapter, request_id, stream=False)
+        if isinstance(outputs, dict):
+            return outputs
+        async for output in outputs:
+            final = output
+        return answer_item(final, final.outputs[0].text, len(final.outputs[0].token_ids))
+
+    async def stream(self, request, adapter: dict | None, request_id: str):
+        """Yield the answer as delta items (see `answer_item`), or one {'error', 'status'} item."""
+        outputs = await self.outputs(request, adapter, request_id, stream=True)
+        if isinstance(outputs, dict):
+            yield outputs
+            return
+        tokens = 0
+        async for output in outputs:
+            tokens += len(output.outputs[0].token_ids)
+            yield answer_item(output, output.outputs[0].text, tokens)
 
     async def check_health(self) -> None:
         """Raises when the engine is dead, so Ray Serve replaces the replica."""
         await self.engine.check_health()
+
+
+def answer_item(output, text: str, completion_tokens: int) -> dict:
+    """{'text', 'finish', 'prompt_tokens', 'completion_tokens'}, plus the engine's 'ttft' and
+    'tpot' (seconds) once the request is finished."""
+    item = {"text": text, "finish": output.outputs[0].finish_reason, "prompt_tokens": len(output.prompt_token_ids),
+            "completion_tokens": completion_tokens}
+    stats = output.metrics
+    if output.finished and stats is not None:
+        item["ttft"] = stats.first_token_latency
+        generated = stats.num_generation_tokens
+        item["tpot"] = (stats.last_token_ts - stats.first_token_ts) / (generated - 1) if generated > 1 else None
+    return item
+
+
+def quiet_stats():
+    """A vLLM stat logger class that logs nothing: its presence makes vLLM keep per-request timings
+    (TTFT, token timestamps) on its outputs, without the periodic lines of its default loggers."""
+    from vllm.v1.metrics.loggers import StatLoggerBase
+
+    class QuietStats(StatLoggerBase):
+        def __init__(self, vllm_config, engine_index: int = 0):
+            pass
+
+        def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx: int = 0):
+            pass
+
+        def log_engine_initialized(self):
+            pass
+
+    return QuietStats
 
 
 def _on_cpu() -> bool:

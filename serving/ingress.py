@@ -254,8 +254,11 @@ class OpenAIServer:
             self.metrics.cache.labels(route.served, "bypass").inc()
 
         request_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
-        outputs = self.stream_engine.generate.remote(parsed, adapter, request_id, bool(parsed.stream))
-        first = await self.call_engine(outputs.__anext__())
+        if parsed.stream:
+            outputs = self.stream_engine.stream.remote(parsed, adapter, request_id)
+            first = await self.call_engine(outputs.__anext__())
+        else:
+            first = await self.call_engine(self.engine.complete.remote(parsed, adapter, request_id))
         if "error" in first:
             raise ApiError(first["status"], first["error"], param="model" if adapter else None)
         if parsed.stream:

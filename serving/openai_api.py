@@ -82,14 +82,14 @@ def requested_max_tokens(request) -> int | None:
         return getattr(request, "max_completion_tokens", None) or request.max_tokens
 
 
-def sampling_params(request, max_tokens: int):
-    """vLLM SamplingParams for a parsed request; outputs come as deltas (for streaming and timing)."""
+def sampling_params(request, max_tokens: int, stream: bool):
+    """vLLM SamplingParams for a parsed request, streaming deltas or one final output."""
     from vllm.sampling_params import RequestOutputKind
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         params = request.to_sampling_params(max_tokens, {})
-    params.output_kind = RequestOutputKind.DELTA
+    params.output_kind = RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY
     return params
 
 
