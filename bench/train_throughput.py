@@ -1,0 +1,190 @@
+"""Benchmark training throughput on this machine's CPU, every ratio measured side by side in one run.
+
+Run: `.venv/bin/python bench/train_throughput.py [--size bench] [--steps 14]` (JSON on stdout;
+record it in bench/RESULTS.md). Both parts use a tiny Llama built offline (`rayft.tiny`, size
+`bench`: hidden 512, 8 layers, 8 heads, ~27M parameters) in fp32.
+
+(a) packing: the same examples, in the same order, trained (full fine-tuning, AdamW) as padded
+    micro-batches and as packed rows (`rayft.training.formatting`, the worker's own inputs with
+    `use_cache=False`). Lengths are skewed like real chat data: most examples short, a few long.
+    Reported: real (non-padding) tokens per second of each, and the ratio (goal >= 2x).
+(b) overhead: `rayft train` with one worker (Ray Train + DeepSpeed ZeRO-2, Ray Data shard) against
+    a plain single-process torch loop on the same model, data, batch, optimizer, schedule and
+    step count. Every example is truncated to the same length, so every step carries the same
+    tokens and step times compare directly. Reported: steady-state tokens/s of each (the first
+    WARMUP steps of each left out) and the ratio (goal >= 0.9x), plus each side's wall time
+    (rayft's includes worker start-up, tokenizing on Ray Data, the checkpoint and the export).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from rayft.data.samples import tokenizer_corpus
+from rayft.tiny import build_tiny_model
+from rayft.training.formatting import IGNORE_INDEX, pack_examples, packed_batch, pad_batch, tokenize_conversation
+from rayft.training.worker import to_model_inputs
+
+THREADS = 2  # the machine's cores; the rayft worker gets the same through cpus_per_worker
+WARMUP = 2
+
+
+def load(model_dir: Path, method: str = "full"):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
+    model.config.use_cache = False
+    if method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0,
+                                                 target_modules="all-linear", task_type="CAUSAL_LM"))
+    return model.train()
+
+
+def skewed_examples(n: int, vocab: int, seed: int = 0) -> list[dict]:
+    """Token rows: 85% short (24-96 tokens), 15% long (256-512); the second half of each is learned."""
+    rng = random.Random(seed)
+    examples = []
+    for _ in range(n):
+        length = rng.randint(256, 512) if rng.random() < 0.15 else rng.randint(24, 96)
+        ids = [rng.randrange(10, vocab) for _ in range(length)]
+        examples.append({"input_ids": ids, "labels": [IGNORE_INDEX] * (length // 2) + ids[length // 2:]})
+    return examples
+
+
+def timed_steps(model, batches, pad_id: int, lr: float = 1e-4) -> list[tuple[float, int]]:
+    """Train on `batches` as a plain loop (AdamW, cosine schedule, clipping): (seconds, real tokens)
+    of each optimizer step."""
+    from transformers import get_scheduler
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=0, num_training_steps=len(batches))
+    out = []
+    for batch in batches:
+        started = time.perf_counter()
+        loss = model(**to_model_inputs(batch)).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        out.append((time.perf_counter() - started, sum(1 for row in batch.input_ids for t in row if t != pad_id)))
+    return out
+
+
+def rate(steps: list[tuple[float, int]]) -> float:
+    kept = steps[WARMUP:]
+    return sum(n for _, n in kept) / sum(s for s, _ in kept)
+
+
+def bench_packing(model_dir: Path, n_examples: int, micro: int, max_seq_len: int, pad_id: int, vocab: int) -> dict:
+    examples = skewed_examples(n_examples, vocab)
+    padded = [pad_batch(examples[i : i + micro], pad_id) for i in range(0, len(examples), micro)]
+    rows = pack_examples(examples, max_seq_len)
+    packed = [packed_batch(rows[i : i + 2], pad_id) for i in range(0, len(rows), 2)]
+    results = {}
+    for name, batches in (("padded", padded), ("packed", packed)):
+        torch.manual_seed(0)
+        steps = timed_steps(load(model_dir), batches, pad_id)
+        cells = sum(len(row) for b in batches for row in b.input_ids)
+        results[name] = {"steps": len(steps), "tokens_per_s": round(rate(steps), 1),
+                         "padding_fraction": round(1 - sum(n for _, n in steps) / cells, 3)}
+    results["speedup"] = round(results["packed"]["tokens_per_s"] / results["padded"]["tokens_per_s"], 2)
+    results["examples"] = n_examples
+    results["mean_tokens"] = round(sum(len(e["input_ids"]) for e in examples) / n_examples, 1)
+    return results
+
+
+def uniform_dataset(folder: Path, n: int, seed: int = 0) -> Path:
+    """A prepared-dataset folder (train.parquet only) of chats longer than the sequence limit, so
+    every tokenized example is exactly max_seq_len tokens with labels in it."""
+    rng = random.Random(seed)
+    words = " ".join(tokenizer_corpus()).split()
+    records = [[{"role": "user", "content": " ".join(rng.choices(words, k=12))},
+                {"role": "assistant", "content": " ".join(rng.choices(words, k=600))}] for _ in range(n)]
+    folder.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"messages": records}).to_parquet(folder / "train.parquet")
+    return folder
+
+
+def plain_loop(model_dir: Path, dataset: Path, method: str, steps: int, batch: int, max_seq_len: int, lr: float) -> dict:
+    """The baseline: one process, the same tokenization, model, AdamW, schedule and clipping."""
+    from transformers import AutoTokenizer
+
+    started = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    conversations = pd.read_parquet(dataset / "train.parquet")["messages"]
+    examples = [tokenize_conversation(tokenizer, [dict(m) for m in c], max_seq_len) for c in conversations]
+    batches = [pad_batch(examples[i * batch : (i + 1) * batch], tokenizer.pad_token_id) for i in range(steps)]
+    torch.manual_seed(0)
+    timings = timed_steps(load(model_dir, method), batches, tokenizer.pad_token_id, lr)
+    return {"tokens_per_s": round(rate(timings), 1), "wall_s": round(time.perf_counter() - started, 1)}
+
+
+def rayft_run(model_dir: Path, dataset: Path, method: str, steps: int, batch: int, max_seq_len: int, lr: float) -> dict:
+    """`rayft train` with one worker holding all the cores; step times from its per-step log."""
+    from rayft.config import parse_config
+    from rayft.training.trainer import train
+
+    config = parse_config({"name": f"bench-{method}", "model": {"base": str(model_dir)}, "train": {
+        "dataset": str(dataset), "method": method, "lora": {"r": 16, "alpha": 32, "dropout": 0.0},
+        "num_workers": 1, "cpus_per_worker": THREADS, "epochs": 1, "max_steps": steps, "batch_size": batch,
+        "learning_rate": lr, "warmup_ratio": 0.0, "max_seq_len": max_seq_len, "checkpoint_every": steps,
+        "eval_every": steps,
+    }})
+    started = time.perf_counter()
+    version = train(config, show_progress=False)
+    wall = time.perf_counter() - started
+    log = [json.loads(l) for l in (Path(version["metrics"]["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    tokens = batch * max_seq_len
+    timings = [(tokens / r["tokens_per_s"], tokens) for r in log if "loss" in r]
+    assert len(timings) == steps, f"expected {steps} logged steps, got {len(timings)}"
+    return {"tokens_per_s": round(rate(timings), 1), "wall_s": round(wall, 1)}
+
+
+def bench_overhead(model_dir: Path, work: Path, method: str, steps: int) -> dict:
+    from rayft.runtime import ensure_ray
+
+    batch, max_seq_len, lr = 8, 256, 1e-4
+    dataset = uniform_dataset(work / "uniform", steps * batch)
+    plain = plain_loop(model_dir, dataset, method, steps, batch, max_seq_len, lr)
+    ensure_ray()  # started outside the timed run, as a cluster would be
+    ours = rayft_run(model_dir, dataset, method, steps, batch, max_seq_len, lr)
+    return {"method": method, "steps": steps, "batch": batch, "max_seq_len": max_seq_len, "plain": plain,
+            "rayft": ours, "ratio": round(ours["tokens_per_s"] / plain["tokens_per_s"], 3)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--size", default="bench", choices=["small", "bench"])
+    parser.add_argument("--steps", type=int, default=14, help="optimizer steps per side in part (b)")
+    parser.add_argument("--examples", type=int, default=192, help="examples in part (a)")
+    parser.add_argument("--methods", default="lora,full", help="part (b) methods, comma-separated")
+    args = parser.parse_args()
+    torch.set_num_threads(THREADS)
+    work = Path(tempfile.mkdtemp(prefix="rayft-bench-train-"))
+    os.environ["RAYFT_HOME"] = str(work / "home")  # runs, exports and the registry stay out of the user's
+    model_dir = build_tiny_model(work / "model", tokenizer_corpus(), size=args.size)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    result = {"model": args.size, "threads": THREADS,
+              "packing": bench_packing(model_dir, args.examples, 8, 512, tokenizer.pad_token_id, len(tokenizer))}
+    print(json.dumps(result["packing"]), flush=True)
+    result["overhead"] = [bench_overhead(model_dir, work, m, args.steps) for m in args.methods.split(",")]
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
