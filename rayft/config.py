@@ -257,6 +257,8 @@ class ServeConfig(Section):
     target_ongoing_requests: int = Field(32, gt=0, description="autoscaling target per engine replica")
     ingress_replicas: int = Field(1, gt=0)
     use_gpu: bool = Field(False, description="each engine replica takes one GPU (vLLM's CUDA build)")
+    cpus_per_engine: int | None = Field(None, gt=0, description="CPUs Ray reserves for each engine replica, and "
+                                        "its compute threads on CPU; default: reserve 1, use every core of its node")
 
     @model_validator(mode="after")
     def _replica_bounds(self):

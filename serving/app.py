@@ -36,7 +36,7 @@ def engine_options(serve_config: ServeConfig) -> dict:
     """Ray Serve options of the engine deployment: a fixed replica count, or autoscaling bounds."""
     options = {
         "name": "engine", "max_ongoing_requests": serve_config.max_num_seqs * 2, "health_check_period_s": 10,
-        "ray_actor_options": {"num_cpus": 1, "num_gpus": 1 if serve_config.use_gpu else 0,
+        "ray_actor_options": {"num_cpus": serve_config.cpus_per_engine or 1, "num_gpus": 1 if serve_config.use_gpu else 0,
                               "runtime_env": {"env_vars": ENGINE_ENV}},
     }
     if serve_config.min_replicas == serve_config.max_replicas:

@@ -59,10 +59,12 @@ class EngineServer:
     def __init__(self, base: str, serve: dict):
         for key, value in ENGINE_ENV.items():
             os.environ.setdefault(key, value)
+        self.serve = ServeConfig.model_validate(serve)
+        if not self.serve.use_gpu:
+            use_cpu_threads(self.serve.cpus_per_engine or len(os.sched_getaffinity(0)))
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        self.serve = ServeConfig.model_validate(serve)
         args = AsyncEngineArgs(
             model=base, dtype="float32" if _on_cpu() else "auto", max_model_len=self.serve.max_model_len,
             enforce_eager=_on_cpu(), enable_prefix_caching=True, block_size=self.serve.block_size,
@@ -222,6 +224,16 @@ def quiet_stats():
             pass
 
     return QuietStats
+
+
+def use_cpu_threads(n: int) -> None:
+    """Run the engine's CPU compute on `n` threads. Ray sets OMP_NUM_THREADS to an actor's
+    `num_cpus` (1 for the engine), which left vLLM's CPU forward pass on one core. Called before
+    torch is imported, so OpenMP reads the new value too (vLLM's C++ ops use it directly)."""
+    os.environ["OMP_NUM_THREADS"] = str(n)
+    import torch
+
+    torch.set_num_threads(n)
 
 
 def _on_cpu() -> bool:

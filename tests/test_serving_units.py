@@ -1,5 +1,9 @@
 """Serving's pure parts, without Ray: traffic splits, cache keys, adapter hashes, options from config."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from rayft.config import ConfigError, ServeConfig, parse_config
@@ -86,3 +90,14 @@ def test_replica_settings_become_serve_options():
                                              "target_ongoing_requests": 16}
     with pytest.raises(ConfigError, match="min_replicas"):
         parse_config({"name": "x", "model": {"base": "b"}, "serve": {"min_replicas": 3, "max_replicas": 2}})
+    assert engine_options(ServeConfig())["ray_actor_options"]["num_cpus"] == 1
+    assert engine_options(ServeConfig(cpus_per_engine=4))["ray_actor_options"]["num_cpus"] == 4
+
+
+def test_engine_computes_on_the_threads_asked_for_not_rays_one():
+    """Ray starts the engine actor with OMP_NUM_THREADS=1; the engine must widen it before torch loads."""
+    code = ("from rayft.serving.engine import use_cpu_threads; use_cpu_threads(3); import os, torch; "
+            "print(torch.get_num_threads(), os.environ['OMP_NUM_THREADS'])")
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["3", "3"]
