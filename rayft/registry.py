@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -62,9 +63,16 @@ class Registry:
     def __init__(self, path: str | Path | None = None):
         self.path = Path(path) if path else home_path("registry.db")
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path}
+
+    def __setstate__(self, state: dict) -> None:
+        self.path, self._local = state["path"], threading.local()
 
     @contextmanager
     def _connect(self):
@@ -74,6 +82,15 @@ class Registry:
             yield db
         finally:
             db.close()
+
+    def _reader(self) -> sqlite3.Connection:
+        """This thread's read connection, kept open: serving resolves a ref per request, and opening
+        the file costs more than the query. In autocommit mode each SELECT reads the latest commit."""
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            db.row_factory = sqlite3.Row
+        return db
 
     @contextmanager
     def _write(self):
@@ -142,15 +159,15 @@ class Registry:
     def get(self, ref: str) -> ModelVersion:
         """Resolve `NAME` (latest version), `NAME:VERSION`, or `NAME:ALIAS` (the alias's primary target)."""
         parsed = parse_ref(ref)
-        with self._connect() as db:
-            if parsed.alias:
-                row = db.execute(ALIAS_ROWS, (parsed.name, parsed.alias)).fetchone()
-            elif parsed.version is None:
-                row = db.execute(
-                    "SELECT * FROM versions WHERE name = ? ORDER BY version DESC LIMIT 1", (parsed.name,)).fetchone()
-            else:
-                row = db.execute(
-                    "SELECT * FROM versions WHERE name = ? AND version = ?", (parsed.name, parsed.version)).fetchone()
+        db = self._reader()
+        if parsed.alias:
+            row = db.execute(ALIAS_ROWS, (parsed.name, parsed.alias)).fetchone()
+        elif parsed.version is None:
+            row = db.execute(
+                "SELECT * FROM versions WHERE name = ? ORDER BY version DESC LIMIT 1", (parsed.name,)).fetchone()
+        else:
+            row = db.execute(
+                "SELECT * FROM versions WHERE name = ? AND version = ?", (parsed.name, parsed.version)).fetchone()
         if row is None:
             what = "is not an alias in the registry" if parsed.alias else "is not in the registry"
             raise RegistryError(f"{ref!r} {what}")
@@ -158,11 +175,11 @@ class Registry:
 
     def list(self, name: str | None = None) -> list[ModelVersion]:
         """All versions (of `name` if given), oldest first."""
-        with self._connect() as db:
-            if name:
-                rows = db.execute("SELECT * FROM versions WHERE name = ? ORDER BY version", (name,)).fetchall()
-            else:
-                rows = db.execute("SELECT * FROM versions ORDER BY name, version").fetchall()
+        db = self._reader()
+        if name:
+            rows = db.execute("SELECT * FROM versions WHERE name = ? ORDER BY version", (name,)).fetchall()
+        else:
+            rows = db.execute("SELECT * FROM versions ORDER BY name, version").fetchall()
         return [row_to_version(r) for r in rows]
 
     def delete(self, ref: str) -> ModelVersion:
@@ -195,17 +212,17 @@ class Registry:
         parsed = parse_ref(ref)
         if not parsed.alias:
             return None
-        with self._connect() as db:
-            rows = db.execute(ALIAS_ROWS, (parsed.name, parsed.alias)).fetchall()
+        db = self._reader()
+        rows = db.execute(ALIAS_ROWS, (parsed.name, parsed.alias)).fetchall()
         if not rows:
             raise RegistryError(f"{ref!r} is not an alias in the registry")
         return [(row_to_version(row), row["weight"]) for row in rows]
 
     def aliases(self, name: str | None = None) -> list[Alias]:
         """All aliases (of `name` if given), by name and alias."""
-        with self._connect() as db:
-            query = "SELECT * FROM alias_targets" + (" WHERE name = ?" if name else "") + " ORDER BY name, alias, version"
-            rows = db.execute(query, (name,) if name else ()).fetchall()
+        db = self._reader()
+        query = "SELECT * FROM alias_targets" + (" WHERE name = ?" if name else "") + " ORDER BY name, alias, version"
+        rows = db.execute(query, (name,) if name else ()).fetchall()
         found: dict[tuple[str, str], Alias] = {}
         for row in rows:
             alias = found.setdefault((row["name"], row["alias"]), Alias(row["name"], row["alias"], {}, 0.0))
@@ -215,9 +232,9 @@ class Registry:
 
     def history(self, name: str, alias: str | None = None) -> list[AliasChange]:
         """Recorded alias changes of `name` (of one alias if given), oldest first."""
-        with self._connect() as db:
-            query = "SELECT * FROM alias_history WHERE name = ?" + (" AND alias = ?" if alias else "") + " ORDER BY id"
-            rows = db.execute(query, (name, alias) if alias else (name,)).fetchall()
+        db = self._reader()
+        query = "SELECT * FROM alias_history WHERE name = ?" + (" AND alias = ?" if alias else "") + " ORDER BY id"
+        rows = db.execute(query, (name, alias) if alias else (name,)).fetchall()
         return [row_to_change(r) for r in rows]
 
     def set_alias(self, name: str, alias: str, targets: int | dict[int, float], *, reason: str | None = None,
