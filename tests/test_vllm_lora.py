@@ -49,6 +49,8 @@ def run(engine, reference, assignment):
     ["a2"] * 4,
     [None, "a1", None, "a2", "a1", None, "a2", None],
     ["a1", None, None, None],
+    ["a1", "a2", "a2", "a1"],
+    [None, "a2", "a2", None],
 ])
 def test_greedy_output_equals_reference(engine, reference, assignment):
     got, expected = run(engine, reference, assignment)
