@@ -72,10 +72,11 @@ def macro_f1(predictions: list[str | None], references: list[str]) -> float:
 
 def confusion_matrix(predictions: list[str | None], references: list[str]) -> dict:
     """Counts by (reference, prediction). Rows: reference classes; columns: those plus labels only
-    ever predicted (unseen labels), plus NO_LABEL for outputs without one."""
+    ever predicted (unseen labels), plus NO_LABEL for outputs without one (a single column, also when
+    references without a label make NO_LABEL a row)."""
     rows = sorted(set(references))
     unseen = sorted({p for p in predictions if p is not None} - set(rows))
-    columns = rows + unseen + ([NO_LABEL] if None in predictions else [])
+    columns = list(dict.fromkeys(rows + unseen + ([NO_LABEL] if None in predictions else [])))
     counts = [[0] * len(columns) for _ in rows]
     for p, r in zip(predictions, references):
         counts[rows.index(r)][columns.index(NO_LABEL if p is None else p)] += 1

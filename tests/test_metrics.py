@@ -53,6 +53,17 @@ def test_empty_and_mismatched_predictions():
         accuracy(["a", "b"], ["a", "b", "c"])
 
 
+def test_confusion_matrix_has_one_no_label_column_when_references_lack_a_label():
+    pattern = r"Category:\s*(\w+)"
+    outputs = ["Category: a", "no idea", "", "Category: b"]
+    answers = ["Category: a", "I cannot tell", "Category: a", "nothing to extract"]  # two references without a label
+    matrix = classification_metrics(outputs, answers, pattern)["confusion"]
+    # rows (none), a; columns (none), a, then b (only predicted); (none) row: one unlabeled output, one "b";
+    # a row: one "a", one empty output
+    assert matrix["labels"] == [NO_LABEL, "a"] and matrix["predicted_labels"] == [NO_LABEL, "a", "b"]
+    assert matrix["counts"] == [[1, 0, 1], [1, 1, 0]]
+
+
 def test_confusion_matrix_keeps_unseen_labels_as_columns():
     predictions = ["a", "z", "b", None, "a"]  # "z" never appears in the references
     references = ["a", "a", "b", "b", "b"]
