@@ -27,15 +27,21 @@ def _save(figure, path: Path) -> Path:
     return path
 
 
-def metric_bars(report: dict, path: Path) -> Path:
-    """One panel per metric (its own scale), a bar per variant; plus the forgetting set's answer rate."""
-    panels = [(name, {v: m.get(name) for v, m in report["metrics"].items()})
-              for name in TASK_METRICS[report["task"]] + ("perplexity",)]
+def metric_panels(report: dict) -> list[tuple[str, dict]]:
+    """[(metric, {variant: value})] for the metric bars: the task's metrics and perplexity (once,
+    also for task perplexity), then the forgetting set's answer rate; metrics no variant has are left out."""
+    names = dict.fromkeys(TASK_METRICS[report["task"]] + ("perplexity",))
+    panels = [(name, {v: m.get(name) for v, m in report["metrics"].items()}) for name in names]
     if report.get("forgetting"):
         panels.append(("forgetting answer rate", {v: report["forgetting"][v]["answer_rate"]
                                                   for v in ("base", "candidate")}))
     panels = [(name, {v: x for v, x in values.items() if x is not None}) for name, values in panels]
-    panels = [(name, values) for name, values in panels if values]
+    return [(name, values) for name, values in panels if values]
+
+
+def metric_bars(report: dict, path: Path) -> Path:
+    """One panel per metric (its own scale), a bar per variant; plus the forgetting set's answer rate."""
+    panels = metric_panels(report)
     plt = _pyplot()
     figure, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), squeeze=False)
     for axis, (name, values) in zip(axes[0], panels):
