@@ -137,3 +137,17 @@ def test_an_adapter_shares_the_base_engine_and_a_full_model_gets_its_own():
     (base_model, base_variants), (candidate_model, [candidate]) = plan_engines(full, [], forgetting=False)
     assert (base_model, [v.name for v in base_variants]) == ("/base", ["base"])
     assert (candidate_model, candidate.name, candidate.adapter, candidate.sets) == ("/chat-v2", "candidate", None, ("test",))
+
+
+def test_metric_bars_draw_each_metric_once():
+    from rayft.eval.plots import metric_panels
+
+    perplexity_only = {"task": "perplexity", "metrics": {"base": {"perplexity": 9.0}, "candidate": {"perplexity": 4.0}}}
+    assert metric_panels(perplexity_only) == [("perplexity", {"base": 9.0, "candidate": 4.0})]
+    classification = {"task": "classification", "metrics": {
+        "base": {"accuracy": 0.2, "macro_f1": 0.1, "perplexity": 9.0},
+        "candidate": {"accuracy": 0.9, "macro_f1": 0.8, "perplexity": None}},
+        "forgetting": {"base": {"answer_rate": 0.5}, "candidate": {"answer_rate": 0.4}}}
+    assert metric_panels(classification) == [
+        ("accuracy", {"base": 0.2, "candidate": 0.9}), ("macro_f1", {"base": 0.1, "candidate": 0.8}),
+        ("perplexity", {"base": 9.0}), ("forgetting answer rate", {"base": 0.5, "candidate": 0.4})]
