@@ -105,7 +105,7 @@ def evaluate(config: RayftConfig, candidate: str | None = None, show_progress: b
 
     # run
     started = time.time()
-    answered = answer_with_engines(rows, engines, decoding, settings.batch_size, settings.engines)
+    answered = answer_with_engines(rows, engines, decoding, settings)
     total = count_test_rows(dataset_dir, settings.limit) + len(forgetting)
     table = collect(answered, total, f"eval {version.ref}", show_progress)
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from rayft import storage
+from rayft.config import EvalConfig
 from rayft.eval.prompts import with_examples
 
 VLLM_ENV = {
@@ -151,13 +152,18 @@ class EvalEngine:
         return batch
 
 
-def answer_with_engines(rows, stages: list[tuple[str, list[Variant]]], decoding: Decoding, batch_size: int,
-                        engines: int):
-    """`rows` plus every variant's columns: one actor pool of `engines` vLLM actors per model in
+def actor_pool_options(settings: EvalConfig) -> dict:
+    """Ray Data options of one model's engine pool: `eval.engines` actors of `eval.batch_size` rows
+    per call, each reserving one CPU, and one GPU with `eval.use_gpu` (Ray shows an actor only the
+    GPUs it reserved, so without it vLLM's CUDA build finds no device)."""
+    return {"batch_size": settings.batch_size, "batch_format": "pyarrow", "concurrency": settings.engines,
+            "num_cpus": 1, "num_gpus": 1 if settings.use_gpu else 0, "runtime_env": {"env_vars": VLLM_ENV}}
+
+
+def answer_with_engines(rows, stages: list[tuple[str, list[Variant]]], decoding: Decoding, settings: EvalConfig):
+    """`rows` plus every variant's columns: one actor pool (`actor_pool_options`) per model in
     `stages` ([(model, variants)]: the base with its variants, then a full candidate if any)."""
     for model, variants in stages:
-        rows = rows.map_batches(
-            EvalEngine, fn_constructor_args=(model, variants, decoding), batch_size=batch_size,
-            batch_format="pyarrow", concurrency=engines, num_cpus=1, runtime_env={"env_vars": VLLM_ENV},
-        )
+        rows = rows.map_batches(EvalEngine, fn_constructor_args=(model, variants, decoding),
+                                **actor_pool_options(settings))
     return rows

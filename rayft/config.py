@@ -184,6 +184,7 @@ class EvalConfig(Section):
     limit: int | None = Field(None, gt=0, description="evaluate at most this many test records")
     batch_size: int = Field(32, gt=0, description="records per engine call (and per progress step)")
     engines: int = Field(1, gt=0, description="vLLM engine actors in the Ray Data actor pool")
+    use_gpu: bool = Field(False, description="each engine actor takes one GPU (vLLM's CUDA build)")
     seed: int = 0
     report_path: str | None = Field(None, description="report folder (local, s3:// or gs://); default $RAYFT_HOME/eval")
     gate: GateConfig = Field(default_factory=GateConfig)

@@ -139,6 +139,32 @@ def test_an_adapter_shares_the_base_engine_and_a_full_model_gets_its_own():
     assert (candidate_model, candidate.name, candidate.adapter, candidate.sets) == ("/chat-v2", "candidate", None, ("test",))
 
 
+class RecordingRows:
+    """Stands in for a Ray Data dataset: records each map_batches call."""
+
+    def __init__(self):
+        self.calls = []
+
+    def map_batches(self, fn, **options):
+        self.calls.append(options)
+        return self
+
+
+@pytest.mark.parametrize("use_gpu, gpus", [(False, 0), (True, 1)])
+def test_every_engine_actor_reserves_a_gpu_only_with_use_gpu(use_gpu, gpus):
+    from rayft.eval.generate import Decoding, Variant, answer_with_engines
+
+    settings = eval_config(use_gpu=use_gpu, engines=2, batch_size=8)
+    assert eval_config().use_gpu is False
+    stages = [("/base", [Variant("base")]), ("/full", [Variant("candidate")])]  # a full candidate: two pools
+    rows = answer_with_engines(RecordingRows(), stages, Decoding({"test": 4}, 128), settings)
+    assert [c["fn_constructor_args"][0] for c in rows.calls] == ["/base", "/full"]
+    for options in rows.calls:
+        assert (options["num_gpus"], options["num_cpus"]) == (gpus, 1)
+        assert (options["concurrency"], options["batch_size"]) == (2, 8)
+        assert options["runtime_env"]["env_vars"]["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+
+
 def test_metric_bars_draw_each_metric_once():
     from rayft.eval.plots import metric_panels
 
