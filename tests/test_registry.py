@@ -3,6 +3,7 @@
 import multiprocessing
 import random
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -39,22 +40,48 @@ def test_registry_base_must_be_full_model(tmp_path):
         resolve_model_path("registry:support", registry)
 
 
-def _register_many(path, n):
+def run_together(target, args_per_worker: list[tuple]) -> list[multiprocessing.Process]:
+    """Run `target(start, *args)` in one process per args tuple; each calls `start.wait()` (a barrier)
+    before its loop, so the writers start at the same moment and contend instead of running one
+    after another while the others are still starting up. Returns the joined processes."""
+    start = multiprocessing.Barrier(len(args_per_worker))
+    workers = [multiprocessing.Process(target=target, args=(start, *args)) for args in args_per_worker]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+    return workers
+
+
+def pause(rng: random.Random) -> None:
+    """A few ms between a writer's writes. SQLite's busy wait backs off up to 100 ms, so a writer that
+    writes back to back keeps the lock while the others sleep; with pauses the writes interleave."""
+    time.sleep(rng.uniform(0, 0.004))
+
+
+def switches(owners: list) -> int:
+    """How often consecutive writes came from different writers (n writers one after another: n - 1)."""
+    return sum(a != b for a, b in zip(owners, owners[1:]))
+
+
+def _register_many(start, path, worker, n):
     registry = Registry(path)
+    rng = random.Random(worker)
+    start.wait(30)
     for i in range(n):
-        registry.register("busy", "adapter", "/base", f"/a{i}")
+        registry.register("busy", "adapter", "/base", f"/w{worker}/a{i}")
+        pause(rng)
 
 
 def test_concurrent_writers_get_unique_versions(tmp_path):
     path = tmp_path / "r.db"
     Registry(path)
-    workers = [multiprocessing.Process(target=_register_many, args=(path, 15)) for _ in range(3)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join(60)
-    versions = [v.version for v in Registry(path).list("busy")]
-    assert sorted(versions) == list(range(1, 46))
+    workers = run_together(_register_many, [(path, w, 15) for w in range(3)])
+    assert all(w.exitcode == 0 for w in workers)
+    versions = Registry(path).list("busy")
+    assert sorted(v.version for v in versions) == list(range(1, 46))
+    writers = [v.artifact_uri.split("/")[1] for v in sorted(versions, key=lambda v: v.version)]
+    assert switches(writers) > 2, writers  # writes alternate between the writers: they did contend
 
 
 def _registry_with_versions(tmp_path, n=3):
@@ -182,9 +209,10 @@ def test_content_hash_changes_when_the_weights_change(tmp_path):
     assert registry.register("support", "adapter", "/base", "s3://bucket/a", weights_hash="h").weights_hash == "h"
 
 
-def _move_alias_repeatedly(path, worker, n, done_file):
+def _move_alias_repeatedly(start, path, worker, n, done_file):
     registry = Registry(path)
     rng = random.Random(worker)
+    start.wait(30)
     done = 0
     for i in range(n):
         try:
@@ -195,6 +223,7 @@ def _move_alias_repeatedly(path, worker, n, done_file):
             done += 1
         except RegistryError as error:  # nothing to roll back right now: allowed, and nothing recorded
             assert "no earlier state" in str(error)
+        pause(rng)
     Path(done_file).write_text(str(done))
 
 
@@ -204,15 +233,12 @@ def test_alias_moves_and_rollbacks_are_atomic_under_two_writers(tmp_path):
     for i in range(5):
         registry.register("busy", "adapter", "/base", f"/a{i}")
     done = [tmp_path / f"done{w}" for w in range(2)]
-    workers = [multiprocessing.Process(target=_move_alias_repeatedly, args=(path, w, 30, done[w])) for w in range(2)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join(60)
+    workers = run_together(_move_alias_repeatedly, [(path, w, 30, done[w]) for w in range(2)])
     assert all(w.exitcode == 0 for w in workers)
     history = registry.history("busy", "prod")
     assert len(history) == sum(int(p.read_text()) for p in done)
-    assert {c.actor for c in history if c.action == "set"} == {"w0", "w1"}
+    writers = [(c.actor or c.reason).split("-")[0] for c in history]  # a rollback's reason names its writer
+    assert set(writers) == {"w0", "w1"} and switches(writers) > 1, writers  # writes alternate: they did contend
     state, by_id = None, {c.id: c for c in history}
     for change in history:  # every change starts from the state the one before left: no interleaving
         assert change.previous == state
