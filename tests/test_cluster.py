@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from rayft import storage
 from rayft.cli import build_parser, cmd_train, main
 from rayft.config import load_config, parse_config
 
@@ -338,9 +339,13 @@ def test_training_job_followed_to_succeeded_registers_its_adapter(ray_head, tiny
 
     home = tmp_path / "job-home"
     # The prepared dataset travels in the uploaded working directory; the config names it relatively.
+    # Runs and exports go to object storage, as on a multi-node cluster (file:// takes the same
+    # pyarrow filesystem path as s3:// and gs://).
     shutil.copytree(tickets_dataset, tmp_path / "work" / "tickets")
+    bucket = f"file://{tmp_path / 'bucket'}"
     config = write_job_config(tmp_path / "work", "support-cluster", tiny_model, Path("tickets"),
-                              max_steps=4, eval_every=4, checkpoint_every=4)
+                              max_steps=4, eval_every=4, checkpoint_every=4,
+                              storage_path=f"{bucket}/runs", export_path=f"{bucket}/models")
     assert main(["submit", "--address", ray_head.address, "--working-dir", str(tmp_path / "work"),
                  "--env", f"RAYFT_HOME={home}", "train", str(config)]) == 0
     out = capsys.readouterr().out
@@ -353,8 +358,12 @@ def test_training_job_followed_to_succeeded_registers_its_adapter(ray_head, tiny
     assert streamed.rstrip().endswith(f"job {job_id} SUCCEEDED")
     version = Registry(home / "registry.db").get("support-cluster")
     assert version.kind == "adapter" and version.metrics["steps"] == 4
-    assert Path(version.artifact_uri).is_relative_to(home / "models")
-    assert (Path(version.artifact_uri) / "adapter_model.safetensors").exists()
+    assert version.artifact_uri.startswith(f"{bucket}/models/support-cluster/")
+    assert storage.exists(storage.join(version.artifact_uri, "adapter_model.safetensors"))
+    run_dir = version.metrics["run_dir"]
+    assert run_dir.startswith(f"{bucket}/runs/support-cluster/")
+    assert storage.exists(storage.join(run_dir, "step_000004", "train_state.json"))  # the checkpoint
+    assert storage.exists(storage.join(run_dir, "metrics.jsonl")) and storage.exists(storage.join(run_dir, "loss.png"))
     manifest = json.loads((tickets_dataset / "manifest.json").read_text())
     assert version.dataset_hash == manifest["dataset_hash"]
     assert main(["jobs", "status", job_id, "--address", ray_head.address]) == 0

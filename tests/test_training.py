@@ -74,11 +74,27 @@ def step_log(version):
     return [json.loads(l) for l in (Path(version["metrics"]["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_zero3_lora_packed_and_resume_continues_steps_and_curve(ray_cluster, tiny_model, tickets_dataset):
-    settings = {"deepspeed": {"zero_stage": 3}, "checkpoint_every": 3, "eval_every": 3, "packing": True}
+def scheduled_lrs(name: str, base_lr: float, warmup: int, total: int) -> list[float]:
+    """The learning rate after each of `total` steps of transformers' `name` schedule."""
+    from transformers import get_scheduler
+
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=base_lr)
+    scheduler = get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total)
+    lrs = []
+    for _ in range(total):
+        optimizer.step()
+        scheduler.step()
+        lrs.append(scheduler.get_last_lr()[0])
+    return lrs
+
+
+def test_zero3_lora_packed_accumulated_and_resume_continues_steps_and_curve(ray_cluster, tiny_model, tickets_dataset):
+    settings = {"deepspeed": {"zero_stage": 3}, "checkpoint_every": 3, "eval_every": 3, "packing": True,
+                "grad_accum": 2}
     first = run_training(tiny_model, tickets_dataset, "z3lora", max_steps=6, **settings)
     assert first["metrics"]["steps"] == 6 and first["metrics"]["verified_tensors"] > 0
     plan = first["metrics"]["plan"]
+    assert plan["micro_batch"] * 2 * 2 == plan["global_batch"] == 8  # 2 workers × 2 accumulated micro-batches
     assert plan["steps_per_epoch"] < plan["n_train"] // plan["global_batch"]  # packed rows hold several examples
     first_steps = [r for r in step_log(first) if "loss" in r]
     second = run_training(tiny_model, tickets_dataset, "z3lora", resume=True, max_steps=12, **settings)
@@ -86,9 +102,14 @@ def test_zero3_lora_packed_and_resume_continues_steps_and_curve(ray_cluster, tin
     log = step_log(second)
     steps = [r for r in log if "loss" in r]
     assert [r["step"] for r in steps] == list(range(1, 13))
-    assert steps[:6] == first_steps  # the curve continues, not restarts
-    assert steps[-1]["loss"] < steps[0]["loss"]  # packed rows train
+    assert steps[:6] == first_steps  # the log is carried on, not restarted
     assert {"event": "resumed", "from_step": 6, "epoch": 0} in log
+    # The scheduler resumed at step 7 of the re-planned 12-step schedule, not at its start...
+    expected = scheduled_lrs("cosine", plan["learning_rate"], 0, 12)
+    assert [r["lr"] for r in steps[6:]] == pytest.approx(expected[6:], rel=1e-6)
+    # ...and the weights went on from the checkpoint: the resumed steps train below the first ones.
+    mean = lambda rows: sum(r["loss"] for r in rows) / len(rows)  # noqa: E731
+    assert mean(steps[6:9]) < mean(steps[:3]) and steps[-1]["loss"] < steps[0]["loss"]
     assert second["parent"] == first["ref"]  # lineage: the resumed run continues the first export
 
 
@@ -96,7 +117,8 @@ def test_zero2_full_fine_tune_stops_early_on_validation_loss(ray_cluster, tiny_m
     from transformers import AutoModelForCausalLM
 
     version = run_training(tiny_model, tickets_dataset, "z2full", method="full", learning_rate=3.0, tensorboard=True,
-                           max_steps=30, eval_every=2, checkpoint_every=2, early_stopping_patience=2)
+                           max_steps=30, eval_every=2, checkpoint_every=2, early_stopping_patience=2,
+                           keep_checkpoints=1)
     metrics = version["metrics"]
     assert metrics["stopped_early"] and metrics["steps"] < 30
     log = step_log(version)
@@ -107,6 +129,13 @@ def test_zero2_full_fine_tune_stops_early_on_validation_loss(ray_cluster, tiny_m
     assert [v for _, v in board["train/val_loss"]] == pytest.approx(vals)
     assert version["kind"] == "full" and metrics["verified_tensors"] == 21
     AutoModelForCausalLM.from_pretrained(version["artifact_uri"])  # a loadable HF folder
+    # Ray Train kept the best checkpoint by validation loss (and the latest, to resume from); the
+    # best was exported.
+    checkpointed = {r["step"]: r["val_loss"] for r in log if "val_loss" in r}
+    best, latest = min(checkpointed, key=checkpointed.get), max(checkpointed)
+    assert metrics["exported_step"] == best != latest
+    kept = sorted(p.name for p in Path(metrics["run_dir"]).glob("step_*"))
+    assert kept == [f"step_{best:06d}", f"step_{latest:06d}"] and len(checkpointed) > 2
 
 
 @pytest.fixture(scope="module")
@@ -131,18 +160,28 @@ def test_a_worker_killed_mid_run_resumes_from_the_last_checkpoint(z3_full_after_
     assert [r["step"] for r in log if "loss" in r] == list(range(1, 9))
 
 
-def test_zero3_full_export_equals_the_gathered_training_weights(z3_full_after_a_crash, tiny_model):
-    from safetensors.torch import load_file
+def test_zero3_full_export_equals_the_gathered_training_weights(z3_full_after_a_crash, tiny_model, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from rayft.training.export import ExportMismatch, verify_export
+    from rayft.training.model import tensor_fingerprint
 
     metrics = z3_full_after_a_crash["metrics"]
     exported_from = Path(metrics["run_dir"]) / f"step_{metrics['exported_step']:06d}" / "train_state.json"
     fingerprint = json.loads(exported_from.read_text())["fingerprint"]  # written by the workers from gathered params
-    exported = load_file(Path(z3_full_after_a_crash["artifact_uri"]) / "model.safetensors")
+    export_dir = Path(z3_full_after_a_crash["artifact_uri"])
+    exported = load_file(export_dir / "model.safetensors")
     assert z3_full_after_a_crash["kind"] == "full" and set(fingerprint) <= set(exported)
-    for name, (total, _) in fingerprint.items():
-        assert float(exported[name].double().sum()) == pytest.approx(total, rel=1e-9, abs=1e-9), name
+    for name, moments in fingerprint.items():
+        assert tensor_fingerprint(exported[name]) == pytest.approx(moments, rel=1e-9, abs=1e-9), name
     base = load_file(Path(tiny_model) / "model.safetensors")
     assert any(not torch.equal(base[k], exported[k]) for k in fingerprint)  # and it did train
+    # The check sees what sums cannot: the same values in another order fail it.
+    name = next(k for k in fingerprint if exported[k].dim() == 2)
+    exported[name] = exported[name].t().contiguous().reshape(exported[name].shape)
+    save_file(exported, tmp_path / "model.safetensors")
+    with pytest.raises(ExportMismatch, match=name):
+        verify_export(tmp_path, fingerprint, adapter=False, rel_tol=1e-6)
 
 
 @pytest.mark.parametrize("rows, train, words", [

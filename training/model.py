@@ -5,6 +5,8 @@ from __future__ import annotations
 from rayft.config import LoraConfig, TrainConfig
 
 SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
+GOLDEN = 0.6180339887498949
+FINGERPRINT_CHUNK = 1 << 22
 
 
 def linear_module_names(base: str) -> set[str]:
@@ -86,9 +88,26 @@ def build_engine(model, train: TrainConfig, ds_config: dict, learning_rate: floa
     return engine, scheduler
 
 
+def tensor_fingerprint(values) -> list[float]:
+    """[sum, sum of |w|, sum of w·c] in float64, where c is a fixed weight per flat position (the
+    fractional parts of i·φ, all distinct): equal tensors agree, and so do no permuted, transposed
+    or shifted ones. Computed in chunks, so a large embedding never needs a second float64 copy."""
+    import torch
+
+    flat = values.detach().reshape(-1)
+    total = magnitude = positioned = 0.0
+    for start in range(0, flat.numel(), FINGERPRINT_CHUNK):
+        chunk = flat[start : start + FINGERPRINT_CHUNK].double()
+        weights = torch.arange(start, start + chunk.numel(), dtype=torch.float64).mul_(GOLDEN).frac_()
+        total += float(chunk.sum())
+        magnitude += float(chunk.abs().sum())
+        positioned += float((chunk * weights).sum())
+    return [total, magnitude, positioned]
+
+
 def weight_fingerprint(module, trainable_only: bool) -> dict[str, list[float]]:
-    """Per-parameter [sum, sum of |w|] in float64, gathered under ZeRO-3 (a collective: every rank
-    calls it). Exports are checked against it, so a bad consolidation cannot pass silently."""
+    """`tensor_fingerprint` of every (trainable) parameter, gathered under ZeRO-3 (a collective:
+    every rank calls it). Exports are checked against it, so a bad consolidation cannot pass silently."""
     import deepspeed
 
     fingerprint = {}
@@ -96,6 +115,5 @@ def weight_fingerprint(module, trainable_only: bool) -> dict[str, list[float]]:
         if trainable_only and not param.requires_grad:
             continue
         with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
-            values = param.detach().double()
-            fingerprint[name] = [float(values.sum()), float(values.abs().sum())]
+            fingerprint[name] = tensor_fingerprint(param)
     return fingerprint
