@@ -120,11 +120,14 @@ def test_streaming_matches_non_streaming_and_reports_usage(client, server):
     assert chunks[-1].usage.prompt_tokens == full.usage.prompt_tokens > 0
 
 
-def test_completions_route(client, server, reference):
+def test_completions_route_streamed_and_whole(client, server, reference):
     prompt = "Hello, my order"
     text = client.completions.create(model="other", prompt=prompt, max_tokens=6, temperature=0).choices[0].text
     ids = reference.tokenizer.encode(prompt, add_special_tokens=False)
     assert text == reference.continue_ids(ids, server["adapters"]["other"], max_new_tokens=6)
+    chunks = list(client.completions.create(model="other", prompt=prompt, max_tokens=6, temperature=0, stream=True))
+    assert len(chunks) > 1  # really streamed: one SSE chunk per delta
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == text
 
 
 def test_response_names_the_version_served_and_caches_deterministic_answers(server):
