@@ -2,55 +2,27 @@
 
 Prompts are rendered here with the base tokenizer's chat template (the template training exported),
 so what the model sees when served is what it saw in training. An adapter is loaded the first time
-a request needs it (from a local folder or object storage), kept in an LRU of `max_cpu_loras`, and
-loaded again under a new id when its content hash changes; a bad adapter is refused with a message
-before it reaches vLLM's scheduler, where it would fail the whole engine. A replacement replica
-(after a crash) starts empty and loads adapters again on first use.
+a request needs it (from a local folder or object storage), kept in an LRU of `max_cpu_loras` that
+never evicts an adapter requests are still using (`adapters.py`), and loaded again under a new id
+when its content hash changes; a bad adapter is refused with a message before it reaches vLLM's
+scheduler, where it would fail the whole engine. A replacement replica (after a crash) starts empty
+and loads adapters again on first use.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-from collections import OrderedDict
-from dataclasses import dataclass
-from pathlib import Path
 
 from rayft import storage
 from rayft.config import ServeConfig
+from rayft.serving.adapters import Adapter, AdapterError, AdapterSlots, AllSlotsBusy, check_adapter
 
 ENGINE_ENV = {
     # Engine core without the extra CPU worker process: faster start, ~0.6 GiB less memory.
     "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
     "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
 }
-
-
-class AdapterError(ValueError):
-    """An adapter that cannot be served; the message says why."""
-
-
-@dataclass
-class Adapter:
-    ref: str
-    uri: str
-    digest: str
-    lora_id: int
-    local: str
-
-
-def check_adapter(path: str, max_rank: int) -> None:
-    """Refuse adapters vLLM cannot serve, with a message naming the problem."""
-    config_path = Path(path) / "adapter_config.json"
-    if not config_path.exists():
-        raise AdapterError("no adapter_config.json in the adapter's artifact")
-    config = json.loads(config_path.read_text())
-    if config.get("r", 0) > max_rank:
-        raise AdapterError(f"adapter rank {config['r']} is above the server's max_lora_rank {max_rank}")
-    if config.get("modules_to_save"):
-        raise AdapterError(f"adapters with modules_to_save ({config['modules_to_save']}) cannot be served; "
-                           "export the full model instead")
 
 
 class EngineServer:
@@ -74,60 +46,59 @@ class EngineServer:
         )
         self.engine = AsyncLLM.from_engine_args(args, stat_loggers=[quiet_stats()])
         self.tokenizer = self.engine.get_tokenizer()
-        self.adapters: OrderedDict[str, Adapter] = OrderedDict()  # least recently used first
+        self.slots = AdapterSlots(max(self.serve.max_loras, self.serve.max_cpu_loras))
         self.loading = asyncio.Lock()
         self.next_lora_id = 1
 
     async def ensure_adapter(self, ref: str, uri: str, digest: str) -> Adapter:
-        """The loaded adapter `ref` with content `digest`, loading (or reloading) it if needed."""
-        known = self.adapters.get(ref)
-        if known is None or known.digest != digest:
+        """The loaded adapter `ref` with content `digest`, loading (or reloading) it if needed.
+        Raises AdapterError (it cannot be served) or AllSlotsBusy (no slot can be freed now)."""
+        known = self.slots.current(ref, digest)
+        if known is None:
             async with self.loading:
-                known = self.adapters.get(ref)
-                if known is None or known.digest != digest:
-                    known = await self._load(ref, uri, digest, replaces=known)
-        self.adapters.move_to_end(ref)
+                known = self.slots.current(ref, digest) or await self._load(ref, uri, digest)
         return known
 
-    async def _load(self, ref: str, uri: str, digest: str, replaces: Adapter | None) -> Adapter:
+    async def _load(self, ref: str, uri: str, digest: str) -> Adapter:
         from vllm.lora.request import LoRARequest
 
         try:
             local = str(await asyncio.to_thread(storage.local_dir, uri))
             check_adapter(local, self.serve.max_lora_rank)
-            adapter = Adapter(ref, uri, digest, self.next_lora_id, local)
-            self.next_lora_id += 1  # ids are never reused: vLLM caches weights (and prefixes) by id
-            await self.engine.add_lora(LoRARequest(ref, adapter.lora_id, local))
-        except AdapterError as error:
+        except Exception as error:  # AdapterError, or the artifact cannot be fetched
             raise AdapterError(f"adapter {ref!r} cannot be loaded: {error}") from None
+        await self._remove(self.slots.make_room(ref))  # before adding: vLLM would evict by itself
+        adapter = Adapter(ref, uri, digest, self.next_lora_id, local)
+        self.next_lora_id += 1  # ids are never reused: vLLM caches weights (and prefixes) by id
+        try:
+            await self.engine.add_lora(LoRARequest(ref, adapter.lora_id, local))
         except Exception as error:  # vLLM raises plain exceptions for adapters it cannot use
             raise AdapterError(f"adapter {ref!r} cannot be loaded: {error}") from None
-        if replaces:
-            await self.engine.remove_lora(replaces.lora_id)
-        self.adapters[ref] = adapter
-        while len(self.adapters) > max(self.serve.max_loras, self.serve.max_cpu_loras):
-            _, evicted = self.adapters.popitem(last=False)
-            await self.engine.remove_lora(evicted.lora_id)
+        self.slots.add(adapter)
         return adapter
 
-    async def load_adapter(self, ref: str, uri: str, digest: str) -> str | None:
-        """Admin: load `ref` now; returns an error message or None."""
+    async def _remove(self, adapters: list[Adapter]) -> None:
+        for adapter in adapters:
+            await self.engine.remove_lora(adapter.lora_id)
+
+    async def load_adapter(self, ref: str, uri: str, digest: str) -> dict | None:
+        """Admin: load `ref` now; returns an {'error', 'status'} dict or None."""
         try:
             await self.ensure_adapter(ref, uri, digest)
-        except AdapterError as error:
-            return str(error)
+        except (AdapterError, AllSlotsBusy) as error:
+            return refusal(error)
         return None
 
     async def unload_adapter(self, ref: str) -> bool:
-        """Admin: drop `ref` from the engine; False when it was not loaded."""
-        adapter = self.adapters.pop(ref, None)
-        if adapter:
-            await self.engine.remove_lora(adapter.lora_id)
-        return adapter is not None
+        """Admin: drop `ref` from the engine (once requests using it finish); False when it was not loaded."""
+        async with self.loading:
+            found, gone = self.slots.unload(ref)
+            await self._remove(gone)
+        return found
 
     def loaded_adapters(self) -> list[dict]:
-        """Loaded adapters, least recently used first."""
-        return [{"ref": a.ref, "digest": a.digest, "lora_id": a.lora_id} for a in self.adapters.values()]
+        """Loaded adapters, least recently used first, with their requests in flight."""
+        return self.slots.describe()
 
     def prompt_ids(self, request) -> list[int]:
         if hasattr(request, "messages"):
@@ -150,8 +121,9 @@ class EngineServer:
         return max_tokens, None
 
     async def outputs(self, request, adapter: dict | None, request_id: str, stream: bool):
-        """vLLM's outputs for one request (deltas when streaming, else only the final one), or an
-        {'error', 'status'} dict when the engine cannot take it."""
+        """Yield vLLM's outputs for one request (deltas when streaming, else only the final one),
+        counting it in flight on its adapter until the last; or yield one {'error', 'status'} dict
+        when the engine cannot take it."""
         from vllm.lora.request import LoRARequest
 
         from rayft.serving.openai_api import sampling_params
@@ -159,40 +131,48 @@ class EngineServer:
         ids = self.prompt_ids(request)
         max_tokens, error = self.check_lengths(ids, request)
         if error:
-            return {"error": error, "status": 400}
-        lora = None
+            yield {"error": error, "status": 400}
+            return
+        loaded, lora = None, None
         if adapter is not None:
             try:
                 loaded = await self.ensure_adapter(adapter["ref"], adapter["uri"], adapter["digest"])
-            except AdapterError as failure:
-                return {"error": str(failure), "status": 400}
+            except (AdapterError, AllSlotsBusy) as error:
+                yield refusal(error)
+                return
             lora = LoRARequest(loaded.ref, loaded.lora_id, loaded.local)
         params = sampling_params(request, max_tokens, stream)
-        return self.engine.generate({"prompt_token_ids": ids}, params, request_id, lora_request=lora)
+        with self.slots.in_use(loaded):  # taken with no await since ensure_adapter: it cannot be evicted
+            async for output in self.engine.generate({"prompt_token_ids": ids}, params, request_id, lora_request=lora):
+                yield output
 
     async def complete(self, request, adapter: dict | None, request_id: str) -> dict:
         """The whole answer as one item (see `answer_item`), or an {'error', 'status'} dict."""
-        outputs = await self.outputs(request, adapter, request_id, stream=False)
-        if isinstance(outputs, dict):
-            return outputs
-        async for output in outputs:
+        async for output in self.outputs(request, adapter, request_id, stream=False):
+            if isinstance(output, dict):
+                return output
             final = output
         return answer_item(final, final.outputs[0].text, len(final.outputs[0].token_ids))
 
     async def stream(self, request, adapter: dict | None, request_id: str):
         """Yield the answer as delta items (see `answer_item`), or one {'error', 'status'} item."""
-        outputs = await self.outputs(request, adapter, request_id, stream=True)
-        if isinstance(outputs, dict):
-            yield outputs
-            return
         tokens = 0
-        async for output in outputs:
+        async for output in self.outputs(request, adapter, request_id, stream=True):
+            if isinstance(output, dict):
+                yield output
+                return
             tokens += len(output.outputs[0].token_ids)
             yield answer_item(output, output.outputs[0].text, tokens)
 
     async def check_health(self) -> None:
         """Raises when the engine is dead, so Ray Serve replaces the replica."""
         await self.engine.check_health()
+
+
+def refusal(error: AdapterError | AllSlotsBusy) -> dict:
+    """The {'error', 'status'} item for an adapter the engine cannot take: a 400 for a bad one, a
+    503 (retry shortly) when every adapter slot is answering requests."""
+    return {"error": str(error), "status": 503 if isinstance(error, AllSlotsBusy) else 400}
 
 
 def answer_item(output, text: str, completion_tokens: int) -> dict:

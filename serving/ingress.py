@@ -5,7 +5,8 @@ Retry-After) → parse it with vLLM's protocol models (400) → resolve `model` 
 (404; aliases and traffic splits included) → answer from the response cache, or stream the engine's
 output back as an OpenAI response or SSE chunks. Every answer names the exact version served in
 `x-rayft-model` and the cache result in `x-rayft-cache`. Client mistakes are 4xx with an
-OpenAI-style error body; an engine replica that dies mid-request is a 503, never a hang.
+OpenAI-style error body; an engine replica that dies mid-request, or whose adapter slots are all
+answering requests, is a 503 with Retry-After, never a hang.
 """
 
 from __future__ import annotations
@@ -145,6 +146,11 @@ class OpenAIServer:
         return {"ref": version.ref, "uri": version.artifact_uri,
                 "digest": self.hashes.of(version.artifact_uri, version.weights_hash)}
 
+    def engine_refusal(self, item: dict, param: str | None) -> ApiError:
+        """The ApiError for an engine's {'error', 'status'} item (a 503 says when to retry)."""
+        retry = self.settings["retry_after_s"] if item["status"] == 503 else None
+        return ApiError(item["status"], item["error"], param=param, retry_after=retry)
+
     # --- routes -------------------------------------------------------------------------------
     @app.get("/health")
     async def health(self) -> dict:
@@ -196,9 +202,9 @@ class OpenAIServer:
         spec = self.adapter_spec(route)
         if spec is None:
             raise ApiError(400, f"{model!r} is the base model, not an adapter", param="model")
-        error = await self.call_engine(self.engine.load_adapter.remote(**spec))
-        if error:
-            raise ApiError(400, error, param="model")
+        refused = await self.call_engine(self.engine.load_adapter.remote(**spec))
+        if refused:
+            raise self.engine_refusal(refused, param="model")
         return route, spec
 
     @app.delete("/admin/adapters/{ref}")
@@ -260,7 +266,7 @@ class OpenAIServer:
         else:
             first = await self.call_engine(self.engine.complete.remote(parsed, adapter, request_id))
         if "error" in first:
-            raise ApiError(first["status"], first["error"], param="model" if adapter else None)
+            raise self.engine_refusal(first, param="model" if adapter else None)
         if parsed.stream:
             include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
 

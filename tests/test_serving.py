@@ -1,5 +1,6 @@
 """The Serve app over real HTTP on 127.0.0.1 with a real vLLM engine, called with the `openai` client."""
 
+import asyncio
 import json
 import shutil
 import socket
@@ -218,6 +219,50 @@ def test_bad_adapters_are_refused_at_load_with_a_message(server, tmp_path):
         response = post_chat(server, ref)
         assert response.status_code == 400 and words in response.json()["error"]["message"]
     assert post_chat(server, "other").status_code == 200  # the engine is unharmed
+
+
+def test_adapters_in_use_are_never_evicted_and_a_full_engine_is_a_503(server):
+    """The engine holds 4 adapters (max_cpu_loras). With requests streaming on all four, a fifth
+    adapter is a 503 with Retry-After, not an eviction; once those clients hang up, it is served."""
+    from rayft.registry import Registry
+
+    busy = [server["support"], "other:1", *server["ab"]]
+    fifth = Registry().register("fifth", "adapter", server["base"], server["adapters"]["other"]).ref
+    question = {"messages": [{"role": "user", "content": "hi"}], "temperature": 0}
+
+    async def scenario():
+        async with httpx.AsyncClient(base_url=server["url"], headers=AUTH, timeout=120) as http:
+            async def in_flight() -> dict:
+                loaded = (await http.get("/admin/adapters")).json()["data"]
+                return {a["ref"]: a["in_flight"] for a in loaded}
+
+            async def until(condition, timeout=60) -> bool:
+                deadline = time.time() + timeout
+                while not condition(await in_flight()) and time.time() < deadline:
+                    await asyncio.sleep(0.02)
+                return condition(await in_flight())
+
+            async def hold(model):
+                body = question | {"model": model, "max_tokens": 200, "ignore_eos": True, "stream": True}
+                async with http.stream("POST", "/v1/chat/completions", json=body, headers=BYPASS) as response:
+                    async for _ in response.aiter_bytes():
+                        pass
+
+            streams = [asyncio.create_task(hold(model)) for model in busy]
+            assert await until(lambda counts: all(counts.get(model) for model in busy))
+            probe = question | {"model": fifth, "max_tokens": 2}  # its files are other's: bypass the cache
+            refused = await http.post("/v1/chat/completions", json=probe, headers=BYPASS)
+            assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+            assert "adapter slots" in refused.json()["error"]["message"]
+            assert set(await in_flight()) == set(busy)  # none of them was evicted
+            for stream in streams:
+                stream.cancel()  # the clients hang up: their requests stop counting as in flight
+            await asyncio.gather(*streams, return_exceptions=True)
+            assert await until(lambda counts: not any(counts.values()))
+            served = await http.post("/v1/chat/completions", json=probe, headers=BYPASS)
+            assert served.status_code == 200 and served.headers["x-rayft-model"] == fifth
+
+    asyncio.run(scenario())
 
 
 @pytest.mark.parametrize("payload, words", [

@@ -1,4 +1,4 @@
-"""Serving's pure parts, without Ray: traffic splits, cache keys, adapter hashes, options from config."""
+"""Serving's pure parts, without Ray: traffic splits, cache keys, adapter hashes, adapter slots, options from config."""
 
 import os
 import subprocess
@@ -8,6 +8,7 @@ import pytest
 
 from rayft.config import ConfigError, ServeConfig, parse_config
 from rayft.registry import ModelVersion
+from rayft.serving.adapters import Adapter, AdapterSlots, AllSlotsBusy
 from rayft.serving.cache import AdapterHashes, ResponseCache, cache_key, deterministic
 from rayft.serving.routing import default_base_name, pick_weighted, sticky_fraction
 
@@ -101,3 +102,64 @@ def test_engine_computes_on_the_threads_asked_for_not_rays_one():
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "OMP_NUM_THREADS": "1"},
                          capture_output=True, text=True, check=True).stdout.split()
     assert out == ["3", "3"]
+
+
+def adapter(ref: str, lora_id: int, digest: str = "d") -> Adapter:
+    return Adapter(ref, f"/a/{ref}", digest, lora_id, f"/a/{ref}")
+
+
+def load(slots: AdapterSlots, new: Adapter) -> list[str]:
+    """What the engine does around vLLM's add: make room, then record; returns the refs removed."""
+    gone = slots.make_room(new.ref)
+    slots.add(new)
+    return [a.ref for a in gone]
+
+
+def test_eviction_takes_the_least_recently_used_idle_adapter():
+    slots = AdapterSlots(2)
+    a, b = adapter("a", 1), adapter("b", 2)
+    assert load(slots, a) == [] and load(slots, b) == []
+    assert slots.current("a", "d") is a  # a is now the most recently used
+    assert load(slots, adapter("c", 3)) == ["b"]
+    assert list(slots.loaded) == ["a", "c"]
+
+
+def test_eviction_skips_adapters_with_requests_in_flight():
+    slots = AdapterSlots(2)
+    a, b = adapter("a", 1), adapter("b", 2)
+    load(slots, a), load(slots, b)
+    with slots.in_use(a):
+        assert load(slots, adapter("c", 3)) == ["b"]  # a is older but busy
+    assert slots.busy == {}
+
+
+def test_when_every_slot_is_busy_the_load_is_refused_and_nothing_changes():
+    slots = AdapterSlots(2)
+    a, b = adapter("a", 1), adapter("b", 2)
+    load(slots, a), load(slots, b)
+    with slots.in_use(a), slots.in_use(b), slots.in_use(b):
+        with pytest.raises(AllSlotsBusy, match="3 in flight"):
+            slots.make_room("c")
+        assert list(slots.loaded) == ["a", "b"] and slots.retired == {}
+    assert load(slots, adapter("c", 3)) == ["a"]  # once they finish, the LRU one goes
+
+
+def test_a_replaced_or_unloaded_adapter_in_use_keeps_its_slot_until_idle():
+    slots = AdapterSlots(2)
+    a1, b = adapter("a", 1, "v1"), adapter("b", 2)
+    load(slots, a1), load(slots, b)
+    with slots.in_use(a1):
+        assert slots.current("a", "v2") is None  # its files changed: load it again
+        assert load(slots, adapter("a", 3, "v2")) == ["b"]  # a1 retired, still holding a slot
+        assert slots.retired == {1: a1}
+        with slots.in_use(slots.current("a", "v2")):
+            with pytest.raises(AllSlotsBusy):
+                slots.make_room("c")
+    assert load(slots, adapter("c", 4)) == ["a"]  # a1, idle now, goes first; then no eviction needed
+    assert slots.retired == {} and list(slots.loaded) == ["a", "c"]
+    a2, c = slots.loaded["a"], slots.loaded["c"]
+    with slots.in_use(c):
+        assert slots.unload("c") == (True, [])  # busy: retired, removed once idle
+    assert slots.unload("missing") == (False, [c])
+    assert slots.unload("a") == (True, [a2]) and slots.loaded == {}
+
