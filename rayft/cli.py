@@ -294,7 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int)
     serve.add_argument("--url", help="running server for load/unload/adapters (default $RAYFT_SERVE_URL or "
                                      "http://127.0.0.1:8000)")
-    serve.add_argument("--api-key", help="admin key (default $RAYFT_API_KEY)")
+    serve.add_argument("--key", "--api-key", dest="api_key",
+                       help="admin key for load/unload/adapters (default $RAYFT_ADMIN_KEY, else $RAYFT_API_KEY)")
     serve.set_defaults(func=cmd_serve)
 
     cluster = argparse.ArgumentParser(add_help=False)

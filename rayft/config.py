@@ -250,6 +250,8 @@ class ServeConfig(Section):
                                   "hub id, or folder name (clients never send a path)")
     api_keys: list[str] = Field(default_factory=list, description="accepted bearer keys (also RAYFT_API_KEYS, "
                                 "comma-separated); none = open, with a warning")
+    admin_keys: list[str] = Field(default_factory=list, description="bearer keys for /admin (also RAYFT_ADMIN_KEYS); "
+                                  "none = admin routes take the API keys, with a warning")
     max_concurrent_requests: int = Field(256, gt=0, description="in flight per ingress replica; beyond: 429")
     retry_after_s: int = Field(1, gt=0, description="Retry-After on 429 and 503 answers")
     response_cache_size: int = Field(1024, ge=0, description="deterministic responses kept (LRU); 0 turns it off")

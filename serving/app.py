@@ -1,7 +1,7 @@
 """`rayft serve`: one OpenAI-compatible endpoint for a base model and all its adapters, on Ray Serve.
 
-setup   resolve the base (a path, hub id or `registry:NAME`) and its served name, the API keys, and
-        two deployments: the OpenAI ingress (`ingress.py`) and the vLLM engine (`engine.py`), whose
+setup   resolve the base (a path, hub id or `registry:NAME`) and its served name, the API and admin
+        keys, and two deployments: the OpenAI ingress (`ingress.py`) and the vLLM engine (`engine.py`), whose
         replica count or autoscaling bounds come from the config
 run     Ray Serve on `serve.host:serve.port`; adapters named in `serve.adapters` are loaded before
         the call returns, every other one on first use
@@ -18,18 +18,30 @@ from ray import serve
 
 from rayft.config import RayftConfig, ServeConfig
 from rayft.registry import Registry, resolve_model_path
+from rayft.serving.auth import KeyCheck
 from rayft.serving.engine import ENGINE_ENV, EngineServer
 from rayft.serving.ingress import OpenAIServer
 from rayft.serving.routing import default_base_name
 
 APP_NAME = "rayft"
 API_KEYS_ENV = "RAYFT_API_KEYS"
+ADMIN_KEYS_ENV = "RAYFT_ADMIN_KEYS"
+
+
+def keys_from(configured: list[str], env: str) -> list[str]:
+    """`configured` keys plus those in the environment variable `env` (comma-separated)."""
+    from_env = [k.strip() for k in os.environ.get(env, "").split(",") if k.strip()]
+    return list(dict.fromkeys(configured + from_env))
 
 
 def api_keys(serve_config: ServeConfig) -> list[str]:
-    """Keys from the config plus `RAYFT_API_KEYS` (comma-separated)."""
-    from_env = [k.strip() for k in os.environ.get(API_KEYS_ENV, "").split(",") if k.strip()]
-    return list(dict.fromkeys(serve_config.api_keys + from_env))
+    """Keys of the OpenAI routes: `serve.api_keys` plus `RAYFT_API_KEYS`."""
+    return keys_from(serve_config.api_keys, API_KEYS_ENV)
+
+
+def admin_keys(serve_config: ServeConfig) -> list[str]:
+    """Keys of the admin routes: `serve.admin_keys` plus `RAYFT_ADMIN_KEYS`."""
+    return keys_from(serve_config.admin_keys, ADMIN_KEYS_ENV)
 
 
 def engine_options(serve_config: ServeConfig) -> dict:
@@ -60,7 +72,7 @@ def build_app(config: RayftConfig, registry_node: str | None = None):
     ingress = {
         "base_name": settings.base_name or default_base_name(config.model.base, base_ref),
         "base_path": base_path, "base_ref": base_ref, "registry_path": str(registry.path),
-        "api_keys": api_keys(settings), "max_concurrent_requests": settings.max_concurrent_requests,
+        "api_keys": api_keys(settings), "admin_keys": admin_keys(settings), "max_concurrent_requests": settings.max_concurrent_requests,
         "retry_after_s": settings.retry_after_s, "response_cache_size": settings.response_cache_size,
         "max_model_len": settings.max_model_len,
     }
@@ -96,8 +108,8 @@ def serve_forever(config: RayftConfig) -> None:
     base_path, base_ref = resolve_model_path(config.model.base, Registry())
     name = config.serve.base_name or default_base_name(config.model.base, base_ref)
     print(f"rayft serving {name!r} ({base_path}) and its adapters at {url}/v1", flush=True)
-    if not api_keys(config.serve):
-        print("warning: no API keys configured (serve.api_keys or RAYFT_API_KEYS): the endpoint is open", flush=True)
+    for warning in KeyCheck(api_keys(config.serve), admin_keys(config.serve)).warnings():
+        print(f"warning: {warning}", flush=True)
     try:
         while True:
             time.sleep(3600)

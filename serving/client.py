@@ -1,4 +1,8 @@
-"""Admin calls to a running `rayft serve` over HTTP: `rayft serve load|unload|adapters`."""
+"""Admin calls to a running `rayft serve` over HTTP: `rayft serve load|unload|adapters`.
+
+They send the admin key: the one given, else `$RAYFT_ADMIN_KEY`, else `$RAYFT_API_KEY` (servers
+without `serve.admin_keys` take API keys on the admin routes).
+"""
 
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ def admin_call(method: str, path: str, url: str | None = None, api_key: str | No
     import httpx
 
     url = (url or os.environ.get("RAYFT_SERVE_URL") or DEFAULT_URL).rstrip("/")
-    key = api_key or os.environ.get("RAYFT_API_KEY")
+    key = api_key or os.environ.get("RAYFT_ADMIN_KEY") or os.environ.get("RAYFT_API_KEY")
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     try:
         response = httpx.request(method, url + path, json=body, headers=headers, timeout=300)

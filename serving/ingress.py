@@ -1,12 +1,13 @@
 """The OpenAI ingress deployment: auth, limits, model routing, the response cache, metrics.
 
-Per request: check the API key (401) → admit it under the replica's concurrency limit (429 with
-Retry-After) → parse it with vLLM's protocol models (400) → resolve `model` through the registry
-(404; aliases and traffic splits included) → answer from the response cache, or stream the engine's
-output back as an OpenAI response or SSE chunks. Every answer names the exact version served in
-`x-rayft-model` and the cache result in `x-rayft-cache`. Client mistakes are 4xx with an
-OpenAI-style error body; an engine replica that dies mid-request, or whose adapter slots are all
-answering requests, is a 503 with Retry-After, never a hang.
+Per request: check the API key (401; admin routes want an admin key, 403 for a user key: `auth.py`)
+→ admit it under the replica's concurrency limit (429 with Retry-After) → parse it with vLLM's
+protocol models (400) → resolve `model` through the registry (404; aliases and traffic splits
+included) → answer from the response cache, or stream the engine's output back as an OpenAI
+response or SSE chunks. Every answer names the exact version served in `x-rayft-model` and the
+cache result in `x-rayft-cache`. Client mistakes are 4xx with an OpenAI-style error body; an engine
+replica that dies mid-request, or whose adapter slots are all answering requests, is a 503 with
+Retry-After, never a hang.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from ray.exceptions import RayActorError, WorkerCrashedError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 
 from rayft.registry import Registry
-from rayft.serving.errors import ApiError, parse_json
+from rayft.serving.auth import KeyCheck, bearer_key
 from rayft.serving.cache import AdapterHashes, ResponseCache, cache_key, deterministic
+from rayft.serving.errors import ApiError, parse_json
 from rayft.serving.metrics import ServingMetrics
 from rayft.serving.routing import ModelRouter, Route, UnknownModel
 
@@ -82,12 +84,6 @@ async def _prepend(first, rest):
         yield item
 
 
-def bearer_key(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
-    scheme, _, key = header.partition(" ")
-    return key.strip() if scheme.lower() == "bearer" else None
-
-
 def cache_bypassed(request: Request) -> bool:
     return (request.headers.get(CACHE_HEADER, "").lower() == "bypass"
             or "no-cache" in request.headers.get("cache-control", "").lower())
@@ -104,22 +100,26 @@ class OpenAIServer:
         self.settings = settings
         self.router = ModelRouter(Registry(settings["registry_path"]), settings["base_name"],
                                   settings["base_path"], settings["base_ref"])
-        self.keys = frozenset(settings["api_keys"])
+        self.keys = KeyCheck(settings["api_keys"], settings["admin_keys"])
         self.cache = ResponseCache(settings["response_cache_size"])
         self.hashes = AdapterHashes()
         self.metrics = ServingMetrics()
         self.in_flight = 0
         protocol()  # load vLLM's protocol now, not on the first request
-        if not self.keys:
-            logger.warning("rayft serve: no API keys configured (serve.api_keys / RAYFT_API_KEYS): "
-                           "the endpoint is open to anyone who can reach it")
+        for warning in self.keys.warnings():
+            logger.warning("rayft serve: %s", warning)
 
     # --- guards -------------------------------------------------------------------------------
-    def authorize(self, request: Request) -> None:
-        if self.keys and bearer_key(request) not in self.keys:
-            self.metrics.failed(None, 401)
-            raise ApiError(401, "missing or invalid API key (send 'Authorization: Bearer <key>')",
-                               code="invalid_api_key")
+    def authorize(self, request: Request, admin: bool = False) -> None:
+        key = bearer_key(request.headers.get("authorization", ""))
+        try:
+            if admin:
+                self.keys.admin(key)
+            else:
+                self.keys.user(key)
+        except ApiError as error:
+            self.metrics.failed(None, error.status)
+            raise
 
     def admit(self) -> None:
         if self.in_flight >= self.settings["max_concurrent_requests"]:
@@ -175,13 +175,13 @@ class OpenAIServer:
 
     @app.get("/admin/adapters")
     async def loaded_adapters(self, request: Request) -> dict:
-        self.authorize(request)
+        self.authorize(request, admin=True)
         return {"data": await self.call_engine(self.engine.loaded_adapters.remote())}
 
     @app.post("/admin/adapters")
     async def load_adapter(self, request: Request) -> dict:
         """Load the adapter a registry ref (name, name:version or alias) names, before any request."""
-        self.authorize(request)
+        self.authorize(request, admin=True)
         model = parse_json(await request.body()).get("model")
         if not isinstance(model, str):
             raise ApiError(400, "body must be {\"model\": \"<registry ref>\"}", param="model")
@@ -209,7 +209,7 @@ class OpenAIServer:
 
     @app.delete("/admin/adapters/{ref}")
     async def unload_adapter(self, ref: str, request: Request) -> dict:
-        self.authorize(request)
+        self.authorize(request, admin=True)
         version = self.route(ref, None).served
         if not await self.call_engine(self.engine.unload_adapter.remote(version)):
             raise ApiError(404, f"{version!r} is not loaded", param="model", code="model_not_loaded")

@@ -18,7 +18,9 @@ from reference import Reference, random_adapter
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
 
 KEY = "test-key"
+ADMIN_KEY = "test-admin-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 BYPASS = {"x-rayft-cache": "bypass"}
 QUESTIONS = [
     "I was charged twice for my Pro plan",
@@ -37,7 +39,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def server(ray_cluster, tiny_model, trained_adapter, tmp_path_factory):
     """rayft serve for the tiny base with the trained adapter, a second (random) one, and two
-    versions of an adapter `ab` for alias tests; API key on, 80 requests in flight per replica."""
+    versions of an adapter `ab` for alias tests; API and admin keys on, 80 requests in flight per replica."""
     from rayft.config import parse_config
     from rayft.registry import Registry
     from rayft.serving import app
@@ -49,7 +51,7 @@ def server(ray_cluster, tiny_model, trained_adapter, tmp_path_factory):
     ab = [registry.register("ab", "adapter", tiny_model, paths[n]).ref for n in ("b1", "b2")]
     config = parse_config({"name": "support", "model": {"base": tiny_model}, "serve": {
         "port": free_port(), "max_loras": 2, "max_cpu_loras": 4, "max_model_len": 512, "api_keys": [KEY],
-        "max_concurrent_requests": 80, "adapters": [trained_adapter["ref"]]}})
+        "admin_keys": [ADMIN_KEY], "max_concurrent_requests": 80, "adapters": [trained_adapter["ref"]]}})
     url = app.start(config)
     yield {"url": url, "base": tiny_model, "support": trained_adapter["ref"], "ab": ab, "folder": folder,
            "adapters": {trained_adapter["ref"]: trained_adapter["artifact_uri"], "other": paths["other"]}}
@@ -163,13 +165,14 @@ def test_cache_never_serves_a_replaced_adapters_output(server, reference, tmp_pa
     assert text != before.json()["choices"][0]["message"]["content"]
 
 
-def test_adapter_loaded_and_alias_repointed_without_restart(server):
+def test_adapter_loaded_and_alias_repointed_without_restart(server, monkeypatch):
     from rayft.cli import main
     from rayft.registry import Registry
 
     first, second = server["ab"]
-    assert main(["serve", "load", first, "--url", server["url"], "--api-key", KEY]) == 0
-    loaded = httpx.get(server["url"] + "/admin/adapters", headers=AUTH).json()["data"]
+    assert main(["serve", "load", first, "--url", server["url"], "--key", KEY]) == 1  # a user key: 403
+    assert main(["serve", "load", first, "--url", server["url"], "--api-key", ADMIN_KEY]) == 0
+    loaded = httpx.get(server["url"] + "/admin/adapters", headers=ADMIN).json()["data"]
     assert first in [a["ref"] for a in loaded]
     registry = Registry()
     registry.set_alias("ab", "prod", 1)
@@ -178,8 +181,9 @@ def test_adapter_loaded_and_alias_repointed_without_restart(server):
     assert post_chat(server, "ab:prod").headers["x-rayft-model"] == second  # picked up at once
     registry.rollback("ab", "prod")
     assert post_chat(server, "ab:prod").headers["x-rayft-model"] == first
-    assert main(["serve", "unload", first, "--url", server["url"], "--api-key", KEY]) == 0
-    assert first not in [a["ref"] for a in httpx.get(server["url"] + "/admin/adapters", headers=AUTH).json()["data"]]
+    monkeypatch.setenv("RAYFT_ADMIN_KEY", ADMIN_KEY)
+    assert main(["serve", "unload", first, "--url", server["url"]]) == 0
+    assert first not in [a["ref"] for a in httpx.get(server["url"] + "/admin/adapters", headers=ADMIN).json()["data"]]
     assert post_chat(server, "ab:prod").status_code == 200  # loaded again on first use
 
 
@@ -233,7 +237,7 @@ def test_adapters_in_use_are_never_evicted_and_a_full_engine_is_a_503(server):
     async def scenario():
         async with httpx.AsyncClient(base_url=server["url"], headers=AUTH, timeout=120) as http:
             async def in_flight() -> dict:
-                loaded = (await http.get("/admin/adapters")).json()["data"]
+                loaded = (await http.get("/admin/adapters", headers=ADMIN)).json()["data"]
                 return {a["ref"]: a["in_flight"] for a in loaded}
 
             async def until(condition, timeout=60) -> bool:
@@ -286,13 +290,22 @@ def test_unknown_models_and_paths_are_404_with_an_openai_error(client, server):
         assert error.value.body["type"] == "not_found_error"
 
 
-def test_requests_without_a_valid_key_are_401(server):
+def test_requests_without_a_valid_key_are_401_and_admin_routes_want_an_admin_key(server):
     for headers in ({}, {"Authorization": "Bearer wrong"}):
         response = httpx.get(server["url"] + "/v1/models", headers=headers)
         assert response.status_code == 401 and "API key" in response.json()["error"]["message"]
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=server["url"] + "/v1", api_key="wrong", max_retries=0).models.list()
     assert httpx.get(server["url"] + "/health").status_code == 200
+    admin = [("GET", "/admin/adapters", None), ("POST", "/admin/adapters", {"model": "other"}),
+             ("DELETE", "/admin/adapters/other", None)]
+    for method, path, body in admin:
+        for headers, status in (({}, 401), ({"Authorization": "Bearer wrong"}, 401), (AUTH, 403)):
+            response = httpx.request(method, server["url"] + path, json=body, headers=headers, timeout=60)
+            assert response.status_code == status, (method, path, headers)
+            assert response.json()["error"]["type"] == ("permission_error" if status == 403 else "authentication_error")
+    assert httpx.get(server["url"] + "/admin/adapters", headers=ADMIN).status_code == 200
+    assert httpx.get(server["url"] + "/v1/models", headers=ADMIN).status_code == 200  # admins are users too
 
 
 def test_over_the_concurrency_limit_is_429_with_retry_after(server):

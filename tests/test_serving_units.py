@@ -1,4 +1,4 @@
-"""Serving's pure parts, without Ray: traffic splits, cache keys, adapter hashes, adapter slots, options from config."""
+"""Serving's pure parts, without Ray: traffic splits, cache keys, adapter hashes, adapter slots, keys, options from config."""
 
 import os
 import subprocess
@@ -9,7 +9,9 @@ import pytest
 from rayft.config import ConfigError, ServeConfig, parse_config
 from rayft.registry import ModelVersion
 from rayft.serving.adapters import Adapter, AdapterSlots, AllSlotsBusy
+from rayft.serving.auth import KeyCheck
 from rayft.serving.cache import AdapterHashes, ResponseCache, cache_key, deterministic
+from rayft.serving.errors import ApiError
 from rayft.serving.routing import default_base_name, pick_weighted, sticky_fraction
 
 
@@ -72,13 +74,35 @@ def test_adapter_hash_changes_with_the_files(tmp_path):
     assert hashes.of("s3://bucket/adapter", "registered-hash") == "registered-hash"
 
 
-def test_api_keys_from_config_and_environment(monkeypatch):
-    from rayft.serving.app import api_keys
+def test_api_and_admin_keys_from_config_and_environment(monkeypatch):
+    from rayft.serving.app import admin_keys, api_keys
 
     monkeypatch.setenv("RAYFT_API_KEYS", "k2, k3,")
+    monkeypatch.setenv("RAYFT_ADMIN_KEYS", "a2")
     assert api_keys(ServeConfig(api_keys=["k1", "k2"])) == ["k1", "k2", "k3"]
+    assert admin_keys(ServeConfig(api_keys=["k1"], admin_keys=["a1"])) == ["a1", "a2"]
     monkeypatch.delenv("RAYFT_API_KEYS")
-    assert api_keys(ServeConfig()) == []
+    monkeypatch.delenv("RAYFT_ADMIN_KEYS")
+    assert api_keys(ServeConfig()) == [] and admin_keys(ServeConfig()) == []
+
+
+def status_of(check, key):
+    try:
+        check(key)
+    except ApiError as error:
+        return error.status
+    return 200
+
+
+def test_admin_routes_want_an_admin_key_once_one_is_configured():
+    keys = KeyCheck(["user"], ["admin"])
+    assert [status_of(keys.admin, k) for k in ("admin", "user", "wrong", None)] == [200, 403, 401, 401]
+    assert [status_of(keys.user, k) for k in ("admin", "user", "wrong", None)] == [200, 200, 401, 401]
+    open_api = KeyCheck([], ["admin"])
+    assert status_of(open_api.user, None) == 200 and status_of(open_api.admin, None) == 401
+    legacy = KeyCheck(["user"], [])  # no admin keys: admin routes take API keys, and the server says so
+    assert [status_of(legacy.admin, k) for k in ("user", "wrong")] == [200, 401]
+    assert any("admin keys" in w for w in legacy.warnings()) and not keys.warnings()
 
 
 def test_replica_settings_become_serve_options():
