@@ -4,8 +4,13 @@ A request is deterministic when it is greedy (temperature 0) or fixes a `seed`. 
 of the exact weights that answer it (the adapter's content hash, or the base's), the route (chat or
 completion) and every request field that can change the output. Reloading an adapter whose files
 changed gives it a new content hash, so the cache can never hand out what the old weights said
-(the stale-result bug of vllm#42125). Only whole (non-streamed) responses are cached; a request
-with `x-rayft-cache: bypass` (or `Cache-Control: no-cache`) skips the cache both ways.
+(the stale-result bug of vllm#42125). Only whole (non-streamed) responses are cached, as the JSON
+bytes sent, so a hit serialises nothing; a request with `x-rayft-cache: bypass` (or
+`Cache-Control: no-cache`) skips the cache both ways.
+
+The hash of an adapter folder is re-checked (file sizes and mtimes) at most every
+`RECHECK_S` seconds per folder, and always when an admin load asks for it: files replaced in place
+are noticed within a second, by the cache and the engine alike, since both follow the same hash.
 """
 
 from __future__ import annotations
@@ -13,12 +18,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from collections import OrderedDict
 from pathlib import Path
 
 from rayft import storage
 
 ADAPTER_FILES = ("adapter_config.json", "*.safetensors")
+RECHECK_S = 1.0
 # Fields that never change the generated text.
 IGNORED_FIELDS = ("model", "user", "stream", "stream_options", "request_id")
 
@@ -36,19 +43,19 @@ def cache_key(weights: str, route: str, body: dict) -> str:
 
 
 class ResponseCache:
-    """A bounded LRU of response bodies."""
+    """A bounded LRU of response bodies (JSON bytes, as sent)."""
 
     def __init__(self, capacity: int):
         self.capacity = capacity
-        self.entries: OrderedDict[str, dict] = OrderedDict()
+        self.entries: OrderedDict[str, bytes] = OrderedDict()
 
-    def get(self, key: str) -> dict | None:
+    def get(self, key: str) -> bytes | None:
         body = self.entries.get(key)
         if body is not None:
             self.entries.move_to_end(key)
         return body
 
-    def put(self, key: str, body: dict) -> None:
+    def put(self, key: str, body: bytes) -> None:
         if self.capacity <= 0:
             return
         self.entries[key] = body
@@ -58,25 +65,28 @@ class ResponseCache:
 
 
 class AdapterHashes:
-    """Content hashes of adapter folders, recomputed only when a file's size or mtime changes.
+    """Content hashes of adapter folders: the folder is listed and stat'ed at most every
+    `recheck_s` seconds (or when `fresh`), and hashed again only when a file's size or mtime changed.
 
     Object-storage artifacts are not read here: their registry hash (taken at export) stands in.
     """
 
-    def __init__(self):
-        self.known: dict[str, tuple[tuple, str]] = {}
+    def __init__(self, recheck_s: float = RECHECK_S, clock=time.monotonic):
+        self.recheck_s, self.clock = recheck_s, clock
+        self.known: dict[str, tuple[float, tuple, str]] = {}  # uri -> (checked at, stamp, digest)
 
-    def of(self, uri: str, registered: str | None) -> str:
+    def of(self, uri: str, registered: str | None, fresh: bool = False) -> str:
+        """The content hash of the adapter at `uri`; `fresh` re-checks its files now."""
         if storage.is_remote(uri):
             return registered or uri
+        now, hit = self.clock(), self.known.get(uri)
+        if hit and not fresh and now - hit[0] < self.recheck_s:
+            return hit[2]
         folder = Path(uri)
         stamp = tuple(sorted((p.name, s.st_size, s.st_mtime_ns) for p in _adapter_files(folder)
                              for s in [os.stat(p)]))
-        hit = self.known.get(uri)
-        if hit and hit[0] == stamp:
-            return hit[1]
-        digest = storage.content_hash(folder, ADAPTER_FILES)
-        self.known[uri] = (stamp, digest)
+        digest = hit[2] if hit and hit[1] == stamp else storage.content_hash(folder, ADAPTER_FILES)
+        self.known[uri] = (now, stamp, digest)
         return digest
 
 

@@ -13,7 +13,6 @@ Retry-After, never a hang.
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 import weakref
 
@@ -53,40 +52,14 @@ async def _api_error(_request: Request, error: ApiError) -> JSONResponse:
     return JSONResponse(status_code=error.status, content=error.body(), headers=error.headers())
 
 
-# Defined before the ingress class: Serve pickles the class at decoration time.
-async def _sse(first: dict, outputs, request_id: str, model: str, chat: bool, include_usage: bool, done):
-    """Server-sent events for a streamed response, ending with an optional usage chunk and [DONE];
-    `done(final_item)` runs when the stream ends, however it ends."""
-    api, created, last = protocol(), int(time.time()), first
-    try:
-        if chat:
-            yield api.chat_chunk(request_id, model, created, "", None, role=True)
-        async for item in _prepend(first, outputs):
-            last = item
-            if chat:
-                yield api.chat_chunk(request_id, model, created, item["text"], item["finish"])
-            else:
-                yield api.completion_chunk(request_id, model, created, item["text"], item["finish"])
-        if include_usage:
-            usage = api.usage(last["prompt_tokens"], last["completion_tokens"])
-            if chat:
-                yield api.chat_chunk(request_id, model, created, None, None, usage_info=usage)
-            else:
-                yield api.completion_chunk(request_id, model, created, "", None, usage_info=usage)
-        yield api.DONE
-    finally:
-        done(last)
-
-
-async def _prepend(first, rest):
-    yield first
-    async for item in rest:
-        yield item
-
-
 def cache_bypassed(request: Request) -> bool:
     return (request.headers.get(CACHE_HEADER, "").lower() == "bypass"
             or "no-cache" in request.headers.get("cache-control", "").lower())
+
+
+def json_response(body: bytes, headers: dict[str, str]) -> Response:
+    """A 200 with JSON bytes as they are (cached answers are stored serialised)."""
+    return Response(body, media_type="application/json", headers=headers)
 
 
 @serve.deployment(name="openai", max_ongoing_requests=1024, ray_actor_options={"num_cpus": 0.25})
@@ -125,7 +98,7 @@ class OpenAIServer:
         if self.in_flight >= self.settings["max_concurrent_requests"]:
             self.metrics.failed(None, 429)
             raise ApiError(429, f"this replica is answering {self.in_flight} requests, its limit; retry shortly",
-                               code="too_many_requests", retry_after=self.settings["retry_after_s"])
+                           code="too_many_requests", retry_after=self.settings["retry_after_s"])
         self.in_flight += 1
         self.metrics.in_flight.set(self.in_flight)
 
@@ -139,12 +112,13 @@ class OpenAIServer:
         except UnknownModel as error:
             raise ApiError(404, str(error), param="model", code="model_not_found") from None
 
-    def adapter_spec(self, route: Route) -> dict | None:
+    def adapter_spec(self, route: Route, fresh: bool = False) -> dict | None:
+        """What the engine needs to load the route's adapter; `fresh` re-hashes its files now."""
         if route.adapter is None:
             return None
         version = route.adapter
         return {"ref": version.ref, "uri": version.artifact_uri,
-                "digest": self.hashes.of(version.artifact_uri, version.weights_hash)}
+                "digest": self.hashes.of(version.artifact_uri, version.weights_hash, fresh=fresh)}
 
     def engine_refusal(self, item: dict, param: str | None) -> ApiError:
         """The ApiError for an engine's {'error', 'status'} item (a 503 says when to retry)."""
@@ -199,7 +173,7 @@ class OpenAIServer:
 
     async def load(self, model: str) -> tuple[Route, dict]:
         route = self.route(model, None)
-        spec = self.adapter_spec(route)
+        spec = self.adapter_spec(route, fresh=True)  # an admin load always sees the files as they are now
         if spec is None:
             raise ApiError(400, f"{model!r} is the base model, not an adapter", param="model")
         refused = await self.call_engine(self.engine.load_adapter.remote(**spec))
@@ -221,7 +195,7 @@ class OpenAIServer:
             return await pending
         except ENGINE_GONE as error:
             raise ApiError(503, f"the model engine is restarting ({type(error).__name__}); retry shortly",
-                               retry_after=self.settings["retry_after_s"]) from None
+                           retry_after=self.settings["retry_after_s"]) from None
 
     async def answer(self, request: Request, chat: bool):
         self.authorize(request)
@@ -244,6 +218,7 @@ class OpenAIServer:
     async def respond(self, request: Request, body: dict, parsed, route: Route, chat: bool):
         kind = "chat" if chat else "completion"
         adapter = self.adapter_spec(route)
+        counted = self.metrics.model(route.served)
         headers = {MODEL_HEADER: route.served}
         key = None
         if parsed.stream or cache_bypassed(request) or not deterministic(body):
@@ -251,13 +226,12 @@ class OpenAIServer:
         else:
             key = cache_key(adapter["digest"] if adapter else "base", kind, body)
             cached = self.cache.get(key)
-            self.metrics.cache.labels(route.served, "hit" if cached else "miss").inc()
             if cached:
-                self.metrics.requests.labels(route.served, kind).inc()
-                return JSONResponse(cached, headers=headers | {CACHE_HEADER: "hit"})
+                counted.cache["hit"].inc()
+                counted.requests[kind].inc()
+                return json_response(cached, headers | {CACHE_HEADER: "hit"})
             headers[CACHE_HEADER] = "miss"
-        if headers[CACHE_HEADER] == "bypass":
-            self.metrics.cache.labels(route.served, "bypass").inc()
+        counted.cache[headers[CACHE_HEADER]].inc()
 
         request_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
         if parsed.stream:
@@ -269,22 +243,21 @@ class OpenAIServer:
             raise self.engine_refusal(first, param="model" if adapter else None)
         if parsed.stream:
             include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
-
             finished = []
 
             def done(final: dict) -> None:  # once: at the stream's end, or when a never-started one is dropped
                 if not finished:
                     finished.append(final)
-                    self.metrics.answered(route.served, kind, final)
+                    counted.answered(kind, final)
                     self.release()
 
-            events = _sse(first, outputs, request_id, parsed.model, chat, include_usage, done)
+            events = protocol().sse_events(first, outputs, request_id, parsed.model, chat, include_usage, done)
             weakref.finalize(events, done, first)
             return StreamingResponse(events, media_type="text/event-stream", headers=headers)
         build = protocol().chat_response if chat else protocol().completion_response
-        answer = build(parsed.model, first["text"], first["finish"], first["prompt_tokens"], first["completion_tokens"])
-        answer["id"] = request_id
-        self.metrics.answered(route.served, kind, first)
+        answer = build(request_id, parsed.model, first["text"], first["finish"], first["prompt_tokens"],
+                       first["completion_tokens"])
+        counted.answered(kind, first)
         if key:
             self.cache.put(key, answer)
-        return JSONResponse(answer, headers=headers)
+        return json_response(answer, headers)

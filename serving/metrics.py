@@ -1,8 +1,10 @@
 """Prometheus metrics of the OpenAI ingress, labelled by the exact model version served.
 
 `model` labels are only ever the base name or a registry ref that resolved (requests for unknown
-names count under "-"), so a client cannot blow up label cardinality. Each ingress replica keeps
-its own registry and serves it on `/metrics`.
+names count under "-"), so a client cannot blow up label cardinality. The label children of a
+model are bound once (`ModelMetrics`), so counting a request is an attribute lookup and an add.
+
+Each ingress replica keeps its own registry and serves it on `/metrics`.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 UNRESOLVED = "-"
+ROUTES = ("chat", "completion")
+CACHE_RESULTS = ("hit", "miss", "bypass")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
 
@@ -33,19 +37,39 @@ class ServingMetrics:
                              labels + ["result"], registry=self.registry)
         self.in_flight = Gauge("rayft_requests_in_flight", "Requests being answered by this replica",
                                registry=self.registry)
+        self.models: dict[str, ModelMetrics] = {}
 
-    def answered(self, model: str, route: str, final: dict) -> None:
-        """Count one answered request from the engine's final item."""
-        self.requests.labels(model, route).inc()
-        self.prompt_tokens.labels(model).inc(final.get("prompt_tokens", 0))
-        self.completion_tokens.labels(model).inc(final.get("completion_tokens", 0))
-        if final.get("ttft") is not None:
-            self.ttft.labels(model).observe(final["ttft"])
-        if final.get("tpot") is not None:
-            self.tpot.labels(model).observe(final["tpot"])
+    def model(self, name: str) -> ModelMetrics:
+        """The metrics of model version `name` (bound on first use)."""
+        bound = self.models.get(name)
+        if bound is None:
+            bound = self.models[name] = ModelMetrics(self, name)
+        return bound
 
     def failed(self, model: str | None, status: int) -> None:
         self.errors.labels(model or UNRESOLVED, str(status)).inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+class ModelMetrics:
+    """The label children of one model version."""
+
+    def __init__(self, metrics: ServingMetrics, model: str):
+        self.requests = {route: metrics.requests.labels(model, route) for route in ROUTES}
+        self.cache = {result: metrics.cache.labels(model, result) for result in CACHE_RESULTS}
+        self.prompt_tokens = metrics.prompt_tokens.labels(model)
+        self.completion_tokens = metrics.completion_tokens.labels(model)
+        self.ttft = metrics.ttft.labels(model)
+        self.tpot = metrics.tpot.labels(model)
+
+    def answered(self, route: str, final: dict) -> None:
+        """Count one request answered by the engine, from its final item."""
+        self.requests[route].inc()
+        self.prompt_tokens.inc(final.get("prompt_tokens", 0))
+        self.completion_tokens.inc(final.get("completion_tokens", 0))
+        if final.get("ttft") is not None:
+            self.ttft.observe(final["ttft"])
+        if final.get("tpot") is not None:
+            self.tpot.observe(final["tpot"])
+

@@ -1,4 +1,4 @@
-"""OpenAI wire format, built on vLLM's own protocol models (requests, responses, stream chunks).
+"""OpenAI wire format, built on vLLM's own protocol models (requests, responses, SSE stream chunks).
 
 Parsing turns every client mistake into an `ApiError` (`.errors`) with an HTTP status and an
 OpenAI-style body, so the server answers 4xx, never 500. Importing this module imports vLLM's
@@ -32,6 +32,7 @@ from vllm.entrypoints.serve.engine.protocol import ModelCard, ModelList, UsageIn
 from vllm.exceptions import VLLMValidationError
 
 from rayft.serving.errors import ApiError
+
 
 def _validate(model, body: dict):
     try:
@@ -98,13 +99,15 @@ def usage(prompt_tokens: int, completion_tokens: int) -> UsageInfo:
                      total_tokens=prompt_tokens + completion_tokens)
 
 
-def chat_response(model: str, text: str, finish: str | None, prompt_tokens: int, completion_tokens: int) -> dict:
+def chat_response(request_id: str, model: str, text: str, finish: str | None, prompt_tokens: int,
+                  completion_tokens: int) -> bytes:
+    """A whole chat completion as the JSON bytes sent (and cached)."""
     response = ChatCompletionResponse(
-        model=model, usage=usage(prompt_tokens, completion_tokens),
+        id=request_id, model=model, usage=usage(prompt_tokens, completion_tokens),
         choices=[ChatCompletionResponseChoice(index=0, message=ChatMessage(role="assistant", content=text),
                                               finish_reason=finish)],
     )
-    return json.loads(response.model_dump_json(exclude_none=True))
+    return response.model_dump_json(exclude_none=True).encode()
 
 
 def chat_chunk(request_id: str, model: str, created: int, text: str | None, finish: str | None,
@@ -115,12 +118,14 @@ def chat_chunk(request_id: str, model: str, created: int, text: str | None, fini
     return f"data: {chunk.model_dump_json(exclude_none=True)}\n\n"
 
 
-def completion_response(model: str, text: str, finish: str | None, prompt_tokens: int, completion_tokens: int) -> dict:
+def completion_response(request_id: str, model: str, text: str, finish: str | None, prompt_tokens: int,
+                        completion_tokens: int) -> bytes:
+    """A whole text completion as the JSON bytes sent (and cached)."""
     response = CompletionResponse(
-        model=model, usage=usage(prompt_tokens, completion_tokens),
+        id=request_id, model=model, usage=usage(prompt_tokens, completion_tokens),
         choices=[CompletionResponseChoice(index=0, text=text, finish_reason=finish)],
     )
-    return json.loads(response.model_dump_json(exclude_none=True))
+    return response.model_dump_json(exclude_none=True).encode()
 
 
 def completion_chunk(request_id: str, model: str, created: int, text: str, finish: str | None,
@@ -139,3 +144,34 @@ def model_list(base: str, ids: list[tuple[str, dict]], max_model_len: int) -> di
 
 
 DONE = "data: [DONE]\n\n"
+
+
+async def sse_events(first: dict, rest, request_id: str, model: str, chat: bool, include_usage: bool, done):
+    """Server-sent events of a streamed answer (engine delta items `first`, then `rest`), ending
+    with an optional usage chunk and [DONE]; `done(final_item)` runs when the stream ends, however
+    it ends."""
+    created, last = int(time.time()), first
+    try:
+        if chat:
+            yield chat_chunk(request_id, model, created, "", None, role=True)
+        async for item in _prepend(first, rest):
+            last = item
+            if chat:
+                yield chat_chunk(request_id, model, created, item["text"], item["finish"])
+            else:
+                yield completion_chunk(request_id, model, created, item["text"], item["finish"])
+        if include_usage:
+            totals = usage(last["prompt_tokens"], last["completion_tokens"])
+            if chat:
+                yield chat_chunk(request_id, model, created, None, None, usage_info=totals)
+            else:
+                yield completion_chunk(request_id, model, created, "", None, usage_info=totals)
+        yield DONE
+    finally:
+        done(last)
+
+
+async def _prepend(first, rest):
+    yield first
+    async for item in rest:
+        yield item

@@ -146,7 +146,8 @@ def test_response_names_the_version_served_and_caches_deterministic_answers(serv
 
 
 def test_cache_never_serves_a_replaced_adapters_output(server, reference, tmp_path):
-    """The same registry version, its files replaced and reloaded: the answer follows the new weights."""
+    """The same registry version, its files replaced and reloaded: the answer follows the new weights.
+    (Requests re-check an adapter's files at most once a second; an admin load re-checks at once.)"""
     from rayft.registry import Registry
 
     swap = tmp_path / "swap"
@@ -158,6 +159,8 @@ def test_cache_never_serves_a_replaced_adapters_output(server, reference, tmp_pa
     assert post_chat(server, ref, question, max_tokens=8).headers["x-rayft-cache"] == "hit"
     shutil.rmtree(swap)
     shutil.copytree(server["adapters"][server["support"]], swap)  # other weights, same path and ref
+    loaded = httpx.post(server["url"] + "/admin/adapters", json={"model": ref}, headers=ADMIN, timeout=120)
+    assert loaded.status_code == 200
     after = post_chat(server, ref, question, max_tokens=8)
     assert after.headers["x-rayft-cache"] == "miss"
     text = after.json()["choices"][0]["message"]["content"]

@@ -53,24 +53,33 @@ def test_cache_keys_follow_weights_route_and_output_fields():
 
 def test_response_cache_is_a_bounded_lru():
     cache = ResponseCache(2)
-    cache.put("a", {"n": 1})
-    cache.put("b", {"n": 2})
-    assert cache.get("a") == {"n": 1}
-    cache.put("c", {"n": 3})  # evicts b, the least recently used
+    cache.put("a", b'{"n":1}')
+    cache.put("b", b'{"n":2}')
+    assert cache.get("a") == b'{"n":1}'
+    cache.put("c", b'{"n":3}')  # evicts b, the least recently used
     assert cache.get("b") is None and cache.get("a") and cache.get("c")
     off = ResponseCache(0)
-    off.put("x", {})
+    off.put("x", b"{}")
     assert off.get("x") is None
 
 
-def test_adapter_hash_changes_with_the_files(tmp_path):
+def test_adapter_hash_changes_with_the_files_checked_at_most_once_a_second(tmp_path):
     (tmp_path / "adapter_config.json").write_text('{"r": 8}')
     (tmp_path / "adapter_model.safetensors").write_bytes(b"weights-1")
-    hashes = AdapterHashes()
+    now = [100.0]
+    hashes = AdapterHashes(recheck_s=1.0, clock=lambda: now[0])
     first = hashes.of(str(tmp_path), None)
-    assert hashes.of(str(tmp_path), None) == first
     (tmp_path / "adapter_model.safetensors").write_bytes(b"weights-2!")
-    assert hashes.of(str(tmp_path), None) != first
+    now[0] += 0.5
+    assert hashes.of(str(tmp_path), None) == first  # within the second: the folder is not looked at
+    second = hashes.of(str(tmp_path), None, fresh=True)  # an admin load looks now
+    assert second != first
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"weights-3!!")
+    now[0] += 1.0
+    third = hashes.of(str(tmp_path), None)  # a second later, a request looks again
+    assert third not in (first, second)
+    now[0] += 1.0
+    assert hashes.of(str(tmp_path), None) == third  # looked again, files unchanged: same hash
     assert hashes.of("s3://bucket/adapter", "registered-hash") == "registered-hash"
 
 
