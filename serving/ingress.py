@@ -7,11 +7,13 @@ included) → answer from the response cache, or stream the engine's output back
 response or SSE chunks. Every answer names the exact version served in `x-rayft-model` and the
 cache result in `x-rayft-cache`. Client mistakes are 4xx with an OpenAI-style error body; an engine
 replica that dies mid-request, or whose adapter slots are all answering requests, is a 503 with
-Retry-After, never a hang.
+Retry-After, never a hang. `/metrics` serves every ingress replica's series (`metrics.py`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import uuid
 import weakref
@@ -27,7 +29,7 @@ from rayft.registry import Registry
 from rayft.serving.auth import KeyCheck, bearer_key
 from rayft.serving.cache import AdapterHashes, ResponseCache, cache_key, deterministic
 from rayft.serving.errors import ApiError, parse_json
-from rayft.serving.metrics import ServingMetrics
+from rayft.serving.metrics import PUBLISH_S, MetricsBoard, ServingMetrics
 from rayft.serving.routing import ModelRouter, Route, UnknownModel
 
 MODEL_HEADER = "x-rayft-model"
@@ -76,11 +78,28 @@ class OpenAIServer:
         self.keys = KeyCheck(settings["api_keys"], settings["admin_keys"])
         self.cache = ResponseCache(settings["response_cache_size"])
         self.hashes = AdapterHashes()
-        self.metrics = ServingMetrics()
+        context = serve.get_replica_context()
+        self.metrics = ServingMetrics(replica=context.replica_id.unique_id)
+        self.board = MetricsBoard(context.app_name, context.replica_id.unique_id)
+        self.publisher = asyncio.get_running_loop().create_task(self.publish_metrics())
         self.in_flight = 0
         protocol()  # load vLLM's protocol now, not on the first request
         for warning in self.keys.warnings():
             logger.warning("rayft serve: %s", warning)
+
+    async def publish_metrics(self) -> None:
+        """Put this replica's metrics snapshot on the board every PUBLISH_S seconds."""
+        while True:
+            try:
+                await asyncio.to_thread(self.board.publish, self.metrics.snapshot())
+            except Exception as error:  # the GCS is briefly unreachable: try again next period
+                logger.warning("rayft serve: cannot publish metrics: %s", error)
+            await asyncio.sleep(PUBLISH_S)
+
+    def __del__(self):  # Serve calls it at graceful shutdown; Python may call it again at exit
+        self.publisher.cancel()
+        with contextlib.suppress(Exception):  # Ray already gone: readers drop the stale snapshot
+            self.board.withdraw()
 
     # --- guards -------------------------------------------------------------------------------
     def authorize(self, request: Request, admin: bool = False) -> None:
@@ -132,7 +151,12 @@ class OpenAIServer:
 
     @app.get("/metrics")
     async def prometheus(self) -> Response:
-        return Response(self.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+        try:
+            others = await asyncio.to_thread(self.board.others)
+        except Exception as error:  # the GCS is unreachable: this replica's series alone
+            logger.warning("rayft serve: cannot read other replicas' metrics: %s", error)
+            others = []
+        return Response(self.metrics.exposition(others), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/models")
     async def models(self, request: Request) -> dict:

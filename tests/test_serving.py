@@ -327,17 +327,32 @@ def test_over_the_concurrency_limit_is_429_with_retry_after(server):
     assert all(retry == "1" for code, retry in results if code == 429)
 
 
-def test_metrics_are_per_adapter(server):
+def test_metrics_are_per_adapter_and_cover_every_ingress_replica(server):
+    """One scrape shows every ingress replica's series: this test publishes a snapshot as a second
+    replica would, and reads back the one the real replica published."""
+    from rayft.serving.app import APP_NAME
+    from rayft.serving.metrics import MetricsBoard, RayKV, ServingMetrics
+
     post_chat(server, "other", "metrics")
     post_chat(server, "other", "metrics")  # a cache hit
+    elsewhere = ServingMetrics(replica="elsewhere")
+    elsewhere.model("other:1").requests["chat"].inc(5)
+    board = MetricsBoard(APP_NAME, "elsewhere")
+    board.publish(elsewhere.snapshot())
     text = httpx.get(server["url"] + "/metrics").text
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-               for family in text_string_to_metric_families(text) for s in family.samples}
+    board.withdraw()
+    samples = [s for family in text_string_to_metric_families(text) for s in family.samples]
 
     def value(name, **labels):
-        return samples.get((name, tuple(sorted(labels.items()))), 0)
+        return sum(s.value for s in samples if s.name == name and labels.items() <= s.labels.items())
 
-    assert value("rayft_requests_total", model="other:1", route="chat") >= 2
+    replicas = {s.labels["replica"] for s in samples}
+    assert len(replicas) == 2 and "elsewhere" in replicas
+    assert value("rayft_requests_total", model="other:1", route="chat", replica="elsewhere") == 5
+    own = (replicas - {"elsewhere"}).pop()
+    assert value("rayft_requests_total", model="other:1", route="chat", replica=own) >= 2
+    published = json.loads(RayKV().get(f"{APP_NAME}/{own}"))  # what the other replicas serve of this one
+    assert "rayft_requests" in [family[0] for family in published["families"]]
     assert value("rayft_response_cache_total", model="other:1", result="hit") >= 1
     assert value("rayft_time_to_first_token_seconds_count", model="other:1") >= 1
     assert value("rayft_completion_tokens_total", model="tiny") > 0

@@ -1,4 +1,5 @@
-"""Serving's pure parts, without Ray: traffic splits, cache keys, adapter hashes, adapter slots, keys, options from config."""
+"""Serving's pure parts, without Ray: traffic splits, cache keys, adapter hashes, adapter slots, keys,
+metrics across replicas, options from config."""
 
 import os
 import subprocess
@@ -196,3 +197,56 @@ def test_a_replaced_or_unloaded_adapter_in_use_keeps_its_slot_until_idle():
     assert slots.unload("missing") == (False, [c])
     assert slots.unload("a") == (True, [a2]) and slots.loaded == {}
 
+
+class DictKV:
+    """Ray's internal KV, faked with a dict (RayKV is exercised against real Ray in test_serving.py)."""
+
+    def __init__(self):
+        self.data = {}
+
+    def put(self, key, value):
+        self.data[key] = value
+
+    def get(self, key):
+        return self.data.get(key)
+
+    def keys(self, prefix):
+        return [k for k in self.data if k.startswith(prefix)]
+
+    def delete(self, key):
+        self.data.pop(key, None)
+
+
+def test_metrics_serve_every_replicas_series_once_per_family():
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from rayft.serving import metrics
+
+    kv = DictKV()
+    replicas = {name: metrics.ServingMetrics(replica=name) for name in ("r1", "r2", "r3")}
+    boards = {name: metrics.MetricsBoard("app", name, kv) for name in replicas}
+    replicas["r1"].model("m:1").answered("chat", {"prompt_tokens": 3, "completion_tokens": 2, "ttft": 0.1})
+    replicas["r2"].model("m:1").answered("chat", {"prompt_tokens": 4, "completion_tokens": 1})
+    replicas["r2"].model("m:1").cache["hit"].inc()
+    for name in ("r2", "r3"):
+        boards[name].publish(replicas[name].snapshot())
+    kv.put("other-app/r9", b"not ours")  # another app's key is never read
+    replicas["r1"].model("m:1").requests["chat"].inc()  # after r1's own last publish: still served fresh
+
+    stale = replicas["r3"].snapshot() | {"at": 0.0}
+    boards["r3"].publish(stale)  # r3 died long ago
+    text = replicas["r1"].exposition(boards["r1"].others()).decode()
+    assert text.count("# TYPE rayft_requests_total counter") == 1  # one family, samples of every replica
+    samples = [s for family in text_string_to_metric_families(text) for s in family.samples]
+
+    def value(name, **labels):
+        return sum(s.value for s in samples if s.name == name and labels.items() <= s.labels.items())
+
+    assert value("rayft_requests_total", model="m:1", route="chat", replica="r1") == 2
+    assert value("rayft_requests_total", model="m:1", route="chat", replica="r2") == 1
+    assert value("rayft_prompt_tokens_total", model="m:1") == 7
+    assert value("rayft_response_cache_total", result="hit", replica="r2") == 1
+    assert {s.labels["replica"] for s in samples} == {"r1", "r2"}  # r3 dropped
+    assert "app/r3" not in kv.data  # and deleted
+    boards["r2"].withdraw()
+    assert boards["r1"].others() == []
