@@ -1,9 +1,13 @@
 """The eval engine against transformers + peft: same greedy answers, same teacher-forced likelihoods,
 few-shot prompts that shrink to fit the context. The real vLLM engine, in-process (no Ray needed
-for one actor's work); the whole Ray Data path runs in tests/test_quickstart.py."""
+for one actor's work); then `evaluate()` for a full-model candidate on a generation task, with its
+engines in-process instead of in Ray actors (an adapter on classification runs through the actor
+pool in tests/test_quickstart.py)."""
 
+import dataclasses
 import json
 import math
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -28,6 +32,13 @@ def teacher_forced_nll(reference: Reference, adapter: str | None, prompt_ids: li
     return -sum(float(logprobs[len(prompt_ids) + i - 1, t]) for i, t in enumerate(answer_ids))
 
 
+def scored_answer(reference: Reference, adapter: str | None, messages: list[dict]) -> tuple[float, int]:
+    """The summed NLL of the last (assistant) turn after its prompt, end-of-turn token included, and
+    how many tokens that is: what the engine's `nll:` and `tokens:` columns must hold."""
+    answer_ids = reference.tokenizer(messages[-1]["content"] + "<|im_end|>", add_special_tokens=False)["input_ids"]
+    return teacher_forced_nll(reference, adapter, reference.prompt_ids(messages[:-1]), answer_ids), len(answer_ids)
+
+
 def test_engine_answers_and_scores_like_transformers(tiny_model, tmp_path):
     from rayft.eval.generate import Decoding, EvalEngine, Variant
 
@@ -49,15 +60,12 @@ def test_engine_answers_and_scores_like_transformers(tiny_model, tmp_path):
     ], Decoding(max_new_tokens={"test": 6, "forgetting": 10}, max_model_len=CONTEXT))
     rows = engine(batch).to_pylist()
 
-    tokenizer = reference.tokenizer
     for row, (row_set, messages) in zip(rows, records):
-        answer_ids = tokenizer(messages[-1]["content"] + "<|im_end|>", add_special_tokens=False)["input_ids"]
         max_new = 6 if row_set == "test" else 10
         for variant, path in (("base", None), ("candidate", adapter)):
-            prompt_ids = reference.prompt_ids(messages[:-1])
-            assert row[f"output:{variant}"] == reference.continue_ids(prompt_ids, path, max_new)
-            assert row[f"tokens:{variant}"] == len(answer_ids)
-            expected = teacher_forced_nll(reference, path, prompt_ids, answer_ids)
+            assert row[f"output:{variant}"] == reference.chat(messages[:-1], path, max_new)
+            expected, tokens = scored_answer(reference, path, messages)
+            assert row[f"tokens:{variant}"] == tokens
             assert math.isclose(row[f"nll:{variant}"], expected, rel_tol=1e-3), (variant, row_set)
         assert row["output:base"] != row["output:candidate"]  # the adapter is applied, to its rows only
 
@@ -68,3 +76,71 @@ def test_engine_answers_and_scores_like_transformers(tiny_model, tmp_path):
     few_shot_messages = [SYSTEM] + [m for e in examples for m in e[1:]] + records[0][1][1:-1]
     assert short["output:few_shot"] == reference.chat(few_shot_messages, None, 6)
     assert forgetting["output:few_shot"] is None and forgetting["nll:few_shot"] is None  # test rows only
+
+    engine.decoding = dataclasses.replace(engine.decoding, generate=False)  # task perplexity: score test rows only
+    for row, scored in zip(rows, engine(batch).to_pylist()):
+        assert scored["output:base"] == (row["output:base"] if row["set"] == "forgetting" else None)
+        assert scored["nll:candidate"] == pytest.approx(row["nll:candidate"], rel=1e-6)
+
+
+def full_model(base: str, out: Path) -> str:
+    """A stand-in for a fully fine-tuned model: the base with a random LoRA adapter merged in."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    adapter = random_adapter(base, out.parent / "adapter-to-merge", seed=5)
+    merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter).merge_and_unload()
+    merged.save_pretrained(out)
+    AutoTokenizer.from_pretrained(base).save_pretrained(out)
+    return str(out)
+
+
+def answer_in_process(rows, stages, decoding, settings):
+    """`answer_with_engines` with each stage's engine in this process instead of in a Ray actor: a
+    fresh actor process spent ~17 s importing vLLM on the 2-core test machine."""
+    import ray
+
+    from rayft.eval.generate import EvalEngine
+
+    table = pa.concat_tables(rows.iter_batches(batch_size=None, batch_format="pyarrow"))
+    for model, variants in stages:
+        table = EvalEngine(model, variants, decoding)(table)
+    return ray.data.from_arrow(table)
+
+
+@pytest.mark.ray
+def test_evaluate_a_registered_full_model_on_a_generation_task(ray_cluster, tiny_model, tmp_path, monkeypatch):
+    """A kind=full version gets an engine of its own beside the base's; report.json carries the
+    generation metrics and perplexity of both, equal to transformers' answers and likelihoods."""
+    import pyarrow.parquet as pq
+
+    from rayft.config import parse_config
+    from rayft.eval import evaluate as pipeline
+    from rayft.eval.evaluate import evaluate
+    from rayft.eval.metrics import generation_metrics
+    from rayft.registry import Registry
+
+    records = [conversation(q, a) for q, a in [("Say hello to Ana.", "Hello, Ana!"), ("What is 2 + 2?", "It is 4."),
+                                               ("Name a colour.", "Blue."), ("Repeat: tea time", "tea time")]]
+    (tmp_path / "data").mkdir()
+    pq.write_table(pa.table({"messages": records}), tmp_path / "data" / "test.parquet")
+    version = Registry().register("eval-full", "full", tiny_model, full_model(tiny_model, tmp_path / "full"))
+    config = parse_config({"name": "eval-full", "model": {"base": tiny_model}, "data": {"out": str(tmp_path / "data")},
+                           "eval": {"task": "generation", "few_shot": 0, "forgetting": False, "max_new_tokens": 6,
+                                    "max_model_len": CONTEXT, "report_path": str(tmp_path / "reports")}})
+    monkeypatch.setattr(pipeline, "answer_with_engines", answer_in_process)
+    evaluate(config, candidate=version.ref, show_progress=False)
+
+    report = json.loads(Path(Registry().get(version.ref).eval_report["path"]).read_text())
+    assert (report["kind"], report["n"], list(report["metrics"])) == ("full", 4, ["base", "candidate"])
+    answers = [r[-1]["content"] for r in records]
+    for variant, model in (("base", tiny_model), ("candidate", version.artifact_uri)):
+        reference = Reference(model)
+        outputs = [reference.chat(r[:-1], None, 6) for r in records]
+        nll, tokens = map(sum, zip(*(scored_answer(reference, None, r) for r in records)))
+        metrics = report["metrics"][variant]
+        expected = generation_metrics(outputs, answers)
+        assert {k: metrics[k] for k in expected} == pytest.approx(expected), variant
+        assert metrics["perplexity"] == pytest.approx(math.exp(nll / tokens), rel=1e-3), variant
+    assert report["metrics"]["candidate"]["perplexity"] != pytest.approx(report["metrics"]["base"]["perplexity"])
+    assert report["files"]["plots"] == {"metrics": "metrics.png"}  # no confusion matrix, no training log
