@@ -109,7 +109,7 @@ def prepare_into(inputs: list[str], out_dir: Path, options: PrepareOptions, show
 
     # run
     with shuffles_as_tasks(), progress(show_progress) as advance:
-        cleaned = sources.read_records(files, data.format).map_batches(
+        cleaned = sources.read_records(files).map_batches(
             clean_batch, fn_kwargs={"data_json": data.model_dump_json(), "tokenizer": options.tokenizer},
             batch_size=1024,
         ).materialize()

@@ -1,10 +1,11 @@
 """Reading inputs into Ray Data as raw records that remember where they came from.
 
-Every input, whatever its format, becomes rows of `source` (file path), `line` (1-based line, or
+Every input, whatever its container, becomes rows of `source` (file path), `line` (1-based line, or
 row number for Parquet and Arrow), `order` (a global sort key: input index, then line) and `raw`
 (the record as JSON bytes). Validation then treats all formats alike, and every reject can name its
-file and line. Supported: JSONL (chat `messages` or prompt/completion, told apart per record),
-Parquet files, and folders written by HF `datasets.save_to_disk`.
+file and line. Containers, always told by the file name or folder: JSONL, Parquet, and folders
+written by HF `datasets` `save_to_disk` (a Dataset, or a DatasetDict with one folder per split).
+What a record holds (chat `messages` or prompt/completion) is validation's business (`data.format`).
 """
 
 from __future__ import annotations
@@ -19,18 +20,35 @@ RECORDS_PER_BLOCK = 10_000
 LINE_BITS = 40  # order = input_index << LINE_BITS | line: inputs keep their order, then lines
 
 
-def file_format(path: Path, forced: str) -> str:
-    """'jsonl', 'parquet' or 'arrow' for one data file."""
-    if forced == "parquet" or (forced == "auto" and path.suffix == ".parquet"):
-        return "parquet"
-    if forced == "hf" or path.suffix == ".arrow":
-        return "arrow"
-    return "jsonl"
+CONTAINERS = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".arrow": "arrow"}
+
+
+def file_format(path: Path) -> str:
+    """The container of one data file, from its name: 'jsonl', 'parquet' or 'arrow'. The record
+    format inside it (chat messages or prompt/completion) is a separate matter (`data.format`)."""
+    try:
+        return CONTAINERS[path.suffix.lower()]
+    except KeyError:
+        raise ValueError(f"input {path}: unknown file type {path.suffix or '(none)'!r}; expected "
+                         f"{', '.join(CONTAINERS)} or a folder of them (HF datasets folders too)") from None
+
+
+def folder_files(path: Path) -> list[Path]:
+    """The data files of a folder: an HF `DatasetDict.save_to_disk` folder's splits in the order of
+    its dataset_dict.json (each split's Arrow files), an HF `Dataset.save_to_disk` folder's Arrow
+    files, or a plain folder's .jsonl/.json/.parquet files."""
+    if (path / "dataset_dict.json").exists():
+        splits = json.loads((path / "dataset_dict.json").read_text())["splits"]
+        return [f for name in splits for f in folder_files(path / name)]
+    if (path / "dataset_info.json").exists() or (path / "state.json").exists():
+        return sorted(path.glob("*.arrow"))
+    return sorted(p for p in path.iterdir() if p.suffix.lower() in (".jsonl", ".json", ".parquet"))
 
 
 def expand_inputs(inputs: list[str]) -> list[str]:
-    """Input paths as absolute file paths: HF dataset folders become their Arrow files, other
-    folders their .jsonl/.parquet files. Raises FileNotFoundError naming the first missing input."""
+    """Input paths as absolute file paths (folders become their data files, see `folder_files`).
+    Raises FileNotFoundError naming the first missing input or empty folder, ValueError naming a
+    file of unknown type."""
     if not inputs:
         raise FileNotFoundError("no input files given")
     files: list[str] = []
@@ -38,15 +56,12 @@ def expand_inputs(inputs: list[str]) -> list[str]:
         path = Path(item).expanduser().resolve()
         if not path.exists():
             raise FileNotFoundError(f"input not found: {item}")
-        if path.is_dir():
-            hf = (path / "dataset_info.json").exists() or (path / "state.json").exists()
-            found = sorted(path.glob("*.arrow")) if hf else sorted(
-                p for p in path.iterdir() if p.suffix in (".jsonl", ".json", ".parquet"))
-            if not found:
-                raise FileNotFoundError(f"no data files in folder {item}")
-            files += [str(p) for p in found]
-        else:
-            files.append(str(path))
+        found = folder_files(path) if path.is_dir() else [path]
+        if not found:
+            raise FileNotFoundError(f"no data files in folder {item}")
+        for file in found:
+            file_format(file)
+        files += [str(p) for p in found]
     return files
 
 
@@ -65,23 +80,27 @@ def _table_rows(data: bytes, kind: str) -> list[tuple[int, bytes]]:
             for n, row in enumerate(table.to_pylist(), start=1)]
 
 
-def _split_file(row: dict, index_of: dict[str, int], kinds: dict[str, str]) -> list[dict]:
+def file_records(path: str, data: bytes) -> list[tuple[int, bytes]]:
+    """(line, raw JSON bytes) for each record in the bytes of one data file, read as the container
+    its name says."""
+    kind = file_format(Path(path))
+    return _jsonl_rows(data) if kind == "jsonl" else _table_rows(data, kind)
+
+
+def _split_file(row: dict, index_of: dict[str, int]) -> list[dict]:
     source = row["path"]
     base = index_of[source] << LINE_BITS
-    kind = kinds[source]
-    rows = _jsonl_rows(row["bytes"]) if kind == "jsonl" else _table_rows(row["bytes"], kind)
-    return [{"source": source, "line": n, "order": base | n, "raw": raw} for n, raw in rows]
+    return [{"source": source, "line": n, "order": base | n, "raw": raw} for n, raw in file_records(source, row["bytes"])]
 
 
-def read_records(inputs: list[str], forced_format: str = "auto"):
+def read_records(inputs: list[str]):
     """All inputs as one Ray Dataset of raw records (source, line, order, raw)."""
     import ray
 
     files = expand_inputs(inputs)
-    kinds = {f: file_format(Path(f), forced_format) for f in files}
     index_of = {f: i for i, f in enumerate(files)}
     raw_files = ray.data.read_binary_files(files, include_paths=True)
-    rows = raw_files.flat_map(_split_file, fn_kwargs={"index_of": index_of, "kinds": kinds})
+    rows = raw_files.flat_map(_split_file, fn_kwargs={"index_of": index_of})
     return rows.repartition(target_num_rows_per_block=RECORDS_PER_BLOCK)  # one file would be one block
 
 

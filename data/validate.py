@@ -96,9 +96,15 @@ def detect_format(record: object) -> str:
     return "messages"
 
 
+RECORD_FORMATS = ("auto", "messages", "prompt_completion")
+
+
 def normalise(record: object, fmt: str = "auto") -> list[dict]:
-    """A record of `fmt` ('auto', 'messages' or 'prompt_completion') as validated messages."""
-    fmt = detect_format(record) if fmt in ("auto", "parquet", "hf") else fmt
+    """A record of `fmt` ('auto': told by its fields, 'messages' or 'prompt_completion') as
+    validated messages. The format is the record's shape, not its container (JSONL, Parquet, ...)."""
+    if fmt not in RECORD_FORMATS:
+        raise ValueError(f"record format must be one of {', '.join(RECORD_FORMATS)}, got {fmt!r}")
+    fmt = detect_format(record) if fmt == "auto" else fmt
     if fmt == "prompt_completion":
         return messages_from_prompt_completion(record)
     return messages_from_chat(record)

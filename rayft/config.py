@@ -44,7 +44,8 @@ class SplitConfig(Section):
 class DataConfig(Section):
     inputs: list[str] = Field(default_factory=list, description="JSONL/Parquet files or HF dataset folders")
     out: str | None = Field(None, description="prepared dataset folder; default $RAYFT_HOME/datasets/<name>")
-    format: Literal["auto", "messages", "prompt_completion", "parquet", "hf"] = "auto"
+    format: Literal["auto", "messages", "prompt_completion"] = Field(
+        "auto", description="record format (auto: told per record); the container comes from each file")
     split: SplitConfig = Field(default_factory=SplitConfig)
     seed: int = 0
     label_field: str | None = Field(None, description="record field holding the class label")
@@ -59,6 +60,14 @@ class DataConfig(Section):
     num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations")
     warn_min_class: int = Field(50, ge=0, description="warn when a class has fewer examples")
     warn_min_records: int = Field(200, ge=0, description="warn when the kept set is smaller")
+
+    @field_validator("format", mode="before")
+    @classmethod
+    def _record_format_not_container(cls, value):
+        if value in ("jsonl", "parquet", "hf", "arrow"):
+            raise ValueError(f"{value!r} is a container, not a record format: the container is always taken "
+                             "from each input's file name or folder; give auto, messages or prompt_completion")
+        return value
 
     @field_validator("label_regex")
     @classmethod
