@@ -22,7 +22,7 @@ from ray.data.expressions import col
 from rayft import storage
 from rayft.config import DataConfig
 from rayft.data import dedup, outputs, pii, sources, split
-from rayft.data.records import clean_batch
+from rayft.data.records import clean_batch, pii_found
 from rayft.runtime import ensure_ray
 
 STAGES = ["validate and scrub", "exact duplicates", "near duplicates", "split", "leakage", "write"]
@@ -158,12 +158,11 @@ def prepare_into(inputs: list[str], out_dir: Path, options: PrepareOptions, show
     accounted = sum(manifest_counts[k] for k in ("kept", "rejected", "duplicates_exact", "duplicates_near", "leaked"))
     if accounted != manifest_counts["input"]:
         raise RuntimeError(f"records lost: read {manifest_counts['input']}, accounted for {accounted}")
-    pii_counts = cleaned.sum([f"pii_{k}" for k in pii.PLACEHOLDERS]) or {}
     manifest = {
         "dataset_hash": dataset_hash,
         "counts": manifest_counts,
         "rejects_by_reason": {r: n for r, n in reasons.items() if r not in special},
-        "pii": {"mode": data.pii, "found": {k[len("sum(pii_"):-1]: int(v) for k, v in pii_counts.items() if v}},
+        "pii": {"mode": data.pii, "found": pii_found(cleaned)},
         "inputs": files,
         "config": data.model_dump(),
         "tokenizer": options.tokenizer,

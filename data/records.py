@@ -76,9 +76,6 @@ class CleanRecords:
             for kind, n in found.items():
                 counts[kind] = counts.get(kind, 0) + n
             scrubbed.append(message | {"content": content})
-        if counts and self.data.pii == "drop":
-            kinds = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
-            raise Reject("contains_pii", f"record contains PII ({kinds}) and data.pii is 'drop'")
         return scrubbed, counts
 
     def count_tokens(self, conversations: list[list[dict]]) -> list[int]:
@@ -93,7 +90,10 @@ class CleanRecords:
             record = decode_line(raw)
             messages = normalise(record, self.data.format)
             label = self.label_of(record, messages)
-            messages, row["pii"] = self.scrub_messages(messages)
+            messages, row["pii"] = self.scrub_messages(messages)  # counted even when the record is dropped
+            if row["pii"] and self.data.pii == "drop":
+                kinds = ", ".join(f"{n} {k}" for k, n in sorted(row["pii"].items()))
+                raise Reject("contains_pii", f"record contains PII ({kinds}) and data.pii is 'drop'")
             return row | {"messages": messages, "label": label, "reject": None}
         except Reject as reject:
             return row | {"messages": None, "label": "", "reject": reject}
@@ -124,8 +124,8 @@ class CleanRecords:
         }
         texts = [dedup_text(r["messages"]) if g else "" for g, r in zip(good, rows)]
         columns["minhash"] = signatures(texts, self.data.num_perm, self.data.seed)
-        for kind in pii.PLACEHOLDERS:
-            columns[f"pii_{kind}"] = [r["pii"].get(kind, 0) for r in rows]
+        # One JSON column, not one column per kind: an NER detector may report kinds of its own.
+        columns["pii"] = [json.dumps(r["pii"], sort_keys=True) if r["pii"] else "" for r in rows]
         return columns
 
 
@@ -139,3 +139,22 @@ def clean_batch(batch: dict[str, np.ndarray], data_json: str, tokenizer: str | N
     per worker process and kept, and Ray reuses its task processes: no dedicated actor processes to
     start, which on a small cluster cost more than the work (bench/RESULTS.md)."""
     return _cleaner(data_json, tokenizer)(batch)
+
+
+def _pii_totals(batch: dict[str, np.ndarray]) -> dict[str, list]:
+    totals: dict[str, int] = {}
+    for found in batch["pii"]:
+        for kind, n in (json.loads(found) if found else {}).items():
+            totals[kind] = totals.get(kind, 0) + n
+    return {"pii": [json.dumps(totals)]}
+
+
+def pii_found(cleaned) -> dict[str, int]:
+    """PII findings per type over all cleaned rows (kept, rejected or dropped for PII), summed per
+    block on the cluster; only one small total per block reaches the driver."""
+    totals: dict[str, int] = {}
+    blocks = cleaned.select_columns(["pii"]).map_batches(_pii_totals, batch_format="numpy", batch_size=None)
+    for row in blocks.iter_rows():
+        for kind, n in json.loads(row["pii"]).items():
+            totals[kind] = totals.get(kind, 0) + n
+    return dict(sorted(totals.items()))

@@ -72,9 +72,42 @@ def test_labels_from_a_field_a_json_path_or_a_regex():
 def test_pii_modes_scrub_drop_or_keep():
     line = chat_line("Mail me at mia.keller@example.org")
     scrubbed = clean([line])
-    assert scrubbed["status"] == ["ok"] and "<EMAIL>" in scrubbed["messages"][0] and scrubbed["pii_EMAIL"] == [1]
+    assert scrubbed["status"] == ["ok"] and "<EMAIL>" in scrubbed["messages"][0]
+    assert scrubbed["pii"] == ['{"EMAIL": 1}']
     dropped = clean([line], pii="drop")
     assert dropped["reason"] == ["contains_pii"] and "1 EMAIL" in dropped["message"][0]
+    assert dropped["pii"] == ['{"EMAIL": 1}']  # what a dropped record held is counted too
     assert "mia.keller" not in dropped["record"][0]  # the reject file gets the scrubbed copy
     kept = clean([line], pii="off")
-    assert "mia.keller@example.org" in kept["messages"][0] and kept["pii_EMAIL"] == [0]
+    assert "mia.keller@example.org" in kept["messages"][0] and kept["pii"] == [""]
+
+
+def test_report_names_what_was_done_with_pii(capsys):
+    from rayft.data.report import print_manifest
+
+    manifest = {"dataset_hash": "ab" * 32, "counts": {"input": 1, "rejected": 1},
+                "pii": {"mode": "drop", "found": {"EMAIL": 1, "NAME": 2}}}
+    print_manifest(manifest, "out")
+    assert "PII dropped" in capsys.readouterr().out
+
+
+def test_record_format_is_forced_and_the_container_comes_from_the_file(tmp_path):
+    import pandas as pd
+    from pydantic import ValidationError
+
+    from rayft.config import DataConfig
+    from rayft.data.sources import expand_inputs, file_records
+
+    pairs = [{"prompt": f"Q{i}?", "completion": f"A{i}."} for i in range(3)]
+    (tmp_path / "pc.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    pd.DataFrame(pairs).to_parquet(tmp_path / "pc.parquet")
+    for name in ("pc.jsonl", "pc.parquet"):
+        path = tmp_path / name
+        lines = [raw.decode() for _, raw in file_records(str(path), path.read_bytes())]
+        assert clean(lines, format="prompt_completion")["status"] == ["ok"] * 3, name
+        assert set(clean(lines, format="messages")["reason"]) == {"missing_messages"}, name
+    with pytest.raises(ValidationError, match="container"):
+        DataConfig(format="parquet")
+    (tmp_path / "notes.csv").write_text("a,b\n")
+    with pytest.raises(ValueError, match="notes.csv: unknown file type '.csv'"):
+        expand_inputs([str(tmp_path / "pc.jsonl"), str(tmp_path / "notes.csv")])
