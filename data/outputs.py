@@ -1,8 +1,8 @@
 """Writing a prepared dataset: the three splits, the reject file, stats, a token-length histogram.
 
 Splits are written in input order from a streaming iterator, so memory stays bounded, and the
-dataset hash is computed over exactly what is written: the same records and config give the same
-hash whatever the cluster size.
+dataset hash is computed over what is written (each split's rows in order: messages with their
+weights, and labels): the same records and config give the same hash whatever the cluster size.
 """
 
 from __future__ import annotations
@@ -44,6 +44,14 @@ def write_rejects(removed, path: Path) -> dict[str, int]:
     return dict(sorted(reasons.items()))
 
 
+def row_identity(messages_json: str, label: str | None) -> bytes:
+    """What a written row contributes to the dataset hash: its messages (roles, contents and
+    per-message weights, as validated) and its label. Provenance (source, line) is left out, so the
+    same records read from a renamed file are the same version, and so is n_tokens, which the
+    messages and the tokenizer determine."""
+    return f"{json.dumps(label)}\t{messages_json}\n".encode()
+
+
 def write_splits(assigned, out_dir: Path) -> tuple[dict[str, int], str, dict]:
     """Write train/val/test.parquet in input order (one pass); returns counts, the content hash and
     stats."""
@@ -55,11 +63,12 @@ def write_splits(assigned, out_dir: Path) -> tuple[dict[str, int], str, dict]:
     try:
         for batch in assigned.sort("order").iter_batches(batch_format="pandas", batch_size=4096):
             for name, part in batch.groupby("split"):
-                for text in part["messages"]:
-                    digests[name].update(text.encode() + b"\n")
+                labels_out = [None if x == NO_LABEL else x for x in part["label"]]
+                for text, label in zip(part["messages"], labels_out):
+                    digests[name].update(row_identity(text, label))
                 writers[name].write_table(pa.table({
                     "messages": pa.array([json.loads(m) for m in part["messages"]], MESSAGE_TYPE),
-                    "label": pa.array([None if x == NO_LABEL else x for x in part["label"]], pa.string()),
+                    "label": pa.array(labels_out, pa.string()),
                     "n_tokens": pa.array(part["n_tokens"], pa.int32()),
                     "source": pa.array(part["source"], pa.string()),
                     "line": pa.array(part["line"], pa.int64()),
