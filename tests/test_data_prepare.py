@@ -63,6 +63,11 @@ BAD_LINES = {
 }
 
 
+NAMED_LINES = {14, 28, 35, 42, 49, 56, 63, 70, 77, 84}
+WEIGHTED_LINE = 40
+RARE_SPLITS = {"train": range(500, 506), "test": range(506, 510)}
+
+
 @pytest.fixture(scope="module")
 def prepared(ray_cluster, tiny_model, tmp_path_factory):
     """One run over four inputs in four formats with every kind of problem planted."""
@@ -80,7 +85,11 @@ def prepared(ray_cluster, tiny_model, tmp_path_factory):
         else:
             kind = list(PII)[n % len(PII)] if n % 5 == 0 else None
             extra = f" contact {'https://' + PII[kind] + '@db.example.com' if kind == 'CREDENTIALS' else PII[kind]}" if kind else ""
-            lines.append(json.dumps(chat(n, extra=extra)))
+            extra += " from Alice Moreau" if n in NAMED_LINES else ""  # found by the NER hook only
+            record = chat(n, extra=extra)
+            if n == WEIGHTED_LINE:
+                record["messages"][2]["weight"] = 1
+            lines.append(json.dumps(record))
     chat_file = folder / "chat.jsonl"
     chat_file.write_bytes("\n".join(lines).encode() + b"\n" + b'{"messages": "\xff bad bytes"}\n')
     pc_file = folder / "pc.jsonl"
@@ -88,19 +97,31 @@ def prepared(ray_cluster, tiny_model, tmp_path_factory):
                                            "completion": chat(i)["messages"][2]["content"]}) + "\n"
                                for i in range(200, 230)) + '{"prompt": "only a prompt"}\n')
     parquet_file = folder / "more.parquet"
-    pd.DataFrame([chat(i) for i in range(300, 330)]).to_parquet(parquet_file)
-    from datasets import Dataset
+    pd.DataFrame([without_learning_the_question(chat(i)) for i in range(300, 330)]).to_parquet(parquet_file)
+    from datasets import Dataset, DatasetDict
 
     Dataset.from_list([chat(i) for i in range(400, 430)]).save_to_disk(str(folder / "hf"))
+    rare = {name: Dataset.from_list([chat(i, "warranty") for i in ids]) for name, ids in RARE_SPLITS.items()}
+    DatasetDict(rare).save_to_disk(str(folder / "splits_dict"))  # a rare class, under warn_min_class
     out = folder / "out"
-    options = PrepareOptions(DataConfig(label_regex=r"Category:\s*(\w+)", max_tokens=200), tokenizer=tiny_model)
-    manifest = prepare_dataset([str(chat_file), str(pc_file), str(parquet_file), str(folder / "hf")], out, options)
-    return {"manifest": manifest, "out": out, "files": (chat_file, pc_file, parquet_file, folder / "hf")}
+    config = DataConfig(label_regex=r"Category:\s*(\w+)", max_tokens=200, pii_detector="tests.pii_names:names")
+    files = (chat_file, pc_file, parquet_file, folder / "hf", folder / "splits_dict")
+    manifest = prepare_dataset([str(f) for f in files], out, PrepareOptions(config, tokenizer=tiny_model))
+    return {"manifest": manifest, "out": out, "files": files}
+
+
+def without_learning_the_question(record: dict) -> dict:
+    record["messages"][1]["weight"] = 0
+    return record
+
+
+def all_splits(out_dir) -> pd.DataFrame:
+    return pd.concat(pd.read_parquet(out_dir / f"{s}.parquet") for s in ("train", "val", "test"))
 
 
 def test_every_record_is_accounted_for(prepared):
     counts = prepared["manifest"]["counts"]
-    assert counts["input"] == 91 + 31 + 30 + 30
+    assert counts["input"] == 91 + 31 + 30 + 30 + 10
     parts = ("kept", "rejected", "duplicates_exact", "duplicates_near", "leaked")
     assert counts["input"] == sum(counts[k] for k in parts)
     assert counts["kept"] == counts["train"] + counts["val"] + counts["test"]
@@ -128,20 +149,45 @@ def test_planted_pii_never_reaches_an_output(prepared):
     for kind, value in PII.items():
         assert value not in text, kind
         assert f"<{kind}>" in text
-    assert set(prepared["manifest"]["pii"]["found"]) == set(PII)
+    found = prepared["manifest"]["pii"]["found"]
+    assert set(found) == set(PII) | {"NAME"}
+
+
+def test_ner_detector_findings_are_scrubbed_and_counted(prepared):
+    text = output_text(prepared["out"])
+    assert "Alice Moreau" not in text and text.count("<NAME>") == len(NAMED_LINES)
+    assert prepared["manifest"]["pii"]["found"]["NAME"] == len(NAMED_LINES)
 
 
 def test_all_formats_are_normalised_to_messages(prepared):
-    _, pc_file, parquet_file, hf = map(str, prepared["files"])
-    frames = pd.concat(pd.read_parquet(prepared["out"] / f"{s}.parquet") for s in ("train", "val", "test"))
+    _, pc_file, parquet_file, hf, splits_dict = map(str, prepared["files"])
+    frames = all_splits(prepared["out"])
     for source, expected in ((pc_file, 30), (parquet_file, 30)):
         rows = frames[frames["source"] == source]
         assert len(rows) == expected
         assert all([m["role"] for m in ms][-1] == "assistant" for ms in rows["messages"])
-    hf_rows = frames[frames["source"].str.startswith(hf)]
+    hf_rows = frames[frames["source"].str.startswith(hf + "/")]
     assert sorted(hf_rows["line"]) == list(range(1, 31))  # HF rows keep their row numbers
+    for name, ids in RARE_SPLITS.items():  # every split of a DatasetDict, its rows named by split
+        rows = frames[frames["source"].str.startswith(f"{splits_dict}/{name}/")]
+        assert sorted(rows["line"]) == list(range(1, len(ids) + 1)), name
     assert (prepared["out"] / "token_lengths.png").stat().st_size > 1000
-    assert any("records kept" in w for w in prepared["manifest"]["warnings"])  # under 200 records
+
+
+def test_per_message_weights_reach_the_splits(prepared):
+    chat_file, _, parquet_file = map(str, prepared["files"][:3])
+    frames = all_splits(prepared["out"])
+    for messages in frames[frames["source"] == parquet_file]["messages"]:
+        assert [m["weight"] for m in messages] == [None, 0, None]
+    weighted = frames[(frames["source"] == chat_file) & (frames["line"] == WEIGHTED_LINE)]["messages"].iloc[0]
+    assert [m["weight"] for m in weighted] == [None, None, 1]
+
+
+def test_small_sets_and_rare_classes_are_warned_about(prepared):
+    warnings = prepared["manifest"]["warnings"]
+    assert any("records kept" in w for w in warnings)  # under 200 records
+    rare = sum(len(ids) for ids in RARE_SPLITS.values())
+    assert [w for w in warnings if w.startswith("class")] == [f"class 'warranty' has only {rare} examples (fewer than 50)"]
 
 
 def test_split_is_stratified_within_one_record_per_class(prepared):
@@ -158,10 +204,11 @@ def test_leakage_check_drops_eval_records_that_copy_training_ones(ray_cluster, t
         copy = json.loads(json.dumps(records[i]))
         copy["messages"][1]["content"] += " again"
         records.append(copy)
-    source = tmp_path / "leaky.jsonl"
-    source.write_text("".join(json.dumps(r) + "\n" for r in records))
-    config = DataConfig(near_dup_threshold=None, leak_threshold=0.8)
+    source = tmp_path / "leaky.parquet"  # read as Parquet although the record format is forced
+    pd.DataFrame(records).to_parquet(source)
+    config = DataConfig(near_dup_threshold=None, leak_threshold=0.8, format="messages")
     manifest = prepare_dataset([str(source)], tmp_path / "out", PrepareOptions(config))
+    assert manifest["counts"]["rejected"] == 0
     assert manifest["counts"]["leaked"] > 0 and manifest["counts"]["duplicates_near"] == 0
     splits = {s: pd.read_parquet(tmp_path / "out" / f"{s}.parquet") for s in ("train", "val", "test")}
     train = [set(shingles(dedup_text(list(m)))) for m in splits["train"]["messages"]]
@@ -172,13 +219,20 @@ def test_leakage_check_drops_eval_records_that_copy_training_ones(ray_cluster, t
 
 
 def test_dataset_hash_is_a_content_version(ray_cluster, tmp_path):
-    lines = [json.dumps(chat(i)) for i in range(30)]
-    for name, content in (("a", lines), ("b", lines), ("c", lines[:-1] + [json.dumps(chat(99))])):
-        (tmp_path / f"{name}.jsonl").write_text("\n".join(content) + "\n")
-    hashes = {name: prepare_dataset([str(tmp_path / f"{name}.jsonl")], tmp_path / name)["dataset_hash"]
-              for name in ("a", "b", "c")}
+    records = [chat(i) | {"topic": CATEGORIES[i % 3]} for i in range(30)]
+    relabelled = json.loads(json.dumps(records))
+    relabelled[5]["topic"] = "refund" if records[5]["topic"] != "refund" else "billing"
+    reweighted = json.loads(json.dumps(records))
+    reweighted[7]["messages"][1]["weight"] = 0
+    variants = {"a": records, "b": records, "label": relabelled, "weight": reweighted}
+    for name, content in variants.items():
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in content))
+    options = PrepareOptions(DataConfig(label_field="topic"))
+    hashes = {name: prepare_dataset([str(tmp_path / f"{name}.jsonl")], tmp_path / name, options)["dataset_hash"]
+              for name in variants}
     assert hashes["a"] == hashes["b"]  # same records and config: same version
-    assert hashes["c"] != hashes["a"]  # one record changed: a new version
+    assert hashes["label"] != hashes["a"]  # only one record's label changed: a new version
+    assert hashes["weight"] != hashes["a"]  # only one message's weight changed: a new version
 
 
 def test_cli_prints_counts_and_writes_outputs(ray_cluster, tickets_file, tmp_path, capsys):
