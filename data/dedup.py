@@ -5,16 +5,16 @@
 2. Each signature is cut into `bands` bands; every (band, band values) pair becomes a hash key.
    Records that share a key are candidates. Band rows are grouped in Ray Data by a coarse
    partition of the key (so each group holds whole buckets and the per-bucket work is vectorised
-   pandas), so it runs on the cluster; only candidate pairs and their records reach the driver.
+   pandas), so it runs on the cluster.
+3. Candidates are verified by their exact Jaccard similarity (3-gram sets of the two texts), also
+   on the cluster: a join of the pairs with the records' text, written as two groupbys (see
+   `verified_pairs`). Only the verified edges reach the driver, where union-find joins them: in
+   each group of near duplicates the first record (input order) is kept.
+
 Exact duplicates (same normalised text) are found the same way, grouped by a partition of the
-text hash. Near-duplicate candidates:
-
-3. Candidates are verified by their exact Jaccard similarity (3-gram sets of the two texts), then
-   joined with union-find: in each group of near duplicates the first record (input order) is kept.
-
-The band layout keeps a pair at exactly the threshold a candidate with probability >= 0.95 and,
-within that, minimises the false-candidate area below the threshold (the integral criterion
-datasketch uses to choose its LSH parameters).
+text hash. The band layout keeps a pair at exactly the threshold a candidate with probability
+>= 0.95 and, within that, minimises the false-candidate area below the threshold (the integral
+criterion datasketch uses to choose its LSH parameters).
 """
 
 from __future__ import annotations
@@ -148,9 +148,10 @@ def partition_pairs(rows: pd.DataFrame, across_groups: bool) -> pd.DataFrame:
     return pairs.astype("int64").drop_duplicates()
 
 
-def candidate_pairs(signed, threshold: float, num_perm: int, across_groups: bool, salt: int) -> np.ndarray:
-    """Distinct candidate pairs (a, b) from records with `order` and `minhash` columns (and `split`
-    when pairs must cross from 'train' to the other splits)."""
+def candidate_pairs(signed, threshold: float, num_perm: int, across_groups: bool, salt: int):
+    """Candidate pairs (a, b) from records with `order` and `minhash` columns (and `split` when
+    pairs must cross from 'train' to the other splits), as a materialized Ray Dataset: a pair
+    sharing several buckets may appear more than once."""
     bands, rows = lsh_layout(threshold, num_perm)
     partitions = shuffle_partitions()
     columns = ["order", "minhash"] + (["split"] if across_groups else [])
@@ -158,37 +159,75 @@ def candidate_pairs(signed, threshold: float, num_perm: int, across_groups: bool
         to_band_rows, fn_kwargs={"bands": bands, "rows": rows, "salt": salt, "partitions": partitions},
         batch_format="numpy",
     )
-    pairs = buckets.groupby("partition").map_groups(
+    return buckets.groupby("partition").map_groups(
         partition_pairs, batch_format="pandas", fn_kwargs={"across_groups": across_groups}
-    )
-    frames = [f for f in pairs.iter_batches(batch_format="pandas", batch_size=None) if len(f)]
-    if not frames:
-        return np.empty((0, 2), dtype=np.int64)
-    return np.unique(pd.concat(frames)[["a", "b"]].to_numpy(dtype=np.int64), axis=0)
+    ).materialize()
 
 
 def jaccard(a: set, b: set) -> float:
     return len(a & b) / len(a | b) if a or b else 1.0
 
 
-def verified_pairs(rows, pairs: np.ndarray, threshold: float) -> list[tuple[int, int, float]]:
+def _endpoint_requests(pairs: pd.DataFrame, partitions: int) -> pd.DataFrame:
+    """Each pair (a, b) as two requests for a record's text, keyed by that record's partition."""
+    a, b = pairs["a"].to_numpy(np.int64), pairs["b"].to_numpy(np.int64)
+    order = np.concatenate([a, b])
+    return pd.DataFrame({"key": order % partitions, "order": order, "a": np.tile(a, 2), "b": np.tile(b, 2),
+                         "messages": ""})
+
+
+def _record_rows(records: pd.DataFrame, partitions: int) -> pd.DataFrame:
+    order = records["order"].to_numpy(np.int64)
+    return pd.DataFrame({"key": order % partitions, "order": order, "a": -1, "b": -1,
+                         "messages": records["messages"].to_numpy(object)})
+
+
+def _attach_texts(group: pd.DataFrame, partitions: int) -> pd.DataFrame:
+    """One order partition: each distinct request gets its record's compared text, keyed for the
+    next step by its pair's partition (so both ends of a pair meet there)."""
+    records = group[group["a"] < 0].set_index("order")["messages"]
+    requests = group[group["a"] >= 0].drop_duplicates(["order", "a", "b"])
+    texts = [dedup_text(json.loads(records[o])) for o in requests["order"]]
+    a = requests["a"].to_numpy(np.int64)
+    return pd.DataFrame({"key": a % partitions, "order": requests["order"].to_numpy(np.int64), "a": a,
+                         "b": requests["b"].to_numpy(np.int64), "text": texts})
+
+
+def _similar_pairs(group: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    """One pair partition: both ends of each pair side by side, their exact Jaccard similarity, and
+    the pairs that reach `threshold`."""
+    ends = [group[group["order"] == group[side]] for side in ("a", "b")]
+    both = ends[0].merge(ends[1], on=["a", "b"], suffixes=("_a", "_b"))
+    similarity = np.array([jaccard(set(shingles(x)), set(shingles(y))) for x, y in zip(both["text_a"], both["text_b"])],
+                          dtype=np.float64)
+    keep = similarity >= threshold
+    return pd.DataFrame({"a": both["a"][keep], "b": both["b"][keep], "similarity": similarity[keep]})
+
+
+def verified_pairs(rows, pairs, threshold: float) -> list[tuple[int, int, float]]:
     """Candidate pairs whose Jaccard similarity reaches `threshold`, with the similarity. It is
     computed exactly from the two records' 3-gram sets, not estimated from the signatures: at 128
     permutations the estimate's standard error is ~0.035, which near the threshold both misses true
-    duplicates and removes records that are not (bench/RESULTS.md)."""
-    from ray.data.expressions import col
+    duplicates and removes records that are not (bench/RESULTS.md).
 
-    if len(pairs) == 0:
+    The verification runs on the cluster as a join written as two groupbys: the candidate pairs'
+    ends meet their records' `messages` in a groupby on a partition of the record's order, then both
+    ends of each pair meet in a groupby on a partition of the pair. Only the verified edges reach
+    the driver."""
+    if pairs.count() == 0:
         return []
-    involved = np.unique(pairs).tolist()
-    texts = rows.filter(expr=col("order").is_in(involved)).select_columns(["order", "messages"]).to_pandas()
-    grams = {int(o): set(shingles(dedup_text(json.loads(m)))) for o, m in zip(texts["order"], texts["messages"])}
-    out = []
-    for a, b in pairs.tolist():
-        similarity = jaccard(grams[a], grams[b])
-        if similarity >= threshold:
-            out.append((a, b, similarity))
-    return out
+    partitions = shuffle_partitions()
+    requests = pairs.map_batches(_endpoint_requests, fn_kwargs={"partitions": partitions}, batch_format="pandas")
+    records = rows.select_columns(["order", "messages"]).map_batches(
+        _record_rows, fn_kwargs={"partitions": partitions}, batch_format="pandas")
+    ends = records.union(requests).groupby("key").map_groups(
+        _attach_texts, fn_kwargs={"partitions": partitions}, batch_format="pandas")
+    similar = ends.groupby("key").map_groups(_similar_pairs, fn_kwargs={"threshold": threshold}, batch_format="pandas")
+    frames = [f for f in similar.iter_batches(batch_format="pandas", batch_size=None) if len(f)]
+    if not frames:
+        return []
+    edges = pd.concat(frames).sort_values(["a", "b"])
+    return list(zip(edges["a"].tolist(), edges["b"].tolist(), edges["similarity"].tolist()))
 
 
 def keep_first(edges: list[tuple[int, int, float]]) -> dict[int, tuple[int, float]]:

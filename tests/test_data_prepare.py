@@ -9,7 +9,7 @@ import pytest
 
 from rayft.config import DataConfig
 from rayft.data.dedup import dedup_text, shingles
-from rayft.data.prepare import PrepareOptions, prepare_dataset
+from rayft.data.prepare import PrepareOptions, prepare_dataset, shuffles_as_tasks
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 
@@ -247,7 +247,6 @@ def test_cli_prints_counts_and_writes_outputs(ray_cluster, tickets_file, tmp_pat
 
 
 def test_near_duplicate_candidates_are_verified_by_exact_jaccard(ray_cluster):
-    import numpy as np
     import ray
 
     from rayft.data.dedup import jaccard, verified_pairs
@@ -259,5 +258,6 @@ def test_near_duplicate_candidates_are_verified_by_exact_jaccard(ray_cluster):
     grams = {o: set(shingles(" ".join(v) + "\nok")) for o, v in variants.items()}
     exact = {pair: jaccard(grams[pair[0]], grams[pair[1]]) for pair in ((1, 2), (1, 3))}
     assert exact[(1, 2)] > 0.8 > exact[(1, 3)]  # one word changed; three words changed
-    found = verified_pairs(ray.data.from_pandas(rows), np.array([[1, 2], [1, 3]]), 0.8)
-    assert found == [(1, 2, exact[(1, 2)])]
+    pairs = ray.data.from_pandas(pd.DataFrame({"a": [1, 1, 1], "b": [2, 3, 2]}))  # (1, 2) from two buckets
+    with shuffles_as_tasks():  # as in the pipeline
+        assert verified_pairs(ray.data.from_pandas(rows), pairs, 0.8) == [(1, 2, exact[(1, 2)])]
