@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import re
 import tempfile
 import time
 from pathlib import Path
@@ -84,12 +83,14 @@ def planted_pii(rng: random.Random) -> tuple[str, str]:
 def generate(n: int, seed: int = 0, dup_rate: float = 0.05, near_rate: float = 0.05, pii_rate: float = 0.1):
     rng = random.Random(seed)
     vocab = [f"w{i}" for i in range(20000)]
-    records, truth = [], {"exact": [], "near": [], "pii": []}
+    records, truth = [], {"exact": [], "near": [], "pii": [], "copied_from": []}
     while len(records) < n:
         r = rng.random()
         if records and r < dup_rate:
+            source = rng.randrange(len(records))
             truth["exact"].append(len(records))
-            records.append(json.loads(json.dumps(rng.choice(records))))
+            truth["copied_from"].append(source)
+            records.append(json.loads(json.dumps(records[source])))
             continue
         if records and r < dup_rate + near_rate:
             source = rng.randrange(len(records))
@@ -99,14 +100,16 @@ def generate(n: int, seed: int = 0, dup_rate: float = 0.05, near_rate: float = 0
                 words[rng.randrange(len(words))] = rng.choice(vocab)
             copy["messages"][0]["content"] = " ".join(words)
             truth["near"].append((len(records), source))
+            truth["copied_from"].append(source)
             records.append(copy)
             continue
         user = " ".join(rng.choice(vocab) for _ in range(40))
         if rng.random() < pii_rate:
             kind, value = planted_pii(rng)
             user = f"{user} contact {value} thanks"
-            truth["pii"].append((kind, value if kind != "url" else value.split("//")[1].split("@")[0]))
+            truth["pii"].append((kind, value if kind != "url" else value.split("//")[1].split("@")[0], len(records)))
         answer = " ".join(rng.choice(vocab) for _ in range(15))
+        truth["copied_from"].append(None)
         records.append({"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]})
     return records, truth
 
@@ -114,6 +117,32 @@ def generate(n: int, seed: int = 0, dup_rate: float = 0.05, near_rate: float = 0
 def jaccard(a: dict, b: dict) -> float:
     sa, sb = set(shingles(dedup_text(a["messages"]))), set(shingles(dedup_text(b["messages"])))
     return len(sa & sb) / len(sa | sb)
+
+
+def leaked_pii(truth: dict, out: Path) -> list[tuple[str, str]]:
+    """Planted PII values found in an output: each value is looked for in the output rows (split
+    rows' contents, whole reject lines) of the record it was planted in and of that record's copies,
+    the only rows it can be in (searching all output text for each of ~9,000 values took minutes)."""
+    texts: dict[int, list[str]] = {}
+    for name in ("train", "val", "test"):
+        frame = pd.read_parquet(out / f"{name}.parquet")
+        for line, messages in zip(frame["line"], frame["messages"]):
+            texts.setdefault(int(line) - 1, []).append(" ".join(m["content"] for m in messages))
+    for raw in (out / "rejects.jsonl").read_text().splitlines():
+        texts.setdefault(json.loads(raw)["line"] - 1, []).append(raw)
+    copies: dict[int, list[int]] = {}
+    for index, source in enumerate(truth["copied_from"]):
+        if source is not None:
+            copies.setdefault(source, []).append(index)
+    leaked = []
+    for kind, value, index in truth["pii"]:
+        family, todo = [], [index]
+        while todo:
+            family.append(todo.pop())
+            todo += copies.get(family[-1], [])
+        if any(value in text for i in family for text in texts.get(i, [])):
+            leaked.append((kind, value))
+    return leaked
 
 
 def main() -> None:
@@ -142,10 +171,7 @@ def main() -> None:
     near_removed = [r for r in removed.values() if r["reason"] == "duplicate_near"]
     near_true = sum(jaccard(records[r["line"] - 1], records[r["duplicate_of"]["line"] - 1]) >= threshold
                     for r in near_removed)
-    texts = "\n".join(pd.concat([pd.read_parquet(work / "out" / f"{s}.parquet") for s in ("train", "val", "test")])
-                      ["messages"].map(lambda ms: " ".join(m["content"] for m in ms)))
-    texts += (work / "out" / "rejects.jsonl").read_text()
-    leaked_pii = [(k, v) for k, v in truth["pii"] if v in texts]
+    leaked = leaked_pii(truth, work / "out")
     result = {
         "records": args.records,
         "tokenizer": args.tokenizer,
@@ -160,8 +186,8 @@ def main() -> None:
         "near_dup_recall_hard_band": sum(i in removed for i, _ in hard_band) / max(1, len(hard_band)),
         "near_dup_hard_band": len(hard_band),
         "near_dup_precision": near_true / max(1, len(near_removed)),
-        "pii_recall": 1 - len(leaked_pii) / max(1, len(truth["pii"])),
-        "pii_missed_examples": leaked_pii[:5],
+        "pii_recall": 1 - len(leaked) / max(1, len(truth["pii"])),
+        "pii_missed_examples": leaked[:5],
         "pii_found": manifest["pii"]["found"],
     }
     print(json.dumps(result, indent=2))
