@@ -94,17 +94,19 @@ def drop_orders(rows, orders: dict):
 def prepare_dataset(inputs: list[str], out_dir: str | Path, options: PrepareOptions | None = None,
                     show_progress: bool = True) -> dict:
     """Prepare `inputs` into `out_dir`, a folder or an `s3://` / `gs://` URI (written locally, then
-    uploaded); returns the manifest (also written as manifest.json)."""
+    uploaded); returns the manifest (also written as manifest.json). Bad inputs and a bad PII
+    detector are refused before anything is written."""
+    options = options or PrepareOptions()
+    pii.load_detector(options.data.pii_detector)
+    files = sources.expand_inputs(inputs)
     with storage.writable_dir(out_dir) as local:
-        return prepare_into(inputs, local, options or PrepareOptions(), show_progress)
+        return prepare_into(files, local, options, show_progress)
 
 
-def prepare_into(inputs: list[str], out_dir: Path, options: PrepareOptions, show_progress: bool) -> dict:
-    """The pipeline of `prepare_dataset`, writing into a local folder."""
+def prepare_into(files: list[str], out_dir: Path, options: PrepareOptions, show_progress: bool) -> dict:
+    """The pipeline of `prepare_dataset` over expanded input files, writing into a local folder."""
     # setup
     data = options.data
-    pii.load_detector(data.pii_detector)  # a bad detector name fails before any work
-    files = sources.expand_inputs(inputs)
     ensure_ray()
 
     # run

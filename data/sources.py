@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from rayft.config import ConfigError
+
 # Records per block after reading. A file is read as one block, and one block is one task for every
 # step after it: blocks of this size spread a big file over the cluster's cores while keeping the
 # per-task overhead small.
@@ -29,7 +31,7 @@ def file_format(path: Path) -> str:
     try:
         return CONTAINERS[path.suffix.lower()]
     except KeyError:
-        raise ValueError(f"input {path}: unknown file type {path.suffix or '(none)'!r}; expected "
+        raise ConfigError(f"input {path}: unknown file type {path.suffix or '(none)'!r}; expected "
                          f"{', '.join(CONTAINERS)} or a folder of them (HF datasets folders too)") from None
 
 
@@ -47,7 +49,7 @@ def folder_files(path: Path) -> list[Path]:
 
 def expand_inputs(inputs: list[str]) -> list[str]:
     """Input paths as absolute file paths (folders become their data files, see `folder_files`).
-    Raises FileNotFoundError naming the first missing input or empty folder, ValueError naming a
+    Raises FileNotFoundError naming the first missing input or empty folder, ConfigError naming a
     file of unknown type."""
     if not inputs:
         raise FileNotFoundError("no input files given")

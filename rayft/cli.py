@@ -12,7 +12,7 @@ import sys
 
 from rayft.cluster.client import ClusterError
 from rayft.cluster.submit import STAGE_COMMANDS
-from rayft.config import ConfigError, DataConfig, load_config
+from rayft.config import ConfigError, DataConfig, load_config, parse_data_config
 from rayft.registry import Registry, RegistryError
 
 
@@ -46,7 +46,7 @@ def cmd_data_prepare(args) -> int:
         "seed": args.seed, "label_field": args.label_field, "label_regex": args.label_regex, "format": args.format,
         "label_json": args.label_json,
     }.items() if v is not None}
-    data = DataConfig.model_validate(data.model_dump() | overrides)
+    data = parse_data_config(data.model_dump() | overrides, "rayft data prepare")
     inputs = args.inputs or data.inputs
     out = args.out or (str(config.dataset_dir()) if config else None)
     if not out:
@@ -235,7 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--out", help="output folder (default: the config's dataset folder)")
     prepare.add_argument("--config", help="a rayft config; its data section and model tokenizer are used")
     prepare.add_argument("--tokenizer", help="tokenizer (model folder or hub id) for token limits and stats")
-    prepare.add_argument("--format", choices=["auto", "messages", "prompt_completion", "parquet", "hf"])
+    prepare.add_argument("--format", choices=["auto", "messages", "prompt_completion"],
+                         help="record format (default auto: told per record); the container comes from each file")
     prepare.add_argument("--label-field")
     prepare.add_argument("--label-regex")
     prepare.add_argument("--label-json", help="dotted path into the last assistant turn parsed as JSON")

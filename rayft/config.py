@@ -326,6 +326,15 @@ def parse_config(data: dict, source: str = "<config>") -> RayftConfig:
         raise ConfigError(_format_errors(source, error)) from None
 
 
+def parse_data_config(data: dict, source: str) -> DataConfig:
+    """Validate a data section alone (`rayft data prepare` without a config file, or with flags
+    over one); raises ConfigError naming `source` and each bad field."""
+    try:
+        return DataConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_format_errors(source, error)) from None
+
+
 def load_config(path: str | Path) -> RayftConfig:
     """Read and validate a YAML config file."""
     path = Path(path)
