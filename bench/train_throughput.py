@@ -1,6 +1,6 @@
 """Benchmark training throughput on this machine's CPU, every ratio measured side by side in one run.
 
-Run: `.venv/bin/python bench/train_throughput.py [--size bench] [--steps 14]` (JSON on stdout;
+Run: `.venv/bin/python bench/train_throughput.py [--size bench] [--steps 14] [--parts a,b,c]` (JSON on stdout;
 record it in bench/RESULTS.md). Both parts use a tiny Llama built offline (`rayft.tiny`, size
 `bench`: hidden 512, 8 layers, 8 heads, ~27M parameters) in fp32.
 
@@ -10,10 +10,16 @@ record it in bench/RESULTS.md). Both parts use a tiny Llama built offline (`rayf
     Reported: real (non-padding) tokens per second of each, and the ratio (goal >= 2x).
 (b) overhead: `rayft train` with one worker (Ray Train + DeepSpeed ZeRO-2, Ray Data shard) against
     a plain single-process torch loop on the same model, data, batch, optimizer, schedule and
-    step count. Every example is truncated to the same length, so every step carries the same
-    tokens and step times compare directly. Reported: steady-state tokens/s of each (the first
-    WARMUP steps of each left out) and the ratio (goal >= 0.9x), plus each side's wall time
-    (rayft's includes worker start-up, tokenizing on Ray Data, the checkpoint and the export).
+    step count, run before and after it (A-B-A, Ray stopped for both). Every example is truncated
+    to the same length, so every step carries the same tokens and step times compare directly.
+    Reported: steady-state tokens/s of each (the first WARMUP steps of each left out), the ratio
+    of rayft to the plain runs' mean (goal >= 0.9x), and each side's wall time (rayft's includes
+    worker start-up, tokenizing on Ray Data, the checkpoint and the export).
+(c) DeepSpeed alone: the plain step against a step through rayft's own DeepSpeed engine
+    (`build_engine`, ZeRO-2, world size 1 on gloo, no Ray), in one process, alternating rounds of
+    ROUND steps, so the machine's drift hits both alike. Reported: median step seconds of each
+    phase (forward, backward, optimizer step) and the ratio of total step times. Together with
+    (b) it tells DeepSpeed's share of the overhead from Ray's.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from rayft.training.worker import to_model_inputs
 
 THREADS = 2  # the machine's cores; the rayft worker gets the same through cpus_per_worker
 WARMUP = 2
+ROUND = 4  # steps per side per round in part (c)
 
 
 def load(model_dir: Path, method: str = "full"):
@@ -154,15 +161,85 @@ def rayft_run(model_dir: Path, dataset: Path, method: str, steps: int, batch: in
 
 
 def bench_overhead(model_dir: Path, work: Path, method: str, steps: int) -> dict:
+    """Plain loop, rayft, plain loop again (A-B-A): this machine's speed drifts by 10-20% within
+    minutes (shared cores), so rayft is compared with the mean of the plain runs on either side.
+    Both plain runs see no Ray processes: Ray's own daemons count against rayft."""
+    import ray
+
     from rayft.runtime import ensure_ray
 
     batch, max_seq_len, lr = 8, 256, 1e-4
     dataset = uniform_dataset(work / "uniform", steps * batch)
-    plain = plain_loop(model_dir, dataset, method, steps, batch, max_seq_len, lr)
+    before = plain_loop(model_dir, dataset, method, steps, batch, max_seq_len, lr)
     ensure_ray()  # started outside the timed run, as a cluster would be
     ours = rayft_run(model_dir, dataset, method, steps, batch, max_seq_len, lr)
-    return {"method": method, "steps": steps, "batch": batch, "max_seq_len": max_seq_len, "plain": plain,
-            "rayft": ours, "ratio": round(ours["tokens_per_s"] / plain["tokens_per_s"], 3)}
+    ray.shutdown()
+    after = plain_loop(model_dir, dataset, method, steps, batch, max_seq_len, lr)
+    plain = (before["tokens_per_s"] + after["tokens_per_s"]) / 2
+    return {"method": method, "steps": steps, "batch": batch, "max_seq_len": max_seq_len,
+            "plain_before": before, "rayft": ours, "plain_after": after,
+            "ratio": round(ours["tokens_per_s"] / plain, 3)}
+
+
+def phase_times(forward, backward, step, batch) -> tuple[float, float, float]:
+    started = time.perf_counter()
+    loss = forward(**to_model_inputs(batch)).loss
+    forwarded = time.perf_counter()
+    backward(loss)
+    backwarded = time.perf_counter()
+    step()
+    return forwarded - started, backwarded - forwarded, time.perf_counter() - backwarded
+
+
+def plain_stepper(model_dir: Path, method: str, lr: float):
+    model = load(model_dir, method)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+
+    def step() -> None:
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return lambda batch: phase_times(model, lambda loss: loss.backward(), step, batch)
+
+
+def deepspeed_stepper(model_dir: Path, method: str, lr: float, micro: int):
+    from rayft.config import TrainConfig
+    from rayft.training.deepspeed_config import deepspeed_config
+    from rayft.training.model import build_engine
+
+    train = TrainConfig.model_validate({"method": method, "learning_rate": lr, "deepspeed": {"zero_stage": 2},
+                                        "lora": {"r": 16, "alpha": 32, "dropout": 0.0}})
+    engine, _ = build_engine(load(model_dir, method), train, deepspeed_config(train, micro, False), lr, 0, 1000)
+    return lambda batch: phase_times(engine, engine.backward, engine.step, batch)
+
+
+def bench_deepspeed(model_dir: Path, work: Path, method: str, rounds: int) -> dict:
+    """Part (c): plain and DeepSpeed steps alternating in one process (gloo, world size 1, set up
+    once by `main`)."""
+    import statistics
+
+    from transformers import AutoTokenizer
+
+    batch, max_seq_len, lr = 8, 256, 1e-4
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    dataset = uniform_dataset(work / "uniform-c", ROUND * batch)
+    examples = [tokenize_conversation(tokenizer, [dict(m) for m in c], max_seq_len)
+                for c in pd.read_parquet(dataset / "train.parquet")["messages"]]
+    batches = [pad_batch(examples[i * batch : (i + 1) * batch], tokenizer.pad_token_id) for i in range(ROUND)]
+    torch.manual_seed(0)
+    sides = {"plain": plain_stepper(model_dir, method, lr), "deepspeed": deepspeed_stepper(model_dir, method, lr, batch)}
+    times: dict[str, list] = {name: [] for name in sides}
+    for _ in range(rounds + 1):  # the first round warms both up and is left out
+        for name, run in sides.items():
+            times[name].append([run(b) for b in batches])
+    medians = {name: [statistics.median(t[i] for r in rounds_[1:] for t in r) for i in range(3)]
+               for name, rounds_ in times.items()}
+    return {"method": method, "rounds": rounds, "steps_per_round": ROUND,
+            "median_s": {name: dict(zip(("forward", "backward", "step"), (round(v, 3) for v in m)))
+                         for name, m in medians.items()},
+            "ratio": round(sum(medians["plain"]) / sum(medians["deepspeed"]), 3)}
 
 
 def main() -> None:
@@ -170,7 +247,9 @@ def main() -> None:
     parser.add_argument("--size", default="bench", choices=["small", "bench"])
     parser.add_argument("--steps", type=int, default=14, help="optimizer steps per side in part (b)")
     parser.add_argument("--examples", type=int, default=192, help="examples in part (a)")
-    parser.add_argument("--methods", default="lora,full", help="part (b) methods, comma-separated")
+    parser.add_argument("--methods", default="lora,full", help="part (b) and (c) methods, comma-separated")
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds per side in part (c)")
+    parser.add_argument("--parts", default="a,b,c", help="which parts to run, comma-separated")
     args = parser.parse_args()
     torch.set_num_threads(THREADS)
     work = Path(tempfile.mkdtemp(prefix="rayft-bench-train-"))
@@ -179,10 +258,20 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    result = {"model": args.size, "threads": THREADS,
-              "packing": bench_packing(model_dir, args.examples, 8, 512, tokenizer.pad_token_id, len(tokenizer))}
-    print(json.dumps(result["packing"]), flush=True)
-    result["overhead"] = [bench_overhead(model_dir, work, m, args.steps) for m in args.methods.split(",")]
+    parts, methods = args.parts.split(","), args.methods.split(",")
+    result = {"model": args.size, "threads": THREADS}
+    if "a" in parts:
+        result["packing"] = bench_packing(model_dir, args.examples, 8, 512, tokenizer.pad_token_id, len(tokenizer))
+        print(json.dumps(result["packing"]), flush=True)
+    if "b" in parts:
+        result["overhead"] = [bench_overhead(model_dir, work, m, args.steps) for m in methods]
+    if "c" in parts:
+        import torch.distributed as dist
+
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29531", RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+        dist.init_process_group("gloo")
+        result["deepspeed_alone"] = [bench_deepspeed(model_dir, work, m, args.rounds) for m in methods]
+        dist.destroy_process_group()
     print(json.dumps(result, indent=2))
 
 
