@@ -25,7 +25,6 @@ SPLIT_SCHEMA = pa.schema([
     ("source", pa.string()),
     ("line", pa.int64()),
 ])
-REJECT_COLUMNS = ["order", "source", "line", "reason", "message", "record", "duplicate_of", "similarity"]
 
 
 def write_rejects(removed, path: Path) -> dict[str, int]:
@@ -98,9 +97,12 @@ def length_stats(lengths: list[int]) -> dict:
     }
 
 
-def warnings_for(counts: dict, stats: dict, min_class: int, min_records: int) -> list[str]:
+def warnings_for(counts: dict, stats: dict, min_class: int, min_records: int, tokenizer: str | None) -> list[str]:
     """Data-quality warnings a person should read before training."""
     warnings = []
+    if tokenizer is None:
+        warnings.append("no tokenizer given (--tokenizer, or a config's model.base): token lengths and max_tokens "
+                        "count whitespace-separated words, not the model's tokens")
     if counts["kept"] < min_records:
         warnings.append(f"only {counts['kept']} records kept; fine-tuning usually needs {min_records} or more")
     totals: dict[str, int] = {}

@@ -169,7 +169,8 @@ def prepare_into(files: list[str], out_dir: Path, options: PrepareOptions, show_
         "config": data.model_dump(),
         "tokenizer": options.tokenizer,
         "stats": stats,
-        "warnings": outputs.warnings_for(manifest_counts, stats, data.warn_min_class, data.warn_min_records),
+        "warnings": outputs.warnings_for(manifest_counts, stats, data.warn_min_class, data.warn_min_records,
+                                         options.tokenizer),
     }
     outputs.plot_token_lengths(lengths, out_dir / "token_lengths.png", data.max_tokens)
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")

@@ -13,7 +13,7 @@ import sys
 from rayft.cluster.client import ClusterError
 from rayft.cluster.submit import STAGE_COMMANDS
 from rayft.config import ConfigError, DataConfig, load_config, parse_data_config
-from rayft.registry import Registry, RegistryError
+from rayft.registry import Registry, RegistryError, resolve_model_path
 
 
 def cmd_model_tiny(args) -> int:
@@ -51,7 +51,8 @@ def cmd_data_prepare(args) -> int:
     out = args.out or (str(config.dataset_dir()) if config else None)
     if not out:
         raise ConfigError("data prepare: give --out DIR or a config with data.out")
-    tokenizer = args.tokenizer or (config.model.base if config else None)
+    # The config's base may be `registry:NAME`; its tokenizer lives in the registered model's folder.
+    tokenizer = args.tokenizer or (resolve_model_path(config.model.base, Registry())[0] if config else None)
     manifest = prepare_dataset(inputs, out, PrepareOptions(data=data, tokenizer=tokenizer))
     print_manifest(manifest, out)
     return 0

@@ -235,15 +235,34 @@ def test_dataset_hash_is_a_content_version(ray_cluster, tmp_path):
     assert hashes["weight"] != hashes["a"]  # only one message's weight changed: a new version
 
 
-def test_cli_prints_counts_and_writes_outputs(ray_cluster, tickets_file, tmp_path, capsys):
-    from rayft.cli import main
+def test_cli_with_a_config_on_a_registered_base(ray_cluster, tickets_file, tiny_model, tmp_path, capsys):
+    """`rayft data prepare --config` as docs/data.md shows it: the config's base is `registry:NAME`,
+    whose tokenizer (in the registered folder) counts the tokens behind the stats."""
+    from transformers import AutoTokenizer
 
-    assert main(["data", "prepare", str(tickets_file), "--out", str(tmp_path / "out"),
-                 "--label-regex", r"Category:\s*(\w+)"]) == 0
+    from rayft.cli import main
+    from rayft.registry import Registry
+    from conftest import write_config
+
+    Registry().register("prep-base", "full", "random-init", tiny_model)
+    config = write_config(tmp_path / "prep.yaml", {
+        "name": "prep", "model": {"base": "registry:prep-base"},
+        "data": {"out": str(tmp_path / "out"), "label_regex": r"Category:\s*(\w+)", "max_tokens": 256}})
+    assert main(["data", "prepare", str(tickets_file), "--config", str(config)]) == 0
     printed = capsys.readouterr().out
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["counts"]["rejected"] == 5 and manifest["counts"]["input"] == 605
     assert "duplicates_near" in printed and "605" in printed and manifest["dataset_hash"][:12] in printed
+    assert manifest["tokenizer"] == tiny_model and not any("no tokenizer" in w for w in manifest["warnings"])
+    # the stats describe the written splits: class balance and the model's token counts
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    for name in ("train", "val", "test"):
+        frame = pd.read_parquet(tmp_path / "out" / f"{name}.parquet")
+        assert manifest["stats"]["labels"][name] == frame["label"].value_counts().sort_index().to_dict()
+        text = tokenizer.apply_chat_template(list(frame["messages"].iloc[0]), tokenize=False)
+        assert frame["n_tokens"].iloc[0] == len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        tokens = manifest["stats"]["tokens"][name]
+        assert (tokens["count"], tokens["max"]) == (len(frame), frame["n_tokens"].max()) and tokens["max"] <= 256
 
 
 def test_near_duplicate_candidates_are_verified_by_exact_jaccard(ray_cluster):
