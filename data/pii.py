@@ -47,8 +47,8 @@ PATTERNS = [
     ("PHONE", r"(?<![\w+(])(?:(?:\+|00)\d{1,3}[ .-]?)?(?:\(\d{1,5}\)[ .-]?)?\d{1,5}(?:[ .-]?\d{2,5}){1,5}(?![\w)])"),
 ]
 COMPILED = [(kind, re.compile(pattern)) for kind, pattern in PATTERNS]
-KIND_OF = {"IPV6": "IP"}
-CARD_CANDIDATES = dict(COMPILED)["CARD"]  # pattern name -> the PII type it reports
+KIND_OF = {"IPV6": "IP"}  # pattern name -> the PII type it reports
+CARD_CANDIDATES = dict(COMPILED)["CARD"]
 # Cheap substring tests that let most texts skip a pattern entirely.
 HAS_DIGIT = re.compile(r"\d")
 PREFILTERS: dict[str, Callable[[str], bool]] = {

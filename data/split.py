@@ -12,9 +12,6 @@ import hashlib
 
 import pandas as pd
 
-SPLITS = ("train", "val", "test")
-
-
 def split_sizes(n: int, fractions: dict[str, float]) -> dict[str, int]:
     """How many of `n` records go to val, test and train (train takes the rounding rest)."""
     val = round(n * fractions["val"])

@@ -72,7 +72,13 @@ class DataConfig(Section):
     @field_validator("label_regex")
     @classmethod
     def _one_group(cls, value):
-        if value is not None and re.compile(value).groups != 1:
+        if value is None:
+            return value
+        try:
+            groups = re.compile(value).groups
+        except re.error as error:
+            raise ValueError(f"label_regex {value!r} is not a valid regular expression: {error}") from None
+        if groups != 1:
             raise ValueError("label_regex must have exactly one capture group")
         return value
 

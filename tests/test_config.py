@@ -25,6 +25,7 @@ def test_minimal_config_gets_defaults():
         ({"train": {"deepspeed": {"offload_params": True}}}, "train.deepspeed", "offload_params needs zero_stage 3"),
         ({"data": {"split": {"train": 0.9, "val": 0.1, "test": 0.1}}}, "data.split", "must be 1.0"),
         ({"data": {"label_regex": "Category: \\w+"}}, "data.label_regex", "exactly one capture group"),
+        ({"data": {"label_regex": "Category: (\\w+"}}, "data.label_regex", "not a valid regular expression"),
         ({"serve": {"port": 70000}}, "serve.port", "less than 65536"),
     ],
 )
