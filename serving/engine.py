@@ -114,7 +114,8 @@ class EngineServer:
         room = self.serve.max_model_len - len(ids)
         limit = min(self.serve.max_prompt_tokens, self.serve.max_model_len - 1)
         if len(ids) > limit:
-            return 0, f"prompt has {len(ids)} tokens; the limit is {limit}"
+            setting = "serve.max_prompt_tokens" if limit == self.serve.max_prompt_tokens else "serve.max_model_len - 1"
+            return 0, f"prompt has {len(ids)} tokens; the limit is {limit} ({setting})"
         max_tokens = requested_max_tokens(request) or room
         if max_tokens > room:
             return 0, f"max_tokens {max_tokens} + prompt {len(ids)} tokens exceeds the context of {self.serve.max_model_len}"

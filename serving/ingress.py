@@ -235,6 +235,9 @@ class OpenAIServer:
         except ApiError as error:
             self.metrics.failed(route.served if route else None, error.status)
             raise
+        except Exception:  # a bug of ours: FastAPI answers 500; count it against the model
+            self.metrics.failed(route.served if route else None, 500)
+            raise
         finally:
             if not streaming:
                 self.release()

@@ -39,7 +39,8 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def server(ray_cluster, tiny_model, trained_adapter, tmp_path_factory):
     """rayft serve for the tiny base with the trained adapter, a second (random) one, and two
-    versions of an adapter `ab` for alias tests; API and admin keys on, 80 requests in flight per replica."""
+    versions of an adapter `ab` for alias tests; API and admin keys on, 80 requests in flight per
+    replica, prompts of at most 300 tokens in a 512-token context."""
     from rayft.config import parse_config
     from rayft.registry import Registry
     from rayft.serving import app
@@ -51,7 +52,7 @@ def server(ray_cluster, tiny_model, trained_adapter, tmp_path_factory):
     ab = [registry.register("ab", "adapter", tiny_model, paths[n]).ref for n in ("b1", "b2")]
     config = parse_config({"name": "support", "model": {"base": tiny_model}, "serve": {
         "port": free_port(), "max_loras": 2, "max_cpu_loras": 4, "max_model_len": 512, "api_keys": [KEY],
-        "admin_keys": [ADMIN_KEY], "max_concurrent_requests": 80, "adapters": [trained_adapter["ref"]]}})
+        "admin_keys": [ADMIN_KEY], "max_concurrent_requests": 80, "max_prompt_tokens": 300, "adapters": [trained_adapter["ref"]]}})
     url = app.start(config)
     yield {"url": url, "base": tiny_model, "support": trained_adapter["ref"], "ab": ab, "folder": folder,
            "adapters": {trained_adapter["ref"]: trained_adapter["artifact_uri"], "other": paths["other"]}}
@@ -145,7 +146,7 @@ def test_response_names_the_version_served_and_caches_deterministic_answers(serv
     assert sampled.headers["x-rayft-cache"] == "bypass"  # not deterministic: never cached
 
 
-def test_cache_never_serves_a_replaced_adapters_output(server, reference, tmp_path):
+def test_cache_never_serves_a_replaced_adapters_output(client, server, reference, tmp_path):
     """The same registry version, its files replaced and reloaded: the answer follows the new weights.
     (Requests re-check an adapter's files at most once a second; an admin load re-checks at once.)"""
     from rayft.registry import Registry
@@ -153,6 +154,7 @@ def test_cache_never_serves_a_replaced_adapters_output(server, reference, tmp_pa
     swap = tmp_path / "swap"
     shutil.copytree(server["adapters"]["other"], swap)
     ref = Registry().register("swap", "adapter", server["base"], str(swap)).ref
+    assert {ref, "swap"} <= {m.id for m in client.models.list().data}  # registered while serving: listed
     question = "Has my refund for the broken kettle been approved?"  # asked nowhere else: nothing cached yet
     before = post_chat(server, ref, question, max_tokens=8)
     assert before.headers["x-rayft-cache"] == "miss"
@@ -277,6 +279,10 @@ def test_adapters_in_use_are_never_evicted_and_a_full_engine_is_a_503(server):
     (json.dumps({"model": "support"}).encode(), "messages"),
     (json.dumps({"model": "support", "messages": [{"role": "user", "content": "hi"}], "n": 3}).encode(), "n > 1"),
     (json.dumps({"model": "support", "messages": [{"role": "user", "content": "hi " * 600}]}).encode(), "tokens"),
+    (json.dumps({"model": "support", "messages": [{"role": "user", "content": "hi " * 175}]}).encode(),
+     "the limit is 300 (serve.max_prompt_tokens)"),  # fits the context, not the prompt limit
+    (json.dumps({"model": "support", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 600}).encode(),
+     "exceeds the context of 512"),
     (json.dumps({"model": "support", "messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}).encode(), "temperature"),
 ])
 def test_bad_requests_are_400_with_a_message(server, payload, words):
@@ -335,6 +341,7 @@ def test_metrics_are_per_adapter_and_cover_every_ingress_replica(server):
 
     post_chat(server, "other", "metrics")
     post_chat(server, "other", "metrics")  # a cache hit
+    assert post_chat(server, "other", "hi " * 175).status_code == 400  # over max_prompt_tokens
     elsewhere = ServingMetrics(replica="elsewhere")
     elsewhere.model("other:1").requests["chat"].inc(5)
     board = MetricsBoard(APP_NAME, "elsewhere")
@@ -355,6 +362,9 @@ def test_metrics_are_per_adapter_and_cover_every_ingress_replica(server):
     assert "rayft_requests" in [family[0] for family in published["families"]]
     assert value("rayft_response_cache_total", model="other:1", result="hit") >= 1
     assert value("rayft_time_to_first_token_seconds_count", model="other:1") >= 1
+    assert value("rayft_time_per_output_token_seconds_count", model="other:1") >= 1
+    assert value("rayft_prompt_tokens_total", model="other:1") > 0
+    assert value("rayft_request_errors_total", model="other:1", code="400") >= 1  # refused after routing
     assert value("rayft_completion_tokens_total", model="tiny") > 0
     assert value("rayft_request_errors_total", model="-", code="404") >= 1
     assert value("rayft_request_errors_total", model="-", code="401") >= 1

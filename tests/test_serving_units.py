@@ -113,6 +113,8 @@ def test_admin_routes_want_an_admin_key_once_one_is_configured():
     legacy = KeyCheck(["user"], [])  # no admin keys: admin routes take API keys, and the server says so
     assert [status_of(legacy.admin, k) for k in ("user", "wrong")] == [200, 401]
     assert any("admin keys" in w for w in legacy.warnings()) and not keys.warnings()
+    assert any("open to anyone" in w for w in open_api.warnings())  # no API keys: said at start-up
+    assert not any("open to anyone" in w for w in legacy.warnings())
 
 
 def test_replica_settings_become_serve_options():
