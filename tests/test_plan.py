@@ -38,3 +38,23 @@ def test_empty_training_data_is_refused():
 def test_batch_larger_than_data_is_refused():
     with pytest.raises(PlanError, match="larger than the data"):
         make_plan(TrainConfig(batch_size=64), 40, 0, 4000)
+
+
+def test_deepspeed_config_follows_the_train_section_and_the_raw_override_wins():
+    from rayft.training.deepspeed_config import deepspeed_config
+
+    train = TrainConfig.model_validate({
+        "grad_accum": 4, "max_grad_norm": 0.5,
+        "deepspeed": {"zero_stage": 3, "offload_optimizer": True, "offload_params": True, "override": {
+            "zero_optimization": {"stage3_param_persistence_threshold": 0}, "steps_per_print": 5}}})
+    config = deepspeed_config(train, micro_batch=2, use_gpu=False)
+    zero = config["zero_optimization"]
+    assert (config["train_micro_batch_size_per_gpu"], config["gradient_accumulation_steps"]) == (2, 4)
+    assert config["gradient_clipping"] == 0.5 and config["bf16"] == {"enabled": False}
+    assert zero["stage"] == 3 and zero["stage3_gather_16bit_weights_on_model_save"]
+    assert zero["offload_optimizer"] == {"device": "cpu", "pin_memory": False} == zero["offload_param"]
+    assert config["zero_force_ds_cpu_optimizer"] is False  # our torch AdamW steps the offloaded weights
+    assert zero["stage3_param_persistence_threshold"] == 0 and config["steps_per_print"] == 5  # merged, not replaced
+    assert "optimizer" not in config and "scheduler" not in config  # rayft passes its own
+    on_gpu = deepspeed_config(TrainConfig(), micro_batch=8, use_gpu=True)
+    assert on_gpu["bf16"] == {"enabled": True} and on_gpu["zero_optimization"] == {"stage": 2}

@@ -20,7 +20,7 @@ def test_lora_run_lowers_loss_and_registers_lineage(trained_adapter, tickets_dat
     assert trained_adapter["dataset_hash"] == manifest["dataset_hash"]
     log = [json.loads(l) for l in (Path(metrics["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == list(range(1, 17))
-    assert all(r["tokens_per_s"] > 0 and r["lr"] > 0 for r in log[:-1])
+    assert all(r["tokens_per_s"] > 0 and r["lr"] > 0 and r["grad_norm"] > 0 for r in log[:-1])
     assert [r["step"] for r in log if "val_loss" in r] == [8, 16]
     assert (Path(metrics["run_dir"]) / "loss.png").stat().st_size > 1000
 
