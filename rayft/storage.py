@@ -129,7 +129,7 @@ def writable_dir(uri: str | Path):
         upload_dir(scratch, str(uri))
 
 
-def content_hash(folder: str | Path, patterns: tuple[str, ...] = ("*.safetensors",)) -> str:
+def content_hash(folder: str | Path, patterns: tuple[str, ...] = ("*.safetensors", "*.bin")) -> str:
     """sha256 over the folder's files matching `patterns` (names and bytes), in name order: the
     content version of a model's weights."""
     digest = hashlib.sha256()

@@ -62,6 +62,11 @@ def test_lower_is_better_metrics_and_missing_reports(registry):
     assert not check.passed and "no eval report: run `rayft eval CONFIG --model support:2`" in check.detail
     registry.set_eval_report("support:1", report(forgetting=None))
     assert gate_checks(registry.get("support:1"))[-1].detail.startswith("skipped")
+    without_few_shot = report()
+    del without_few_shot["metrics"]["few_shot"]
+    registry.set_eval_report("support:1", without_few_shot)
+    few_shot = gate_checks(registry.get("support:1"))[2]
+    assert few_shot.name == "beats the few-shot base" and few_shot.detail == "skipped: the eval ran with eval.few_shot 0"
 
 
 def test_force_needs_a_reason_and_records_it(registry):

@@ -206,6 +206,8 @@ def test_content_hash_changes_when_the_weights_change(tmp_path):
     changed = registry.register("support", "adapter", "/base", str(tmp_path))
     assert changed.weights_hash != first.weights_hash
     assert registry.get("support:1").weights_hash == first.weights_hash
+    torch.save(weights, tmp_path / "pytorch_model.bin")  # weights saved the older way count too
+    assert registry.register("support", "adapter", "/base", str(tmp_path)).weights_hash != changed.weights_hash
     assert registry.register("support", "adapter", "/base", "s3://bucket/a", weights_hash="h").weights_hash == "h"
 
 
