@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from rayft import storage
-from rayft.cli import build_parser, cmd_train, main
+from rayft.cli import build_parser, cmd_data_prepare, cmd_eval, cmd_serve, cmd_train, main
 from rayft.config import load_config, parse_config
 
 OWN_RAY_HEAD = True  # the Jobs tests run their own `ray start` head: conftest must not restart its Ray
@@ -218,6 +218,10 @@ def test_addresses_tokens_and_env_options(tmp_path, monkeypatch):
         "/v/bin/python -m rayft.cli data prepare --config _rayft_job/c.yaml"
     args = build_parser().parse_args(shlex.split(stage_entrypoint("train", "c.yaml", "python", ["--resume"]))[3:])
     assert args.func is cmd_train and args.resume
+    commands = {"data": cmd_data_prepare, "train": cmd_train, "eval": cmd_eval, "serve": cmd_serve}
+    for stage, command in commands.items():  # every stage's job runs the CLI command of that stage
+        args = build_parser().parse_args(shlex.split(stage_entrypoint(stage, "c.yaml", "python", []))[3:])
+        assert args.func is command and "c.yaml" in (getattr(args, "config", None), getattr(args, "target", None))
 
 
 def test_submit_fails_before_sending_on_a_bad_config(tmp_path, capsys):
