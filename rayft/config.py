@@ -274,6 +274,8 @@ class ServeConfig(Section):
     max_replicas: int = Field(1, gt=0, description="engine replicas (autoscaling upper bound)")
     target_ongoing_requests: int = Field(32, gt=0, description="autoscaling target per engine replica")
     ingress_replicas: int = Field(1, gt=0)
+    direct_port: int | None = Field(None, gt=0, lt=65536, description="ingress replicas also answer HTTP themselves "
+                                    "from this port up (Ray Serve's direct ingress), without the proxy hop")
     use_gpu: bool = Field(False, description="each engine replica takes one GPU (vLLM's CUDA build)")
     cpus_per_engine: int | None = Field(None, gt=0, description="CPUs Ray reserves for each engine replica, and "
                                         "its compute threads on CPU; default: reserve 1, use every core of its node")

@@ -24,6 +24,8 @@ from rayft.serving.ingress import OpenAIServer
 from rayft.serving.routing import default_base_name
 
 APP_NAME = "rayft"
+DIRECT_PORTS = 4  # direct-ingress ports per ingress replica (see direct_ingress_env)
+DIRECT_DRAIN_S = 2  # how long a stopping ingress replica keeps its direct port open (Serve's default: 30 s)
 API_KEYS_ENV = "RAYFT_API_KEYS"
 ADMIN_KEYS_ENV = "RAYFT_ADMIN_KEYS"
 
@@ -62,6 +64,22 @@ def engine_options(serve_config: ServeConfig) -> dict:
     return options
 
 
+def direct_ingress_env(serve_config: ServeConfig) -> dict[str, str]:
+    """What Ray Serve's controller and the ingress replicas read at start-up so that each ingress
+    replica also serves HTTP itself on a port from `serve.direct_port` up (Ray Serve's direct
+    ingress); empty when the option is off. A replica that is replaced may take the next port while
+    the old one drains, hence a range of DIRECT_PORTS per ingress replica."""
+    if serve_config.direct_port is None:
+        return {}
+    last = serve_config.direct_port + DIRECT_PORTS * serve_config.ingress_replicas - 1
+    return {
+        "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
+        "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(serve_config.direct_port),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(min(last, 65535)),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(DIRECT_DRAIN_S),
+    }
+
+
 def build_app(config: RayftConfig, registry_node: str | None = None):
     """The Serve application (ingress bound to one engine deployment) for `config`. The ingress
     reads the registry's SQLite file, so with `registry_node` (an IP) it is placed on that node."""
@@ -76,10 +94,12 @@ def build_app(config: RayftConfig, registry_node: str | None = None):
         "retry_after_s": settings.retry_after_s, "response_cache_size": settings.response_cache_size,
         "max_model_len": settings.max_model_len,
     }
-    options = {"num_replicas": settings.ingress_replicas}
+    actor: dict = {"num_cpus": 0.25}
     if registry_node:
-        options["ray_actor_options"] = {"num_cpus": 0.25, "resources": {f"node:{registry_node}": 0.001}}
-    return OpenAIServer.options(**options).bind(engine, ingress)
+        actor["resources"] = {f"node:{registry_node}": 0.001}
+    if settings.direct_port is not None:
+        actor["runtime_env"] = {"env_vars": direct_ingress_env(settings)}
+    return OpenAIServer.options(num_replicas=settings.ingress_replicas, ray_actor_options=actor).bind(engine, ingress)
 
 
 def start(config: RayftConfig) -> str:
@@ -87,7 +107,9 @@ def start(config: RayftConfig) -> str:
     from rayft.runtime import ensure_ray
 
     ensure_ray()
-    serve.start(http_options={"host": config.serve.host, "port": config.serve.port})
+    direct = direct_ingress_env(config.serve)
+    serve.start(http_options={"host": config.serve.host, "port": config.serve.port},
+                controller_options={"runtime_env": {"env_vars": direct}} if direct else None)
     app = build_app(config, registry_node=ray.util.get_node_ip_address())  # this process's registry
     handle = serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
     for ref in config.serve.adapters:
@@ -108,6 +130,9 @@ def serve_forever(config: RayftConfig) -> None:
     base_path, base_ref = resolve_model_path(config.model.base, Registry())
     name = config.serve.base_name or default_base_name(config.model.base, base_ref)
     print(f"rayft serving {name!r} ({base_path}) and its adapters at {url}/v1", flush=True)
+    if config.serve.direct_port is not None:
+        print(f"ingress replicas answer directly (no proxy hop) from http://{config.serve.host}:"
+              f"{config.serve.direct_port}/v1", flush=True)
     for warning in KeyCheck(api_keys(config.serve), admin_keys(config.serve)).warnings():
         print(f"warning: {warning}", flush=True)
     try:

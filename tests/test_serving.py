@@ -40,7 +40,8 @@ def free_port() -> int:
 def server(ray_cluster, tiny_model, trained_adapter, tmp_path_factory):
     """rayft serve for the tiny base with the trained adapter, a second (random) one, and two
     versions of an adapter `ab` for alias tests; API and admin keys on, 80 requests in flight per
-    replica, prompts of at most 300 tokens in a 512-token context."""
+    replica, prompts of at most 300 tokens in a 512-token context, the ingress also answering
+    directly on its own port."""
     from rayft.config import parse_config
     from rayft.registry import Registry
     from rayft.serving import app
@@ -50,11 +51,12 @@ def server(ray_cluster, tiny_model, trained_adapter, tmp_path_factory):
     registry = Registry()
     registry.register("other", "adapter", tiny_model, paths["other"])
     ab = [registry.register("ab", "adapter", tiny_model, paths[n]).ref for n in ("b1", "b2")]
+    direct_port = free_port()
     config = parse_config({"name": "support", "model": {"base": tiny_model}, "serve": {
-        "port": free_port(), "max_loras": 2, "max_cpu_loras": 4, "max_model_len": 512, "api_keys": [KEY],
+        "port": free_port(), "direct_port": direct_port, "max_loras": 2, "max_cpu_loras": 4, "max_model_len": 512, "api_keys": [KEY],
         "admin_keys": [ADMIN_KEY], "max_concurrent_requests": 80, "max_prompt_tokens": 300, "adapters": [trained_adapter["ref"]]}})
     url = app.start(config)
-    yield {"url": url, "base": tiny_model, "support": trained_adapter["ref"], "ab": ab, "folder": folder,
+    yield {"url": url, "direct": f"http://127.0.0.1:{direct_port}", "base": tiny_model, "support": trained_adapter["ref"], "ab": ab, "folder": folder,
            "adapters": {trained_adapter["ref"]: trained_adapter["artifact_uri"], "other": paths["other"]}}
     app.shutdown()
 
@@ -132,6 +134,20 @@ def test_completions_route_streamed_and_whole(client, server, reference):
     chunks = list(client.completions.create(model="other", prompt=prompt, max_tokens=6, temperature=0, stream=True))
     assert len(chunks) > 1  # really streamed: one SSE chunk per delta
     assert "".join(c.choices[0].text for c in chunks if c.choices) == text
+
+
+def test_the_ingress_replica_answers_directly_without_the_proxy(client, server):
+    """serve.direct_port: the same app on the replica's own port (Ray Serve's direct ingress)."""
+    direct = openai.OpenAI(base_url=server["direct"] + "/v1", api_key=KEY, max_retries=0)
+    question = "Is the direct port the same server?"
+    answer = chat(direct, "other", question).choices[0].message.content
+    assert answer == chat(client, "other", question).choices[0].message.content
+    streamed = chat(direct, "other", question, stream=True, extra_headers=BYPASS)
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == answer
+    body = {"model": "other", "messages": [{"role": "user", "content": question}], "max_tokens": 8, "temperature": 0}
+    again = httpx.post(server["direct"] + "/v1/chat/completions", json=body, headers=AUTH, timeout=60)
+    assert again.headers["x-rayft-cache"] == "hit" and again.headers["x-rayft-model"] == "other:1"
+    assert httpx.post(server["direct"] + "/v1/chat/completions", json=body, timeout=60).status_code == 401
 
 
 def test_response_names_the_version_served_and_caches_deterministic_answers(server):
