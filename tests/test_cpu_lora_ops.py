@@ -253,6 +253,7 @@ MAPPINGS = {
     "with_base": [0, 3, 1, 0, 3, 1, 0, 3, 1, 4, 4, 4],
     "uneven": [1] * 10 + [2, 4, 0],  # padding would waste too much: per-adapter matmuls
     "gaps": [1, 3, 0, 1, 3, 3],  # slots 0 and 2 present: weights picked, not sliced
+    "runs": [1] * 20 + [3] * 20 + [0] * 8 + [2] * 16,  # long runs (prefill's sequences): run by run
     "none": [0] * 5,
 }
 
@@ -321,6 +322,8 @@ def test_plan_paths():
     assert plan(MAPPINGS["with_base"]).has_base and plan(MAPPINGS["with_base"]).padded
     assert plan(MAPPINGS["uneven"]).padded is None
     assert plan(MAPPINGS["gaps"]).padded.slot_range is None
+    assert plan(MAPPINGS["runs"]).runs == ((0, 0, 20), (2, 20, 40), (1, 48, 64))
+    assert all(plan(MAPPINGS[case]).runs is None for case in ("balanced", "with_base", "uneven", "gaps"))
 
 
 def test_all_zero_adapter_slots_are_skipped_and_rechecked_after_writes():

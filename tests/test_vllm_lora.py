@@ -33,9 +33,9 @@ def reference(tiny_model):
     return Reference(tiny_model)
 
 
-def run(engine, reference, assignment):
+def run(engine, reference, assignment, texts=PROMPTS):
     llm, requests, adapters, sampling = engine
-    prompts = [{"prompt_token_ids": reference.prompt_ids([{"role": "user", "content": p}])} for p in PROMPTS]
+    prompts = [{"prompt_token_ids": reference.prompt_ids([{"role": "user", "content": p}])} for p in texts]
     prompts = [prompts[i % len(prompts)] for i in range(len(assignment))]
     outputs = llm.generate(prompts, sampling, lora_request=[requests[a] for a in assignment], use_tqdm=False)
     got = [list(o.outputs[0].token_ids) for o in outputs]
@@ -60,3 +60,20 @@ def test_greedy_output_equals_reference(engine, reference, assignment):
 def test_adapters_really_change_the_output(engine, reference):
     got, _ = run(engine, reference, [None, "a1", "a2"])
     assert len({tuple(g) for g in got}) == 3
+
+
+def test_long_prompts_of_mixed_adapters_prefill_run_by_run(engine, reference, monkeypatch):
+    """Prompts long enough that the prefill takes each sequence's rows as one run (no gather)."""
+    from rayft.serving.cpu_lora import plan
+
+    made, make_plan = [], plan.make_plan
+
+    def recording(indices):
+        made.append(make_plan(indices))
+        return made[-1]
+
+    monkeypatch.setattr(plan, "make_plan", recording)
+    texts = [" ".join([p] * 6) for p in PROMPTS]
+    got, expected = run(engine, reference, ["a1", None, "a2", "a1"], texts)
+    assert got == expected
+    assert any(p.runs and {slot for slot, _, _ in p.runs} == {0, 1} for p in made)  # the prefill's plan

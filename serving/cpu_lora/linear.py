@@ -2,9 +2,12 @@
 
 vLLM's version runs, per output slice, a shrink into a float32 buffer and then an expand of that
 buffer into the slice, each through four Python layers and the ops in `.ops`; for a batch that
-mixes adapters every op would gather its rows into adapter order and scatter them back. Here the
-rows are gathered once per layer and each slice's shrink and expand stay in adapter order; only
-the expanded result goes back to row order, straight into the add. Slices whose adapters are
+mixes adapters every op would gather its rows into adapter order and scatter them back. Here rows
+that come in long runs of one adapter (a whole batch on one adapter; prefill, where each
+sequence's tokens are contiguous) are taken run by run, with no gather at all; otherwise (decode,
+adapters interleaved row by row) the rows are gathered once per layer, one batched matmul shrinks
+every slice, and each slice's expand stays in adapter order; only the expanded result goes back
+to row order, straight into the add. Slices whose adapters are
 all zero there (the adapter does not target the module) are skipped, see `.zero_slots`.
 Same arithmetic as vLLM's: the shrink in float32 (vLLM's buffer dtype), scaled, the expand in
 the output's dtype.
@@ -16,9 +19,9 @@ from typing import Any
 
 import torch
 
-from .ops import cast, present_weights, stacked
+from .ops import cast, stacked
 from .plan import Plan, plan_for_segments, plan_for_tokens
-from .zero_slots import contributes, transposed_slots
+from .zero_slots import contributes, side_by_side, transposed_slots
 
 
 def batch_plan(wrapper: Any) -> Plan | None:
@@ -33,41 +36,44 @@ def batch_plan(wrapper: Any) -> Plan | None:
     return None if plan.slot is not None and plan.slot < 0 else plan
 
 
-def _one_adapter(y, x, a_stacked, b_stacked, scale: float, slices, slot: int) -> None:
-    """Every row has adapter `slot`: per slice a matmul and a fused multiply-add, no gather."""
+def _by_runs(y, x, a_stacked, b_stacked, scale: float, slices, runs) -> None:
+    """Rows in runs of one adapter each (a whole batch on one adapter, or prefill's contiguous
+    sequences): per run and slice a matmul and a fused multiply-add into the run's rows, no gather."""
     x32, offset = cast(x, torch.float32), 0
     for a, b, size in zip(a_stacked, b_stacked, slices):
-        if not contributes(a, b, (slot,)):  # the adapter does not target this slice
-            offset += size
-            continue
-        h = x32 @ cast(stacked(a)[slot], torch.float32).T
-        if scale != 1.0:
-            h.mul_(scale)
-        y[:, offset : offset + size].addmm_(cast(h, y.dtype), cast(stacked(b)[slot], y.dtype).T)
+        for slot, start, end in runs:
+            if not contributes(a, b, (slot,)):  # the adapter does not target this slice
+                continue
+            h = x32[start:end] @ cast(stacked(a)[slot], torch.float32).T
+            if scale != 1.0:
+                h.mul_(scale)
+            y[start:end, offset : offset + size].addmm_(cast(h, y.dtype), cast(stacked(b)[slot], y.dtype).T)
         offset += size
 
 
 def _mixed(y, x, a_stacked, b_stacked, scale: float, slices, plan: Plan) -> None:
-    """Rows gathered once into equal-size adapter groups; per slice two batched matmuls (the expand
-    weights contiguous, see `transposed_slots`); results go back to row order in one pass."""
+    """Rows gathered once into equal-size adapter groups; one batched matmul shrinks every slice
+    (the slices' shrink weights side by side) and one per slice expands (weights contiguous, see
+    `side_by_side`, `transposed_slots`); results go back to row order in one pass."""
     pad, groups = plan.padded, len(plan.groups)
     k, slots = groups * pad.m, plan.slots
     live = [contributes(a, b, slots) for a, b in zip(a_stacked, b_stacked)]
     if not any(live):  # none of the adapters targets this layer
         return
     xs = cast(x.index_select(0, pad.gather), torch.float32).view(groups, pad.m, -1)
+    h = torch.bmm(xs, side_by_side(tuple(a for a, use in zip(a_stacked, live) if use), slots, torch.float32))
+    if scale != 1.0:
+        h.mul_(scale)
+    h = cast(h, y.dtype)
     out = torch.empty((k + plan.has_base, sum(slices)), dtype=y.dtype, device=y.device)
-    offset = 0
-    for a, b, size, use in zip(a_stacked, b_stacked, slices, live):
+    offset, rank = 0, a_stacked[0].shape[-2]
+    for b, size, use in zip(b_stacked, slices, live):
         if not use:  # adds nothing: zero columns
             out[:k, offset : offset + size].zero_()
-            offset += size
-            continue
-        h = torch.bmm(xs, present_weights(stacked(a), plan, torch.float32))
-        if scale != 1.0:
-            h.mul_(scale)
-        expanded = torch.bmm(cast(h, y.dtype), transposed_slots(b, slots, y.dtype))
-        out[:k, offset : offset + size].copy_(expanded.view(k, size))
+        else:
+            expanded = torch.bmm(h[:, :, :rank], transposed_slots(b, slots, y.dtype))
+            out[:k, offset : offset + size].copy_(expanded.view(k, size))
+            h = h[:, :, rank:]
         offset += size
     if plan.has_base:
         out[k].zero_()  # rows without adapter read this row
@@ -108,9 +114,11 @@ def add_lora_linear(
     x2, y2 = x.view(-1, x.shape[-1]), y.view(-1, y.shape[-1])
     if buffer is None and plan is None:
         return
-    if buffer is not None or plan.n != x2.shape[0] or (plan.slot is None and plan.padded is None):
+    if buffer is not None or plan.n != x2.shape[0] or (plan.slot is None and plan.padded is None and not plan.runs):
         _per_op(self, y, x, lora_a_stacked, lora_b_stacked, scale, output_slices, buffer, **kwargs)
     elif plan.slot is not None:
-        _one_adapter(y2, x2, lora_a_stacked, lora_b_stacked, scale, output_slices, plan.slot)
+        _by_runs(y2, x2, lora_a_stacked, lora_b_stacked, scale, output_slices, ((plan.slot, 0, plan.n),))
+    elif plan.runs:
+        _by_runs(y2, x2, lora_a_stacked, lora_b_stacked, scale, output_slices, plan.runs)
     else:
         _mixed(y2, x2, lora_a_stacked, lora_b_stacked, scale, output_slices, plan)

@@ -15,6 +15,9 @@ import torch
 
 # Batched-matmul layout is used while padding the groups to equal size at most doubles the rows.
 _MAX_PADDING = 2.0
+# Rows are taken run by run (no gather) when runs of one adapter are this long on average: prefill,
+# where each sequence's tokens are contiguous; decode batches interleave adapters row by row.
+_MIN_RUN_ROWS = 16
 
 
 class Padded(NamedTuple):
@@ -40,6 +43,9 @@ class Plan(NamedTuple):
     inv: torch.Tensor | None = None
     has_base: bool = False  # some rows have no adapter
     slots: tuple[int, ...] = ()  # the adapter slots present, in group order
+    # (slot, start, end) runs of consecutive rows with one adapter, when they are long (see
+    # _MIN_RUN_ROWS); rows without adapter are in no run
+    runs: tuple[tuple[int, int, int], ...] | None = None
 
 
 def _padded(rows: torch.Tensor, groups: tuple[tuple[int, int, int], ...]) -> Padded | None:
@@ -61,6 +67,16 @@ def _padded(rows: torch.Tensor, groups: tuple[tuple[int, int, int], ...]) -> Pad
         torch.tensor(slots, dtype=torch.long, device=rows.device),
         (slots[0], slots[-1] + 1) if consecutive else None,
     )
+
+
+def _long_runs(indices: torch.Tensor) -> tuple[tuple[int, int, int], ...] | None:
+    """The runs of equal consecutive indices (adapter rows only), or None when they are short."""
+    n = indices.numel()
+    starts = [0] + (torch.nonzero(indices[1:] != indices[:-1]).flatten() + 1).tolist()
+    if n < _MIN_RUN_ROWS * len(starts):
+        return None
+    slots = indices[starts].tolist()
+    return tuple((slot, start, end) for slot, start, end in zip(slots, starts, starts[1:] + [n]) if slot >= 0)
 
 
 def make_plan(indices: torch.Tensor) -> Plan:
@@ -90,7 +106,7 @@ def make_plan(indices: torch.Tensor) -> Plan:
         inv = torch.full((n,), padded.gather.numel(), dtype=torch.long, device=rows.device)
     inv[rows] = where
     slots = tuple(slot for slot, _, _ in groups)
-    return Plan(n, None, rows, groups, padded, inv, rows.numel() < n, slots)
+    return Plan(n, None, rows, groups, padded, inv, rows.numel() < n, slots, _long_runs(indices))
 
 
 # Per kind of key (token indices; prefill segments): (key tensors, plan) of the last batch seen.

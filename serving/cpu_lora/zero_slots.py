@@ -35,28 +35,43 @@ def slot_flags(weights: torch.Tensor) -> tuple[bool, ...] | None:
     return flags
 
 
-# id(tensor) -> (weak reference, version seen, slots, dtype, contiguous [groups, in, out] copy)
-_expand_copies: dict[int, tuple[weakref.ref, int, tuple[int, ...], torch.dtype, torch.Tensor]] = {}
+# ids of the source tensors -> (their weak references, versions seen, slots, dtype, the copy)
+_copies: dict[tuple[int, ...], tuple[tuple[weakref.ref, ...], tuple[int, ...], tuple[int, ...], torch.dtype,
+                                     torch.Tensor]] = {}
 
 
-def transposed_slots(weights: torch.Tensor, slots: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """``[len(slots), in, out]``: the slots' matrices of a stacked ``[slots, (1,) out, in]`` weight,
-    transposed into contiguous memory, kept while the weight's version and the slot set are unchanged.
+def _slots_copy(weights: tuple[torch.Tensor, ...], slots: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """``[len(slots), in, sum of outs]``: the slots' matrices of stacked ``[slots, (1,) out, in]``
+    weights, side by side and transposed into contiguous memory, kept while every weight's version
+    and the slot set are unchanged.
 
     A batched matmul reads contiguous right-hand sides about twice as fast as transposed views; the
     copy is made once per batch composition (decode steps keep it) and whenever vLLM writes a slot.
     """
-    key, version = id(weights), getattr(weights, "_version", None)
-    hit = _expand_copies.get(key)
-    if (hit is not None and version is not None and hit[0]() is weights and hit[1] == version
+    key = tuple(id(w) for w in weights)
+    versions = tuple(getattr(w, "_version", -1) for w in weights)
+    hit = _copies.get(key)
+    if (hit is not None and all(ref() is w for ref, w in zip(hit[0], weights)) and hit[1] == versions
             and hit[2] == slots and hit[3] == dtype):
         return hit[4]
-    w3 = weights.flatten(0, 1) if weights.dim() == 4 else weights
-    copy = w3[list(slots)].to(dtype).transpose(1, 2).contiguous()
-    if version is not None and not weights.is_inference():
-        _expand_copies[key] = (weakref.ref(weights, lambda _, key=key: _expand_copies.pop(key, None)), version,
-                               slots, dtype, copy)
+    picked = [(w.flatten(0, 1) if w.dim() == 4 else w)[list(slots)] for w in weights]
+    copy = torch.cat(picked, dim=1).to(dtype).transpose(1, 2).contiguous()
+    if not any(w.is_inference() for w in weights):
+        refs = tuple(weakref.ref(w, lambda _, key=key: _copies.pop(key, None)) for w in weights)
+        _copies[key] = (refs, versions, slots, dtype, copy)
     return copy
+
+
+def transposed_slots(weights: torch.Tensor, slots: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """``[len(slots), in, out]``: the slots' matrices of one stacked weight, contiguous (see
+    `_slots_copy`); the expand weights of a mixed batch."""
+    return _slots_copy((weights,), slots, dtype)
+
+
+def side_by_side(weights: tuple[torch.Tensor, ...], slots: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """``[len(slots), in, sum of outs]``: several stacked weights' slots side by side, contiguous (see
+    `_slots_copy`); the shrink weights of every slice of a layer, for one batched matmul."""
+    return _slots_copy(weights, slots, dtype)
 
 
 def any_nonzero(weights: torch.Tensor, slots: Iterable[int]) -> bool:
