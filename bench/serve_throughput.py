@@ -70,30 +70,26 @@ def assignment(scenario: str) -> list[int | None]:
 # ---- engine level (one subprocess per plugin setting: vLLM loads plugins once per process) ----
 
 def vllm_engine_rates(base: str, adapters: list[str]) -> dict:
-    """Output tokens/s per scenario on vLLM's offline engine (median of RUNS), plus base without LoRA."""
+    """Output tokens/s per scenario on vLLM's offline engine: the median of RUNS rounds, each round
+    running every scenario once (interleaved, so the machine's drift hits every scenario alike)."""
     from vllm import LLM, SamplingParams
     from vllm.lora.request import LoRARequest
 
     sampling = SamplingParams(temperature=0, max_tokens=NEW_TOKENS, ignore_eos=True)
-    rates = {}
     llm = LLM(model=base, dtype="float32", enforce_eager=True, max_model_len=512, enable_lora=True,
               max_loras=ADAPTERS, max_lora_rank=16, max_num_seqs=PROMPTS, seed=0)
     ids = [{"prompt_token_ids": p} for p in prompts(llm.get_tokenizer())]
     requests = [LoRARequest(f"a{i}", i + 1, path) for i, path in enumerate(adapters)]
-    for scenario in SCENARIOS:
-        loras = [None if a is None else requests[a] for a in assignment(scenario)]
-        llm.generate(ids, sampling, lora_request=loras, use_tqdm=False)  # warm-up, adapters loaded
-        rates[scenario] = _median_rate(lambda: llm.generate(ids, sampling, lora_request=loras, use_tqdm=False))
-    return rates
-
-
-def _median_rate(run) -> float:
-    times = []
+    loras = {s: [None if a is None else requests[a] for a in assignment(s)] for s in SCENARIOS}
+    for scenario in SCENARIOS:  # warm-up, adapters loaded
+        llm.generate(ids, sampling, lora_request=loras[scenario], use_tqdm=False)
+    times: dict[str, list[float]] = {s: [] for s in SCENARIOS}
     for _ in range(RUNS):
-        started = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - started)
-    return PROMPTS * NEW_TOKENS / statistics.median(times)
+        for scenario in SCENARIOS:
+            started = time.perf_counter()
+            llm.generate(ids, sampling, lora_request=loras[scenario], use_tqdm=False)
+            times[scenario].append(time.perf_counter() - started)
+    return {s: PROMPTS * NEW_TOKENS / statistics.median(t) for s, t in times.items()}
 
 
 def engine_subprocess(base: str, adapters: list[str], plugin: bool) -> dict:
@@ -166,7 +162,6 @@ def engine_part(base: str, adapters: list[str]) -> dict:
 
 def http_part(base: str, adapters: list[str], folder: Path, naive_rate: float | None) -> dict:
     import httpx
-    import yaml
 
     home = folder / "home"
     env = os.environ | {"RAYFT_HOME": str(home)}
@@ -174,16 +169,19 @@ def http_part(base: str, adapters: list[str], folder: Path, naive_rate: float | 
                 + "; ".join(f"r.register('a{i}', 'adapter', {base!r}, {p!r})" for i, p in enumerate(adapters)))
     subprocess.run([sys.executable, "-c", register], env=env, check=True)
     port = 8765
-    config = folder / "serve.yaml"
-    config.write_text(yaml.safe_dump({"name": "bench", "model": {"base": base}, "serve": {
-        "port": port, "max_loras": ADAPTERS, "max_cpu_loras": ADAPTERS, "max_num_seqs": PROMPTS,
-        "max_model_len": 512, "max_concurrent_requests": 512}}))
     url = f"http://127.0.0.1:{port}"
-    started = time.perf_counter()
-    server = subprocess.Popen([sys.executable, "-m", "rayft.cli", "serve", str(config)], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    settings = {"port": port, "max_loras": ADAPTERS, "max_cpu_loras": ADAPTERS, "max_num_seqs": PROMPTS,
+                "max_model_len": 512, "max_concurrent_requests": 512}
+    # P7 on the default serving path, then everything else on a server whose ingress also answers
+    # on its own port (serve.direct_port), which costs a few seconds of start-up
+    server, started = _start_server(folder / "serve.yaml", base, settings, env)
     try:
         first_token_s = _wait_for_first_token(url, "base", started)
+    finally:
+        _stop_server(server, url)
+    server, started = _start_server(folder / "serve-direct.yaml", base, settings | {"direct_port": port + 1}, env)
+    try:
+        first_token_direct_s = _wait_for_first_token(url, "base", started)
         from transformers import AutoTokenizer
 
         texts = [AutoTokenizer.from_pretrained(base).decode(p) for p in prompts(AutoTokenizer.from_pretrained(base))]
@@ -193,16 +191,44 @@ def http_part(base: str, adapters: list[str], folder: Path, naive_rate: float | 
                   "mixed_8_and_base": ["base" if a is None else f"a{a}" for a in assignment("mixed_8_and_base")]}
         rates = {name: _http_rate(url, texts, names) for name, names in models.items()}
         latencies = _latencies(url)
+        direct = _latencies(f"http://127.0.0.1:{port + 1}")  # the ingress replica's own port
     finally:
-        os.killpg(server.pid, 15)
-        server.wait(timeout=60)
-    result = {"start_to_first_token_s": first_token_s, "http_tok_s": rates,
+        _stop_server(server, url)
+    result = {"start_to_first_token_s": first_token_s, "start_to_first_token_direct_port_s": first_token_direct_s,
+              "http_tok_s": rates,
               "cache_hit_p50_ms": statistics.median(latencies["cache_hit"]) * 1000,
               "health_p50_ms": statistics.median(latencies["health"]) * 1000,
+              "direct_cache_hit_p50_ms": statistics.median(direct["cache_hit"]) * 1000,
+              "direct_health_p50_ms": statistics.median(direct["health"]) * 1000,
               "ratios": {"mixed_8_and_base/one_adapter (http)": rates["mixed_8_and_base"] / rates["one_adapter"]}}
     if naive_rate:
         result["ratios"]["rayft http mixed / peft one request at a time"] = rates["mixed_8_and_base"] / naive_rate
     return result
+
+
+def _start_server(config: Path, base: str, settings: dict, env: dict) -> tuple[subprocess.Popen, float]:
+    """`rayft serve` in its own process (and its own local Ray); returns it and its start time."""
+    import yaml
+
+    config.write_text(yaml.safe_dump({"name": "bench", "model": {"base": base}, "serve": settings}))
+    started = time.perf_counter()
+    server = subprocess.Popen([sys.executable, "-m", "rayft.cli", "serve", str(config)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    return server, started
+
+
+def _stop_server(server: subprocess.Popen, url: str) -> None:
+    """Stop the server's process group and wait until its port is closed (its Ray is gone)."""
+    import httpx
+
+    os.killpg(server.pid, 15)
+    server.wait(timeout=60)
+    for _ in range(60):
+        try:
+            httpx.get(f"{url}/health", timeout=1)
+        except httpx.HTTPError:
+            return
+        time.sleep(1)
 
 
 def _wait_for_first_token(url: str, model: str, started: float) -> float:
