@@ -21,7 +21,7 @@ import torch
 
 from .ops import cast, stacked
 from .plan import Plan, plan_for_segments, plan_for_tokens
-from .zero_slots import contributes, side_by_side, transposed_slots
+from .zero_slots import contributes, transposed_slots
 
 
 def batch_plan(wrapper: Any) -> Plan | None:
@@ -54,14 +54,14 @@ def _by_runs(y, x, a_stacked, b_stacked, scale: float, slices, runs) -> None:
 def _mixed(y, x, a_stacked, b_stacked, scale: float, slices, plan: Plan) -> None:
     """Rows gathered once into equal-size adapter groups; one batched matmul shrinks every slice
     (the slices' shrink weights side by side) and one per slice expands (weights contiguous, see
-    `side_by_side`, `transposed_slots`); results go back to row order in one pass."""
+    `transposed_slots`); results go back to row order in one pass."""
     pad, groups = plan.padded, len(plan.groups)
     k, slots = groups * pad.m, plan.slots
     live = [contributes(a, b, slots) for a, b in zip(a_stacked, b_stacked)]
     if not any(live):  # none of the adapters targets this layer
         return
     xs = cast(x.index_select(0, pad.gather), torch.float32).view(groups, pad.m, -1)
-    h = torch.bmm(xs, side_by_side(tuple(a for a, use in zip(a_stacked, live) if use), slots, torch.float32))
+    h = torch.bmm(xs, transposed_slots(tuple(a for a, use in zip(a_stacked, live) if use), slots, torch.float32))
     if scale != 1.0:
         h.mul_(scale)
     h = cast(h, y.dtype)
@@ -71,7 +71,7 @@ def _mixed(y, x, a_stacked, b_stacked, scale: float, slices, plan: Plan) -> None
         if not use:  # adds nothing: zero columns
             out[:k, offset : offset + size].zero_()
         else:
-            expanded = torch.bmm(h[:, :, :rank], transposed_slots(b, slots, y.dtype))
+            expanded = torch.bmm(h[:, :, :rank], transposed_slots((b,), slots, y.dtype))
             out[:k, offset : offset + size].copy_(expanded.view(k, size))
             h = h[:, :, rank:]
         offset += size

@@ -40,10 +40,11 @@ _copies: dict[tuple[int, ...], tuple[tuple[weakref.ref, ...], tuple[int, ...], t
                                      torch.Tensor]] = {}
 
 
-def _slots_copy(weights: tuple[torch.Tensor, ...], slots: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+def transposed_slots(weights: tuple[torch.Tensor, ...], slots: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """``[len(slots), in, sum of outs]``: the slots' matrices of stacked ``[slots, (1,) out, in]``
     weights, side by side and transposed into contiguous memory, kept while every weight's version
-    and the slot set are unchanged.
+    and the slot set are unchanged: one weight gives a mixed batch's expand weights, every slice's
+    shrink weights of a layer give one batched matmul for all slices.
 
     A batched matmul reads contiguous right-hand sides about twice as fast as transposed views; the
     copy is made once per batch composition (decode steps keep it) and whenever vLLM writes a slot.
@@ -60,18 +61,6 @@ def _slots_copy(weights: tuple[torch.Tensor, ...], slots: tuple[int, ...], dtype
         refs = tuple(weakref.ref(w, lambda _, key=key: _copies.pop(key, None)) for w in weights)
         _copies[key] = (refs, versions, slots, dtype, copy)
     return copy
-
-
-def transposed_slots(weights: torch.Tensor, slots: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """``[len(slots), in, out]``: the slots' matrices of one stacked weight, contiguous (see
-    `_slots_copy`); the expand weights of a mixed batch."""
-    return _slots_copy((weights,), slots, dtype)
-
-
-def side_by_side(weights: tuple[torch.Tensor, ...], slots: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """``[len(slots), in, sum of outs]``: several stacked weights' slots side by side, contiguous (see
-    `_slots_copy`); the shrink weights of every slice of a layer, for one batched matmul."""
-    return _slots_copy(weights, slots, dtype)
 
 
 def any_nonzero(weights: torch.Tensor, slots: Iterable[int]) -> bool:
