@@ -24,7 +24,12 @@ LOCAL_MIN_CPUS = 4
 
 
 def ensure_ray(num_cpus: int | None = None) -> None:
-    """Start or connect to Ray once per process."""
+    """Start or connect to Ray once per process.
+
+    A local cluster starts without Ray's dashboard and without Ray's own metrics (rayft's serving
+    metrics are its own Prometheus registry): nothing in rayft uses them there, and on a small
+    machine their periodic work preempts the training worker's threads (bench/RESULTS.md). For the
+    dashboard, start a head (`ray start --head`) and point `RAY_ADDRESS` at it."""
     import ray
     import ray.data
 
@@ -35,9 +40,19 @@ def ensure_ray(num_cpus: int | None = None) -> None:
         ray.init(address=address, logging_level=logging.WARNING)
     else:
         cpus = num_cpus or max(os.cpu_count() or 1, LOCAL_MIN_CPUS)
-        ray.init(address="local", num_cpus=cpus, include_dashboard=True, logging_level=logging.WARNING)
+        ray.init(address="local", num_cpus=cpus, include_dashboard=False, logging_level=logging.WARNING,
+                 _system_config={"enable_metrics_collection": False},
+                 runtime_env={"worker_process_setup_hook": "rayft.runtime.quiet_placement_group_cleaner"})
     context = ray.data.DataContext.get_current()
     # Ray Data's per-operator progress bars flood logs of long jobs; rayft reports its own progress.
     context.enable_progress_bars = False
     # Hash shuffles (groupby) default to 200 partitions, far too many tasks for a small cluster.
     context.default_hash_shuffle_parallelism = max(4, 2 * int(ray.cluster_resources().get("CPU", 2)))
+
+
+def quiet_placement_group_cleaner() -> None:
+    """Worker setup hook of the local cluster: Ray Train's placement group cleaner asks the
+    dashboard's state API every second whether the run's controller is still alive, and logs a
+    warning each time it cannot. The local cluster has no dashboard, and its placement groups end
+    with the cluster, which ends with this process."""
+    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
