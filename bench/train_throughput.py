@@ -40,7 +40,6 @@ from rayft.tiny import build_tiny_model
 from rayft.training.formatting import IGNORE_INDEX, pack_examples, packed_batch, pad_batch, tokenize_conversation
 from rayft.training.worker import to_model_inputs
 
-THREADS = 2  # the machine's cores; the rayft worker gets the same through cpus_per_worker
 WARMUP = 2
 ROUND = 4  # steps per side per round in part (c)
 
@@ -140,13 +139,14 @@ def plain_loop(model_dir: Path, dataset: Path, method: str, steps: int, batch: i
 
 
 def rayft_run(model_dir: Path, dataset: Path, method: str, steps: int, batch: int, max_seq_len: int, lr: float) -> dict:
-    """`rayft train` with one worker holding all the cores; step times from its per-step log."""
+    """`rayft train` with one worker given as many CPUs as the plain loop has torch threads; step times
+    from its per-step log."""
     from rayft.config import parse_config
     from rayft.training.trainer import train
 
     config = parse_config({"name": f"bench-{method}", "model": {"base": str(model_dir)}, "train": {
         "dataset": str(dataset), "method": method, "lora": {"r": 16, "alpha": 32, "dropout": 0.0},
-        "num_workers": 1, "cpus_per_worker": THREADS, "epochs": 1, "max_steps": steps, "batch_size": batch,
+        "num_workers": 1, "cpus_per_worker": torch.get_num_threads(), "epochs": 1, "max_steps": steps, "batch_size": batch,
         "learning_rate": lr, "warmup_ratio": 0.0, "max_seq_len": max_seq_len, "checkpoint_every": steps,
         "eval_every": steps,
     }})
@@ -250,8 +250,10 @@ def main() -> None:
     parser.add_argument("--methods", default="lora,full", help="part (b) and (c) methods, comma-separated")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds per side in part (c)")
     parser.add_argument("--parts", default="a,b,c", help="which parts to run, comma-separated")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of every side (the rayft worker "
+                        "gets as many CPUs); 2 uses all of this machine's cores, 1 leaves one to Ray's daemons")
     args = parser.parse_args()
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="rayft-bench-train-"))
     os.environ["RAYFT_HOME"] = str(work / "home")  # runs, exports and the registry stay out of the user's
     model_dir = build_tiny_model(work / "model", tokenizer_corpus(), size=args.size)
@@ -259,7 +261,7 @@ def main() -> None:
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     parts, methods = args.parts.split(","), args.methods.split(",")
-    result = {"model": args.size, "threads": THREADS}
+    result = {"model": args.size, "threads": args.threads}
     if "a" in parts:
         result["packing"] = bench_packing(model_dir, args.examples, 8, 512, tokenizer.pad_token_id, len(tokenizer))
         print(json.dumps(result["packing"]), flush=True)
