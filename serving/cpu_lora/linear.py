@@ -38,17 +38,24 @@ def batch_plan(wrapper: Any) -> Plan | None:
 
 def _by_runs(y, x, a_stacked, b_stacked, scale: float, slices, runs) -> None:
     """Rows in runs of one adapter each (a whole batch on one adapter, or prefill's contiguous
-    sequences): per run and slice a matmul and a fused multiply-add into the run's rows, no gather."""
-    x32, offset = cast(x, torch.float32), 0
-    for a, b, size in zip(a_stacked, b_stacked, slices):
-        for slot, start, end in runs:
-            if not contributes(a, b, (slot,)):  # the adapter does not target this slice
-                continue
-            h = x32[start:end] @ cast(stacked(a)[slot], torch.float32).T
-            if scale != 1.0:
-                h.mul_(scale)
-            y[start:end, offset : offset + size].addmm_(cast(h, y.dtype), cast(stacked(b)[slot], y.dtype).T)
-        offset += size
+    sequences): per run one matmul shrinks every slice (the slices' shrink weights side by side,
+    see `transposed_slots`) and one fused multiply-add per slice expands into the run's rows; no
+    gather. A prefill batch has a run per sequence, so the per-run work is kept to those ops."""
+    slots = tuple(sorted({slot for slot, _, _ in runs}))
+    live = [i for i, (a, b) in enumerate(zip(a_stacked, b_stacked)) if contributes(a, b, slots)]
+    if not live:  # none of the adapters targets this layer
+        return
+    shrink = transposed_slots(tuple(a_stacked[i] for i in live), slots, torch.float32)
+    expand = [cast(stacked(b_stacked[i]), y.dtype) for i in live]
+    starts = [sum(slices[:i]) for i in live]
+    rank, x32 = a_stacked[0].shape[-2], cast(x, torch.float32)
+    for slot, start, end in runs:
+        h = x32[start:end] @ shrink[slots.index(slot)]
+        if scale != 1.0:
+            h.mul_(scale)
+        h = cast(h, y.dtype)
+        for j, (i, b, first) in enumerate(zip(live, expand, starts)):
+            y[start:end, first : first + slices[i]].addmm_(h[:, j * rank : (j + 1) * rank], b[slot].T)
 
 
 def _mixed(y, x, a_stacked, b_stacked, scale: float, slices, plan: Plan) -> None:
