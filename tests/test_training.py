@@ -141,6 +141,23 @@ def test_zero2_full_fine_tune_stops_early_on_validation_loss(ray_cluster, tiny_m
     assert "Failed to query Ray Train Controller" not in capfd.readouterr().err
 
 
+def test_one_cpu_worker_runs_without_zero_resumes_and_exports_the_training_weights(
+        ray_cluster, tiny_model, tickets_dataset, capfd):
+    settings = {"method": "full", "num_workers": 1, "learning_rate": 1e-3, "checkpoint_every": 3, "eval_every": 3}
+    first = run_training(tiny_model, tickets_dataset, "solo", max_steps=3, **settings)
+    assert "DeepSpeed ZeRO stage 0" in capfd.readouterr().out  # one worker: nothing to partition
+    saved = Path(first["metrics"]["run_dir"]) / "step_000003" / "ds"
+    assert (saved / "mp_rank_00_model_states.pt").exists() and not list(saved.glob("*optim_states.pt"))
+    second = run_training(tiny_model, tickets_dataset, "solo", resume=True, max_steps=6, **settings)
+    log = step_log(second)
+    steps = [r for r in log if "loss" in r]
+    assert [r["step"] for r in steps] == list(range(1, 7)) and {"event": "resumed", "from_step": 3, "epoch": 0} in log
+    assert all(r["grad_norm"] > 0 for r in steps)  # the norm DeepSpeed's fp32 clipping computes is kept
+    assert steps[-1]["loss"] < steps[0]["loss"]
+    # The export came from the checkpoint's module state and was checked against the training weights.
+    assert second["kind"] == "full" and second["metrics"]["verified_tensors"] == 21
+
+
 @pytest.fixture(scope="module")
 def z3_full_after_a_crash(ray_cluster, tiny_model, tickets_dataset):
     """A ZeRO-3 full fine-tune whose last worker crashes once at step 5 (a test hook), so Ray Train

@@ -18,18 +18,31 @@ def merge(base: dict, override: dict) -> dict:
     return out
 
 
+def zero_stage(train: TrainConfig, use_gpu: bool) -> int:
+    """The ZeRO stage a run uses: the configured one, except 0 (no ZeRO) for a single worker
+    training in fp32 without offload. ZeRO partitions state over workers, so one worker has
+    nothing to partition, and in fp32 ZeRO's flat master copy duplicates the weights themselves:
+    every step would copy each gradient into it and each updated weight back (bench/RESULTS.md)."""
+    ds = train.deepspeed
+    if train.num_workers == 1 and not use_gpu and not (ds.offload_optimizer or ds.offload_params):
+        return 0
+    return ds.zero_stage
+
+
 def deepspeed_config(train: TrainConfig, micro_batch: int, use_gpu: bool) -> dict:
-    """The DeepSpeed config for one worker: ZeRO stage, offload, precision, accumulation, clipping.
+    """The DeepSpeed config for one worker: ZeRO stage (see `zero_stage`), offload, precision,
+    accumulation, clipping.
 
     rayft passes its own torch optimizer and transformers scheduler to `deepspeed.initialize`, so
     the config has no optimizer or scheduler section (and DeepSpeed compiles no fused CPU Adam).
     """
-    zero: dict = {"stage": train.deepspeed.zero_stage}
+    stage = zero_stage(train, use_gpu)
+    zero: dict = {"stage": stage}
     if train.deepspeed.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": use_gpu}
     if train.deepspeed.offload_params:  # the config allows it with ZeRO-3 only
         zero["offload_param"] = {"device": "cpu", "pin_memory": use_gpu}
-    if train.deepspeed.zero_stage == 3:
+    if stage == 3:
         zero["stage3_gather_16bit_weights_on_model_save"] = True
     config = {
         "train_micro_batch_size_per_gpu": micro_batch,

@@ -2,8 +2,10 @@
 
 Exporting on the driver from the merged checkpoint needs no collectives and works the same for
 ZeRO-2 and ZeRO-3: DeepSpeed's `zero_to_fp32` reassembles the fp32 master weights from every rank's
-partition, so the exported weights are exactly the training weights. The tokenizer and the chat
-template used in training are saved alongside, so serving renders prompts the same way.
+partition, so the exported weights are exactly the training weights. A run without ZeRO (one fp32
+worker, see `deepspeed_config.zero_stage`) has them whole in the checkpoint's module state. The
+tokenizer and the chat template used in training are saved alongside, so serving renders prompts
+the same way.
 """
 
 from __future__ import annotations
@@ -36,16 +38,27 @@ def _copy_generation_config(base: str, model) -> None:
         pass  # the base has none; transformers derives one from the model config
 
 
+def training_weights(checkpoint_dir: str, adapter: bool) -> dict:
+    """The fp32 training weights (the trainable ones only for an adapter) in a run's checkpoint."""
+    import torch
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    ds = Path(checkpoint_dir) / "ds"
+    if any(ds.glob("*optim_states.pt")):  # ZeRO: one partition per rank
+        return get_fp32_state_dict_from_zero_checkpoint(checkpoint_dir, tag="ds", exclude_frozen_parameters=adapter)
+    # Without ZeRO the module state holds the weights (saved with frozen ones left out for adapters).
+    return torch.load(ds / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
+
+
 def export_checkpoint(checkpoint_dir: str, base: str, train: TrainConfig, tokenizer, out_dir: str | Path) -> dict:
     """Write the adapter (lora/qlora) or full model from `checkpoint_dir` to `out_dir`."""
     import torch
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
     from transformers import AutoConfig, AutoModelForCausalLM
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     adapter = train.method != "full"
-    state = get_fp32_state_dict_from_zero_checkpoint(checkpoint_dir, tag="ds", exclude_frozen_parameters=adapter)
+    state = training_weights(checkpoint_dir, adapter)
     config = AutoConfig.from_pretrained(base)
     if adapter:
         from peft import get_peft_model

@@ -188,7 +188,8 @@ def train(config: RayftConfig, resume: bool = False, show_progress: bool = True)
     scratch.mkdir(parents=True, exist_ok=True)
     print(f"[rayft] run {run_name}: {plan.total_steps} steps ({plan.epochs} epochs × {plan.steps_per_epoch}), "
           f"batch {plan.global_batch} = {plan.micro_batch} × {config.train.num_workers} workers × "
-          f"{config.train.grad_accum} accumulation, lr {plan.learning_rate:g}", flush=True)
+          f"{config.train.grad_accum} accumulation, lr {plan.learning_rate:g}, "
+          f"DeepSpeed ZeRO stage {spec.ds_config['zero_optimization']['stage']}", flush=True)
 
     # run
     follow = FollowLog(scratch / "log-rank0" / LOG_NAME, plan.total_steps, f"train {config.name}", show_progress)
