@@ -8,7 +8,7 @@ record it in bench/RESULTS.md). Both parts use a tiny Llama built offline (`rayf
     micro-batches and as packed rows (`rayft.training.formatting`, the worker's own inputs with
     `use_cache=False`). Lengths are skewed like real chat data: most examples short, a few long.
     Reported: real (non-padding) tokens per second of each, and the ratio (goal >= 2x).
-(b) overhead: `rayft train` with one worker (Ray Train + DeepSpeed ZeRO-2, Ray Data shard) against
+(b) overhead: `rayft train` with one worker (Ray Train, DeepSpeed without ZeRO, Ray Data shard) against
     a plain single-process torch loop on the same model, data, batch, optimizer, schedule and
     step count, run before and after it (A-B-A, Ray stopped for both). Every example is truncated
     to the same length, so every step carries the same tokens and step times compare directly.
@@ -16,10 +16,12 @@ record it in bench/RESULTS.md). Both parts use a tiny Llama built offline (`rayf
     of rayft to the plain runs' mean (goal >= 0.9x), and each side's wall time (rayft's includes
     worker start-up, tokenizing on Ray Data, the checkpoint and the export).
 (c) DeepSpeed alone: the plain step against a step through rayft's own DeepSpeed engine
-    (`build_engine`, ZeRO-2, world size 1 on gloo, no Ray), in one process, alternating rounds of
-    ROUND steps, so the machine's drift hits both alike. Reported: median step seconds of each
-    phase (forward, backward, optimizer step) and the ratio of total step times. Together with
-    (b) it tells DeepSpeed's share of the overhead from Ray's.
+    (`build_engine` with the config one worker gets: no ZeRO, see `deepspeed_config.zero_stage`),
+    and against the same engine under ZeRO-2 (what one worker ran before), world size 1 on gloo,
+    no Ray, in one process, alternating rounds of ROUND steps, so the machine's drift hits every
+    side alike. Reported: median step seconds of each phase (forward, backward, optimizer step)
+    and each engine's ratio of total step times to the plain step's. Together with (b) it tells
+    DeepSpeed's share of the overhead from Ray's.
 """
 
 from __future__ import annotations
@@ -204,12 +206,14 @@ def plain_stepper(model_dir: Path, method: str, lr: float):
     return lambda batch: phase_times(model, lambda loss: loss.backward(), step, batch)
 
 
-def deepspeed_stepper(model_dir: Path, method: str, lr: float, micro: int):
+def deepspeed_stepper(model_dir: Path, method: str, lr: float, micro: int, override: dict | None = None):
+    """Steps through rayft's engine as one worker builds it (`override`: raw DeepSpeed config on top)."""
     from rayft.config import TrainConfig
     from rayft.training.deepspeed_config import deepspeed_config
     from rayft.training.model import build_engine
 
-    train = TrainConfig.model_validate({"method": method, "learning_rate": lr, "deepspeed": {"zero_stage": 2},
+    train = TrainConfig.model_validate({"method": method, "learning_rate": lr, "num_workers": 1,
+                                        "deepspeed": {"zero_stage": 2, "override": override},
                                         "lora": {"r": 16, "alpha": 32, "dropout": 0.0}})
     engine, _ = build_engine(load(model_dir, method), train, deepspeed_config(train, micro, False), lr, 0, 1000)
     return lambda batch: phase_times(engine, engine.backward, engine.step, batch)
@@ -229,7 +233,8 @@ def bench_deepspeed(model_dir: Path, work: Path, method: str, rounds: int) -> di
                 for c in pd.read_parquet(dataset / "train.parquet")["messages"]]
     batches = [pad_batch(examples[i * batch : (i + 1) * batch], tokenizer.pad_token_id) for i in range(ROUND)]
     torch.manual_seed(0)
-    sides = {"plain": plain_stepper(model_dir, method, lr), "deepspeed": deepspeed_stepper(model_dir, method, lr, batch)}
+    sides = {"plain": plain_stepper(model_dir, method, lr), "deepspeed": deepspeed_stepper(model_dir, method, lr, batch),
+             "deepspeed_zero2": deepspeed_stepper(model_dir, method, lr, batch, {"zero_optimization": {"stage": 2}})}
     times: dict[str, list] = {name: [] for name in sides}
     for _ in range(rounds + 1):  # the first round warms both up and is left out
         for name, run in sides.items():
@@ -239,7 +244,8 @@ def bench_deepspeed(model_dir: Path, work: Path, method: str, rounds: int) -> di
     return {"method": method, "rounds": rounds, "steps_per_round": ROUND,
             "median_s": {name: dict(zip(("forward", "backward", "step"), (round(v, 3) for v in m)))
                          for name, m in medians.items()},
-            "ratio": round(sum(medians["plain"]) / sum(medians["deepspeed"]), 3)}
+            "ratio": round(sum(medians["plain"]) / sum(medians["deepspeed"]), 3),
+            "ratio_zero2": round(sum(medians["plain"]) / sum(medians["deepspeed_zero2"]), 3)}
 
 
 def main() -> None:
