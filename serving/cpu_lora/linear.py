@@ -7,7 +7,9 @@ that come in long runs of one adapter (a whole batch on one adapter; prefill, wh
 sequence's tokens are contiguous) are taken run by run, with no gather at all; otherwise (decode,
 adapters interleaved row by row) the rows are gathered once per layer, one batched matmul shrinks
 every slice, and each slice's expand stays in adapter order; only the expanded result goes back
-to row order, straight into the add. Slices whose adapters are
+to row order, selected straight into its columns of the result that is added (no staging copy:
+with weights and activations coming from memory, as in the engine, that took a sixth to a third
+off the gap to one adapter, bench/RESULTS.md). Slices whose adapters are
 all zero there (the adapter does not target the module) are skipped, see `.zero_slots`.
 Same arithmetic as vLLM's: the shrink in float32 (vLLM's buffer dtype), scaled, the expand in
 the output's dtype.
@@ -61,7 +63,8 @@ def _by_runs(y, x, a_stacked, b_stacked, scale: float, slices, runs) -> None:
 def _mixed(y, x, a_stacked, b_stacked, scale: float, slices, plan: Plan) -> None:
     """Rows gathered once into equal-size adapter groups; one batched matmul shrinks every slice
     (the slices' shrink weights side by side) and one per slice expands (weights contiguous, see
-    `transposed_slots`); results go back to row order in one pass."""
+    `transposed_slots`) into a buffer in group order, whose rows are selected back into row order
+    straight into the slice's columns of one result; one add puts that into `y`."""
     pad, groups = plan.padded, len(plan.groups)
     k, slots = groups * pad.m, plan.slots
     live = [contributes(a, b, slots) for a, b in zip(a_stacked, b_stacked)]
@@ -72,19 +75,20 @@ def _mixed(y, x, a_stacked, b_stacked, scale: float, slices, plan: Plan) -> None
     if scale != 1.0:
         h.mul_(scale)
     h = cast(h, y.dtype)
-    out = torch.empty((k + plan.has_base, sum(slices)), dtype=y.dtype, device=y.device)
+    rows = torch.empty((y.shape[0], sum(slices)), dtype=y.dtype, device=y.device)
     offset, rank = 0, a_stacked[0].shape[-2]
     for b, size, use in zip(b_stacked, slices, live):
         if not use:  # adds nothing: zero columns
-            out[:k, offset : offset + size].zero_()
+            rows[:, offset : offset + size].zero_()
         else:
-            expanded = torch.bmm(h[:, :, :rank], transposed_slots((b,), slots, y.dtype))
-            out[:k, offset : offset + size].copy_(expanded.view(k, size))
+            expanded = torch.empty((k + plan.has_base, size), dtype=y.dtype, device=y.device)
+            torch.bmm(h[:, :, :rank], transposed_slots((b,), slots, y.dtype), out=expanded[:k].view(groups, pad.m, size))
+            if plan.has_base:
+                expanded[k].zero_()  # rows without adapter read this row
+            torch.index_select(expanded, 0, plan.inv, out=rows[:, offset : offset + size])
             h = h[:, :, rank:]
         offset += size
-    if plan.has_base:
-        out[k].zero_()  # rows without adapter read this row
-    y[:, :offset].add_(out.index_select(0, plan.inv))
+    y[:, :offset].add_(rows)
 
 
 def _per_op(self, y, x, a_stacked, b_stacked, scale, slices, buffer, **kwargs) -> None:
