@@ -86,18 +86,16 @@ def build_engine(model, train: TrainConfig, ds_config: dict, learning_rate: floa
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
     )
     if engine.zero_optimization_stage() == 0 and engine.dp_world_size == 1 and not engine.bfloat16_enabled():
-        _run_as_single_fp32_process(engine)
+        _run_as_single_fp32_process(engine, params)
     return engine, scheduler
 
 
-def _run_as_single_fp32_process(engine) -> None:
+def _run_as_single_fp32_process(engine, params) -> None:
     """One fp32 worker without ZeRO (`deepspeed_config.zero_stage`). DeepSpeed would still flatten
     every gradient into a buffer, all-reduce it with itself and copy it back after each backward:
     turned off, as there is nothing to reduce. Its fp32 clipping drops the norm it computes: the
     clip here keeps it, so `get_global_grad_norm` reports it as it does under ZeRO."""
     import torch
-
-    params = [p for p in engine.module.parameters() if p.requires_grad]
 
     def clip_and_keep_norm() -> None:
         engine._global_grad_norm = float(torch.nn.utils.clip_grad_norm_(params, engine.gradient_clipping()))

@@ -9,8 +9,8 @@ adapters interleaved row by row) the rows are gathered once per layer, one batch
 every slice, and each slice's expand stays in adapter order; only the expanded result goes back
 to row order, selected straight into its columns of the result that is added (no staging copy:
 with weights and activations coming from memory, as in the engine, that took a sixth to a third
-off the gap to one adapter, bench/RESULTS.md). Slices whose adapters are
-all zero there (the adapter does not target the module) are skipped, see `.zero_slots`.
+off the gap to one adapter, bench/RESULTS.md). Slices whose adapters are all zero there (the
+adapter does not target the module) are skipped, see `.zero_slots`.
 Same arithmetic as vLLM's: the shrink in float32 (vLLM's buffer dtype), scaled, the expand in
 the output's dtype.
 """
