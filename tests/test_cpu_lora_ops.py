@@ -258,6 +258,25 @@ MAPPINGS = {
 }
 
 
+def _linear_weights(slices, dtype=torch.float32):
+    """Random stacked shrink and expand weights of a layer with `slices` outputs."""
+    a = tuple(_rand(SLOTS, 1, RANK, HIDDEN, dtype=dtype) for _ in slices)
+    b = tuple(_rand(SLOTS, 1, size, RANK, dtype=dtype) for size in slices)
+    return a, b
+
+
+def _linear_reference(y0, x, a, b, ids: list[int], scale: float, slices) -> torch.Tensor:
+    """float64: `y0` plus, per row with an adapter (lora id k > 0: slot k - 1), every slice's LoRA."""
+    ref, offset = y0.double(), 0
+    for ai, bi, size in zip(a, b, slices):
+        for row, lora_id in enumerate(ids):
+            if lora_id > 0:
+                h = scale * x[row].double() @ ai[lora_id - 1, 0].double().T
+                ref[row, offset : offset + size] += h @ bi[lora_id - 1, 0].double().T
+        offset += size
+    return ref
+
+
 def _linear_case(ids: list[int], prefill: bool, scale: float, zero_slots=(), dtype=torch.float32):
     """Run the patched add_lora_linear with 3 output slices; return (y, float64 reference).
 
@@ -268,21 +287,13 @@ def _linear_case(ids: list[int], prefill: bool, scale: float, zero_slots=(), dty
     wrapper.update_metadata(mapping, [1, 2, 3, 4], SLOTS, 100)
     torch.manual_seed(len(ids))
     slices = (OUT, 16, 8)
-    a = tuple(_rand(SLOTS, 1, RANK, HIDDEN, dtype=dtype) for _ in slices)
-    b = tuple(_rand(SLOTS, 1, size, RANK, dtype=dtype) for size in slices)
+    a, b = _linear_weights(slices, dtype)
     for slot in zero_slots:
         a[1][slot], b[1][slot] = 0, 0
     x, y0 = _rand(len(ids), HIDDEN, dtype=dtype), _rand(len(ids), sum(slices) + 3, dtype=dtype)
     y = y0.clone()
     wrapper.add_lora_linear(y, x, a, b, scale, slices)
-    ref, offset = y0.double(), 0
-    for ai, bi, size in zip(a, b, slices):
-        for row, lora_id in enumerate(ids):
-            if lora_id > 0:
-                h = scale * x[row].double() @ ai[lora_id - 1, 0].double().T
-                ref[row, offset : offset + size] += h @ bi[lora_id - 1, 0].double().T
-        offset += size
-    return y, ref
+    return y, _linear_reference(y0, x, a, b, ids, scale, slices)
 
 
 @pytest.mark.parametrize("prefill", [False, True], ids=["decode", "prefill"])
@@ -311,6 +322,32 @@ def test_fused_add_lora_linear_bfloat16(case):
     torch.testing.assert_close(y.double(), ref, rtol=0.02, atol=0.1)
     rows = [i for i, lora_id in enumerate(MAPPINGS[case]) if lora_id > 0]
     torch.testing.assert_close(y[rows].double(), y_vllm[rows].double(), rtol=0.02, atol=0.1)
+
+
+@pytest.mark.parametrize("prefill", [False, True], ids=["decode", "prefill"])
+def test_fused_add_lora_linear_follows_new_metadata_and_weight_writes(prefill):
+    """What is kept between calls (the batch's grouping on the wrapper, each layer's weight
+    layout) is used within a step and dropped when vLLM writes the metadata or a weight."""
+    cpu_lora.register()
+    wrapper = punica_cpu.PunicaWrapperCPU(64, 16, device="cpu")
+    slices = (OUT, 16, 8)
+    a, b = _linear_weights(slices)
+    a[1][2], b[1][2] = 0, 0  # slot 2 (lora id 3) does not target the middle slice
+    x, y0 = _rand(12, HIDDEN), _rand(12, sum(slices))
+
+    def step(ids: list[int]) -> None:
+        wrapper.update_metadata(LoRAMapping(ids, ids, is_prefill=prefill), [1, 2, 3, 4], SLOTS, 100)
+        for _ in range(2):  # two layers of one step: the grouping is kept, not recomputed
+            y = y0.clone()
+            wrapper.add_lora_linear(y, x, a, b, 0.5, slices)
+            torch.testing.assert_close(y.double(), _linear_reference(y0, x, a, b, ids, 0.5, slices),
+                                       rtol=1e-5, atol=1e-4)
+        assert linear.batch_plan(wrapper) is linear.batch_plan(wrapper)
+
+    step(MAPPINGS["balanced"])
+    step([3, 0, 1, 4] * 3)  # same length and adapters, rows moved: a new grouping
+    a[1][2].normal_(), b[1][2].normal_()  # vLLM loads an adapter into the slot, in place
+    step([3, 0, 1, 4] * 3)
 
 
 def test_plan_paths():

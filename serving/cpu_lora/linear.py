@@ -11,6 +11,9 @@ to row order, selected straight into its columns of the result that is added (no
 with weights and activations coming from memory, as in the engine, that took a sixth to a third
 off the gap to one adapter, bench/RESULTS.md). Slices whose adapters are all zero there (the
 adapter does not target the module) are skipped, see `.zero_slots`.
+The per-call Python work is kept small, as every LoRA layer of every step calls this: the batch's
+grouping is kept on the wrapper until vLLM writes its metadata again, and each layer's weights
+are laid out once per set of adapters (`.zero_slots.layer_weights`).
 Same arithmetic as vLLM's: the shrink in float32 (vLLM's buffer dtype), scaled, the expand in
 the output's dtype.
 """
@@ -21,13 +24,28 @@ from typing import Any
 
 import torch
 
-from .ops import cast, stacked
+from .ops import cast
 from .plan import Plan, plan_for_segments, plan_for_tokens
-from .zero_slots import contributes, transposed_slots
+from .zero_slots import LayerWeights, layer_weights
 
 
-def batch_plan(wrapper: Any) -> Plan | None:
-    """The grouping of the wrapper's current batch (None: no row has an adapter)."""
+# Where vLLM's wrapper (PunicaWrapperBase) keeps a batch's adapter indices; it writes them in place.
+_INDEX_BUFFERS = ("_token_lora_indices", "_lora_indices_per_batch", "_seq_lengths")
+
+
+def _metadata_stamp(wrapper: Any) -> tuple | None:
+    """What the wrapper's batch metadata is now, cheap to read: its index buffers' version counters
+    (every in-place write moves them) and how much of them the batch uses. None when it cannot be
+    read (no such buffers, or inference tensors, which keep no version)."""
+    try:
+        buffers = tuple(getattr(wrapper, name) for name in _INDEX_BUFFERS)
+        return (wrapper.is_prefill, wrapper.no_lora, wrapper.batch_size, tuple(wrapper.indices_len),
+                tuple((id(b), b._version) for b in buffers))
+    except (AttributeError, RuntimeError):
+        return None
+
+
+def _grouping(wrapper: Any) -> Plan | None:
     if wrapper.is_prefill:
         if wrapper.no_lora:
             return None
@@ -38,57 +56,56 @@ def batch_plan(wrapper: Any) -> Plan | None:
     return None if plan.slot is not None and plan.slot < 0 else plan
 
 
-def _by_runs(y, x, a_stacked, b_stacked, scale: float, slices, runs) -> None:
+def batch_plan(wrapper: Any) -> Plan | None:
+    """The grouping of the wrapper's current batch (None: no row has an adapter), kept on the
+    wrapper while its metadata's stamp is unchanged: vLLM updates it once per step, and every
+    layer of the step asks."""
+    stamp = _metadata_stamp(wrapper)
+    kept = getattr(wrapper, "_rayft_plan", None)
+    if stamp is not None and kept is not None and kept[0] == stamp:
+        return kept[1]
+    plan = _grouping(wrapper)
+    if stamp is not None:
+        wrapper._rayft_plan = (stamp, plan)
+    return plan
+
+
+def _by_runs(y, x, w: LayerWeights, scale: float, slots: tuple[int, ...], runs) -> None:
     """Rows in runs of one adapter each (a whole batch on one adapter, or prefill's contiguous
-    sequences): per run one matmul shrinks every slice (the slices' shrink weights side by side,
-    see `transposed_slots`) and one fused multiply-add per slice expands into the run's rows; no
-    gather. A prefill batch has a run per sequence, so the per-run work is kept to those ops."""
-    slots = tuple(sorted({slot for slot, _, _ in runs}))
-    live = [i for i, (a, b) in enumerate(zip(a_stacked, b_stacked)) if contributes(a, b, slots)]
-    if not live:  # none of the adapters targets this layer
-        return
-    shrink = transposed_slots(tuple(a_stacked[i] for i in live), slots, torch.float32)
-    expand = [cast(stacked(b_stacked[i]), y.dtype) for i in live]
-    starts = [sum(slices[:i]) for i in live]
-    rank, x32 = a_stacked[0].shape[-2], cast(x, torch.float32)
+    sequences): per run one matmul shrinks every slice (the slices' shrink weights side by side)
+    and one fused multiply-add per slice expands into the run's rows; no gather. A prefill batch
+    has a run per sequence, so the per-run work is kept to those ops."""
+    rank, x32 = w.expand[0].shape[1], cast(x, torch.float32)
     for slot, start, end in runs:
-        h = x32[start:end] @ shrink[slots.index(slot)]
+        k = slots.index(slot)
+        h = x32[start:end] @ w.shrink[k]
         if scale != 1.0:
             h.mul_(scale)
         h = cast(h, y.dtype)
-        for j, (i, b, first) in enumerate(zip(live, expand, starts)):
-            y[start:end, first : first + slices[i]].addmm_(h[:, j * rank : (j + 1) * rank], b[slot].T)
+        for j, (b, (first, size)) in enumerate(zip(w.expand, w.columns)):
+            y[start:end, first : first + size].addmm_(h[:, j * rank : (j + 1) * rank], b[k])
 
 
-def _mixed(y, x, a_stacked, b_stacked, scale: float, slices, plan: Plan) -> None:
+def _mixed(y, x, w: LayerWeights, scale: float, width: int, plan: Plan) -> None:
     """Rows gathered once into equal-size adapter groups; one batched matmul shrinks every slice
-    (the slices' shrink weights side by side) and one per slice expands (weights contiguous, see
-    `transposed_slots`) into a buffer in group order, whose rows are selected back into row order
-    straight into the slice's columns of one result; one add puts that into `y`."""
+    (the slices' shrink weights side by side) and one per slice expands into a buffer in group
+    order, whose rows are selected back into row order straight into the slice's columns of one
+    result; one add puts that into `y`."""
     pad, groups = plan.padded, len(plan.groups)
-    k, slots = groups * pad.m, plan.slots
-    live = [contributes(a, b, slots) for a, b in zip(a_stacked, b_stacked)]
-    if not any(live):  # none of the adapters targets this layer
-        return
+    k, rank = groups * pad.m, w.expand[0].shape[1]
     xs = cast(x.index_select(0, pad.gather), torch.float32).view(groups, pad.m, -1)
-    h = torch.bmm(xs, transposed_slots(tuple(a for a, use in zip(a_stacked, live) if use), slots, torch.float32))
+    h = torch.bmm(xs, w.shrink)
     if scale != 1.0:
         h.mul_(scale)
     h = cast(h, y.dtype)
-    rows = torch.empty((y.shape[0], sum(slices)), dtype=y.dtype, device=y.device)
-    offset, rank = 0, a_stacked[0].shape[-2]
-    for b, size, use in zip(b_stacked, slices, live):
-        if not use:  # adds nothing: zero columns
-            rows[:, offset : offset + size].zero_()
-        else:
-            expanded = torch.empty((k + plan.has_base, size), dtype=y.dtype, device=y.device)
-            torch.bmm(h[:, :, :rank], transposed_slots((b,), slots, y.dtype), out=expanded[:k].view(groups, pad.m, size))
-            if plan.has_base:
-                expanded[k].zero_()  # rows without adapter read this row
-            torch.index_select(expanded, 0, plan.inv, out=rows[:, offset : offset + size])
-            h = h[:, :, rank:]
-        offset += size
-    y[:, :offset].add_(rows)
+    rows = (torch.zeros if w.partial else torch.empty)((y.shape[0], width), dtype=y.dtype, device=y.device)
+    for j, (b, (first, size)) in enumerate(zip(w.expand, w.columns)):
+        expanded = torch.empty((k + plan.has_base, size), dtype=y.dtype, device=y.device)
+        torch.bmm(h[:, :, j * rank : (j + 1) * rank], b, out=expanded[:k].view(groups, pad.m, size))
+        if plan.has_base:
+            expanded[k].zero_()  # rows without adapter read this row
+        torch.index_select(expanded, 0, plan.inv, out=rows[:, first : first + size])
+    y[:, :width].add_(rows)
 
 
 def _per_op(self, y, x, a_stacked, b_stacked, scale, slices, buffer, **kwargs) -> None:
@@ -127,9 +144,13 @@ def add_lora_linear(
         return
     if buffer is not None or plan.n != x2.shape[0] or (plan.slot is None and plan.padded is None and not plan.runs):
         _per_op(self, y, x, lora_a_stacked, lora_b_stacked, scale, output_slices, buffer, **kwargs)
-    elif plan.slot is not None:
-        _by_runs(y2, x2, lora_a_stacked, lora_b_stacked, scale, output_slices, ((plan.slot, 0, plan.n),))
+        return
+    w = layer_weights(lora_a_stacked, lora_b_stacked, output_slices, plan.slots, y.dtype)
+    if w is None:  # none of the batch's adapters targets this layer
+        return
+    if plan.slot is not None:
+        _by_runs(y2, x2, w, scale, plan.slots, ((plan.slot, 0, plan.n),))
     elif plan.runs:
-        _by_runs(y2, x2, lora_a_stacked, lora_b_stacked, scale, output_slices, plan.runs)
+        _by_runs(y2, x2, w, scale, plan.slots, plan.runs)
     else:
-        _mixed(y2, x2, lora_a_stacked, lora_b_stacked, scale, output_slices, plan)
+        _mixed(y2, x2, w, scale, sum(output_slices), plan)

@@ -9,12 +9,16 @@ a batch and each of their weights has to be read.
 The flags are recomputed (one pass over the tensor) whenever the tensor's version counter has
 moved, which every in-place write does: vLLM loads and clears slots with `copy_` and item
 assignment. Tensors without a version counter (inference tensors) are never skipped.
+
+`layer_weights` keeps, per layer, the batch's adapters' weights laid out for the fused linear op
+(`.linear`), under the same versions.
 """
 
 from __future__ import annotations
 
 import weakref
 from collections.abc import Iterable
+from typing import NamedTuple
 
 import torch
 
@@ -35,32 +39,56 @@ def slot_flags(weights: torch.Tensor) -> tuple[bool, ...] | None:
     return flags
 
 
-# ids of the source tensors -> (their weak references, versions seen, slots, dtype, the copy)
-_copies: dict[tuple[int, ...], tuple[tuple[weakref.ref, ...], tuple[int, ...], tuple[int, ...], torch.dtype,
-                                     torch.Tensor]] = {}
+class LayerWeights(NamedTuple):
+    """One LoRA layer's weights for the adapter slots of a batch, laid out for its matmuls: only
+    the slices some adapter there contributes to ("live"), each slot's matrices transposed into
+    contiguous memory (a matmul reads them about twice as fast as transposed views)."""
+
+    shrink: torch.Tensor  # [slots, in, rank * live slices] float32: the live slices' A side by side
+    expand: tuple[torch.Tensor, ...]  # per live slice: [slots, rank, size] in the output's dtype
+    columns: tuple[tuple[int, int], ...]  # per live slice: (first column, size) in the output
+    partial: bool  # some slice is not live (its columns get nothing)
 
 
-def transposed_slots(weights: tuple[torch.Tensor, ...], slots: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+# id of a layer's first shrink weight -> (weak references to all its weights, their versions, the key, the layout)
+_layouts: dict[int, tuple[tuple[weakref.ref, ...], tuple[int, ...], tuple, LayerWeights | None]] = {}
+
+
+def _transposed(weights: list[torch.Tensor], slots: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """``[len(slots), in, sum of outs]``: the slots' matrices of stacked ``[slots, (1,) out, in]``
-    weights, side by side and transposed into contiguous memory, kept while every weight's version
-    and the slot set are unchanged: one weight gives a mixed batch's expand weights, every slice's
-    shrink weights of a layer give one batched matmul for all slices.
-
-    A batched matmul reads contiguous right-hand sides about twice as fast as transposed views; the
-    copy is made once per batch composition (decode steps keep it) and whenever vLLM writes a slot.
-    """
-    key = tuple(id(w) for w in weights)
-    versions = tuple(getattr(w, "_version", -1) for w in weights)
-    hit = _copies.get(key)
-    if (hit is not None and all(ref() is w for ref, w in zip(hit[0], weights)) and hit[1] == versions
-            and hit[2] == slots and hit[3] == dtype):
-        return hit[4]
+    weights, side by side and transposed into contiguous memory."""
     picked = [(w.flatten(0, 1) if w.dim() == 4 else w)[list(slots)] for w in weights]
-    copy = torch.cat(picked, dim=1).to(dtype).transpose(1, 2).contiguous()
-    if not any(w.is_inference() for w in weights):
-        refs = tuple(weakref.ref(w, lambda _, key=key: _copies.pop(key, None)) for w in weights)
-        _copies[key] = (refs, versions, slots, dtype, copy)
-    return copy
+    return torch.cat(picked, dim=1).to(dtype).transpose(1, 2).contiguous()
+
+
+def layer_weights(a_stacked: tuple[torch.Tensor, ...], b_stacked: tuple[torch.Tensor, ...],
+                  slices: tuple[int, ...], slots: tuple[int, ...], dtype: torch.dtype) -> LayerWeights | None:
+    """The layout of a layer's shrink (`a_stacked`) and expand (`b_stacked`) weights for `slots`,
+    expand in `dtype`; None when no adapter in `slots` contributes to any slice. Kept while every
+    weight's version and the batch's slots, slices and dtype are unchanged: decode steps reuse it,
+    and it is rebuilt when the set of adapters changes or vLLM writes a slot."""
+    weights = (*a_stacked, *b_stacked)
+    key = (slots, tuple(slices), dtype)
+    tracked = not any(w.is_inference() for w in weights)  # inference tensors keep no version
+    versions = tuple(w._version for w in weights) if tracked else ()
+    hit = _layouts.get(id(a_stacked[0])) if tracked else None
+    if (hit is not None and hit[1] == versions and hit[2] == key
+            and all(ref() is w for ref, w in zip(hit[0], weights))):
+        return hit[3]
+    live = [i for i, (a, b) in enumerate(zip(a_stacked, b_stacked)) if contributes(a, b, slots)]
+    layout = None
+    if live:
+        layout = LayerWeights(
+            _transposed([a_stacked[i] for i in live], slots, torch.float32),
+            tuple(_transposed([b_stacked[i]], slots, dtype) for i in live),
+            tuple((sum(slices[:i]), slices[i]) for i in live),
+            len(live) < len(slices),
+        )
+    if tracked:
+        first = id(a_stacked[0])
+        refs = tuple(weakref.ref(w, lambda _, first=first: _layouts.pop(first, None)) for w in weights)
+        _layouts[first] = (refs, versions, key, layout)
+    return layout
 
 
 def any_nonzero(weights: torch.Tensor, slots: Iterable[int]) -> bool:
