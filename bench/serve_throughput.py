@@ -1,7 +1,7 @@
 """Serving throughput: multi-LoRA on vLLM's CPU build with and without rayft's CPU LoRA ops, against
 transformers+peft, and the HTTP endpoint (start-up, mixed traffic, response-cache hits).
 
-    python bench/serve_throughput.py                 # everything (about 15 minutes on 2 cores)
+    python bench/serve_throughput.py                 # everything (about 20 minutes on 2 cores)
     python bench/serve_throughput.py --part engine   # issue 8: ops plugin off/on, peft baselines
     python bench/serve_throughput.py --part http     # issue 5: rayft serve over HTTP
 
@@ -27,7 +27,7 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-ADAPTERS, PROMPTS, NEW_TOKENS, RUNS = 8, 64, 64, 3
+ADAPTERS, PROMPTS, NEW_TOKENS, RUNS = 8, 64, 64, 5
 SCENARIOS = ("base", "one_adapter", "mixed_8", "mixed_8_and_base")
 
 
@@ -70,8 +70,10 @@ def assignment(scenario: str) -> list[int | None]:
 # ---- engine level (one subprocess per plugin setting: vLLM loads plugins once per process) ----
 
 def vllm_engine_rates(base: str, adapters: list[str]) -> dict:
-    """Output tokens/s per scenario on vLLM's offline engine: the median of RUNS rounds, each round
-    running every scenario once (interleaved, so the machine's drift hits every scenario alike)."""
+    """Per scenario on vLLM's offline engine: `tok_s`, output tokens/s at the median of RUNS rounds,
+    and `seconds`, each round's wall time. Every round runs every scenario once, in forward order in
+    even rounds and in reverse in odd ones, so the machine's drift and any after-effect of the
+    scenario before hit every scenario alike; ratios are then taken round by round (`paired`)."""
     from vllm import LLM, SamplingParams
     from vllm.lora.request import LoRARequest
 
@@ -83,13 +85,19 @@ def vllm_engine_rates(base: str, adapters: list[str]) -> dict:
     loras = {s: [None if a is None else requests[a] for a in assignment(s)] for s in SCENARIOS}
     for scenario in SCENARIOS:  # warm-up, adapters loaded
         llm.generate(ids, sampling, lora_request=loras[scenario], use_tqdm=False)
-    times: dict[str, list[float]] = {s: [] for s in SCENARIOS}
-    for _ in range(RUNS):
-        for scenario in SCENARIOS:
+    seconds: dict[str, list[float]] = {s: [] for s in SCENARIOS}
+    for round_ in range(RUNS):
+        for scenario in SCENARIOS if round_ % 2 == 0 else SCENARIOS[::-1]:
             started = time.perf_counter()
             llm.generate(ids, sampling, lora_request=loras[scenario], use_tqdm=False)
-            times[scenario].append(time.perf_counter() - started)
-    return {s: PROMPTS * NEW_TOKENS / statistics.median(t) for s, t in times.items()}
+            seconds[scenario].append(time.perf_counter() - started)
+    return {"tok_s": {s: PROMPTS * NEW_TOKENS / statistics.median(t) for s, t in seconds.items()},
+            "seconds": seconds}
+
+
+def paired(rates: dict, scenario: str, reference: str) -> float:
+    """`scenario`'s throughput ÷ `reference`'s: the median over rounds of the ratio within each round."""
+    return statistics.median(ref / own for own, ref in zip(rates["seconds"][scenario], rates["seconds"][reference]))
 
 
 def engine_subprocess(base: str, adapters: list[str], plugin: bool) -> dict:
@@ -147,14 +155,15 @@ def engine_part(base: str, adapters: list[str]) -> dict:
     on = engine_subprocess(base, adapters, plugin=True)
     peft = peft_rates(base, adapters)
     return {
-        "plugin_off_tok_s": off, "plugin_on_tok_s": on, "peft_tok_s": peft,
-        "ratios": {
-            "one_adapter/base (off)": off["one_adapter"] / off["base"],
-            "one_adapter/base (on)": on["one_adapter"] / on["base"],
-            "mixed_8/one_adapter (off)": off["mixed_8"] / off["one_adapter"],
-            "mixed_8/one_adapter (on)": on["mixed_8"] / on["one_adapter"],
-            "rayft mixed_8 / peft batch16 mixed (on)": on["mixed_8"] / peft["batch16_mixed_8"],
+        "plugin_off_tok_s": off["tok_s"], "plugin_on_tok_s": on["tok_s"], "peft_tok_s": peft,
+        "plugin_on_seconds_per_round": on["seconds"],
+        "ratios (within each round, median over rounds)": {
+            "one_adapter/base (off)": paired(off, "one_adapter", "base"),
+            "one_adapter/base (on)": paired(on, "one_adapter", "base"),
+            "mixed_8/one_adapter (off)": paired(off, "mixed_8", "one_adapter"),
+            "mixed_8/one_adapter (on)": paired(on, "mixed_8", "one_adapter"),
         },
+        "rayft mixed_8 / peft batch16 mixed (on)": on["tok_s"]["mixed_8"] / peft["batch16_mixed_8"],
     }
 
 
