@@ -11,11 +11,18 @@ its primary target is the version with the highest weight (ties: the higher vers
 change is recorded in a history table, and `rollback` undoes the latest change not yet undone.
 Every write takes SQLite's write lock first (BEGIN IMMEDIATE), so concurrent writers queue up and a
 read-modify-write never interleaves with another.
+
+A version is immutable: its artifact folder holds that version only (registering a folder that
+already holds one, even a deleted one, is refused), it holds no pickle files (only safetensors and
+plain files), and its content hash over every file (`storage.content_hash`) is recorded, so every
+use can check the bytes (`verified_artifact`). Gated aliases (`RAYFT_GATED_ALIASES`, default
+`prod`) move only through the promotion gate (`rayft promote`) or a forced move with a reason.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -51,6 +58,35 @@ CREATE TABLE IF NOT EXISTS alias_history (
     created_at REAL NOT NULL
 );
 """
+
+GATED_ALIASES_ENV = "RAYFT_GATED_ALIASES"
+DEFAULT_GATED_ALIASES = ("prod",)
+# Files a loader may unpickle (running code from whoever wrote them); artifacts hold safetensors instead.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+
+def gated_aliases() -> tuple[str, ...]:
+    """Aliases only the promotion gate (or a forced, reasoned move) may change: `RAYFT_GATED_ALIASES`
+    (comma-separated; empty for none), default `prod`."""
+    value = os.environ.get(GATED_ALIASES_ENV)
+    if value is None:
+        return DEFAULT_GATED_ALIASES
+    return tuple(a.strip() for a in value.split(",") if a.strip())
+
+
+def artifact_key(uri: str) -> str:
+    """An artifact location in one spelling: an absolute local path, or the URI without a trailing '/'."""
+    return str(uri).rstrip("/") if storage.is_remote(uri) else str(Path(uri).expanduser().resolve())
+
+
+def check_safe_format(uri: str) -> None:
+    """Refuse an artifact that holds pickle files, naming them."""
+    pickled = [name for name in storage.file_names(uri) if name.lower().endswith(PICKLE_SUFFIXES)]
+    if pickled:
+        raise RegistryError(
+            f"{uri} holds pickle files ({', '.join(pickled)}), which run code when loaded; save the weights as "
+            "safetensors (e.g. `model.save_pretrained(folder, safe_serialization=True)`) and register that folder")
+
 
 # An alias's versions with their weights, primary first; the one query behind alias lookups.
 ALIAS_ROWS = ("SELECT v.*, a.weight FROM alias_targets a JOIN versions v ON v.name = a.name AND v.version = a.version"
@@ -121,16 +157,27 @@ class Registry:
         code_revision: str | None = None,
     ) -> ModelVersion:
         """Add the next version of `name` and return it. Version numbers are never reused, even after
-        a delete. `weights_hash` defaults to the content hash of a local artifact folder's weights, and
-        `code_revision` to the code doing the registering (see `current_code_revision()`)."""
+        a delete. The artifact must be a folder (local or a URI) no other version was registered from
+        and hold no pickle files. `weights_hash` defaults to its content hash, and `code_revision` to
+        the code doing the registering (see `current_code_revision()`)."""
         if kind not in ("adapter", "full"):
             raise RegistryError(f"kind must be 'adapter' or 'full', got {kind!r}")
         if not NAME_PATTERN.fullmatch(name):
             raise RegistryError(f"{name!r}: {NAME_RULE}")
         revision = code_revision or current_code_revision()
-        if weights_hash is None and not storage.is_remote(artifact_uri) and Path(artifact_uri).is_dir():
-            weights_hash = storage.content_hash(artifact_uri)
+        readable = storage.exists(artifact_uri)
+        if readable:
+            check_safe_format(artifact_uri)
+            if weights_hash is None:
+                weights_hash = storage.content_hash(artifact_uri)
+        key = artifact_key(artifact_uri)
         with self._write() as db:
+            for row in db.execute("SELECT name, version, artifact_uri, 'registered' AS state FROM versions UNION ALL"
+                                  " SELECT name, version, artifact_uri, 'deleted' FROM deleted_versions"):
+                if artifact_key(row["artifact_uri"]) == key:
+                    raise RegistryError(
+                        f"{artifact_uri} already holds {row['name']}:{row['version']} ({row['state']}): a version's "
+                        "artifact never changes, so a new version needs a folder of its own")
             (latest,) = db.execute(
                 "SELECT COALESCE(MAX(version), 0) FROM (SELECT version FROM versions WHERE name = ?"
                 " UNION ALL SELECT version FROM deleted_versions WHERE name = ?)", (name, name)).fetchone()
@@ -172,6 +219,11 @@ class Registry:
             what = "is not an alias in the registry" if parsed.alias else "is not in the registry"
             raise RegistryError(f"{ref!r} {what}")
         return row_to_version(row)
+
+    def find_by_artifact(self, uri: str) -> ModelVersion | None:
+        """The version registered from the artifact at `uri` (any spelling of it), if any."""
+        key = artifact_key(uri)
+        return next((v for v in self.list() if artifact_key(v.artifact_uri) == key), None)
 
     def list(self, name: str | None = None) -> list[ModelVersion]:
         """All versions (of `name` if given), oldest first."""
@@ -238,11 +290,17 @@ class Registry:
         return [row_to_change(r) for r in rows]
 
     def set_alias(self, name: str, alias: str, targets: int | dict[int, float], *, reason: str | None = None,
-                  actor: str | None = None, details: dict | None = None) -> Alias:
+                  actor: str | None = None, details: dict | None = None, gated: bool = False) -> Alias:
         """Point `name:alias` at a version, or at several with traffic weights, in one atomic step that
-        is recorded in the alias history (with `reason`, `actor` and e.g. the gate's verdict in `details`)."""
+        is recorded in the alias history (with `reason`, `actor` and e.g. the gate's verdict in `details`).
+        A gated alias (`gated_aliases()`) moves only with `gated=True`: the caller is the promotion gate,
+        or a forced move that records its reason and the gate's checks."""
         if not ALIAS_PATTERN.fullmatch(alias):
             raise RegistryError(f"alias {alias!r}: an alias starts with a letter, then letters, digits, '_', '.', '-'")
+        if alias in gated_aliases() and not gated:
+            raise RegistryError(
+                f"'{name}:{alias}' is a gated alias ({GATED_ALIASES_ENV}): move it with `rayft promote NAME:VERSION "
+                f"--alias {alias}`, which checks the version's eval first, or with --force --reason \"...\"")
         weights = alias_weights(targets)
         with self._write() as db:
             self._require_versions(db, name, weights, "{ref!r} is not in the registry")
@@ -296,9 +354,24 @@ class Registry:
 def resolve_model_path(model: str, registry: Registry) -> tuple[str, str | None]:
     """A model given as a path/hub id or as `registry:NAME[:VERSION|:ALIAS]` (a full model), resolved
     to a loadable path, with the registry ref it came from (None for plain paths)."""
+    version = registry_base(model, registry)
+    return (model, None) if version is None else (version.artifact_uri, version.ref)
+
+
+def registry_base(model: str, registry: Registry) -> ModelVersion | None:
+    """The full-model version `registry:NAME[:VERSION|:ALIAS]` names; None for a plain path or hub id."""
     if not model.startswith(REGISTRY_PREFIX):
-        return model, None
+        return None
     version = registry.get(model[len(REGISTRY_PREFIX):])
     if version.kind != "full":
         raise RegistryError(f"{version.ref} is an adapter; a base model must be a full model")
-    return version.artifact_uri, version.ref
+    return version
+
+
+def verified_artifact(version: ModelVersion) -> Path:
+    """A local folder with exactly `version`'s registered bytes (see `storage.verified_dir`); raises
+    `storage.ArtifactMismatch` naming the version and both hashes when they differ."""
+    if not version.weights_hash:
+        raise storage.ArtifactMismatch(f"{version.ref} has no weights hash in the registry, so its bytes cannot be "
+                                       "verified; register the artifact again")
+    return storage.verified_dir(version.artifact_uri, version.weights_hash, version.ref)

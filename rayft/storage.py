@@ -8,6 +8,7 @@ come from the usual environment variables or instance roles).
 from __future__ import annotations
 
 import hashlib
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -89,8 +90,6 @@ def write_text(uri: str, text: str) -> None:
 def upload_file(local: str | Path, uri: str) -> str:
     """Copy one local file to a local path or a URI."""
     if not is_remote(uri):
-        import shutil
-
         Path(uri).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(local, uri)
         return uri
@@ -105,8 +104,6 @@ def upload_dir(local: str | Path, uri: str) -> str:
     import pyarrow.fs
 
     if not is_remote(uri):
-        import shutil
-
         if Path(local).resolve() != Path(uri).resolve():
             shutil.copytree(local, uri, dirs_exist_ok=True)
         return uri
@@ -129,29 +126,133 @@ def writable_dir(uri: str | Path):
         upload_dir(scratch, str(uri))
 
 
-def content_hash(folder: str | Path, patterns: tuple[str, ...] = ("*.safetensors", "*.bin")) -> str:
-    """sha256 over the folder's files matching `patterns` (names and bytes), in name order: the
-    content version of a model's weights."""
+@contextmanager
+def replaced_dir(uri: str | Path, last: str):
+    """A local scratch folder whose contents replace the folder at `uri` only when the block ends
+    without an error; on an error the previous contents stay whole. Locally the scratch folder is
+    a sibling, swapped in by two renames (a crash between them leaves the old version whole under
+    `.<name>.previous-*`). On object storage, which has no rename, the old `last` file (a manifest)
+    is deleted first and the new one uploaded after everything else, so a crash mid-upload leaves a
+    folder without `last`, never new files beside the old `last`."""
+    if is_remote(uri):
+        with tempfile.TemporaryDirectory(prefix="rayft-upload-") as scratch:
+            yield Path(scratch)
+            fs, path = _fs(uri)
+            if exists(join(uri, last)):
+                fs.delete_file(f"{path.rstrip('/')}/{last}")
+            staged = Path(scratch) / last
+            held = staged.rename(Path(scratch).parent / f".{Path(scratch).name}-{last}")
+            try:
+                upload_dir(scratch, str(uri))
+                upload_file(held, join(uri, last))
+            finally:
+                held.unlink()
+        return
+    target = Path(uri)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.staging-", dir=target.parent))
+    try:
+        yield scratch
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    previous = target.parent / f".{target.name}.previous-{scratch.name.rsplit('-', 1)[-1]}"
+    if target.exists():
+        target.rename(previous)
+    scratch.rename(target)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def _hashed_files(folder: str | Path) -> list[tuple[str, object]]:
+    """(path relative to the folder, opener) of every file a loader could read, in path order:
+    every regular file below the folder except hidden ones (a name starting with '.', like the
+    download cache's markers)."""
+    if not is_remote(folder):
+        root = Path(folder)
+        return sorted((p.relative_to(root).as_posix(), p.open) for p in root.rglob("*")
+                      if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    import pyarrow.fs
+
+    fs, root = _fs(folder)
+    root = root.rstrip("/")
+    infos = fs.get_file_info(pyarrow.fs.FileSelector(root, recursive=True))
+    files = []
+    for info in infos:
+        relative = info.path[len(root):].lstrip("/")
+        if info.type == pyarrow.fs.FileType.File and not any(p.startswith(".") for p in relative.split("/")):
+            files.append((relative, lambda _mode, path=info.path: fs.open_input_stream(path)))
+    return sorted(files, key=lambda f: f[0])
+
+
+def file_names(folder: str | Path) -> list[str]:
+    """Paths (relative, '/'-separated) of the files `content_hash` covers, in order."""
+    return [relative for relative, _ in _hashed_files(folder)]
+
+
+def content_hash(folder: str | Path) -> str:
+    """sha256 over every file of an artifact folder (local or a URI) that a loader could read:
+    weights in any format, configs, tokenizer and chat template. Relative paths and bytes, in path
+    order, so a folder and its upload hash alike. The one content version of a model or adapter: the
+    registry records it, eval reports it, serving verifies it and keys its response cache on it."""
     digest = hashlib.sha256()
-    paths = sorted({p for pattern in patterns for p in Path(folder).glob(pattern)})
-    for path in paths:
-        digest.update(path.name.encode())
-        with path.open("rb") as data:
+    for relative, opener in _hashed_files(folder):
+        digest.update(relative.encode() + b"\0")
+        with opener("rb") as data:
             for chunk in iter(lambda: data.read(1 << 20), b""):
                 digest.update(chunk)
+        digest.update(b"\0")
     return digest.hexdigest()
 
 
-def local_dir(uri: str) -> Path:
-    """A local folder with the contents of `uri`: the path itself, or a cached download."""
+class ArtifactMismatch(RuntimeError):
+    """An artifact's bytes are not the ones its registry version records; the message names the
+    version and both hashes."""
+
+
+def _mismatch(ref: str, where: str, actual: str, expected: str) -> str:
+    return (f"{ref}: the artifact at {where} has weights hash {actual}, but the registry records {expected}: "
+            "its files changed after registration; refusing to use it")
+
+
+def _check(folder: str | Path, expected: str, ref: str, where: str) -> None:
+    actual = content_hash(folder)
+    if actual != expected:
+        raise ArtifactMismatch(_mismatch(ref, where, actual, expected))
+
+
+def verified_dir(uri: str, expected: str | None, ref: str | None = None) -> Path:
+    """A local folder holding exactly the bytes of `uri`, checked against the registry's `expected`
+    hash (None: a plain path that is no registry version). A local folder is hashed in place. A URI
+    is downloaded into `$RAYFT_HOME/cache/artifacts/<hash>`, hashed after download (and a cached copy
+    again before each use), so a cache never serves bytes other than the registered ones."""
+    ref = ref or str(uri)
     if not is_remote(uri):
+        if expected is not None:
+            _check(uri, expected, ref, str(uri))
         return Path(uri)
+    cache = rayft_home() / "cache" / "artifacts"
+    if expected is not None and (cache / expected).is_dir():
+        try:
+            _check(cache / expected, expected, ref, f"{cache / expected} (cached from {uri})")
+            return cache / expected
+        except ArtifactMismatch:
+            shutil.rmtree(cache / expected, ignore_errors=True)
     import pyarrow.fs
 
-    cache = rayft_home() / "cache" / "artifacts" / hashlib.sha256(uri.encode()).hexdigest()[:16]
-    if not (cache / ".complete").exists():
+    cache.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=".download-", dir=cache))
+    try:
         fs, path = _fs(uri)
-        cache.mkdir(parents=True, exist_ok=True)
-        pyarrow.fs.copy_files(path, str(cache), source_filesystem=fs, destination_filesystem=pyarrow.fs.LocalFileSystem())
-        (cache / ".complete").write_text(uri)
-    return cache
+        pyarrow.fs.copy_files(path, str(partial), source_filesystem=fs,
+                              destination_filesystem=pyarrow.fs.LocalFileSystem())
+        actual = content_hash(partial)
+        if expected is not None and actual != expected:
+            raise ArtifactMismatch(_mismatch(ref, str(uri), actual, expected))
+        target = cache / actual
+        try:
+            partial.rename(target)
+        except OSError:  # another process cached the same content first
+            pass
+        return target
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
