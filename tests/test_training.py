@@ -43,13 +43,15 @@ def test_exported_adapter_loads_with_peft_and_changes_outputs(trained_adapter, t
     assert (tuned_logits - base_logits).abs().max() > 1e-3
 
 
-def run_training(tiny_model, dataset, name, resume=False, **train):
+def run_training(tiny_model, dataset, name, resume=False, chat_template=None, **train):
     from rayft.config import parse_config
     from rayft.training.trainer import train as run
 
     from conftest import lora_train_config
 
-    return run(parse_config(lora_train_config(tiny_model, dataset, name, **train)), resume=resume, show_progress=False)
+    config = lora_train_config(tiny_model, dataset, name, **train)
+    config["model"]["chat_template"] = chat_template
+    return run(parse_config(config), resume=resume, show_progress=False)
 
 
 def tensorboard_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
@@ -89,9 +91,14 @@ def scheduled_lrs(name: str, base_lr: float, warmup: int, total: int) -> list[fl
 
 
 def test_zero3_lora_packed_accumulated_and_resume_continues_steps_and_curve(ray_cluster, tiny_model, tickets_dataset):
+    from rayft import chat, storage
+
+    from templates import NO_SYSTEM
+
     settings = {"deepspeed": {"zero_stage": 3}, "checkpoint_every": 3, "eval_every": 3, "packing": True,
-                "grad_accum": 2}
+                "grad_accum": 2, "chat_template": NO_SYSTEM}
     first = run_training(tiny_model, tickets_dataset, "z3lora", max_steps=6, **settings)
+    assert chat.artifact_template(first["artifact_uri"]) == NO_SYSTEM  # the template it trained with travels with it
     assert first["metrics"]["steps"] == 6 and first["metrics"]["verified_tensors"] > 0
     plan = first["metrics"]["plan"]
     assert plan["micro_batch"] * 2 * 2 == plan["global_batch"] == 8  # 2 workers × 2 accumulated micro-batches
@@ -111,6 +118,11 @@ def test_zero3_lora_packed_accumulated_and_resume_continues_steps_and_curve(ray_
     mean = lambda rows: sum(r["loss"] for r in rows) / len(rows)  # noqa: E731
     assert mean(steps[6:9]) < mean(steps[:3]) and steps[-1]["loss"] < steps[0]["loss"]
     assert second["parent"] == first["ref"]  # lineage: the resumed run continues the first export
+    assert second["metrics"]["resumed_from_step"] == 6
+    # A new version in a folder of its own: the first version's bytes are as registered.
+    assert Path(second["artifact_uri"]).parent == Path(first["artifact_uri"]).parent
+    assert second["artifact_uri"] != first["artifact_uri"] and second["weights_hash"] != first["weights_hash"]
+    assert storage.content_hash(first["artifact_uri"]) == first["weights_hash"]
 
 
 def test_zero2_full_fine_tune_stops_early_on_validation_loss(ray_cluster, tiny_model, tickets_dataset, capfd):
@@ -224,6 +236,7 @@ def test_bad_configs_fail_before_any_work(tiny_model, tmp_path, monkeypatch, row
     monkeypatch.setattr(trainer, "ensure_ray", no_work)
     path = tmp_path / "data" / "train.parquet"
     path.parent.mkdir()
+    (path.parent / "manifest.json").write_text("{}")
     if rows is None:
         path.write_bytes(b"not parquet")
     else:
@@ -231,6 +244,49 @@ def test_bad_configs_fail_before_any_work(tiny_model, tmp_path, monkeypatch, row
         pd.DataFrame({"messages": pd.Series(messages, dtype=object)}).to_parquet(path)
     with pytest.raises(ConfigError, match=words):
         trainer.train(parse_config(lora_train_config(tiny_model, path.parent, "bad", **train)))
+
+
+def test_a_dataset_without_a_manifest_is_refused(tiny_model, tickets_dataset, tmp_path):
+    """An unfinished `rayft data prepare` on object storage leaves its splits without manifest.json."""
+    import shutil
+
+    from rayft.config import ConfigError, parse_config
+    from rayft.training.trainer import check_config
+
+    from conftest import lora_train_config
+
+    partial = shutil.copytree(tickets_dataset, tmp_path / "partial")
+    (partial / "manifest.json").unlink()
+    with pytest.raises(ConfigError, match="has no manifest.json, so its version is unknown"):
+        check_config(parse_config(lora_train_config(tiny_model, partial, "partial")), tiny_model)
+
+
+def test_checkpoints_are_read_without_running_code_from_them(tmp_path):
+    """A checkpoint replaced by someone who can write the runs bucket: its pickled payload is refused,
+    never executed, by the export's reader (DeepSpeed's own readers run under the same guard)."""
+    import pickle
+
+    from rayft.training.export import training_weights
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.write_text, (marker, "code ran"))
+
+    (tmp_path / "ds").mkdir()
+    torch.save({"module": {"w": torch.ones(2)}, "extra": Payload()}, tmp_path / "ds" / "mp_rank_00_model_states.pt")
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        training_weights(str(tmp_path), adapter=False)
+    assert not marker.exists()
+    zero = tmp_path / "ds" / "zero_pp_rank_0_mp_rank_00_optim_states.pt"  # a ZeRO checkpoint: DeepSpeed's reader
+    torch.save({"optimizer_state_dict": Payload()}, zero)
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        training_weights(str(tmp_path), adapter=False)
+    assert not marker.exists()
+    zero.unlink()
+    torch.save({"module": {"w": torch.ones(2)}}, tmp_path / "ds" / "mp_rank_00_model_states.pt")
+    assert torch.equal(training_weights(str(tmp_path), adapter=False)["w"], torch.ones(2))
 
 
 def test_progress_tail_reads_whole_lines_and_survives_a_rewrite(tmp_path):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from rayft.config import TrainConfig
 from rayft.storage import content_hash
+from rayft.training.checkpoints import weights_only_loads
 
 EXPORT_INFO = "rayft_export.json"
 
@@ -39,15 +40,18 @@ def _copy_generation_config(base: str, model) -> None:
 
 
 def training_weights(checkpoint_dir: str, adapter: bool) -> dict:
-    """The fp32 training weights (the trainable ones only for an adapter) in a run's checkpoint."""
+    """The fp32 training weights (the trainable ones only for an adapter) in a run's checkpoint, read
+    without running code from it (`checkpoints.weights_only_loads`)."""
     import torch
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     ds = Path(checkpoint_dir) / "ds"
-    if any(ds.glob("*optim_states.pt")):  # ZeRO: one partition per rank
-        return get_fp32_state_dict_from_zero_checkpoint(checkpoint_dir, tag="ds", exclude_frozen_parameters=adapter)
-    # Without ZeRO the module state holds the weights (saved with frozen ones left out for adapters).
-    return torch.load(ds / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
+    with weights_only_loads():
+        if any(ds.glob("*optim_states.pt")):  # ZeRO: one partition per rank
+            return get_fp32_state_dict_from_zero_checkpoint(checkpoint_dir, tag="ds",
+                                                            exclude_frozen_parameters=adapter)
+        # Without ZeRO the module state holds the weights (saved with frozen ones left out for adapters).
+        return torch.load(ds / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True)["module"]
 
 
 def export_checkpoint(checkpoint_dir: str, base: str, train: TrainConfig, tokenizer, out_dir: str | Path) -> dict:

@@ -1,9 +1,11 @@
 """Chat records to training tokens: the model's own chat template, loss on assistant tokens only.
 
-The conversation is rendered once with the tokenizer's `apply_chat_template`. Each assistant turn's
-character span is found by rendering the conversation up to that turn (works for any template whose
-renders are prefix-stable, which Llama, Qwen, Mistral and ChatML templates are), and tokens inside
-those spans get labels; everything else gets -100. A message with `weight: 0` is not learned.
+The conversation is rendered once with the tokenizer's chat template (`rayft.chat.render`, the same
+rendering eval and serving use; the tokenizer carries `model.chat_template` when one is set). Each
+assistant turn's character span is found by rendering the conversation up to that turn (works for
+any template whose renders are prefix-stable, which Llama, Qwen, Mistral and ChatML templates are),
+and tokens inside those spans get labels; everything else gets -100. A message with `weight: 0` is
+not learned.
 
 Packing joins examples into rows of at most `max_seq_len` tokens with position ids restarting at
 each example, so attention stays inside each example (transformers detects packed rows from the
@@ -14,6 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rayft.chat import render
+
 IGNORE_INDEX = -100
 
 
@@ -21,19 +25,15 @@ class TemplateError(ValueError):
     """The chat template cannot be used for assistant-only loss."""
 
 
-def _render(tokenizer, messages, add_generation_prompt=False) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-
-
 def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
     """The rendered conversation and the character spans of the assistant turns to learn."""
-    text = _render(tokenizer, messages)
+    text = render(tokenizer, messages)
     spans = []
     for i, message in enumerate(messages):
         if message["role"] != "assistant" or message.get("weight") == 0:
             continue
-        prefix = _render(tokenizer, messages[:i], add_generation_prompt=True)
-        upto = _render(tokenizer, messages[: i + 1])
+        prefix = render(tokenizer, messages[:i], generation_prompt=True)
+        upto = render(tokenizer, messages[: i + 1])
         if not (text.startswith(upto) and upto.startswith(prefix)):
             raise TemplateError(
                 "the chat template renders a conversation differently from its prefix; "

@@ -4,9 +4,12 @@ setup   check the config against the model and the data (before any worker start
         splits on Ray Data, resolve `auto` values and step counts, build the DeepSpeed config
 run     a TorchTrainer with N workers; Ray restarts failed workers from the last checkpoint;
         `--resume` continues the latest run of this config from its last checkpoint
-report  export the best checkpoint (lowest validation loss) as an adapter or a full model, check the
-        export against the training weights, write the loss curve, register the version with its
-        lineage (base, dataset hash, config, metrics, parent)
+report  export the best checkpoint (lowest validation loss) as an adapter or a full model into a
+        folder of its own, check the export against the training weights, write the loss curve,
+        register the version with its lineage (base, dataset hash, config, metrics, parent)
+
+Every training attempt exports to a new folder (`<exports>/<name>/<run>/<attempt>`), so a `--resume`
+that trains further registers a new version and never touches the files of one already registered.
 """
 
 from __future__ import annotations
@@ -14,12 +17,13 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from pathlib import Path
 
 from rayft import storage
 from rayft.config import ConfigError, RayftConfig
 from rayft.home import rayft_home
-from rayft.registry import Registry, RegistryError, resolve_model_path
+from rayft.registry import Registry, RegistryError, registry_base, verified_artifact
 from rayft.runtime import ensure_ray
 from rayft.training import report
 from rayft.training.data import load_tokenizer, tokenized_splits
@@ -31,6 +35,7 @@ from rayft.training.progress import FollowLog
 from rayft.training.worker import LOG_NAME, STATE_NAME, WorkerSpec, train_loop_per_worker
 
 FAULT_STEP_ENV = "RAYFT_FAULT_STEP"  # test hook: the last worker exits once at this step
+MANIFEST = "manifest.json"  # written last by `rayft data prepare`: a dataset without it is incomplete
 
 
 class TrainingError(RuntimeError):
@@ -51,6 +56,9 @@ def check_config(config: RayftConfig, base: str) -> None:
             raise ConfigError(str(error)) from None
     if not storage.exists(storage.join(config.dataset_dir(), "train.parquet")):
         raise ConfigError(f"train.dataset: no prepared dataset at {config.dataset_dir()} (run `rayft data prepare`)")
+    if not storage.exists(storage.join(config.dataset_dir(), MANIFEST)):
+        raise ConfigError(f"train.dataset: {config.dataset_dir()} has no {MANIFEST}, so its version is unknown: it was "
+                          "not written by `rayft data prepare`, or its preparation did not finish")
     check_data_size(config)
 
 
@@ -136,11 +144,18 @@ def best_checkpoint(result):
     return min(scored, key=lambda vc: vc[0])[1] if scored else result.checkpoint
 
 
-def export_and_verify(checkpoint, base: str, config: RayftConfig, tokenizer, run_name: str) -> tuple[dict, list]:
-    """Export `checkpoint`, check it against its weight fingerprint, and copy it to the export
-    location; returns the export info and the checkpoint's step log."""
+def export_location(config: RayftConfig, run_name: str) -> str:
+    """A new folder for this attempt's export: `<exports>/<name>/<run>/<time>-<random>`. An attempt
+    never writes where an earlier one did, so a registered version's files never change."""
     exports = config.train.export_path or str(rayft_home() / "models")
-    target = storage.join(exports, config.name, run_name)
+    attempt = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+    return storage.join(exports, config.name, run_name, attempt)
+
+
+def export_and_verify(checkpoint, base: str, config: RayftConfig, tokenizer, run_name: str) -> tuple[dict, list]:
+    """Export `checkpoint` to a new folder (`export_location`), check it against its weight
+    fingerprint; returns the export info and the checkpoint's step log."""
+    target = export_location(config, run_name)
     with checkpoint.as_directory() as directory, storage.writable_dir(target) as local:
         log = report.read_log(Path(directory) / LOG_NAME)
         fingerprint = json.loads((Path(directory) / STATE_NAME).read_text())["fingerprint"]
@@ -148,6 +163,12 @@ def export_and_verify(checkpoint, base: str, config: RayftConfig, tokenizer, run
         checked = verify_export(local, fingerprint, exported["kind"] == "adapter",
                                 rel_tol=1e-2 if config.train.use_gpu else 1e-6)
     return exported | {"path": target, "verified_tensors": checked}, log
+
+
+def latest_checkpoint_step(run_dir: str) -> int | None:
+    """The step of the newest checkpoint in a run folder (where `--resume` continues), if any."""
+    steps = [int(name[len("step_"):]) for name in storage.list_dirs(run_dir) if name.startswith("step_")]
+    return max(steps, default=None)
 
 
 def parent_version(registry: Registry, base_ref: str | None, run_dir: str) -> str | None:
@@ -165,17 +186,19 @@ def train(config: RayftConfig, resume: bool = False, show_progress: bool = True)
     # setup
     registry = Registry()
     try:
-        base, base_ref = resolve_model_path(config.model.base, registry)
-    except RegistryError as error:
+        base_version = registry_base(config.model.base, registry)
+        base = str(verified_artifact(base_version)) if base_version else config.model.base
+    except (RegistryError, storage.ArtifactMismatch) as error:
         raise ConfigError(f"model.base: {error}") from None
+    base_uri, base_ref = (base_version.artifact_uri, base_version.ref) if base_version else (base, None)
     check_config(config, base)
     tokenizer = load_tokenizer(base, config.model.chat_template)
-    manifest_path = storage.join(config.dataset_dir(), "manifest.json")
-    manifest = json.loads(storage.read_text(manifest_path)) if storage.exists(manifest_path) else {}
+    manifest = json.loads(storage.read_text(storage.join(config.dataset_dir(), MANIFEST)))
     ensure_ray()
     datasets, plan = tokenized_datasets(config, base)
     runs, run_name = run_location(config, resume)
     run_dir = storage.join(runs, run_name)
+    resumed_from = latest_checkpoint_step(run_dir) if resume else None
     scratch = rayft_home() / "scratch" / run_name
     spec = WorkerSpec(
         base=base, train=config.train.model_dump(), plan=plan.to_dict(),
@@ -217,9 +240,10 @@ def train(config: RayftConfig, resume: bool = False, show_progress: bool = True)
         "verified_tensors": exported["verified_tensors"],
         "plan": plan.to_dict(),
         "run_dir": run_dir,
+        "resumed_from_step": resumed_from,
     }
     version = registry.register(
-        config.name, exported["kind"], base, exported["path"],
+        config.name, exported["kind"], base_uri, exported["path"],
         weights_hash=exported["weights_hash"], dataset_hash=manifest.get("dataset_hash"),
         config=config.model_dump(), metrics=metrics, parent=parent_version(registry, base_ref, run_dir),
     )

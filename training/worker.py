@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rayft.config import TrainConfig
+from rayft.training.checkpoints import weights_only_loads
 from rayft.training.formatting import IGNORE_INDEX, Batch, pack_examples, packed_batch, pad_batch
 
 LOG_NAME = "metrics.jsonl"
@@ -234,7 +235,7 @@ def train_loop_per_worker(spec_dict: dict) -> None:
     if not checkpoint and log.path.exists():
         log.path.unlink()  # left by an attempt that crashed before its first checkpoint
     if checkpoint:
-        with checkpoint.as_directory() as directory:
+        with checkpoint.as_directory() as directory, weights_only_loads():
             _, client_state = engine.load_checkpoint(directory, tag="ds", load_module_strict=not lora)
             known = TrainState.__dataclass_fields__  # ZeRO-3 adds its own keys to the client state
             state = TrainState(**{k: v for k, v in client_state.items() if k in known})
