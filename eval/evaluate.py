@@ -1,10 +1,13 @@
-"""`rayft eval`: a registered version against its base, and against its base shown few-shot examples,
-on the test split, plus a forgetting check, with a report, plots and the promotion gate's verdict.
+"""`rayft eval`: a registered version against its base, its base shown few-shot examples, and the
+version in production, on the test split, plus a forgetting check, with a report, plots and the
+promotion gate's verdict.
 
-setup   resolve the candidate in the registry; the test split (Ray Data) and the forgetting set as
-        rows; k few-shot examples from the training split; which variants each engine answers
+setup   resolve the candidate in the registry, its base, and the versions its gated aliases (`prod`)
+        point at now; the test split (Ray Data) and the forgetting set as rows; k few-shot examples
+        from the training split; which variants each engine answers
 run     vLLM engines in a Ray Data actor pool answer and score every row for each variant (an adapter
-        shares the base's engine; a full model gets its own); a progress bar follows the rows
+        shares its base's engine; a full model gets its own); every registry version is verified
+        against its weights hash before it is loaded; a progress bar follows the rows
 report  metrics per variant and the forgetting drop, report.json + report.md + PNG plots in the report
         folder (local or object storage), attached to the version in the registry
 """
@@ -25,20 +28,55 @@ from rayft.eval.metrics import extract_label, json_label
 from rayft.eval.prompts import few_shot_examples, forgetting_records, read_test_split
 from rayft.eval.report import build_report, markdown
 from rayft.home import rayft_home
-from rayft.registry import ModelVersion, Registry
+from rayft.registry import ModelVersion, Registry, artifact_key, gated_aliases, verified_artifact
 from rayft.runtime import ensure_ray
 
 FORGETTING_MAX_NEW_TOKENS = 32  # the forgetting set's answers are short sentences
 
 
-def plan_engines(version: ModelVersion, examples: list, forgetting: bool) -> list[tuple[str, list[Variant]]]:
-    """[(model, variants)] per engine: the base answers as itself and few-shot, and hosts an adapter
-    candidate; a full candidate gets an engine of its own."""
+def current_versions(registry: Registry, version: ModelVersion) -> dict[str, ModelVersion]:
+    """The versions the gated aliases of the candidate's name point at now (their primary target),
+    by alias, leaving out the candidate itself: what it must not be worse than."""
+    return {alias.alias: registry.get(f"{alias.name}:{alias.primary}") for alias in registry.aliases(version.name)
+            if alias.alias in gated_aliases() and alias.primary != version.version}
+
+
+def plan_engines(version: ModelVersion, current: list[ModelVersion], examples: list, forgetting: bool,
+                 template: str | None, base_of) -> list[tuple[str | ModelVersion, list[Variant]]]:
+    """[(model, variants)] per engine. The candidate's base answers as itself and few-shot (with
+    `template`, the config's chat template), and hosts an adapter candidate; every version in
+    `current` answers the test rows too, an adapter on its base's engine. A full version gets an
+    engine of its own. `base_of(uri)` is the engine model for a base path: its registry version, or
+    the path itself."""
+    engines: dict[str, tuple[str | ModelVersion, list[Variant]]] = {}
+
+    def engine(model: str | ModelVersion) -> list[Variant]:
+        key = artifact_key(model.artifact_uri if isinstance(model, ModelVersion) else model)
+        return engines.setdefault(key, (model, []))[1]
+
+    def place(answering: ModelVersion, variant: Variant) -> None:
+        if answering.kind == "adapter":
+            engine(base_of(answering.base_model)).append(dataclasses.replace(variant, adapter=answering))
+        else:
+            engine(answering).append(dataclasses.replace(variant, template=None))  # its artifact's own template
+
     sets = ("test", "forgetting") if forgetting else ("test",)
-    base = [Variant("base", sets=sets)] + ([Variant("few_shot", few_shot=examples)] if examples else [])
-    if version.kind == "adapter":
-        return [(version.base_model, base + [Variant("candidate", adapter=version.artifact_uri, sets=sets)])]
-    return [(version.base_model, base), (version.artifact_uri, [Variant("candidate", sets=sets)])]
+    engine(base_of(version.base_model)).extend(
+        [Variant("base", sets=sets, template=template)]
+        + ([Variant("few_shot", few_shot=examples, template=template)] if examples else []))
+    place(version, Variant("candidate", sets=sets, template=template))
+    for holder in current:
+        place(holder, Variant(holder.ref, template=template))
+    return list(engines.values())
+
+
+def check_local_artifacts(engines: list[tuple[str | ModelVersion, list[Variant]]]) -> None:
+    """Refuse before any engine starts when a registry version on local disk no longer has its
+    registered bytes (`storage.ArtifactMismatch`); the engines check again, remote ones after download."""
+    for model, variants in engines:
+        for version in [model] + [v.adapter for v in variants]:
+            if isinstance(version, ModelVersion) and not storage.is_remote(version.artifact_uri):
+                verified_artifact(version)
 
 
 def collect(rows, total: int, title: str, show_progress: bool):
@@ -85,6 +123,7 @@ def evaluate(config: RayftConfig, candidate: str | None = None, show_progress: b
     settings = config.eval
     registry = Registry()
     version = registry.get(candidate or config.name)
+    current = current_versions(registry, version)
     ensure_ray()
     dataset_dir = config.dataset_dir()
     rows = read_test_split(dataset_dir, settings.limit)
@@ -96,11 +135,14 @@ def evaluate(config: RayftConfig, candidate: str | None = None, show_progress: b
     label = (partial(json_label, path=settings.label_json) if settings.label_json
              else partial(extract_label, pattern=settings.label_regex) if settings.task == "classification" else None)
     examples = few_shot_examples(dataset_dir, settings.few_shot, settings.seed, label)
-    engines = plan_engines(version, examples, settings.forgetting)
+    engines = plan_engines(version, list({v.ref: v for v in current.values()}.values()), examples,
+                           settings.forgetting, config.model.chat_template,
+                           lambda uri: registry.find_by_artifact(uri) or uri)
+    check_local_artifacts(engines)
     decoding = Decoding(
         max_new_tokens={"test": settings.max_new_tokens, "forgetting": FORGETTING_MAX_NEW_TOKENS},
         max_model_len=settings.max_model_len or config.serve.max_model_len,
-        generate=settings.task != "perplexity", score=settings.perplexity, chat_template=config.model.chat_template,
+        generate=settings.task != "perplexity", score=settings.perplexity,
     )
 
     # run
@@ -110,11 +152,13 @@ def evaluate(config: RayftConfig, candidate: str | None = None, show_progress: b
     table = collect(answered, total, f"eval {version.ref}", show_progress)
 
     # report
-    variants = [v.name for _, stage in engines for v in stage]
+    holders = [v.name for _, stage in engines for v in stage if v.name not in ("base", "few_shot", "candidate")]
+    variants = ["base"] + (["few_shot"] if examples else []) + ["candidate"] + holders
     report = build_report(table, version, settings, variants, examples,
-                          {"temperature": 0.0, "max_new_tokens": decoding.max_new_tokens})
+                          {"temperature": 0.0, "max_new_tokens": decoding.max_new_tokens}, current)
     report["seconds"] = round(time.time() - started, 1)
-    report["verdict"] = [c.to_dict() for c in gate_checks(dataclasses.replace(version, eval_report=report))]
+    holders = {f"{version.name}:{alias}": holder for alias, holder in current.items()}
+    report["verdict"] = [c.to_dict() for c in gate_checks(dataclasses.replace(version, eval_report=report), holders)]
     report = write_report(report, table, version, settings.report_path or str(rayft_home() / "eval"))
     registry.set_eval_report(version.ref, report)
     return report

@@ -1,8 +1,11 @@
 """Batch generation and teacher-forced scoring with vLLM, inside a Ray Data actor pool.
 
-One actor holds one vLLM engine (LoRA enabled when a variant is an adapter). For each variant it is
-given (the model itself, an adapter on it, or the model shown few-shot examples) it answers the rows
-of that variant's sets greedily, and scores each reference answer from the prompt log-probabilities
+One actor holds one vLLM engine (LoRA enabled when a variant is an adapter). Every registry version it
+loads (the engine's model, each adapter) is checked against its registered weights hash first
+(`verified_artifact`), and an adapter's prompts are rendered with the chat template stored in its
+artifact, the one it was trained with (`rayft.chat`). For each variant it is given (the model
+itself, an adapter on it, or the model shown few-shot examples) it answers the rows of that
+variant's sets greedily, and scores each reference answer from the prompt log-probabilities
 of prompt + answer (one prefill, no sampling): the same prompts and the same decoding for every
 variant. Each engine call carries one variant only, so base and adapter rows never share a batch.
 
@@ -12,15 +15,18 @@ answer tokens), `tokens:<v>` (how many), `shots:<v>` (examples that fit); None w
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pyarrow as pa
 
-from rayft import storage
+from rayft import chat, storage
 from rayft.config import EvalConfig
 from rayft.eval.prompts import with_examples
+from rayft.registry import ModelVersion, verified_artifact
 
 VLLM_ENV = {
     "VLLM_ENABLE_V1_MULTIPROCESSING": "0",  # engine in the actor's process: faster start, less memory
@@ -31,13 +37,23 @@ COLUMN_TYPES = {"output": pa.string(), "nll": pa.float64(), "tokens": pa.int64()
 
 @dataclass
 class Variant:
-    """One way of answering: `adapter` (a folder or URI) on the engine's model, or the model itself;
-    `few_shot` conversations shown before each prompt; the row `sets` it answers."""
+    """One way of answering: an `adapter` version on the engine's model, or the model itself
+    rendering prompts with `template` (None: its tokenizer's own); `few_shot` conversations shown
+    before each prompt; the row `sets` it answers. An adapter renders with its artifact's template."""
 
     name: str
-    adapter: str | None = None
+    adapter: ModelVersion | None = None
     few_shot: list[list[dict]] = field(default_factory=list)
     sets: tuple[str, ...] = ("test",)
+    template: str | None = None
+
+
+def local_model(model: str | ModelVersion) -> Path:
+    """A local folder for an engine's model: a registry version verified against its weights hash,
+    or a plain path (a URI is downloaded)."""
+    if isinstance(model, ModelVersion):
+        return verified_artifact(model)
+    return storage.verified_dir(model, None)
 
 
 @dataclass
@@ -48,12 +64,9 @@ class Decoding:
     max_model_len: int
     generate: bool = True  # False: score only (task perplexity); forgetting rows are always generated
     score: bool = True
-    chat_template: str | None = None
 
 
 def adapter_rank(path: str) -> int:
-    from pathlib import Path
-
     return int(json.loads((Path(path) / "adapter_config.json").read_text())["r"])
 
 
@@ -74,45 +87,46 @@ def _on_cpu() -> bool:
 class EvalEngine:
     """Ray Data UDF holding one vLLM engine; adds the output and score columns of each variant."""
 
-    def __init__(self, model: str, variants: list[Variant], decoding: Decoding):
+    def __init__(self, model: str | ModelVersion, variants: list[Variant], decoding: Decoding):
         from vllm import LLM, SamplingParams
         from vllm.lora.request import LoRARequest
 
-        adapters = {v.name: str(storage.local_dir(v.adapter)) for v in variants if v.adapter}
+        adapters = {v.name: str(verified_artifact(v.adapter)) for v in variants if v.adapter}
         self.llm = LLM(
-            model=str(storage.local_dir(model)), dtype="float32" if _on_cpu() else "auto",
+            model=str(local_model(model)), dtype="float32" if _on_cpu() else "auto",
             max_model_len=decoding.max_model_len, enforce_eager=True, enable_lora=bool(adapters), max_loras=1,
             max_lora_rank=supported_lora_rank(max(map(adapter_rank, adapters.values()), default=8)), seed=0,
         )
         self.tokenizer = self.llm.get_tokenizer()
-        if decoding.chat_template:
-            self.tokenizer.chat_template = decoding.chat_template
-        self.variants, self.decoding = variants, decoding
+        self.variants = [dataclasses.replace(v, template=chat.artifact_template(adapters[v.name]) or v.template)
+                         if v.adapter else v for v in variants]
+        self.decoding = decoding
         self.lora = {name: LoRARequest(name, i, path) for i, (name, path) in enumerate(sorted(adapters.items()), 1)}
         self.greedy = {s: SamplingParams(temperature=0.0, max_tokens=n) for s, n in decoding.max_new_tokens.items()}
         self.scoring = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=0, detokenize=False)
 
-    def render(self, messages: list[dict], generation_prompt: bool) -> str:
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    def render(self, messages: list[dict], template: str | None, generation_prompt: bool) -> str:
+        return chat.render(self.tokenizer, messages, template, generation_prompt)
 
     def ids(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return chat.token_ids(self.tokenizer, text)
 
-    def prompt(self, messages: list[dict], examples: list[list[dict]], room: int) -> tuple[int, list[dict], str, list[int]]:
-        """How many of `examples` leave `room` tokens of context (the last ones dropped first), the
-        conversation with them, rendered as the generation prompt, and its ids."""
+    def prompt(self, messages: list[dict], variant: Variant, room: int) -> tuple[int, list[dict], str, list[int]]:
+        """How many of the variant's examples leave `room` tokens of context (the last ones dropped
+        first), the conversation with them, rendered as the generation prompt, and its ids."""
+        examples = variant.few_shot
         for shots in range(len(examples), -1, -1):
             shown = with_examples(messages, examples[:shots])
-            text = self.render(shown, True)
+            text = self.render(shown, variant.template, True)
             ids = self.ids(text)
             if len(ids) + room <= self.decoding.max_model_len:
                 break
         return shots, shown, text, ids
 
-    def answer_ids(self, messages: list[dict], prompt_text: str, answer: str) -> list[int] | None:
+    def answer_ids(self, messages: list[dict], template: str | None, prompt_text: str, answer: str) -> list[int] | None:
         """The answer's tokens as the template renders them after the prompt, end-of-turn token
         included (what training learns); None when the template does not extend the prompt."""
-        full = self.render(messages + [{"role": "assistant", "content": answer}], False)
+        full = self.render(messages + [{"role": "assistant", "content": answer}], template, False)
         if not full.startswith(prompt_text):
             return None
         return self.ids(full[len(prompt_text):len(full.rstrip())])
@@ -125,10 +139,10 @@ class EvalEngine:
             if row_set not in variant.sets:
                 continue
             max_new = self.decoding.max_new_tokens[row_set]
-            shots[row], shown, text, ids = self.prompt(json.loads(prompt), variant.few_shot, max_new)
+            shots[row], shown, text, ids = self.prompt(json.loads(prompt), variant, max_new)
             if (self.decoding.generate or row_set != "test") and len(ids) + max_new <= self.decoding.max_model_len:
                 out.append((row, "output", None, ids, self.greedy[row_set]))
-            answer_ids = self.answer_ids(shown, text, answer) if self.decoding.score else None
+            answer_ids = self.answer_ids(shown, variant.template, text, answer) if self.decoding.score else None
             if answer_ids and len(ids) + len(answer_ids) < self.decoding.max_model_len:
                 out.append((row, "nll", len(ids), ids + answer_ids, self.scoring))
         return out
@@ -160,9 +174,10 @@ def actor_pool_options(settings: EvalConfig) -> dict:
             "num_cpus": 1, "num_gpus": 1 if settings.use_gpu else 0, "runtime_env": {"env_vars": VLLM_ENV}}
 
 
-def answer_with_engines(rows, stages: list[tuple[str, list[Variant]]], decoding: Decoding, settings: EvalConfig):
+def answer_with_engines(rows, stages: list[tuple[str | ModelVersion, list[Variant]]], decoding: Decoding,
+                        settings: EvalConfig):
     """`rows` plus every variant's columns: one actor pool (`actor_pool_options`) per model in
-    `stages` ([(model, variants)]: the base with its variants, then a full candidate if any)."""
+    `stages` ([(model, variants)]: the base with its variants, then each full version's own)."""
     for model, variants in stages:
         rows = rows.map_batches(EvalEngine, fn_constructor_args=(model, variants, decoding),
                                 **actor_pool_options(settings))

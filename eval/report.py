@@ -45,8 +45,10 @@ def forgetting_summary(rows, config: EvalConfig) -> dict | None:
                      "perplexity_increase": candidate_ppl / base_ppl - 1 if base_ppl and candidate_ppl else None}
 
 
-def build_report(table, version, config: EvalConfig, variants: list[str], examples: list, decoding: dict) -> dict:
-    """The report of one eval run from its answered rows (a pandas frame)."""
+def build_report(table, version, config: EvalConfig, variants: list[str], examples: list, decoding: dict,
+                 current: dict | None = None) -> dict:
+    """The report of one eval run from its answered rows (a pandas frame). `current` maps each gated
+    alias to the version it pointed at, answered as the variant named by that version's ref."""
     test = table[table["set"] == "test"]
     samples = [{"prompt": json.loads(row["prompt"])[-1]["content"], "reference": row["answer"]}
                | {v: row[f"output:{v}"] for v in variants} for row in test.head(SAMPLES_IN_REPORT).to_dict("records")]
@@ -64,6 +66,7 @@ def build_report(table, version, config: EvalConfig, variants: list[str], exampl
         "few_shot": {"k": config.few_shot, "examples": examples} if "few_shot" in variants else None,
         "forgetting": forgetting_summary(table[table["set"] == "forgetting"], config) if config.forgetting else None,
         "gate": config.gate.model_dump(),
+        "compared": {alias: {"ref": v.ref, "weights_hash": v.weights_hash} for alias, v in (current or {}).items()},
         "decoding": decoding,
         "samples": samples,
     }

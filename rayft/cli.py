@@ -14,6 +14,7 @@ from rayft.cluster.client import ClusterError
 from rayft.cluster.submit import STAGE_COMMANDS
 from rayft.config import ConfigError, DataConfig, load_config, parse_data_config
 from rayft.registry import Registry, RegistryError, resolve_model_path
+from rayft.storage import ArtifactMismatch
 
 
 def cmd_model_tiny(args) -> int:
@@ -53,7 +54,8 @@ def cmd_data_prepare(args) -> int:
         raise ConfigError("data prepare: give --out DIR or a config with data.out")
     # The config's base may be `registry:NAME`; its tokenizer lives in the registered model's folder.
     tokenizer = args.tokenizer or (resolve_model_path(config.model.base, Registry())[0] if config else None)
-    manifest = prepare_dataset(inputs, out, PrepareOptions(data=data, tokenizer=tokenizer))
+    template = config.model.chat_template if config else None
+    manifest = prepare_dataset(inputs, out, PrepareOptions(data=data, tokenizer=tokenizer, chat_template=template))
     print_manifest(manifest, out)
     return 0
 
@@ -116,8 +118,20 @@ def cmd_registry_alias(args) -> int:
     from rayft import registry_tables
 
     ref = registry_tables.alias_ref(args.alias)
-    alias = Registry().set_alias(ref.name, ref.alias, registry_tables.parse_targets(args.targets),
-                                 reason=args.reason, actor=_actor())
+    targets = registry_tables.parse_targets(args.targets)
+    registry = Registry()
+    details = None
+    if args.force:
+        if not (args.reason and args.reason.strip()):
+            raise RegistryError("--force needs --reason: say why the gate is bypassed")
+        from rayft.eval.gate import gate_checks
+
+        versions = [targets] if isinstance(targets, int) else list(targets)
+        checks = {f"{ref.name}:{v}": [c.to_dict() for c in gate_checks(registry.get(f"{ref.name}:{v}"))]
+                  for v in versions}
+        details = {"forced": True, "gate": checks}
+    alias = registry.set_alias(ref.name, ref.alias, targets, reason=args.reason, actor=_actor(), details=details,
+                               gated=args.force)
     registry_tables.print_alias(alias, "set", args.json)
     return 0
 
@@ -273,10 +287,13 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("ref", help="NAME, NAME:VERSION or NAME:ALIAS")
     show.set_defaults(func=cmd_registry_show)
     alias = registry.add_parser("alias", parents=[as_json], help="point an alias at a version, or split traffic "
-                                                                 "(no eval gate; see `rayft promote`)")
+                                                                 "(no eval gate: refused for gated aliases such as "
+                                                                 "prod; see `rayft promote`)")
     alias.add_argument("alias", help="NAME:ALIAS, e.g. support:canary")
     alias.add_argument("targets", nargs="+", help="VERSION, or VERSION=WEIGHT ... for a split (3=90 4=10)")
     alias.add_argument("--reason")
+    alias.add_argument("--force", action="store_true", help="move a gated alias (RAYFT_GATED_ALIASES, default prod) "
+                                                            "without the gate; needs --reason, records the checks")
     alias.set_defaults(func=cmd_registry_alias)
     rollback = registry.add_parser("rollback", parents=[as_json], help="re-point an alias to its previous targets")
     rollback.add_argument("alias", help="NAME:ALIAS")
@@ -334,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, RegistryError, FileNotFoundError, ClusterError) as error:
+    except (ConfigError, RegistryError, FileNotFoundError, ClusterError, ArtifactMismatch) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

@@ -178,6 +178,12 @@ class GateConfig(Section):
     max_forgetting_perplexity_increase: float | None = Field(None, gt=0, description="largest allowed relative rise "
                                                              "of perplexity on the forgetting set (1.0 = doubled); "
                                                              "null: not checked")
+    regression_tolerance: float = Field(0.0, ge=0, description="how much worse than the version the alias points "
+                                        "at now the candidate may be on the primary metric (in its units)")
+    min_test_records: int = Field(20, ge=1, description="fewer test records than this refuse promotion")
+    waive: list[Literal["beats_few_shot", "forgetting", "forgetting_perplexity"]] = Field(
+        default_factory=list, description="checks that pass when the eval could not run them (a skipped check "
+        "fails otherwise); shown and recorded as waived")
 
 
 class EvalConfig(Section):

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from reference import Reference, random_adapter
+from templates import CONVERSATION, NO_SYSTEM, save_with_template
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -56,7 +57,7 @@ def test_engine_answers_and_scores_like_transformers(tiny_model, tmp_path):
                       "answer": [c[-1]["content"] for _, c in records], "expected": ["", "", "Lima"]})
     engine = EvalEngine(tiny_model, [
         Variant("base", sets=("test", "forgetting")), Variant("few_shot", few_shot=examples),
-        Variant("candidate", adapter=adapter, sets=("test", "forgetting")),
+        Variant("candidate", adapter=registered(adapter), sets=("test", "forgetting")),
     ], Decoding(max_new_tokens={"test": 6, "forgetting": 10}, max_model_len=CONTEXT))
     rows = engine(batch).to_pylist()
 
@@ -81,6 +82,40 @@ def test_engine_answers_and_scores_like_transformers(tiny_model, tmp_path):
     for row, scored in zip(rows, engine(batch).to_pylist()):
         assert scored["output:base"] == (row["output:base"] if row["set"] == "forgetting" else None)
         assert scored["nll:candidate"] == pytest.approx(row["nll:candidate"], rel=1e-6)
+
+
+def registered(folder: str, ref: str = "candidate:1") -> "ModelVersion":
+    """A registry record of an adapter folder, with its content hash (not written to any registry)."""
+    from rayft.registry import ModelVersion
+    from rayft.storage import content_hash
+
+    name, version = ref.split(":")
+    return ModelVersion(name, int(version), "adapter", "/base", str(folder), weights_hash=content_hash(folder))
+
+
+def test_an_adapter_is_evaluated_with_the_template_it_was_trained_with_and_only_if_verified(tiny_model, tmp_path):
+    """An adapter whose artifact carries a template without a system role is scored on the prompt ids
+    training renders with it (`test_chat_template.py`); once its files change, the engine refuses it."""
+    from transformers import AutoTokenizer
+
+    from rayft import chat
+    from rayft.eval.generate import Decoding, EvalEngine, Variant
+    from rayft.storage import ArtifactMismatch
+
+    adapter = random_adapter(tiny_model, tmp_path / "adapter", seed=12)
+    save_with_template(tiny_model, adapter, NO_SYSTEM)
+    version = registered(adapter)
+    batch = pa.table({"set": ["test"], "prompt": [json.dumps(CONVERSATION[:-1])], "answer": [CONVERSATION[-1]["content"]],
+                      "expected": [""]})
+    decoding = Decoding(max_new_tokens={"test": 6}, max_model_len=CONTEXT)
+    [row] = EvalEngine(tiny_model, [Variant("base"), Variant("candidate", adapter=version)], decoding)(batch).to_pylist()
+    ids = chat.prompt_ids(AutoTokenizer.from_pretrained(tiny_model), CONVERSATION[:-1], NO_SYSTEM)
+    reference = Reference(tiny_model)
+    assert row["output:candidate"] == reference.continue_ids(ids, adapter, 6)
+    assert row["output:base"] == reference.chat(CONVERSATION[:-1], None, 6)  # the base keeps its own template
+    (Path(adapter) / "adapter_config.json").write_text((Path(adapter) / "adapter_config.json").read_text() + " ")
+    with pytest.raises(ArtifactMismatch, match=f"candidate:1: the artifact at {adapter} has weights hash"):
+        EvalEngine(tiny_model, [Variant("candidate", adapter=version)], decoding)
 
 
 def full_model(base: str, out: Path) -> str:

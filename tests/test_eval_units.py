@@ -123,20 +123,37 @@ def test_report_files_and_numbers(tmp_path, remote, capsys):
     assert "forgetting answer rate" in printed and "would pass" in printed and written["path"] in printed
 
 
-def test_an_adapter_shares_the_base_engine_and_a_full_model_gets_its_own():
+def test_an_adapter_shares_its_base_engine_and_a_full_model_gets_its_own():
     from rayft.eval.evaluate import plan_engines
 
     examples = [[{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]]
     adapter = ModelVersion("support", 1, "adapter", "/base", "/a1")
-    [(model, variants)] = plan_engines(adapter, examples, forgetting=True)
-    assert model == "/base" and [(v.name, v.adapter, v.sets) for v in variants] == [
-        ("base", None, ("test", "forgetting")), ("few_shot", None, ("test",)),
-        ("candidate", "/a1", ("test", "forgetting"))]
+    [(model, variants)] = plan_engines(adapter, [], examples, True, "TEMPLATE", lambda uri: uri)
+    assert model == "/base" and [(v.name, v.adapter, v.sets, v.template) for v in variants] == [
+        ("base", None, ("test", "forgetting"), "TEMPLATE"), ("few_shot", None, ("test",), "TEMPLATE"),
+        ("candidate", adapter, ("test", "forgetting"), "TEMPLATE")]
     assert variants[1].few_shot == examples
     full = ModelVersion("chat", 2, "full", "/base", "/chat-v2")
-    (base_model, base_variants), (candidate_model, [candidate]) = plan_engines(full, [], forgetting=False)
+    (base_model, base_variants), (candidate_model, [candidate]) = plan_engines(full, [], [], False, None, str)
     assert (base_model, [v.name for v in base_variants]) == ("/base", ["base"])
-    assert (candidate_model, candidate.name, candidate.adapter, candidate.sets) == ("/chat-v2", "candidate", None, ("test",))
+    assert (candidate_model, candidate.name, candidate.adapter, candidate.sets) == (full, "candidate", None, ("test",))
+
+
+def test_the_versions_in_production_answer_the_test_rows_on_their_own_base():
+    from rayft.eval.evaluate import plan_engines
+
+    base = ModelVersion("chat", 1, "full", "/random", "/chat-v1", weights_hash="c1")
+    candidate = ModelVersion("support", 3, "adapter", "/chat-v1", "/a3")
+    same_base = ModelVersion("support", 2, "adapter", "/chat-v1/", "/a2")  # the same base, spelled otherwise
+    older_base = ModelVersion("support", 1, "adapter", "/chat-v0", "/a1")
+    full = ModelVersion("support", 4, "full", "/chat-v1", "/s4")
+    bases = {"/chat-v1": base, "/chat-v1/": base}
+    engines = plan_engines(candidate, [same_base, older_base, full], [], True, None, lambda uri: bases.get(uri, uri))
+    assert [(model, [(v.name, v.adapter, v.sets) for v in variants]) for model, variants in engines] == [
+        (base, [("base", None, ("test", "forgetting")), ("candidate", candidate, ("test", "forgetting")),
+                ("support:2", same_base, ("test",))]),
+        ("/chat-v0", [("support:1", older_base, ("test",))]),
+        (full, [("support:4", None, ("test",))])]
 
 
 class RecordingRows:
@@ -177,3 +194,19 @@ def test_metric_bars_draw_each_metric_once():
     assert metric_panels(classification) == [
         ("accuracy", {"base": 0.2, "candidate": 0.9}), ("macro_f1", {"base": 0.1, "candidate": 0.8}),
         ("perplexity", {"base": 9.0}), ("forgetting answer rate", {"base": 0.5, "candidate": 0.4})]
+
+
+def test_a_local_version_whose_bytes_changed_is_refused_before_any_engine_starts(tmp_path):
+    from rayft.eval.evaluate import check_local_artifacts, plan_engines
+    from rayft.storage import ArtifactMismatch, content_hash
+
+    folder = tmp_path / "a1"
+    folder.mkdir()
+    (folder / "adapter_model.safetensors").write_bytes(b"weights")
+    candidate = ModelVersion("support", 1, "adapter", "/base", str(folder), weights_hash=content_hash(folder))
+    remote = ModelVersion("support", 2, "adapter", "/base", "s3://bucket/a2", weights_hash="h2")  # checked in the engine
+    engines = plan_engines(candidate, [remote], [], False, None, str)
+    check_local_artifacts(engines)
+    (folder / "adapter_model.safetensors").write_bytes(b"other weights")
+    with pytest.raises(ArtifactMismatch, match=f"support:1: the artifact at {folder} has weights hash"):
+        check_local_artifacts(engines)
