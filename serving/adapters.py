@@ -33,6 +33,7 @@ class Adapter:
     digest: str
     lora_id: int
     local: str
+    chat_template: str | None = None  # stored with the artifact: the one it was trained with
 
 
 def check_adapter(path: str, max_rank: int) -> None:

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import ray
 from ray import serve
 
+from rayft import storage
 from rayft.config import RayftConfig, ServeConfig
-from rayft.registry import Registry, resolve_model_path
+from rayft.registry import Registry, registry_base, verified_artifact
 from rayft.serving.auth import KeyCheck
 from rayft.serving.engine import ENGINE_ENV, EngineServer
 from rayft.serving.ingress import OpenAIServer
@@ -80,16 +82,30 @@ def direct_ingress_env(serve_config: ServeConfig) -> dict[str, str]:
     }
 
 
+def served_base(config: RayftConfig, registry: Registry) -> tuple[str, str | None, str | None]:
+    """(path or URI, registry ref, weights hash) of the base: a registry version's registered hash
+    (its local bytes checked against it here, so a mismatch is refused before Serve starts), a local
+    folder's content hash, None for a hub id."""
+    version = registry_base(config.model.base, registry)
+    if version is not None:
+        if not storage.is_remote(version.artifact_uri):
+            verified_artifact(version)
+        return version.artifact_uri, version.ref, version.weights_hash
+    path = config.model.base
+    return path, None, storage.content_hash(path) if Path(path).is_dir() else None
+
+
 def build_app(config: RayftConfig, registry_node: str | None = None):
     """The Serve application (ingress bound to one engine deployment) for `config`. The ingress
     reads the registry's SQLite file, so with `registry_node` (an IP) it is placed on that node."""
     registry = Registry()
-    base_path, base_ref = resolve_model_path(config.model.base, registry)
+    base_path, base_ref, base_hash = served_base(config, registry)
     settings = config.serve
-    engine = serve.deployment(EngineServer, **engine_options(settings)).bind(base_path, settings.model_dump())
+    engine = serve.deployment(EngineServer, **engine_options(settings)).bind(
+        base_path, base_hash, base_ref, config.model.chat_template, settings.model_dump())
     ingress = {
         "base_name": settings.base_name or default_base_name(config.model.base, base_ref),
-        "base_path": base_path, "base_ref": base_ref, "registry_path": str(registry.path),
+        "base_path": base_path, "base_ref": base_ref, "base_hash": base_hash, "registry_path": str(registry.path),
         "api_keys": api_keys(settings), "admin_keys": admin_keys(settings), "max_concurrent_requests": settings.max_concurrent_requests,
         "retry_after_s": settings.retry_after_s, "response_cache_size": settings.response_cache_size,
         "max_model_len": settings.max_model_len,
@@ -127,7 +143,8 @@ def shutdown() -> None:
 def serve_forever(config: RayftConfig) -> None:
     """Start the app, say where and what it serves, and block until interrupted."""
     url = start(config)
-    base_path, base_ref = resolve_model_path(config.model.base, Registry())
+    version = registry_base(config.model.base, Registry())
+    base_path, base_ref = (version.artifact_uri, version.ref) if version else (config.model.base, None)
     name = config.serve.base_name or default_base_name(config.model.base, base_ref)
     print(f"rayft serving {name!r} ({base_path}) and its adapters at {url}/v1", flush=True)
     if config.serve.direct_port is not None:

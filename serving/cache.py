@@ -1,16 +1,15 @@
 """The response cache for deterministic requests, keyed by what decides the answer.
 
 A request is deterministic when it is greedy (temperature 0) or fixes a `seed`. Its key is a hash
-of the exact weights that answer it (the adapter's content hash, or the base's), the route (chat or
-completion) and every request field that can change the output. Reloading an adapter whose files
-changed gives it a new content hash, so the cache can never hand out what the old weights said
-(the stale-result bug of vllm#42125). Only whole (non-streamed) responses are cached, as the JSON
-bytes sent, so a hit serialises nothing; a request with `x-rayft-cache: bypass` (or
-`Cache-Control: no-cache`) skips the cache both ways.
+of the model version answering it, its weights hash (the registry's content hash of every file of
+the artifact, `storage.content_hash`), the route (chat or completion) and every request field that
+can change the output, so two versions never share an entry (the stale-result bug of vllm#42125).
+Only whole (non-streamed) responses are cached, as the JSON bytes sent, so a hit serialises nothing;
+a request with `x-rayft-cache: bypass` (or `Cache-Control: no-cache`) skips the cache both ways.
 
-The hash of an adapter folder is re-checked (file sizes and mtimes) at most every
-`RECHECK_S` seconds per folder, and always when an admin load asks for it: files replaced in place
-are noticed within a second, by the cache and the engine alike, since both follow the same hash.
+`ArtifactHashes` gives the content hash of a local artifact folder as it is now, re-checked (file
+sizes and mtimes) at most every `RECHECK_S` seconds per folder and always when an admin load asks:
+the ingress compares it with the registered hash and refuses a version whose files changed.
 """
 
 from __future__ import annotations
@@ -35,10 +34,11 @@ def deterministic(body: dict) -> bool:
     return body.get("temperature") == 0 or body.get("seed") is not None
 
 
-def cache_key(weights: str, route: str, body: dict) -> str:
-    """Key of one response: the weights' hash, the route, and the output-relevant request fields."""
+def cache_key(model: str, weights: str, route: str, body: dict) -> str:
+    """Key of one response: the version served, its weights' hash, the route, and the
+    output-relevant request fields."""
     fields = {k: v for k, v in body.items() if k not in IGNORED_FIELDS}
-    text = json.dumps([weights, route, fields], sort_keys=True, separators=(",", ":"), default=str)
+    text = json.dumps([model, weights, route, fields], sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -64,31 +64,22 @@ class ResponseCache:
             self.entries.popitem(last=False)
 
 
-class AdapterHashes:
-    """Content hashes of adapter folders: the folder is listed and stat'ed at most every
-    `recheck_s` seconds (or when `fresh`), and hashed again only when a file's size or mtime changed.
-
-    Object-storage artifacts are not read here: their registry hash (taken at export) stands in.
-    """
+class ArtifactHashes:
+    """Content hashes of local artifact folders: a folder is listed and stat'ed at most every
+    `recheck_s` seconds (or when `fresh`), and hashed again only when a file's size or mtime changed."""
 
     def __init__(self, recheck_s: float = RECHECK_S, clock=time.monotonic):
         self.recheck_s, self.clock = recheck_s, clock
-        self.known: dict[str, tuple[float, tuple, str]] = {}  # uri -> (checked at, stamp, digest)
+        self.known: dict[str, tuple[float, tuple, str]] = {}  # folder -> (checked at, stamp, digest)
 
-    def of(self, uri: str, registered: str | None, fresh: bool = False) -> str:
-        """The content hash of the adapter at `uri`; `fresh` re-checks its files now."""
-        if storage.is_remote(uri):
-            return registered or uri
-        now, hit = self.clock(), self.known.get(uri)
+    def of(self, folder: str, fresh: bool = False) -> str:
+        """The content hash of the folder as it is now; `fresh` re-checks its files now."""
+        now, hit = self.clock(), self.known.get(folder)
         if hit and not fresh and now - hit[0] < self.recheck_s:
             return hit[2]
-        folder = Path(uri)
-        stamp = tuple(sorted((p.name, s.st_size, s.st_mtime_ns) for p in _adapter_files(folder)
-                             for s in [os.stat(p)]))
-        digest = hit[2] if hit and hit[1] == stamp else storage.content_hash(folder, ADAPTER_FILES)
-        self.known[uri] = (now, stamp, digest)
+        root = Path(folder)
+        stamp = tuple((name, s.st_size, s.st_mtime_ns) for name in storage.file_names(root)
+                      for s in [os.stat(root / name)])
+        digest = hit[2] if hit and hit[1] == stamp else storage.content_hash(root)
+        self.known[folder] = (now, stamp, digest)
         return digest
-
-
-def _adapter_files(folder: Path) -> list[Path]:
-    return sorted({p for pattern in ADAPTER_FILES for p in folder.glob(pattern)})

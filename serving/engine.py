@@ -1,12 +1,14 @@
 """The engine deployment: one vLLM async engine per base model, LoRA on, adapters added at runtime.
 
-Prompts are rendered here with the base tokenizer's chat template (the template training exported),
-so what the model sees when served is what it saw in training. An adapter is loaded the first time
-a request needs it (from a local folder or object storage), kept in an LRU of `max_cpu_loras` that
-never evicts an adapter requests are still using (`adapters.py`), and loaded again under a new id
-when its content hash changes; a bad adapter is refused with a message before it reaches vLLM's
-scheduler, where it would fail the whole engine. A replacement replica (after a crash) starts empty
-and loads adapters again on first use.
+The base is loaded only once its bytes match the registry's hash (when it is a registry version).
+Prompts are rendered here with `rayft.chat`, as training and eval render them: an adapter's with the
+chat template stored in its artifact (the one it was trained with), the base's with
+`model.chat_template` or its tokenizer's own. An adapter is loaded the first time a request needs it
+(from a local folder or object storage, verified against its registered hash), kept in an LRU of
+`max_cpu_loras` that never evicts an adapter requests are still using (`adapters.py`); a bad or
+altered adapter is refused with a message before it reaches vLLM's scheduler, where it would fail
+the whole engine. A replacement replica (after a crash) starts empty and loads adapters again on
+first use.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import os
 
-from rayft import storage
+from rayft import chat, storage
 from rayft.config import ServeConfig
 from rayft.serving.adapters import Adapter, AdapterError, AdapterSlots, AllSlotsBusy, check_adapter
 
@@ -28,10 +30,13 @@ ENGINE_ENV = {
 class EngineServer:
     """Ray Serve deployment body (see `app.build_app`): vLLM AsyncLLM plus its adapters."""
 
-    def __init__(self, base: str, serve: dict):
+    def __init__(self, base: str, base_hash: str | None, base_ref: str | None, chat_template: str | None,
+                 serve: dict):
         for key, value in ENGINE_ENV.items():
             os.environ.setdefault(key, value)
         self.serve = ServeConfig.model_validate(serve)
+        self.base_template = chat_template
+        base = str(storage.verified_dir(base, base_hash if base_ref else None, base_ref))
         if not self.serve.use_gpu:
             use_cpu_threads(self.serve.cpus_per_engine or len(os.sched_getaffinity(0)))
         from vllm.engine.arg_utils import AsyncEngineArgs
@@ -52,7 +57,8 @@ class EngineServer:
 
     async def ensure_adapter(self, ref: str, uri: str, digest: str) -> Adapter:
         """The loaded adapter `ref` with content `digest`, loading (or reloading) it if needed.
-        Raises AdapterError (it cannot be served) or AllSlotsBusy (no slot can be freed now)."""
+        Raises AdapterError (it cannot be served), ArtifactMismatch (its bytes are not the registered
+        ones) or AllSlotsBusy (no slot can be freed now)."""
         known = self.slots.current(ref, digest)
         if known is None:
             async with self.loading:
@@ -63,12 +69,14 @@ class EngineServer:
         from vllm.lora.request import LoRARequest
 
         try:
-            local = str(await asyncio.to_thread(storage.local_dir, uri))
+            local = str(await asyncio.to_thread(storage.verified_dir, uri, digest, ref))
             check_adapter(local, self.serve.max_lora_rank)
+        except storage.ArtifactMismatch:
+            raise
         except Exception as error:  # AdapterError, or the artifact cannot be fetched
             raise AdapterError(f"adapter {ref!r} cannot be loaded: {error}") from None
         await self._remove(self.slots.make_room(ref))  # before adding: vLLM would evict by itself
-        adapter = Adapter(ref, uri, digest, self.next_lora_id, local)
+        adapter = Adapter(ref, uri, digest, self.next_lora_id, local, chat.artifact_template(local))
         self.next_lora_id += 1  # ids are never reused: vLLM caches weights (and prefixes) by id
         try:
             await self.engine.add_lora(LoRARequest(ref, adapter.lora_id, local))
@@ -85,7 +93,7 @@ class EngineServer:
         """Admin: load `ref` now; returns an {'error', 'status'} dict or None."""
         try:
             await self.ensure_adapter(ref, uri, digest)
-        except (AdapterError, AllSlotsBusy) as error:
+        except REFUSED as error:
             return refusal(error)
         return None
 
@@ -100,12 +108,13 @@ class EngineServer:
         """Loaded adapters, least recently used first, with their requests in flight."""
         return self.slots.describe()
 
-    def prompt_ids(self, request) -> list[int]:
+    def prompt_ids(self, request, template: str | None) -> list[int]:
+        """A chat request's generation prompt rendered with `template` (`rayft.chat`, as in training
+        and eval), or a completion's prompt as it is."""
         if hasattr(request, "messages"):
             messages = [{"role": m["role"], "content": m["content"]} for m in request.messages]
-            ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-            return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
-        return self.tokenizer.encode(request.prompt, add_special_tokens=False)
+            return chat.prompt_ids(self.tokenizer, messages, template)
+        return chat.token_ids(self.tokenizer, request.prompt)
 
     def check_lengths(self, ids: list[int], request) -> tuple[int, str | None]:
         """(max_tokens to generate, or an error message when the request does not fit)."""
@@ -129,19 +138,19 @@ class EngineServer:
 
         from rayft.serving.openai_api import sampling_params
 
-        ids = self.prompt_ids(request)
-        max_tokens, error = self.check_lengths(ids, request)
-        if error:
-            yield {"error": error, "status": 400}
-            return
         loaded, lora = None, None
         if adapter is not None:
             try:
                 loaded = await self.ensure_adapter(adapter["ref"], adapter["uri"], adapter["digest"])
-            except (AdapterError, AllSlotsBusy) as error:
+            except REFUSED as error:
                 yield refusal(error)
                 return
             lora = LoRARequest(loaded.ref, loaded.lora_id, loaded.local)
+        ids = self.prompt_ids(request, loaded.chat_template if loaded and loaded.chat_template else self.base_template)
+        max_tokens, error = self.check_lengths(ids, request)
+        if error:
+            yield {"error": error, "status": 400}
+            return
         params = sampling_params(request, max_tokens, stream)
         with self.slots.in_use(loaded):  # taken with no await since ensure_adapter: it cannot be evicted
             async for output in self.engine.generate({"prompt_token_ids": ids}, params, request_id, lora_request=lora):
@@ -170,10 +179,18 @@ class EngineServer:
         await self.engine.check_health()
 
 
-def refusal(error: AdapterError | AllSlotsBusy) -> dict:
-    """The {'error', 'status'} item for an adapter the engine cannot take: a 400 for a bad one, a
-    503 (retry shortly) when every adapter slot is answering requests."""
-    return {"error": str(error), "status": 503 if isinstance(error, AllSlotsBusy) else 400}
+REFUSED = (AdapterError, AllSlotsBusy, storage.ArtifactMismatch)
+
+
+def refusal(error: Exception) -> dict:
+    """The {'error', 'status', 'code', 'retry'} item for an adapter the engine cannot take: a 400 for
+    a bad one, a 503 for one whose bytes are not the registered ones, a 503 to retry shortly when
+    every adapter slot is answering requests."""
+    if isinstance(error, AllSlotsBusy):
+        return {"error": str(error), "status": 503, "code": "adapter_slots_busy", "retry": True}
+    if isinstance(error, storage.ArtifactMismatch):
+        return {"error": str(error), "status": 503, "code": "artifact_mismatch", "retry": False}
+    return {"error": str(error), "status": 400, "code": "invalid_adapter", "retry": False}
 
 
 def answer_item(output, text: str, completion_tokens: int) -> dict:

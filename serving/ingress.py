@@ -4,8 +4,10 @@ Per request: check the API key (401; admin routes want an admin key, 403 for a u
 → admit it under the replica's concurrency limit (429 with Retry-After) → parse it with vLLM's
 protocol models (400) → resolve `model` through the registry (404; aliases and traffic splits
 included) → answer from the response cache, or stream the engine's output back as an OpenAI
-response or SSE chunks. Every answer names the exact version served in `x-rayft-model` and the
-cache result in `x-rayft-cache`. Client mistakes are 4xx with an OpenAI-style error body; an engine
+response or SSE chunks. Every answer names the exact version served in `x-rayft-model`, its weights
+hash in `x-rayft-weights-hash`, and the cache result in `x-rayft-cache`. An adapter whose local files
+no longer hash to what the registry recorded is refused (503, naming the version and both hashes)
+before the engine sees the request; every other model keeps answering. Client mistakes are 4xx with an OpenAI-style error body; an engine
 replica that dies mid-request, or whose adapter slots are all answering requests, is a 503 with
 Retry-After, never a hang. `/metrics` serves every ingress replica's series (`metrics.py`).
 """
@@ -25,14 +27,16 @@ from ray import serve
 from ray.exceptions import RayActorError, WorkerCrashedError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 
+from rayft import storage
 from rayft.registry import Registry
 from rayft.serving.auth import KeyCheck, bearer_key
-from rayft.serving.cache import AdapterHashes, ResponseCache, cache_key, deterministic
+from rayft.serving.cache import ArtifactHashes, ResponseCache, cache_key, deterministic
 from rayft.serving.errors import ApiError, parse_json
 from rayft.serving.metrics import PUBLISH_S, MetricsBoard, ServingMetrics
 from rayft.serving.routing import ModelRouter, Route, UnknownModel
 
 MODEL_HEADER = "x-rayft-model"
+WEIGHTS_HEADER = "x-rayft-weights-hash"
 CACHE_HEADER = "x-rayft-cache"
 ENGINE_GONE = (RayActorError, WorkerCrashedError, BackPressureError, DeploymentUnavailableError,
                ReplicaUnavailableError)
@@ -74,10 +78,10 @@ class OpenAIServer:
         self.stream_engine = engine.options(stream=True)
         self.settings = settings
         self.router = ModelRouter(Registry(settings["registry_path"]), settings["base_name"],
-                                  settings["base_path"], settings["base_ref"])
+                                  settings["base_path"], settings["base_ref"], settings["base_hash"])
         self.keys = KeyCheck(settings["api_keys"], settings["admin_keys"])
         self.cache = ResponseCache(settings["response_cache_size"])
-        self.hashes = AdapterHashes()
+        self.hashes = ArtifactHashes()
         context = serve.get_replica_context()
         self.metrics = ServingMetrics(replica=context.replica_id.unique_id)
         self.board = MetricsBoard(context.app_name, context.replica_id.unique_id)
@@ -132,17 +136,32 @@ class OpenAIServer:
             raise ApiError(404, str(error), param="model", code="model_not_found") from None
 
     def adapter_spec(self, route: Route, fresh: bool = False) -> dict | None:
-        """What the engine needs to load the route's adapter; `fresh` re-hashes its files now."""
+        """What the engine needs to load the route's adapter: its ref, URI and registered weights
+        hash. A local artifact is checked against that hash first (its files at most a second old;
+        `fresh`: now); the engine checks a remote one after download."""
         if route.adapter is None:
             return None
         version = route.adapter
-        return {"ref": version.ref, "uri": version.artifact_uri,
-                "digest": self.hashes.of(version.artifact_uri, version.weights_hash, fresh=fresh)}
+        expected = version.weights_hash
+        if not expected:
+            raise ApiError(503, f"{version.ref} has no weights hash in the registry, so its bytes cannot be "
+                                "verified; register the artifact again", param="model", code="artifact_unverified")
+        if not storage.is_remote(version.artifact_uri):
+            try:
+                actual = self.hashes.of(version.artifact_uri, fresh=fresh)
+            except OSError as error:
+                actual = f"unreadable ({error.strerror})"
+            if actual != expected:
+                raise ApiError(503, f"{version.ref}: the artifact at {version.artifact_uri} has weights hash "
+                                    f"{actual}, but the registry records {expected}: its files changed after "
+                                    "registration; refusing to serve it", param="model", code="artifact_mismatch")
+        return {"ref": version.ref, "uri": version.artifact_uri, "digest": expected}
 
     def engine_refusal(self, item: dict, param: str | None) -> ApiError:
-        """The ApiError for an engine's {'error', 'status'} item (a 503 says when to retry)."""
-        retry = self.settings["retry_after_s"] if item["status"] == 503 else None
-        return ApiError(item["status"], item["error"], param=param, retry_after=retry)
+        """The ApiError for an engine's {'error', 'status', 'code'} item (a 503 that may clear says
+        when to retry)."""
+        retry = self.settings["retry_after_s"] if item.get("retry") else None
+        return ApiError(item["status"], item["error"], param=param, code=item.get("code"), retry_after=retry)
 
     # --- routes -------------------------------------------------------------------------------
     @app.get("/health")
@@ -161,7 +180,7 @@ class OpenAIServer:
     @app.get("/v1/models")
     async def models(self, request: Request) -> dict:
         self.authorize(request)
-        return protocol().model_list(self.settings["base_name"], self.router.model_ids(), self.settings["max_model_len"])
+        return protocol().model_list(self.settings["base_name"], self.router.model_cards(), self.settings["max_model_len"])
 
     @app.post("/v1/chat/completions")
     async def chat_completions(self, request: Request):
@@ -246,12 +265,13 @@ class OpenAIServer:
         kind = "chat" if chat else "completion"
         adapter = self.adapter_spec(route)
         counted = self.metrics.model(route.served)
-        headers = {MODEL_HEADER: route.served}
+        weights = adapter["digest"] if adapter else self.router.base_hash or "unregistered"
+        headers = {MODEL_HEADER: route.served, WEIGHTS_HEADER: weights}
         key = None
         if parsed.stream or cache_bypassed(request) or not deterministic(body):
             headers[CACHE_HEADER] = "bypass"
         else:
-            key = cache_key(adapter["digest"] if adapter else "base", kind, body)
+            key = cache_key(route.served, weights, kind, body)
             cached = self.cache.get(key)
             if cached:
                 counted.cache["hit"].inc()

@@ -55,11 +55,28 @@ def pick_weighted(targets: list[tuple[ModelVersion, float]], fraction: float) ->
     return ordered[-1][0]
 
 
+def gate_verdict(version: ModelVersion | None) -> dict | None:
+    """A version's promotion-gate verdict from its eval report, for model cards: `passed` or
+    `failed` (with the failed and waived checks), `not_evaluated` when no report is about these
+    weights; None for a base that is no registry version."""
+    if version is None:
+        return None
+    report = version.eval_report or {}
+    if not report or report.get("weights_hash") != version.weights_hash:
+        return {"status": "not_evaluated"}
+    checks = report.get("verdict", [])
+    failed = [c["name"] for c in checks if not c["passed"]]
+    return {"status": "failed" if failed else "passed", "failed": failed,
+            "waived": [c["name"] for c in checks if c.get("waived")]}
+
+
 class ModelRouter:
     """Resolves `model` names for one served base against the registry."""
 
-    def __init__(self, registry: Registry, base_name: str, base_path: str, base_ref: str | None = None):
+    def __init__(self, registry: Registry, base_name: str, base_path: str, base_ref: str | None = None,
+                 base_hash: str | None = None):
         self.registry, self.base_name, self.base_path, self.base_ref = registry, base_name, base_path, base_ref
+        self.base_hash = base_hash
 
     def resolve(self, model: str, user: str | None = None) -> Route:
         """The route for `model`; raises UnknownModel when it is not served here."""
@@ -83,20 +100,30 @@ class ModelRouter:
             return targets[0][0]
         return pick_weighted(targets, sticky_fraction(alias, user) if user else random.random())
 
-    def model_ids(self) -> list[tuple[str, dict]]:
+    def model_cards(self) -> list[tuple[str, dict]]:
         """(id, extra card fields) for the base, every adapter version of it, each adapter name
-        (its latest version) and each alias whose versions are all served here."""
-        ids: list[tuple[str, dict]] = [(self.base_name, {})]
-        latest: dict[str, str] = {}
-        served = set()
+        (its latest version) and each alias whose versions are all served here. Every card that
+        stands for one version carries its weights hash and gate verdict."""
+        base = self.registry.get(self.base_ref) if self.base_ref else None
+        cards: list[tuple[str, dict]] = [(self.base_name, {"weights_hash": self.base_hash, "gate": gate_verdict(base)})]
+        latest: dict[str, ModelVersion] = {}
+        served: dict[str, ModelVersion] = {}
         for version in self.registry.list():
             if version.kind == "adapter" and version.base_model == self.base_path:
-                ids.append((version.ref, {}))
-                latest[version.name] = version.ref
-                served.add(version.ref)
-        ids += [(name, {"resolves_to": ref}) for name, ref in sorted(latest.items())]
+                cards.append((version.ref, provenance(version)))
+                latest[version.name] = served[version.ref] = version
+        cards += [(name, {"resolves_to": v.ref} | provenance(v)) for name, v in sorted(latest.items())]
         for alias in self.registry.aliases():
             refs = {f"{alias.name}:{v}": w for v, w in alias.targets.items()}
-            if refs and set(refs) <= served:
-                ids.append((alias.ref, {"resolves_to": refs if len(refs) > 1 else next(iter(refs))}))
-        return ids
+            if not refs or not set(refs) <= set(served):
+                continue
+            if len(refs) == 1:
+                cards.append((alias.ref, {"resolves_to": next(iter(refs))} | provenance(served[next(iter(refs))])))
+            else:
+                cards.append((alias.ref, {"resolves_to": refs}))
+        return cards
+
+
+def provenance(version: ModelVersion) -> dict:
+    """The card fields that say exactly what a version is: its weights hash and gate verdict."""
+    return {"weights_hash": version.weights_hash, "gate": gate_verdict(version)}

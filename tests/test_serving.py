@@ -5,6 +5,7 @@ import json
 import shutil
 import socket
 import time
+from pathlib import Path
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
@@ -14,6 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from reference import Reference, random_adapter
+from templates import CONVERSATION, NO_SYSTEM, save_with_template
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
 
@@ -86,13 +88,27 @@ def post_chat(server, model, question="hi", headers=None, **extra):
     return httpx.post(server["url"] + "/v1/chat/completions", json=body, headers=AUTH | (headers or {}), timeout=120)
 
 
-def test_models_lists_base_adapters_versions_and_aliases(client, server):
+def test_models_lists_base_adapters_versions_and_aliases_with_their_provenance(client, server):
     from rayft.registry import Registry
+    from rayft.storage import content_hash
 
-    Registry().set_alias("ab", "listed", 2)
-    ids = {m.id for m in client.models.list().data}
-    assert {"tiny", server["support"], "support", "other", "other:1", *server["ab"], "ab:listed"} <= ids
-    assert server["base"] not in ids  # clients name models, never paths
+    registry = Registry()
+    registry.set_alias("ab", "listed", 2)
+    cards = {m.id: m.model_dump() for m in client.models.list().data}
+    assert {"tiny", server["support"], "support", "other", "other:1", *server["ab"], "ab:listed"} <= set(cards)
+    assert server["base"] not in cards  # clients name models, never paths
+    assert cards["tiny"]["weights_hash"] == content_hash(server["base"])
+    second = registry.get(server["ab"][1])
+    for name in (second.ref, "ab:listed"):  # a version, and an alias pointing at it
+        assert cards[name]["weights_hash"] == second.weights_hash and cards[name]["gate"] == {"status": "not_evaluated"}
+    verdict = [{"name": "beats_base", "passed": True, "detail": "", "waived": False},
+               {"name": "forgetting", "passed": False, "detail": "", "waived": False}]
+    registry.set_eval_report(second.ref, {"weights_hash": second.weights_hash, "verdict": verdict})
+    card = next(m.model_dump() for m in client.models.list().data if m.id == second.ref)
+    assert card["gate"] == {"status": "failed", "failed": ["forgetting"], "waived": []}
+    registry.set_eval_report(second.ref, {"weights_hash": "other weights", "verdict": verdict[:1]})
+    card = next(m.model_dump() for m in client.models.list().data if m.id == second.ref)
+    assert card["gate"] == {"status": "not_evaluated"}  # a verdict about other weights is no verdict
 
 
 @pytest.mark.parametrize("model", ["tiny", "support", "other"])
@@ -151,10 +167,16 @@ def test_the_ingress_replica_answers_directly_without_the_proxy(client, server):
 
 
 def test_response_names_the_version_served_and_caches_deterministic_answers(server):
+    from rayft.registry import Registry
+    from rayft.storage import content_hash
+
     first = post_chat(server, "support", "cache me")
     again = post_chat(server, "support", "cache me")
     bypassed = post_chat(server, "support", "cache me", headers=BYPASS)
     assert first.headers["x-rayft-model"] == server["support"]
+    registered = Registry().get(server["support"]).weights_hash
+    assert {r.headers["x-rayft-weights-hash"] for r in (first, again, bypassed)} == {registered}
+    assert post_chat(server, "tiny").headers["x-rayft-weights-hash"] == content_hash(server["base"])
     assert [r.headers["x-rayft-cache"] for r in (first, again, bypassed)] == ["miss", "hit", "bypass"]
     content = {r.json()["choices"][0]["message"]["content"] for r in (first, again, bypassed)}
     assert len(content) == 1
@@ -162,28 +184,59 @@ def test_response_names_the_version_served_and_caches_deterministic_answers(serv
     assert sampled.headers["x-rayft-cache"] == "bypass"  # not deterministic: never cached
 
 
-def test_cache_never_serves_a_replaced_adapters_output(client, server, reference, tmp_path):
-    """The same registry version, its files replaced and reloaded: the answer follows the new weights.
-    (Requests re-check an adapter's files at most once a second; an admin load re-checks at once.)"""
+def test_a_version_whose_files_changed_is_refused_and_every_other_model_keeps_answering(client, server, tmp_path):
+    """A registered version's files replaced in place: its requests (cached answers included) and
+    an admin load are refused with a 503 naming the version and both hashes; the other models
+    answer as before, and the version is served again once its registered bytes are back.
+    (Requests re-check an artifact's files at most once a second; an admin load re-checks at once.)"""
     from rayft.registry import Registry
+    from rayft.storage import content_hash
 
     swap = tmp_path / "swap"
     shutil.copytree(server["adapters"]["other"], swap)
-    ref = Registry().register("swap", "adapter", server["base"], str(swap)).ref
-    assert {ref, "swap"} <= {m.id for m in client.models.list().data}  # registered while serving: listed
+    version = Registry().register("swap", "adapter", server["base"], str(swap))
+    assert {version.ref, "swap"} <= {m.id for m in client.models.list().data}  # registered while serving: listed
     question = "Has my refund for the broken kettle been approved?"  # asked nowhere else: nothing cached yet
-    before = post_chat(server, ref, question, max_tokens=8)
+    before = post_chat(server, version.ref, question, max_tokens=8)
     assert before.headers["x-rayft-cache"] == "miss"
-    assert post_chat(server, ref, question, max_tokens=8).headers["x-rayft-cache"] == "hit"
+    assert post_chat(server, version.ref, question, max_tokens=8).headers["x-rayft-cache"] == "hit"
     shutil.rmtree(swap)
     shutil.copytree(server["adapters"][server["support"]], swap)  # other weights, same path and ref
-    loaded = httpx.post(server["url"] + "/admin/adapters", json={"model": ref}, headers=ADMIN, timeout=120)
-    assert loaded.status_code == 200
-    after = post_chat(server, ref, question, max_tokens=8)
-    assert after.headers["x-rayft-cache"] == "miss"
-    text = after.json()["choices"][0]["message"]["content"]
-    assert text == reference.chat([{"role": "user", "content": question}], str(swap))
-    assert text != before.json()["choices"][0]["message"]["content"]
+    loaded = httpx.post(server["url"] + "/admin/adapters", json={"model": version.ref}, headers=ADMIN, timeout=120)
+    altered = content_hash(swap)
+    assert loaded.status_code == 503
+    for refused in (loaded, post_chat(server, version.ref, question, max_tokens=8)):
+        error = refused.json()["error"]
+        assert refused.status_code == 503 and error["code"] == "artifact_mismatch" and error["param"] == "model"
+        assert version.ref in error["message"] and version.weights_hash in error["message"] and altered in error["message"]
+    assert post_chat(server, "other", question).status_code == 200 and post_chat(server, "tiny", question).status_code == 200
+    shutil.rmtree(swap)
+    shutil.copytree(server["adapters"]["other"], swap)  # the registered bytes are back
+    time.sleep(1.1)
+    again = post_chat(server, version.ref, question, max_tokens=8)
+    assert again.status_code == 200 and again.json()["choices"] == before.json()["choices"]
+
+
+def test_an_adapter_is_served_with_the_template_it_was_trained_with(server, reference, tmp_path):
+    """An adapter whose artifact carries a chat template without a system role: its prompt is the
+    ids training renders with that template (`test_chat_template.py`), not the base template's."""
+    from transformers import AutoTokenizer
+
+    from rayft import chat
+    from rayft.registry import Registry
+
+    folder = tmp_path / "templated"
+    shutil.copytree(server["adapters"]["other"], folder)
+    save_with_template(server["base"], folder, NO_SYSTEM)
+    ref = Registry().register("templated", "adapter", server["base"], str(folder)).ref
+    ids = chat.prompt_ids(AutoTokenizer.from_pretrained(server["base"]), CONVERSATION[:-1], NO_SYSTEM)
+    body = {"model": ref, "messages": CONVERSATION[:-1], "max_tokens": 8, "temperature": 0}
+    answer = httpx.post(server["url"] + "/v1/chat/completions", json=body, headers=AUTH, timeout=120).json()
+    assert answer["usage"]["prompt_tokens"] == len(ids)
+    assert answer["choices"][0]["message"]["content"] == reference.continue_ids(ids, server["adapters"]["other"])
+    as_base = reference.prompt_ids(CONVERSATION[:-1])
+    base = httpx.post(server["url"] + "/v1/chat/completions", json=body | {"model": "tiny"}, headers=AUTH, timeout=120)
+    assert base.json()["usage"]["prompt_tokens"] == len(as_base) != len(ids)  # the base keeps its own template
 
 
 def test_adapter_loaded_and_alias_repointed_without_restart(server, monkeypatch):
@@ -196,16 +249,16 @@ def test_adapter_loaded_and_alias_repointed_without_restart(server, monkeypatch)
     loaded = httpx.get(server["url"] + "/admin/adapters", headers=ADMIN).json()["data"]
     assert first in [a["ref"] for a in loaded]
     registry = Registry()
-    registry.set_alias("ab", "prod", 1)
-    assert post_chat(server, "ab:prod").headers["x-rayft-model"] == first
-    registry.set_alias("ab", "prod", 2)
-    assert post_chat(server, "ab:prod").headers["x-rayft-model"] == second  # picked up at once
-    registry.rollback("ab", "prod")
-    assert post_chat(server, "ab:prod").headers["x-rayft-model"] == first
+    registry.set_alias("ab", "live", 1)
+    assert post_chat(server, "ab:live").headers["x-rayft-model"] == first
+    registry.set_alias("ab", "live", 2)
+    assert post_chat(server, "ab:live").headers["x-rayft-model"] == second  # picked up at once
+    registry.rollback("ab", "live")
+    assert post_chat(server, "ab:live").headers["x-rayft-model"] == first
     monkeypatch.setenv("RAYFT_ADMIN_KEY", ADMIN_KEY)
     assert main(["serve", "unload", first, "--url", server["url"]]) == 0
     assert first not in [a["ref"] for a in httpx.get(server["url"] + "/admin/adapters", headers=ADMIN).json()["data"]]
-    assert post_chat(server, "ab:prod").status_code == 200  # loaded again on first use
+    assert post_chat(server, "ab:live").status_code == 200  # loaded again on first use
 
 
 def test_traffic_split_is_proportional_and_sticky_per_user(server):
@@ -220,14 +273,24 @@ def test_traffic_split_is_proportional_and_sticky_per_user(server):
     assert len(sticky) == 1
 
 
-def test_adapter_from_an_object_storage_uri(server, reference, tmp_path):
-    """Artifacts behind a URI (pyarrow filesystems: s3://, gs://; file:// here) are fetched and served."""
+def test_adapter_from_an_object_storage_uri_is_fetched_and_verified(server, reference, tmp_path):
+    """Artifacts behind a URI (pyarrow filesystems: s3://, gs://; file:// here) are fetched, checked
+    against the registry's hash, and served; one whose bytes changed after registration is a 503."""
     from rayft.registry import Registry
 
+    registry = Registry()
     copy = shutil.copytree(server["adapters"]["other"], tmp_path / "bucket" / "other")
-    ref = Registry().register("remote", "adapter", server["base"], f"file://{copy}", weights_hash="h-remote").ref
+    ref = registry.register("remote", "adapter", server["base"], f"file://{copy}").ref
     answer = post_chat(server, ref, QUESTIONS[0], max_tokens=8).json()["choices"][0]["message"]["content"]
     assert answer == expected(reference, server, "other", QUESTIONS[0])
+    altered = Path(random_adapter(server["base"], tmp_path / "bucket" / "altered", seed=21))  # fetched nowhere yet
+    version = registry.register("altered", "adapter", server["base"], f"file://{altered}")
+    shutil.copyfile(server["adapters"][server["support"]] + "/adapter_model.safetensors",
+                    altered / "adapter_model.safetensors")  # changed in the bucket before any node fetched it
+    refused = post_chat(server, version.ref, QUESTIONS[0])
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "artifact_mismatch"
+    assert version.weights_hash in refused.json()["error"]["message"]
+    assert post_chat(server, ref, QUESTIONS[1]).status_code == 200
 
 
 def test_bad_adapters_are_refused_at_load_with_a_message(server, tmp_path):
@@ -246,13 +309,14 @@ def test_bad_adapters_are_refused_at_load_with_a_message(server, tmp_path):
     assert post_chat(server, "other").status_code == 200  # the engine is unharmed
 
 
-def test_adapters_in_use_are_never_evicted_and_a_full_engine_is_a_503(server):
+def test_adapters_in_use_are_never_evicted_and_a_full_engine_is_a_503(server, tmp_path):
     """The engine holds 4 adapters (max_cpu_loras). With requests streaming on all four, a fifth
     adapter is a 503 with Retry-After, not an eviction; once those clients hang up, it is served."""
     from rayft.registry import Registry
 
     busy = [server["support"], "other:1", *server["ab"]]
-    fifth = Registry().register("fifth", "adapter", server["base"], server["adapters"]["other"]).ref
+    copy = shutil.copytree(server["adapters"]["other"], tmp_path / "fifth")  # a folder holds one version
+    fifth = Registry().register("fifth", "adapter", server["base"], str(copy)).ref
     question = {"messages": [{"role": "user", "content": "hi"}], "temperature": 0}
 
     async def scenario():

@@ -11,7 +11,7 @@ from rayft.config import ConfigError, ServeConfig, parse_config
 from rayft.registry import ModelVersion
 from rayft.serving.adapters import Adapter, AdapterSlots, AllSlotsBusy
 from rayft.serving.auth import KeyCheck
-from rayft.serving.cache import AdapterHashes, ResponseCache, cache_key, deterministic
+from rayft.serving.cache import ArtifactHashes, ResponseCache, cache_key, deterministic
 from rayft.serving.errors import ApiError
 from rayft.serving.routing import default_base_name, pick_weighted, sticky_fraction
 
@@ -42,13 +42,14 @@ def test_base_name_is_never_a_path(tmp_path):
     assert default_base_name("/x/models/chat-v3", "chat:3") == "chat"
 
 
-def test_cache_keys_follow_weights_route_and_output_fields():
+def test_cache_keys_follow_version_weights_route_and_output_fields():
     body = {"model": "a", "messages": [{"role": "user", "content": "hi"}], "temperature": 0, "user": "u1"}
-    key = cache_key("w1", "chat", body)
-    assert cache_key("w1", "chat", body | {"user": "u2", "model": "a:prod"}) == key
-    assert cache_key("w2", "chat", body) != key  # other weights
-    assert cache_key("w1", "completion", body) != key
-    assert cache_key("w1", "chat", body | {"max_tokens": 5}) != key
+    key = cache_key("a:1", "w1", "chat", body)
+    assert cache_key("a:1", "w1", "chat", body | {"user": "u2", "model": "a:prod"}) == key
+    assert cache_key("a:1", "w2", "chat", body) != key  # other weights
+    assert cache_key("b:1", "w1", "chat", body) != key  # another version, even with the same weights hash
+    assert cache_key("a:1", "w1", "completion", body) != key
+    assert cache_key("a:1", "w1", "chat", body | {"max_tokens": 5}) != key
     assert deterministic(body) and deterministic({"temperature": 1, "seed": 3}) and not deterministic({})
 
 
@@ -64,24 +65,26 @@ def test_response_cache_is_a_bounded_lru():
     assert off.get("x") is None
 
 
-def test_adapter_hash_changes_with_the_files_checked_at_most_once_a_second(tmp_path):
+def test_artifact_hash_follows_every_file_checked_at_most_once_a_second(tmp_path):
+    from rayft.storage import content_hash
+
     (tmp_path / "adapter_config.json").write_text('{"r": 8}')
     (tmp_path / "adapter_model.safetensors").write_bytes(b"weights-1")
     now = [100.0]
-    hashes = AdapterHashes(recheck_s=1.0, clock=lambda: now[0])
-    first = hashes.of(str(tmp_path), None)
+    hashes = ArtifactHashes(recheck_s=1.0, clock=lambda: now[0])
+    first = hashes.of(str(tmp_path))
+    assert first == content_hash(tmp_path)  # the registry's hash, not one of its own
     (tmp_path / "adapter_model.safetensors").write_bytes(b"weights-2!")
     now[0] += 0.5
-    assert hashes.of(str(tmp_path), None) == first  # within the second: the folder is not looked at
-    second = hashes.of(str(tmp_path), None, fresh=True)  # an admin load looks now
+    assert hashes.of(str(tmp_path)) == first  # within the second: the folder is not looked at
+    second = hashes.of(str(tmp_path), fresh=True)  # an admin load looks now
     assert second != first
-    (tmp_path / "adapter_model.safetensors").write_bytes(b"weights-3!!")
+    (tmp_path / "adapter_model.bin").write_bytes(b"pickled weights")  # any file a loader reads counts
     now[0] += 1.0
-    third = hashes.of(str(tmp_path), None)  # a second later, a request looks again
-    assert third not in (first, second)
+    third = hashes.of(str(tmp_path))  # a second later, a request looks again
+    assert third not in (first, second) and third == content_hash(tmp_path)
     now[0] += 1.0
-    assert hashes.of(str(tmp_path), None) == third  # looked again, files unchanged: same hash
-    assert hashes.of("s3://bucket/adapter", "registered-hash") == "registered-hash"
+    assert hashes.of(str(tmp_path)) == third  # looked again, files unchanged: same hash
 
 
 def test_api_and_admin_keys_from_config_and_environment(monkeypatch):
