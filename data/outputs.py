@@ -133,7 +133,8 @@ def plot_token_lengths(lengths: dict[str, list[int]], path: Path, limit: int) ->
         axis.axvline(limit, color="red", linestyle="--", label=f"max_tokens {limit}")
     axis.set_xlabel("tokens per record")
     axis.set_ylabel("records")
-    axis.legend()
+    if axis.get_legend_handles_labels()[0]:  # nothing kept and no limit drawn: no legend
+        axis.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)

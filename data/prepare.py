@@ -25,15 +25,18 @@ from rayft.data import dedup, outputs, pii, sources, split
 from rayft.data.records import clean_batch, pii_found
 from rayft.runtime import ensure_ray
 
+MANIFEST = "manifest.json"
 STAGES = ["validate and scrub", "exact duplicates", "near duplicates", "split", "leakage", "write"]
 
 
 @dataclass
 class PrepareOptions:
-    """What `prepare_dataset` needs besides the inputs: the data config and a tokenizer."""
+    """What `prepare_dataset` needs besides the inputs: the data config, a tokenizer and the chat
+    template training will use (`model.chat_template`; None: the tokenizer's own)."""
 
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: str | None = None  # a model folder or hub id; token limits and stats need it
+    chat_template: str | None = None
 
 
 @contextmanager
@@ -93,13 +96,14 @@ def drop_orders(rows, orders: dict):
 
 def prepare_dataset(inputs: list[str], out_dir: str | Path, options: PrepareOptions | None = None,
                     show_progress: bool = True) -> dict:
-    """Prepare `inputs` into `out_dir`, a folder or an `s3://` / `gs://` URI (written locally, then
-    uploaded); returns the manifest (also written as manifest.json). Bad inputs and a bad PII
-    detector are refused before anything is written."""
+    """Prepare `inputs` into `out_dir`, a folder or an `s3://` / `gs://` URI; returns the manifest
+    (also written as manifest.json). Bad inputs and a bad PII detector are refused before anything
+    is written. Everything is written to a scratch folder that replaces `out_dir` only when the
+    whole run succeeded (`storage.replaced_dir`): a failed run leaves the previous version whole."""
     options = options or PrepareOptions()
     pii.load_detector(options.data.pii_detector)
     files = sources.expand_inputs(inputs)
-    with storage.writable_dir(out_dir) as local:
+    with storage.replaced_dir(out_dir, last=MANIFEST) as local:
         return prepare_into(files, local, options, show_progress)
 
 
@@ -112,7 +116,8 @@ def prepare_into(files: list[str], out_dir: Path, options: PrepareOptions, show_
     # run
     with shuffles_as_tasks(), progress(show_progress) as advance:
         cleaned = sources.read_records(files).map_batches(
-            clean_batch, fn_kwargs={"data_json": data.model_dump_json(), "tokenizer": options.tokenizer},
+            clean_batch, fn_kwargs={"data_json": data.model_dump_json(), "tokenizer": options.tokenizer,
+                                    "chat_template": options.chat_template},
             batch_size=1024,
         ).materialize()
         valid = cleaned.filter(expr=col("status") == "ok")
@@ -173,5 +178,5 @@ def prepare_into(files: list[str], out_dir: Path, options: PrepareOptions, show_
                                          options.tokenizer),
     }
     outputs.plot_token_lengths(lengths, out_dir / "token_lengths.png", data.max_tokens)
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return manifest

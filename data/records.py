@@ -2,7 +2,9 @@
 
 Every output row is either `ok` (with its messages, label, token count and content hashes) or
 `rejected` (with a stable reason code, a message, and the raw record, scrubbed of PII unless PII
-handling is off, so the reject file never leaks what the outputs do not).
+handling is off, so the reject file never leaks what the outputs do not). A record that makes any
+step raise (the chat template, an NER detector, anything unforeseen) is rejected with the error as
+its message; it never fails the batch.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def label_from_json(answer: str, path: str) -> str:
 class CleanRecords:
     """The per-record step over one batch of raw rows (see `clean_batch`)."""
 
-    def __init__(self, data: DataConfig, tokenizer: str | None):
+    def __init__(self, data: DataConfig, tokenizer: str | None, chat_template: str | None = None):
         self.data = data
         self.label_regex = re.compile(data.label_regex) if data.label_regex else None
         self.ner = pii.load_detector(data.pii_detector)
@@ -50,6 +52,8 @@ class CleanRecords:
             from transformers import AutoTokenizer
 
             self.tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+            if chat_template:
+                self.tokenizer.chat_template = chat_template
 
     def label_of(self, record: object, messages: list[dict]) -> str:
         if self.data.label_field:
@@ -78,11 +82,22 @@ class CleanRecords:
             scrubbed.append(message | {"content": content})
         return scrubbed, counts
 
-    def count_tokens(self, conversations: list[list[dict]]) -> list[int]:
+    def rendered(self, conversation: list[dict]) -> str | None:
+        """The conversation through the model's chat template (None without a tokenizer)."""
         if self.tokenizer is None:
-            return [sum(len(m["content"].split()) for m in c) for c in conversations]
-        texts = [self.tokenizer.apply_chat_template(c, tokenize=False) for c in conversations]
-        return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+            return None
+        try:
+            return self.tokenizer.apply_chat_template(conversation, tokenize=False)
+        except Exception as error:  # jinja2's TemplateError, or the template's raise_exception()
+            raise Reject("template_error", f"the chat template cannot render this record: {error}") from None
+
+    def count_tokens(self, rows: list[dict]) -> list[int]:
+        """Tokens per valid row: the rendered texts tokenized in one batch, or words without a tokenizer."""
+        if self.tokenizer is None:
+            return [sum(len(m["content"].split()) for m in r["messages"]) for r in rows]
+        if not rows:  # the tokenizer cannot take an empty batch
+            return []
+        return [len(ids) for ids in self.tokenizer([r["text"] for r in rows], add_special_tokens=False)["input_ids"]]
 
     def clean(self, raw: bytes) -> dict:
         row = {"pii": {}}
@@ -94,19 +109,29 @@ class CleanRecords:
             if row["pii"] and self.data.pii == "drop":
                 kinds = ", ".join(f"{n} {k}" for k, n in sorted(row["pii"].items()))
                 raise Reject("contains_pii", f"record contains PII ({kinds}) and data.pii is 'drop'")
-            return row | {"messages": messages, "label": label, "reject": None}
+            return row | {"messages": messages, "label": label, "text": self.rendered(messages), "reject": None}
         except Reject as reject:
             return row | {"messages": None, "label": "", "reject": reject}
+        except Exception as error:  # any other failure is this record's, not the batch's
+            return row | {"messages": None, "label": "", "reject": Reject("record_error", f"{type(error).__name__}: "
+                                                                                         f"{error}")}
 
     def reject_text(self, raw: bytes) -> str:
+        """The rejected record as written to the reject file: scrubbed, or withheld when scrubbing
+        it fails (it may hold PII nobody could remove)."""
         text = raw.decode("utf-8", "replace")
-        return text if self.data.pii == "off" else pii.scrub(text, self.ner)[0]
+        if self.data.pii == "off":
+            return text
+        try:
+            return pii.scrub(text, self.ner)[0]
+        except Exception as error:
+            return f"<withheld: PII scrubbing failed on this record ({type(error).__name__})>"
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         raws = [bytes(r) for r in batch["raw"]]
         rows = [self.clean(raw) for raw in raws]
         ok = [r for r in rows if r["reject"] is None]
-        for row, n in zip(ok, self.count_tokens([r["messages"] for r in ok])):
+        for row, n in zip(ok, self.count_tokens(ok)):
             row["n_tokens"] = n
             if n > self.data.max_tokens:
                 row["reject"] = Reject("too_many_tokens", f"{n} tokens > data.max_tokens {self.data.max_tokens}")
@@ -130,15 +155,16 @@ class CleanRecords:
 
 
 @lru_cache(maxsize=4)
-def _cleaner(data_json: str, tokenizer: str | None) -> CleanRecords:
-    return CleanRecords(DataConfig.model_validate_json(data_json), tokenizer)
+def _cleaner(data_json: str, tokenizer: str | None, chat_template: str | None) -> CleanRecords:
+    return CleanRecords(DataConfig.model_validate_json(data_json), tokenizer, chat_template)
 
 
-def clean_batch(batch: dict[str, np.ndarray], data_json: str, tokenizer: str | None) -> dict[str, list]:
+def clean_batch(batch: dict[str, np.ndarray], data_json: str, tokenizer: str | None,
+                chat_template: str | None = None) -> dict[str, list]:
     """Ray Data task UDF. The CleanRecords (compiled patterns, NER detector, tokenizer) is built once
     per worker process and kept, and Ray reuses its task processes: no dedicated actor processes to
     start, which on a small cluster cost more than the work (bench/RESULTS.md)."""
-    return _cleaner(data_json, tokenizer)(batch)
+    return _cleaner(data_json, tokenizer, chat_template)(batch)
 
 
 def _pii_totals(batch: dict[str, np.ndarray]) -> dict[str, list]:

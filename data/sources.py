@@ -3,8 +3,10 @@
 Every input, whatever its container, becomes rows of `source` (file path), `line` (1-based line, or
 row number for Parquet and Arrow), `order` (a global sort key: input index, then line) and `raw`
 (the record as JSON bytes). Validation then treats all formats alike, and every reject can name its
-file and line. Containers, always told by the file name or folder: JSONL, Parquet, and folders
-written by HF `datasets` `save_to_disk` (a Dataset, or a DatasetDict with one folder per split).
+file and line. Containers, always told by the file name or folder: JSONL, JSON (a file holding one
+array of records or one record, else read as JSONL), Parquet, and folders written by HF `datasets`
+`save_to_disk` (a Dataset, or a DatasetDict with one folder per split). A plain folder's files must
+all be of these types (hidden files aside): anything else is an error listing them.
 What a record holds (chat `messages` or prompt/completion) is validation's business (`data.format`).
 """
 
@@ -22,12 +24,12 @@ RECORDS_PER_BLOCK = 10_000
 LINE_BITS = 40  # order = input_index << LINE_BITS | line: inputs keep their order, then lines
 
 
-CONTAINERS = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".arrow": "arrow"}
+CONTAINERS = {".jsonl": "jsonl", ".json": "json", ".parquet": "parquet", ".arrow": "arrow"}
 
 
 def file_format(path: Path) -> str:
-    """The container of one data file, from its name: 'jsonl', 'parquet' or 'arrow'. The record
-    format inside it (chat messages or prompt/completion) is a separate matter (`data.format`)."""
+    """The container of one data file, from its name: 'jsonl', 'json', 'parquet' or 'arrow'. The
+    record format inside it (chat messages or prompt/completion) is a separate matter (`data.format`)."""
     try:
         return CONTAINERS[path.suffix.lower()]
     except KeyError:
@@ -44,7 +46,13 @@ def folder_files(path: Path) -> list[Path]:
         return [f for name in splits for f in folder_files(path / name)]
     if (path / "dataset_info.json").exists() or (path / "state.json").exists():
         return sorted(path.glob("*.arrow"))
-    return sorted(p for p in path.iterdir() if p.suffix.lower() in (".jsonl", ".json", ".parquet"))
+    entries = sorted(p for p in path.iterdir() if not p.name.startswith("."))
+    unsupported = [p.name + ("/" if p.is_dir() else "") for p in entries
+                   if p.is_dir() or p.suffix.lower() not in (".jsonl", ".json", ".parquet")]
+    if unsupported:
+        raise ConfigError(f"input folder {path} holds what rayft cannot read: {', '.join(unsupported)}; "
+                          "expected only .jsonl, .json and .parquet files (move the others out, or name the files)")
+    return entries
 
 
 def expand_inputs(inputs: list[str]) -> list[str]:
@@ -72,6 +80,43 @@ def _jsonl_rows(data: bytes) -> list[tuple[int, bytes]]:
     return [(n, raw.rstrip(b"\r")) for n, raw in enumerate(lines, start=1) if raw.strip()]
 
 
+def _json_rows(data: bytes) -> list[tuple[int, bytes]]:
+    """A `.json` file: the elements of a top-level array (each with the line it starts on), or the
+    one record the file holds; a file that is neither (JSONL named .json) is read as JSONL. An array
+    that breaks off ends in one row holding the rest from where parsing stopped, which validation
+    rejects with that line."""
+    try:
+        text = data.decode("utf-8")
+        start = len(text) - len(text.lstrip())
+    except UnicodeDecodeError:
+        return _jsonl_rows(data)
+    if not text[start:].startswith("["):
+        try:
+            json.loads(text)
+        except (ValueError, RecursionError):
+            return _jsonl_rows(data)
+        return [(text.count("\n", 0, start) + 1, text[start:].rstrip().encode())] if text.strip() else []
+    decoder, rows, at = json.JSONDecoder(), [], start + 1
+    while True:
+        at = _skip(text, at, ",")
+        if at >= len(text) or text[at] == "]":
+            return rows
+        line = text.count("\n", 0, at) + 1
+        try:
+            _, end = decoder.raw_decode(text, at)
+        except (ValueError, RecursionError):
+            return rows + [(line, text[at:].rstrip().encode())]
+        rows.append((line, text[at:end].encode()))
+        at = end
+
+
+def _skip(text: str, at: int, separators: str) -> int:
+    """The index of the next character after `at` that is neither whitespace nor a separator."""
+    while at < len(text) and (text[at].isspace() or text[at] in separators):
+        at += 1
+    return at
+
+
 def _table_rows(data: bytes, kind: str) -> list[tuple[int, bytes]]:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -86,7 +131,9 @@ def file_records(path: str, data: bytes) -> list[tuple[int, bytes]]:
     """(line, raw JSON bytes) for each record in the bytes of one data file, read as the container
     its name says."""
     kind = file_format(Path(path))
-    return _jsonl_rows(data) if kind == "jsonl" else _table_rows(data, kind)
+    if kind == "jsonl":
+        return _jsonl_rows(data)
+    return _json_rows(data) if kind == "json" else _table_rows(data, kind)
 
 
 def _split_file(row: dict, index_of: dict[str, int]) -> list[dict]:

@@ -30,6 +30,8 @@ def decode_line(raw: bytes) -> object:
         return json.loads(text)
     except json.JSONDecodeError as error:
         raise Reject("invalid_json", f"invalid JSON: {error.msg} at column {error.colno}") from None
+    except RecursionError:
+        raise Reject("invalid_json", "JSON nested too deeply to read") from None
 
 
 def _check_message(i: int, message: object) -> dict:

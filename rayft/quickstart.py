@@ -43,7 +43,8 @@ def build_inputs(folder: Path) -> None:
 def prepare(config: RayftConfig, tokenizer: str) -> dict:
     from rayft.data.prepare import PrepareOptions, prepare_dataset
 
-    return prepare_dataset(config.data.inputs, config.dataset_dir(), PrepareOptions(config.data, tokenizer))
+    return prepare_dataset(config.data.inputs, config.dataset_dir(),
+                           PrepareOptions(config.data, tokenizer, config.model.chat_template))
 
 
 def ask(url: str, model: str, question: str) -> str:

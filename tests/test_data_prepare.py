@@ -6,6 +6,10 @@ import random
 
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from records_strategies import LINE
 
 from rayft.config import DataConfig
 from rayft.data.dedup import dedup_text, shingles
@@ -280,3 +284,136 @@ def test_near_duplicate_candidates_are_verified_by_exact_jaccard(ray_cluster):
     pairs = ray.data.from_pandas(pd.DataFrame({"a": [1, 1, 1], "b": [2, 3, 2]}))  # (1, 2) from two buckets
     with shuffles_as_tasks():  # as in the pipeline
         assert verified_pairs(ray.data.from_pandas(rows), pairs, 0.8) == [(1, 2, exact[(1, 2)])]
+
+
+def test_unsupported_files_in_an_input_folder_are_an_error_listing_them(tmp_path):
+    from rayft.config import ConfigError
+    from rayft.data.sources import expand_inputs
+
+    (tmp_path / "a.jsonl").write_text(json.dumps(chat(1)) + "\n")
+    (tmp_path / "b.json").write_text(json.dumps([chat(2)]))
+    (tmp_path / ".DS_Store").write_bytes(b"\0")  # hidden files are not data
+    assert [p.rsplit("/", 1)[-1] for p in expand_inputs([str(tmp_path)])] == ["a.jsonl", "b.json"]
+    (tmp_path / "notes.txt").write_text("not data")
+    (tmp_path / "more").mkdir()
+    with pytest.raises(ConfigError, match=r"holds what rayft cannot read: more/, notes.txt"):
+        expand_inputs([str(tmp_path)])
+
+
+KABOOM_TEMPLATE = ("{% for m in messages %}{% if m['role'] == 'tool' %}{{ raise_exception('no tool role here') }}"
+                   "{% endif %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}")
+
+
+def test_json_arrays_and_records_that_break_a_step_end_as_rejects_with_source_and_line(ray_cluster, tiny_model,
+                                                                                      tmp_path):
+    """A pretty-printed JSON array is records (each at the line it starts on, a broken tail one
+    reject); a record that makes the template, the NER detector or the JSON reader raise is a reject
+    naming its source and line, and never fails the run."""
+    records = [chat(i) for i in range(6)]
+    array = tmp_path / "array.json"
+    array.write_text(json.dumps(records[:3], indent=2)[:-1].rstrip() + ',\n  {"messages": [oops\n]')
+    lines = [json.dumps(records[3]),
+             json.dumps(records[4] | {"messages": records[4]["messages"][:2] + [{"role": "tool", "content": "x"}]
+                                      + records[4]["messages"][2:]}),
+             json.dumps(chat(5, extra=" KABOOM")),
+             "[" * 100_000 + "]" * 100_000,
+             json.dumps(records[5])]
+    jsonl = tmp_path / "lines.jsonl"
+    jsonl.write_text("\n".join(lines) + "\n")
+    config = DataConfig(pii_detector="tests.pii_names:names_or_fail", near_dup_threshold=None, leak_threshold=None)
+    manifest = prepare_dataset([str(array), str(jsonl)], tmp_path / "out",
+                               PrepareOptions(config, tokenizer=tiny_model, chat_template=KABOOM_TEMPLATE),
+                               show_progress=False)
+    rejects = {(r["source"].rsplit("/", 1)[-1], r["line"]): r for r in
+               map(json.loads, (tmp_path / "out" / "rejects.jsonl").read_text().splitlines())}
+    starts = [n for n, text in enumerate(array.read_text().splitlines(), start=1) if text.startswith("  {")]
+    assert set(rejects) == {("array.json", starts[3]), ("lines.jsonl", 2), ("lines.jsonl", 3), ("lines.jsonl", 4)}
+    assert rejects[("array.json", starts[3])]["reason"] == "invalid_json"
+    assert rejects[("lines.jsonl", 2)]["reason"] == "template_error" and "no tool role" in rejects[("lines.jsonl", 2)]["message"]
+    kaboom = rejects[("lines.jsonl", 3)]
+    assert kaboom["reason"] == "record_error" and "the NER model failed" in kaboom["message"]
+    assert "KABOOM" not in kaboom["record"]  # unscrubbable: withheld, not written as it was
+    assert rejects[("lines.jsonl", 4)]["reason"] == "invalid_json" and "nested too deeply" in rejects[("lines.jsonl", 4)]["message"]
+    kept = sorted((s.rsplit("/", 1)[-1], n) for s, n in accounted(tmp_path / "out") if (s.rsplit("/", 1)[-1], n) not in rejects)
+    assert kept == [("array.json", starts[0]), ("array.json", starts[1]), ("array.json", starts[2]),
+                    ("lines.jsonl", 1), ("lines.jsonl", 5)]
+    assert manifest["counts"]["input"] == 9 and manifest["counts"]["kept"] == 5 and manifest["counts"]["rejected"] == 4
+
+
+def test_a_failed_run_leaves_the_previous_version_whole(ray_cluster, tmp_path, monkeypatch):
+    """The output is written aside and swapped in only when the whole run succeeded: a run that fails
+    after writing its splits (here: drawing the histogram) leaves the previous splits, reject file
+    and manifest as they were, and no scratch folder behind."""
+    import hashlib
+
+    from rayft.data import outputs
+
+    out = tmp_path / "out"
+    first = tmp_path / "first.jsonl"
+    first.write_text("".join(json.dumps(chat(i)) + "\n" for i in range(60)))
+    options = PrepareOptions(DataConfig(near_dup_threshold=None, leak_threshold=None))
+    before = prepare_dataset([str(first)], out, options, show_progress=False)
+
+    def files():
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.iterdir())}
+
+    written = files()
+    second = tmp_path / "second.jsonl"
+    second.write_text("".join(json.dumps(chat(i)) + "\n" for i in range(100, 190)))
+    monkeypatch.setattr(outputs, "plot_token_lengths", fail("disk full"))
+    with pytest.raises(RuntimeError, match="disk full"):
+        prepare_dataset([str(second)], out, options, show_progress=False)
+    assert files() == written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["first.jsonl", "out", "second.jsonl"]
+    monkeypatch.undo()
+    after = prepare_dataset([str(second)], out, options, show_progress=False)
+    assert after["dataset_hash"] != before["dataset_hash"] and after["counts"]["input"] == 90
+    assert json.loads((out / "manifest.json").read_text())["dataset_hash"] == after["dataset_hash"]
+
+
+def fail(message: str):
+    def failing(*args, **kwargs):
+        raise RuntimeError(message)
+
+    return failing
+
+
+def test_an_upload_cut_short_leaves_no_manifest_beside_new_splits(ray_cluster, tiny_model, tmp_path, monkeypatch):
+    """Object storage has no rename: the old manifest goes first and the new one is uploaded last, so
+    a run cut short mid-upload leaves a folder without a manifest, which training refuses."""
+    from rayft import storage
+    from rayft.config import ConfigError, parse_config
+    from rayft.training.trainer import check_config
+
+    from conftest import lora_train_config
+
+    uri = f"file://{tmp_path / 'bucket' / 'tickets'}"
+    options = PrepareOptions(DataConfig(near_dup_threshold=None, leak_threshold=None))
+    source = tmp_path / "a.jsonl"
+    source.write_text("".join(json.dumps(chat(i)) + "\n" for i in range(60)))
+    prepare_dataset([str(source)], uri, options, show_progress=False)
+    source.write_text("".join(json.dumps(chat(i)) + "\n" for i in range(100, 160)))
+    monkeypatch.setattr(storage, "upload_file", fail("connection reset"))
+    with pytest.raises(RuntimeError, match="connection reset"):
+        prepare_dataset([str(source)], uri, options, show_progress=False)
+    assert storage.exists(storage.join(uri, "train.parquet")) and not storage.exists(storage.join(uri, "manifest.json"))
+    with pytest.raises(ConfigError, match="has no manifest.json"):
+        check_config(parse_config(lora_train_config(tiny_model, tmp_path, "cut") | {"data": {"out": uri}}), tiny_model)
+
+
+@given(lines=st.lists(LINE, min_size=1, max_size=40))
+@settings(max_examples=4, deadline=None, suppress_health_check=list(HealthCheck))
+def test_random_lines_are_all_accounted_for_and_never_crash_the_run(ray_cluster, tiny_model, tmp_path_factory, lines):
+    """input = kept + rejected (+ duplicates): every non-blank line ends in a split or the reject
+    file with its source and line, whatever it holds."""
+    folder = tmp_path_factory.mktemp("random")
+    source = folder / "random.jsonl"
+    source.write_bytes(b"\n".join(lines) + b"\n")
+    options = PrepareOptions(DataConfig(), tokenizer=tiny_model)
+    manifest = prepare_dataset([str(source)], folder / "out", options, show_progress=False)
+    counts = manifest["counts"]
+    expected = [n for n, line in enumerate(lines, start=1) if line.strip()]
+    assert counts["input"] == len(expected)
+    assert counts["input"] == counts["kept"] + counts["rejected"] + counts["duplicates_exact"] + \
+        counts["duplicates_near"] + counts["leaked"]
+    assert accounted(folder / "out") == [(str(source), n) for n in expected]

@@ -3,6 +3,10 @@
 import json
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from records_strategies import LINE
 
 from rayft.data.validate import Reject, decode_line, normalise
 
@@ -111,3 +115,33 @@ def test_record_format_is_forced_and_the_container_comes_from_the_file(tmp_path)
     (tmp_path / "notes.csv").write_text("a,b\n")
     with pytest.raises(ValueError, match="notes.csv: unknown file type '.csv'"):
         expand_inputs([str(tmp_path / "pc.jsonl"), str(tmp_path / "notes.csv")])
+
+
+@pytest.fixture(scope="module")
+def cleaners(tiny_model):
+    """The per-record step without and with a tokenizer (the chat template renders every record)."""
+    from rayft.config import DataConfig
+    from rayft.data.records import CleanRecords
+
+    return [CleanRecords(DataConfig(label_field="topic"), None), CleanRecords(DataConfig(), tiny_model)]
+
+
+@given(lines=st.lists(LINE, min_size=1, max_size=12))
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_every_line_becomes_one_kept_or_rejected_row_and_nothing_raises(cleaners, lines):
+    import json
+
+    import numpy as np
+
+    batch = {"raw": np.array(lines, dtype=object), "source": np.array(["f.jsonl"] * len(lines)),
+             "line": np.arange(1, len(lines) + 1), "order": np.arange(1, len(lines) + 1)}
+    for cleaner in cleaners:
+        rows = cleaner(batch)
+        assert len(rows["status"]) == len(lines)
+        for status, reason, messages in zip(rows["status"], rows["reason"], rows["messages"]):
+            if status == "ok":
+                kept = json.loads(messages)
+                assert reason == "" and kept[-1]["role"] == "assistant"
+                assert all(isinstance(m["content"], str) and m["content"].strip() for m in kept)
+            else:
+                assert status == "rejected" and reason
