@@ -169,7 +169,7 @@ ADMIN_ACTIONS = ("load", "unload", "adapters")
 def cmd_serve(args) -> int:
     if args.target in ADMIN_ACTIONS:
         return cmd_serve_admin(args)
-    from rayft.serving.app import serve_forever
+    from rayft.serving.lifecycle import serve_forever
 
     config = load_config(args.target)
     if args.port:

@@ -19,6 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from rayft.home import rayft_home
 
 Auto = Literal["auto"]
+# `${NAME}` or `$NAME` left in a string after expansion: the variable is not set.
+UNSET_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
 
 
 class ConfigError(ValueError):
@@ -270,10 +272,20 @@ class ServeConfig(Section):
     base_name: str | None = Field(None, description="the `model` id of the base; default: its registry name, "
                                   "hub id, or folder name (clients never send a path)")
     api_keys: list[str] = Field(default_factory=list, description="accepted bearer keys (also RAYFT_API_KEYS, "
-                                "comma-separated); none = open, with a warning")
+                                "comma-separated), e.g. ['${PROD_KEY}']; none = open, with a warning")
     admin_keys: list[str] = Field(default_factory=list, description="bearer keys for /admin (also RAYFT_ADMIN_KEYS); "
                                   "none = admin routes take the API keys, with a warning")
-    max_concurrent_requests: int = Field(256, gt=0, description="in flight per ingress replica; beyond: 429")
+    allow_unauthenticated: bool = Field(False, description="start without API keys on a host other machines can "
+                                        "reach (refused otherwise)")
+    max_concurrent_requests: int = Field(256, gt=0, le=4096, description="in flight per ingress replica; beyond: 429")
+    max_request_bytes: int = Field(1 << 20, gt=0, le=1 << 30, description="larger request bodies are refused with "
+                                   "413 before they are read whole")
+    max_json_depth: int = Field(32, gt=1, le=1000, description="request bodies nested deeper are a 400")
+    max_stop: int = Field(4, ge=0, le=64, description="stop strings a request may give")
+    share_response_cache: bool = Field(False, description="let every API key's requests share cached answers "
+                                       "(default: a cache per key, so no tenant learns what another asked)")
+    shutdown_grace_s: float = Field(30, ge=0, le=3600, description="on SIGTERM or Ctrl-C, how long requests in "
+                                    "flight may take to finish while new ones get 503")
     retry_after_s: int = Field(1, gt=0, description="Retry-After on 429 and 503 answers")
     response_cache_size: int = Field(1024, ge=0, description="deterministic responses kept (LRU); 0 turns it off")
     min_replicas: int = Field(1, ge=0, description="engine replicas (autoscaling lower bound)")
@@ -285,6 +297,18 @@ class ServeConfig(Section):
     use_gpu: bool = Field(False, description="each engine replica takes one GPU (vLLM's CUDA build)")
     cpus_per_engine: int | None = Field(None, gt=0, description="CPUs Ray reserves for each engine replica, and "
                                         "its compute threads on CPU; default: reserve 1, use every core of its node")
+
+    @field_validator("api_keys", "admin_keys")
+    @classmethod
+    def _real_keys(cls, keys: list[str]):
+        for i, key in enumerate(keys):
+            if not key.strip():
+                raise ValueError(f"key {i} is empty: an empty key would let in requests that send no key")
+            unset = UNSET_VARIABLE.search(key)
+            if unset:
+                raise ValueError(f"key {i} names the environment variable {unset.group(1) or unset.group(2)}, which "
+                                 "is not set: set it, or remove the key")
+        return keys
 
     @model_validator(mode="after")
     def _replica_bounds(self):
@@ -323,7 +347,8 @@ def _format_errors(source: str, error: ValidationError) -> str:
     lines = [f"{source}: invalid config"]
     for item in error.errors():
         field = ".".join(str(p) for p in item["loc"]) or "(top level)"
-        got = f" (got {item['input']!r})" if item["type"] not in ("missing", "extra_forbidden") else ""
+        secret = field.endswith("_keys")  # never echo a key into a log
+        got = f" (got {item['input']!r})" if item["type"] not in ("missing", "extra_forbidden") and not secret else ""
         message = "unknown field" if item["type"] == "extra_forbidden" else item["msg"]
         lines.append(f"  {field}: {message}{got}")
     return "\n".join(lines)

@@ -8,24 +8,36 @@ before admin keys existed (the server warns at start-up that any user can load a
 
 from __future__ import annotations
 
+import hmac
+
 from rayft.serving.errors import ApiError
 
 
 def bearer_key(authorization: str) -> str | None:
-    """The key of an `Authorization: Bearer KEY` header value, or None."""
+    """The key of an `Authorization: Bearer KEY` header value, or None (an empty key is none)."""
     scheme, _, key = authorization.partition(" ")
-    return key.strip() if scheme.lower() == "bearer" else None
+    return (key.strip() or None) if scheme.lower() == "bearer" else None
+
+
+def known(key: str | None, keys: frozenset[str]) -> bool:
+    """Whether `key` is one of `keys`, comparing every key in constant time (no timing tells how
+    much of a guess was right)."""
+    if key is None:
+        return False
+    given = key.encode()
+    return any([hmac.compare_digest(given, k.encode()) for k in keys])
 
 
 class KeyCheck:
-    """Checks a request's bearer key against the configured API and admin keys."""
+    """Checks a request's bearer key against the configured API and admin keys (empty keys are
+    refused when the config is read)."""
 
     def __init__(self, api_keys: list[str], admin_keys: list[str]):
         self.api_keys, self.admin_keys = frozenset(api_keys), frozenset(admin_keys)
 
     def user(self, key: str | None) -> None:
         """Raise a 401 unless `key` may use the OpenAI routes."""
-        if self.api_keys and key not in self.api_keys and key not in self.admin_keys:
+        if self.api_keys and not known(key, self.api_keys | self.admin_keys):
             raise ApiError(401, "missing or invalid API key (send 'Authorization: Bearer <key>')",
                            code="invalid_api_key")
 
@@ -33,8 +45,8 @@ class KeyCheck:
         """Raise a 401 or 403 unless `key` may use the admin routes."""
         if not self.admin_keys:
             self.user(key)
-        elif key not in self.admin_keys:
-            if key in self.api_keys:
+        elif not known(key, self.admin_keys):
+            if known(key, self.api_keys):
                 raise ApiError(403, "this API key may not manage adapters; use an admin key (serve.admin_keys)",
                                code="admin_key_required")
             raise ApiError(401, "missing or invalid admin key (send 'Authorization: Bearer <admin key>')",

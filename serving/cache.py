@@ -1,11 +1,13 @@
 """The response cache for deterministic requests, keyed by what decides the answer.
 
 A request is deterministic when it is greedy (temperature 0) or fixes a `seed`. Its key is a hash
-of the model version answering it, its weights hash (the registry's content hash of every file of
-the artifact, `storage.content_hash`), the route (chat or completion) and every request field that
-can change the output, so two versions never share an entry (the stale-result bug of vllm#42125).
-Only whole (non-streamed) responses are cached, as the JSON bytes sent, so a hit serialises nothing;
-a request with `x-rayft-cache: bypass` (or `Cache-Control: no-cache`) skips the cache both ways.
+of who asks (the API key's tenant, unless `serve.share_response_cache`), the model version answering
+it, its weights hash (the registry's content hash of every file of the artifact,
+`storage.content_hash`), the route (chat or completion) and every request field that can change the
+output, so two versions never share an entry (the stale-result bug of vllm#42125) and no tenant
+learns from a hit what another asked. Only whole (non-streamed) responses are cached, as the JSON
+bytes sent; a hit only writes its own `id` and `created` into them. A request with
+`x-rayft-cache: bypass` (or `Cache-Control: no-cache`) skips the cache both ways.
 
 `ArtifactHashes` gives the content hash of a local artifact folder as it is now, re-checked (file
 sizes and mtimes) at most every `RECHECK_S` seconds per folder and always when an admin load asks:
@@ -19,6 +21,7 @@ import json
 import os
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 
 from rayft import storage
@@ -34,28 +37,49 @@ def deterministic(body: dict) -> bool:
     return body.get("temperature") == 0 or body.get("seed") is not None
 
 
-def cache_key(model: str, weights: str, route: str, body: dict) -> str:
-    """Key of one response: the version served, its weights' hash, the route, and the
+def cache_key(tenant: str, model: str, weights: str, route: str, body: dict) -> str:
+    """Key of one response: who asks, the version served, its weights' hash, the route, and the
     output-relevant request fields."""
     fields = {k: v for k, v in body.items() if k not in IGNORED_FIELDS}
-    text = json.dumps([model, weights, route, fields], sort_keys=True, separators=(",", ":"), default=str)
+    text = json.dumps([tenant, model, weights, route, fields], sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def tenant_of(key: str | None) -> str:
+    """Who a request's cache entries belong to: a digest of its API key (never the key itself)."""
+    return hashlib.sha256(key.encode()).hexdigest()[:16] if key else "anonymous"
+
+
+@dataclass(frozen=True)
+class CachedAnswer:
+    """A whole response as sent (JSON bytes), with the `id` and `created` written into them and the
+    tenant whose request filled it."""
+
+    body: bytes
+    request_id: str
+    created: int
+    filled_by: str
+
+    def renewed(self, request_id: str, created: int) -> bytes:
+        """The same answer under another request's `id` and `created` (each appears once)."""
+        return (self.body.replace(f'"{self.request_id}"'.encode(), f'"{request_id}"'.encode(), 1)
+                .replace(f'"created":{self.created}'.encode(), f'"created":{created}'.encode(), 1))
+
+
 class ResponseCache:
-    """A bounded LRU of response bodies (JSON bytes, as sent)."""
+    """A bounded LRU of whole answers."""
 
     def __init__(self, capacity: int):
         self.capacity = capacity
-        self.entries: OrderedDict[str, bytes] = OrderedDict()
+        self.entries: OrderedDict[str, CachedAnswer] = OrderedDict()
 
-    def get(self, key: str) -> bytes | None:
-        body = self.entries.get(key)
-        if body is not None:
+    def get(self, key: str) -> CachedAnswer | None:
+        answer = self.entries.get(key)
+        if answer is not None:
             self.entries.move_to_end(key)
-        return body
+        return answer
 
-    def put(self, key: str, body: bytes) -> None:
+    def put(self, key: str, body: CachedAnswer) -> None:
         if self.capacity <= 0:
             return
         self.entries[key] = body

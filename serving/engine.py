@@ -51,9 +51,13 @@ class EngineServer:
         )
         self.engine = AsyncLLM.from_engine_args(args, stat_loggers=[quiet_stats()])
         self.tokenizer = self.engine.get_tokenizer()
+        self.vocab_size = self.engine.model_config.get_vocab_size()
+        tokens = self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))
+        self.max_token_chars = max(len(t) for t in tokens if t)
         self.slots = AdapterSlots(max(self.serve.max_loras, self.serve.max_cpu_loras))
         self.loading = asyncio.Lock()
         self.next_lora_id = 1
+        self.aborted = 0  # requests whose caller went away, aborted in vLLM
 
     async def ensure_adapter(self, ref: str, uri: str, digest: str) -> Adapter:
         """The loaded adapter `ref` with content `digest`, loading (or reloading) it if needed.
@@ -104,9 +108,16 @@ class EngineServer:
             await self._remove(gone)
         return found
 
-    def loaded_adapters(self) -> list[dict]:
-        """Loaded adapters, least recently used first, with their requests in flight."""
-        return self.slots.describe()
+    def describe(self) -> dict:
+        """What the ingress checks requests against: the vocabulary size, and the longest token in
+        characters (a prompt of more than max_prompt_tokens × that many characters has too many tokens)."""
+        return {"vocab_size": self.vocab_size, "max_token_chars": self.max_token_chars}
+
+    def state(self) -> dict:
+        """Loaded adapters, least recently used first, with their requests in flight; how many
+        requests vLLM is running, and how many it aborted because their callers went away."""
+        return {"adapters": self.slots.describe(), "running": self.engine.get_num_unfinished_requests(),
+                "aborted": self.aborted}
 
     def prompt_ids(self, request, template: str | None) -> list[int]:
         """A chat request's generation prompt rendered with `template` (`rayft.chat`, as in training
@@ -146,15 +157,26 @@ class EngineServer:
                 yield refusal(error)
                 return
             lora = LoRARequest(loaded.ref, loaded.lora_id, loaded.local)
-        ids = self.prompt_ids(request, loaded.chat_template if loaded and loaded.chat_template else self.base_template)
-        max_tokens, error = self.check_lengths(ids, request)
-        if error:
-            yield {"error": error, "status": 400}
-            return
-        params = sampling_params(request, max_tokens, stream)
+        template = loaded.chat_template if loaded and loaded.chat_template else self.base_template
         with self.slots.in_use(loaded):  # taken with no await since ensure_adapter: it cannot be evicted
-            async for output in self.engine.generate({"prompt_token_ids": ids}, params, request_id, lora_request=lora):
-                yield output
+            try:  # tokenized on a worker thread: a long prompt does not hold up other requests' steps
+                ids = await asyncio.to_thread(self.prompt_ids, request, template)
+            except Exception as error:  # the chat template refused the conversation (a role, say)
+                yield {"error": f"messages: the model's chat template cannot render them: {error}", "status": 400,
+                       "param": "messages"}
+                return
+            max_tokens, error = self.check_lengths(ids, request)
+            if error:
+                yield {"error": error, "status": 400}
+                return
+            params = sampling_params(request, max_tokens, stream)
+            try:
+                async for output in self.engine.generate({"prompt_token_ids": ids}, params, request_id,
+                                                         lora_request=lora):
+                    yield output
+            except (asyncio.CancelledError, GeneratorExit):  # the client hung up: vLLM aborts the request
+                self.aborted += 1
+                raise
 
     async def complete(self, request, adapter: dict | None, request_id: str) -> dict:
         """The whole answer as one item (see `answer_item`), or an {'error', 'status'} dict."""

@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-               404: "not_found_error", 429: "rate_limit_error", 503: "service_unavailable"}
+               404: "not_found_error", 413: "invalid_request_error", 429: "rate_limit_error",
+               503: "service_unavailable"}
 
 
 class ApiError(Exception):
@@ -29,12 +30,34 @@ class ApiError(Exception):
                           "param": self.param, "code": self.code or str(self.status)}}
 
 
-def parse_json(raw: bytes) -> dict:
-    """The request body as a JSON object, or a 400."""
+def parse_json(raw: bytes, max_depth: int = 32) -> dict:
+    """The request body as a JSON object nested at most `max_depth` deep, or a 400 saying why: not
+    UTF-8, not JSON, a number too long to read, nesting too deep, or not an object."""
     try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        body = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+    except UnicodeDecodeError as error:
+        raise ApiError(400, f"request body is not UTF-8: {error.reason} at byte {error.start}") from None
+    except RecursionError:
+        raise ApiError(400, f"request body is nested deeper than {max_depth} levels") from None
+    except ValueError as error:  # invalid JSON, or an integer of more digits than Python reads
         raise ApiError(400, f"request body is not valid JSON: {error}") from None
     if not isinstance(body, dict):
         raise ApiError(400, "request body must be a JSON object")
+    if depth(body) > max_depth:
+        raise ApiError(400, f"request body is nested deeper than {max_depth} levels")
     return body
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def depth(value) -> int:
+    """How deep containers nest in a parsed JSON value (a scalar is 0), without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, level)
+            stack.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest

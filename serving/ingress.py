@@ -1,15 +1,19 @@
 """The OpenAI ingress deployment: auth, limits, model routing, the response cache, metrics.
 
 Per request: check the API key (401; admin routes want an admin key, 403 for a user key: `auth.py`)
-→ admit it under the replica's concurrency limit (429 with Retry-After) → parse it with vLLM's
-protocol models (400) → resolve `model` through the registry (404; aliases and traffic splits
-included) → answer from the response cache, or stream the engine's output back as an OpenAI
-response or SSE chunks. Every answer names the exact version served in `x-rayft-model`, its weights
-hash in `x-rayft-weights-hash`, and the cache result in `x-rayft-cache`. An adapter whose local files
-no longer hash to what the registry recorded is refused (503, naming the version and both hashes)
-before the engine sees the request; every other model keeps answering. Client mistakes are 4xx with an OpenAI-style error body; an engine
-replica that dies mid-request, or whose adapter slots are all answering requests, is a 503 with
-Retry-After, never a hang. `/metrics` serves every ingress replica's series (`metrics.py`).
+→ admit it under the replica's concurrency limit (429 with Retry-After; 503 while draining) → read
+the body up to `serve.max_request_bytes` (413) → check every field at the edge (`validation.py`,
+400 naming the field) and parse it with vLLM's protocol models → resolve `model` through the
+registry (404; aliases and traffic splits included) → answer from the response cache, or stream the
+engine's output back as an OpenAI response or SSE chunks. Every answer names the exact version
+served in `x-rayft-model`, its weights hash in `x-rayft-weights-hash`, and the cache result in
+`x-rayft-cache`. An adapter whose local files no longer hash to what the registry recorded is
+refused (503, naming the version and both hashes) before the engine sees the request; every other
+model keeps answering. Client mistakes are 4xx with an OpenAI-style error body; an engine replica
+that dies mid-request, or whose adapter slots are all answering requests, is a 503 with
+Retry-After, never a hang. A client that hangs up cancels its request down to the engine, which
+aborts it in vLLM. `/metrics` serves every ingress replica's series (`metrics.py`);
+`/openapi.json` every route's bodies (`api_schema.py`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 import weakref
 
@@ -29,11 +34,14 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, 
 
 from rayft import storage
 from rayft.registry import Registry
+from rayft.serving import api_schema
 from rayft.serving.auth import KeyCheck, bearer_key
-from rayft.serving.cache import ArtifactHashes, ResponseCache, cache_key, deterministic
+from rayft.serving.cache import ArtifactHashes, CachedAnswer, ResponseCache, cache_key, deterministic, tenant_of
+from rayft.serving.drain import POLL_S, DrainBoard
 from rayft.serving.errors import ApiError, parse_json
 from rayft.serving.metrics import PUBLISH_S, MetricsBoard, ServingMetrics
 from rayft.serving.routing import ModelRouter, Route, UnknownModel
+from rayft.serving.validation import Limits, checked, read_body
 
 MODEL_HEADER = "x-rayft-model"
 WEIGHTS_HEADER = "x-rayft-weights-hash"
@@ -43,6 +51,18 @@ ENGINE_GONE = (RayActorError, WorkerCrashedError, BackPressureError, DeploymentU
 logger = logging.getLogger("ray.serve")
 
 app = FastAPI(title="rayft")
+
+
+def openapi() -> dict:
+    """FastAPI's schema of the routes, with the bodies they name (`api_schema.py`)."""
+    if app.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
+
+        app.openapi_schema = api_schema.add_components(get_openapi(title=app.title, version="1", routes=app.routes))
+    return app.openapi_schema
+
+
+app.openapi = openapi
 
 
 def protocol():
@@ -68,7 +88,7 @@ def json_response(body: bytes, headers: dict[str, str]) -> Response:
     return Response(body, media_type="application/json", headers=headers)
 
 
-@serve.deployment(name="openai", max_ongoing_requests=1024, ray_actor_options={"num_cpus": 0.25})
+@serve.deployment(name="openai", ray_actor_options={"num_cpus": 0.25})
 @serve.ingress(app)
 class OpenAIServer:
     """The OpenAI routes plus `/admin/adapters`, `/health` and `/metrics` (see module docstring)."""
@@ -85,7 +105,10 @@ class OpenAIServer:
         context = serve.get_replica_context()
         self.metrics = ServingMetrics(replica=context.replica_id.unique_id)
         self.board = MetricsBoard(context.app_name, context.replica_id.unique_id)
-        self.publisher = asyncio.get_running_loop().create_task(self.publish_metrics())
+        self.replica, self.drain, self.draining = context.replica_id.unique_id, DrainBoard(context.app_name), False
+        loop = asyncio.get_running_loop()
+        self.tasks = [loop.create_task(self.publish_metrics()), loop.create_task(self.watch_drain())]
+        self.limits: Limits | None = None  # asked of the engine on the first request
         self.in_flight = 0
         protocol()  # load vLLM's protocol now, not on the first request
         for warning in self.keys.warnings():
@@ -100,13 +123,27 @@ class OpenAIServer:
                 logger.warning("rayft serve: cannot publish metrics: %s", error)
             await asyncio.sleep(PUBLISH_S)
 
+    async def watch_drain(self) -> None:
+        """Every POLL_S: once `rayft serve` is stopping, refuse new requests and report the ones
+        still in flight (`drain.py`)."""
+        while True:
+            try:
+                self.draining = self.draining or await asyncio.to_thread(self.drain.requested)
+                if self.draining:
+                    await asyncio.to_thread(self.drain.report, self.replica, self.in_flight)
+            except Exception as error:  # the GCS is briefly unreachable: look again next period
+                logger.warning("rayft serve: cannot read the drain flag: %s", error)
+            await asyncio.sleep(POLL_S)
+
     def __del__(self):  # Serve calls it at graceful shutdown; Python may call it again at exit
-        self.publisher.cancel()
+        for task in self.tasks:
+            task.cancel()
         with contextlib.suppress(Exception):  # Ray already gone: readers drop the stale snapshot
             self.board.withdraw()
 
     # --- guards -------------------------------------------------------------------------------
-    def authorize(self, request: Request, admin: bool = False) -> None:
+    def authorize(self, request: Request, admin: bool = False) -> str | None:
+        """The request's key, once it may use the route (401/403 otherwise)."""
         key = bearer_key(request.headers.get("authorization", ""))
         try:
             if admin:
@@ -116,8 +153,16 @@ class OpenAIServer:
         except ApiError as error:
             self.metrics.failed(None, error.status)
             raise
+        return key
+
+    def refuse_if_draining(self) -> None:
+        if self.draining:
+            self.metrics.failed(None, 503)
+            raise ApiError(503, "this server is shutting down; retry shortly (another replica will answer)",
+                           code="shutting_down", retry_after=self.settings["retry_after_s"])
 
     def admit(self) -> None:
+        self.refuse_if_draining()
         if self.in_flight >= self.settings["max_concurrent_requests"]:
             self.metrics.failed(None, 429)
             raise ApiError(429, f"this replica is answering {self.in_flight} requests, its limit; retry shortly",
@@ -161,11 +206,14 @@ class OpenAIServer:
         """The ApiError for an engine's {'error', 'status', 'code'} item (a 503 that may clear says
         when to retry)."""
         retry = self.settings["retry_after_s"] if item.get("retry") else None
-        return ApiError(item["status"], item["error"], param=param, code=item.get("code"), retry_after=retry)
+        return ApiError(item["status"], item["error"], param=item.get("param", param), code=item.get("code"),
+                        retry_after=retry)
 
     # --- routes -------------------------------------------------------------------------------
     @app.get("/health")
     async def health(self) -> dict:
+        """ok, or a 503 while draining, so load balancers stop sending requests here."""
+        self.refuse_if_draining()
         return {"status": "ok"}
 
     @app.get("/metrics")
@@ -177,29 +225,35 @@ class OpenAIServer:
             others = []
         return Response(self.metrics.exposition(others), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", openapi_extra=api_schema.route(None, "ModelList"))
     async def models(self, request: Request) -> dict:
         self.authorize(request)
+        self.refuse_if_draining()
         return protocol().model_list(self.settings["base_name"], self.router.model_cards(), self.settings["max_model_len"])
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", openapi_extra=api_schema.route("ChatRequest", "ChatCompletionResponse"))
     async def chat_completions(self, request: Request):
         return await self.answer(request, chat=True)
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", openapi_extra=api_schema.route("CompletionRequest", "CompletionResponse"))
     async def completions(self, request: Request):
         return await self.answer(request, chat=False)
 
-    @app.get("/admin/adapters")
+    @app.get("/admin/adapters", openapi_extra=api_schema.route(None, None))
     async def loaded_adapters(self, request: Request) -> dict:
+        """Loaded adapters with their requests in flight, and the engine's running requests."""
         self.authorize(request, admin=True)
-        return {"data": await self.call_engine(self.engine.loaded_adapters.remote())}
+        self.refuse_if_draining()
+        state = await self.call_engine(self.engine.state.remote())
+        return {"data": state["adapters"], "running": state["running"], "aborted": state["aborted"]}
 
-    @app.post("/admin/adapters")
+    @app.post("/admin/adapters", openapi_extra=api_schema.route("LoadAdapter", None))
     async def load_adapter(self, request: Request) -> dict:
         """Load the adapter a registry ref (name, name:version or alias) names, before any request."""
         self.authorize(request, admin=True)
-        model = parse_json(await request.body()).get("model")
+        self.refuse_if_draining()
+        body = parse_json(await read_body(request, self.settings["max_request_bytes"]), self.settings["max_json_depth"])
+        model = body.get("model")
         if not isinstance(model, str):
             raise ApiError(400, "body must be {\"model\": \"<registry ref>\"}", param="model")
         route, spec = await self.load(model)
@@ -224,9 +278,10 @@ class OpenAIServer:
             raise self.engine_refusal(refused, param="model")
         return route, spec
 
-    @app.delete("/admin/adapters/{ref}")
+    @app.delete("/admin/adapters/{ref}", openapi_extra=api_schema.route(None, None))
     async def unload_adapter(self, ref: str, request: Request) -> dict:
         self.authorize(request, admin=True)
+        self.refuse_if_draining()
         version = self.route(ref, None).served
         if not await self.call_engine(self.engine.unload_adapter.remote(version)):
             raise ApiError(404, f"{version!r} is not loaded", param="model", code="model_not_loaded")
@@ -240,15 +295,26 @@ class OpenAIServer:
             raise ApiError(503, f"the model engine is restarting ({type(error).__name__}); retry shortly",
                            retry_after=self.settings["retry_after_s"]) from None
 
+    async def request_limits(self) -> Limits:
+        """What requests are checked against; the engine's vocabulary and longest token, asked once."""
+        if self.limits is None:
+            engine = await self.call_engine(self.engine.describe.remote())
+            self.limits = Limits(vocab_size=engine["vocab_size"], max_stop=self.settings["max_stop"],
+                                 max_prompt_chars=self.settings["max_prompt_tokens"] * engine["max_token_chars"])
+        return self.limits
+
     async def answer(self, request: Request, chat: bool):
-        self.authorize(request)
+        key = self.authorize(request)
         self.admit()
         route, streaming = None, False
         try:
-            body = parse_json(await request.body())
+            raw = await read_body(request, self.settings["max_request_bytes"])
+            body = parse_json(raw, self.settings["max_json_depth"])
+            edge = checked(body, chat, await self.request_limits())
             parsed = protocol().parse_chat(body) if chat else protocol().parse_completion(body)
-            route = self.route(parsed.model, parsed.user)
-            response = await self.respond(request, body, parsed, route, chat)
+            route = self.route(edge.model, edge.user)
+            tenant = "shared" if self.settings["share_response_cache"] else tenant_of(key)
+            response = await self.respond(request, body, parsed, route, chat, tenant_of(key), tenant)
             streaming = isinstance(response, StreamingResponse)
             return response
         except ApiError as error:
@@ -261,26 +327,30 @@ class OpenAIServer:
             if not streaming:
                 self.release()
 
-    async def respond(self, request: Request, body: dict, parsed, route: Route, chat: bool):
+    async def respond(self, request: Request, body: dict, parsed, route: Route, chat: bool, asker: str, tenant: str):
+        """Answer a checked request for `asker` from the cache of `tenant` (itself, or everyone's
+        when the cache is shared), or from the engine."""
         kind = "chat" if chat else "completion"
         adapter = self.adapter_spec(route)
         counted = self.metrics.model(route.served)
         weights = adapter["digest"] if adapter else self.router.base_hash or "unregistered"
         headers = {MODEL_HEADER: route.served, WEIGHTS_HEADER: weights}
+        request_id, created = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}", int(time.time())
         key = None
         if parsed.stream or cache_bypassed(request) or not deterministic(body):
             headers[CACHE_HEADER] = "bypass"
         else:
-            key = cache_key(route.served, weights, kind, body)
+            key = cache_key(tenant, route.served, weights, kind, body)
             cached = self.cache.get(key)
             if cached:
                 counted.cache["hit"].inc()
                 counted.requests[kind].inc()
-                return json_response(cached, headers | {CACHE_HEADER: "hit"})
+                if cached.filled_by == asker:  # only the asker who filled it learns it was cached
+                    headers[CACHE_HEADER] = "hit"
+                return json_response(cached.renewed(request_id, created), headers)
             headers[CACHE_HEADER] = "miss"
         counted.cache[headers[CACHE_HEADER]].inc()
 
-        request_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
         if parsed.stream:
             outputs = self.stream_engine.stream.remote(parsed, adapter, request_id)
             first = await self.call_engine(outputs.__anext__())
@@ -302,9 +372,9 @@ class OpenAIServer:
             weakref.finalize(events, done, first)
             return StreamingResponse(events, media_type="text/event-stream", headers=headers)
         build = protocol().chat_response if chat else protocol().completion_response
-        answer = build(request_id, parsed.model, first["text"], first["finish"], first["prompt_tokens"],
+        answer = build(request_id, created, parsed.model, first["text"], first["finish"], first["prompt_tokens"],
                        first["completion_tokens"])
         counted.answered(kind, first)
         if key:
-            self.cache.put(key, answer)
+            self.cache.put(key, CachedAnswer(answer, request_id, created, asker))
         return json_response(answer, headers)

@@ -153,19 +153,19 @@ class MetricsBoard:
 class RayKV:
     """Ray's internal key-value store (GCS), in its own namespace."""
 
-    def __init__(self):
+    def __init__(self, namespace: str = KV_NAMESPACE):
         from ray.experimental import internal_kv
 
-        self.store = internal_kv
+        self.store, self.namespace = internal_kv, namespace
 
     def put(self, key: str, value: bytes) -> None:
-        self.store._internal_kv_put(key, value, namespace=KV_NAMESPACE)
+        self.store._internal_kv_put(key, value, namespace=self.namespace)
 
     def get(self, key: str) -> bytes | None:
-        return self.store._internal_kv_get(key, namespace=KV_NAMESPACE)
+        return self.store._internal_kv_get(key, namespace=self.namespace)
 
     def keys(self, prefix: str) -> list[str]:
-        return [k.decode() for k in self.store._internal_kv_list(prefix, namespace=KV_NAMESPACE)]
+        return [k.decode() for k in self.store._internal_kv_list(prefix, namespace=self.namespace)]
 
     def delete(self, key: str) -> None:
-        self.store._internal_kv_del(key, namespace=KV_NAMESPACE)
+        self.store._internal_kv_del(key, namespace=self.namespace)

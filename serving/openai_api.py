@@ -1,8 +1,10 @@
 """OpenAI wire format, built on vLLM's own protocol models (requests, responses, SSE stream chunks).
 
-Parsing turns every client mistake into an `ApiError` (`.errors`) with an HTTP status and an
-OpenAI-style body, so the server answers 4xx, never 500. Importing this module imports vLLM's
-protocol (seconds): only the deployments' replicas do, never the process that starts the app.
+Requests reach these parsers only after the edge checks (`validation.py`) passed, so vLLM's own
+validation sees fields within range; whatever it still refuses becomes an `ApiError` (`.errors`)
+with an HTTP status and an OpenAI-style body, so the server answers 4xx, never 500. Importing this
+module imports vLLM's protocol (seconds): only the deployments' replicas do, never the process that
+starts the app.
 """
 
 from __future__ import annotations
@@ -45,36 +47,14 @@ def _validate(model, body: dict):
         raise ApiError(400, str(error), param=getattr(error, "parameter", None)) from None
 
 
-def _refuse_unsupported(request) -> None:
-    if (request.n or 1) > 1:
-        raise ApiError(400, "n > 1 is not supported; send separate requests", param="n")
-    if getattr(request, "tools", None):
-        raise ApiError(400, "tool calling is not supported by this server", param="tools")
-    if getattr(request, "echo", False):
-        raise ApiError(400, "echo is not supported", param="echo")
-    if getattr(request, "logprobs", None):
-        raise ApiError(400, "logprobs are not supported", param="logprobs")
-
-
 def parse_chat(body: dict) -> ChatCompletionRequest:
-    """A validated chat completion request (messages with string content only)."""
-    request = _validate(ChatCompletionRequest, body)
-    _refuse_unsupported(request)
-    for i, message in enumerate(body.get("messages", [])):
-        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
-            raise ApiError(400, f"messages[{i}].content must be a string", param=f"messages.{i}.content")
-    if not body.get("messages"):
-        raise ApiError(400, "messages must not be empty", param="messages")
-    return request
+    """A chat completion request as vLLM's protocol model (its body passed `validation.checked`)."""
+    return _validate(ChatCompletionRequest, body)
 
 
 def parse_completion(body: dict) -> CompletionRequest:
-    """A validated completion request with one text prompt."""
-    request = _validate(CompletionRequest, body)
-    _refuse_unsupported(request)
-    if not isinstance(request.prompt, str) or not request.prompt:
-        raise ApiError(400, "prompt must be one non-empty string", param="prompt")
-    return request
+    """A completion request as vLLM's protocol model (its body passed `validation.checked`)."""
+    return _validate(CompletionRequest, body)
 
 
 def requested_max_tokens(request) -> int | None:
@@ -99,11 +79,11 @@ def usage(prompt_tokens: int, completion_tokens: int) -> UsageInfo:
                      total_tokens=prompt_tokens + completion_tokens)
 
 
-def chat_response(request_id: str, model: str, text: str, finish: str | None, prompt_tokens: int,
+def chat_response(request_id: str, created: int, model: str, text: str, finish: str | None, prompt_tokens: int,
                   completion_tokens: int) -> bytes:
     """A whole chat completion as the JSON bytes sent (and cached)."""
     response = ChatCompletionResponse(
-        id=request_id, model=model, usage=usage(prompt_tokens, completion_tokens),
+        id=request_id, created=created, model=model, usage=usage(prompt_tokens, completion_tokens),
         choices=[ChatCompletionResponseChoice(index=0, message=ChatMessage(role="assistant", content=text),
                                               finish_reason=finish)],
     )
@@ -118,11 +98,11 @@ def chat_chunk(request_id: str, model: str, created: int, text: str | None, fini
     return f"data: {chunk.model_dump_json(exclude_none=True)}\n\n"
 
 
-def completion_response(request_id: str, model: str, text: str, finish: str | None, prompt_tokens: int,
-                        completion_tokens: int) -> bytes:
+def completion_response(request_id: str, created: int, model: str, text: str, finish: str | None,
+                        prompt_tokens: int, completion_tokens: int) -> bytes:
     """A whole text completion as the JSON bytes sent (and cached)."""
     response = CompletionResponse(
-        id=request_id, model=model, usage=usage(prompt_tokens, completion_tokens),
+        id=request_id, created=created, model=model, usage=usage(prompt_tokens, completion_tokens),
         choices=[CompletionResponseChoice(index=0, text=text, finish_reason=finish)],
     )
     return response.model_dump_json(exclude_none=True).encode()

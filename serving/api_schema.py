@@ -1,0 +1,77 @@
+"""What `/openapi.json` says: every route's request and response bodies, so schema-driven clients
+and fuzzers see the contract the ingress enforces.
+
+The routes read their bodies themselves (size limit, nesting limit, then `validation.py`), so FastAPI
+cannot infer them; each route names its bodies here by model, and `openapi()` adds the models'
+JSON schemas: the request models of `validation.py`, vLLM's own response models, and the error body
+every refusal has.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+COMPONENTS = "#/components/schemas/{model}"
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx and 5xx: the OpenAI error shape."""
+
+    error: ErrorDetail
+
+
+class LoadAdapter(BaseModel):
+    """`POST /admin/adapters`."""
+
+    model: str
+
+
+ERRORS = {"400": "a field out of range or not served", "401": "no valid key", "403": "a user key on an admin route",
+          "404": "an unknown model", "413": "a body over serve.max_request_bytes",
+          "429": "over serve.max_concurrent_requests", "503": "the engine is restarting or busy, the server is "
+          "draining, or a version's files do not match the registry"}
+
+
+def ref(model: str) -> dict:
+    return {"$ref": COMPONENTS.format(model=model)}
+
+
+def route(request: str | None, response: str | None) -> dict:
+    """`openapi_extra` for a route: its JSON request body and its 200 body, by model name, plus the
+    error body of every refusal."""
+    extra: dict = {"responses": {code: {"description": why, "content": {"application/json": {"schema": ref("ErrorBody")}}}
+                                 for code, why in ERRORS.items()}}
+    if request:
+        extra["requestBody"] = {"required": True, "content": {"application/json": {"schema": ref(request)}}}
+    if response:
+        extra["responses"]["200"] = {"description": "OK", "content": {"application/json": {"schema": ref(response)}}}
+    return extra
+
+
+def component_models() -> list[type[BaseModel]]:
+    """Every model the routes name (vLLM's response models are imported here, in the replica)."""
+    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionResponse
+    from vllm.entrypoints.openai.completion.protocol import CompletionResponse
+    from vllm.entrypoints.serve.engine.protocol import ModelList
+
+    from rayft.serving.validation import ChatRequest, CompletionRequest
+
+    return [ChatRequest, CompletionRequest, ChatCompletionResponse, CompletionResponse, ModelList, ErrorBody,
+            LoadAdapter]
+
+
+def add_components(schema: dict) -> dict:
+    """FastAPI's generated schema with the named models' JSON schemas in `components.schemas`."""
+    schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+    for model in component_models():
+        generated = model.model_json_schema(ref_template=COMPONENTS, mode="validation")
+        schemas.update(generated.pop("$defs", {}))
+        schemas[model.__name__] = generated
+    return schema

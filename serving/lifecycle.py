@@ -1,0 +1,81 @@
+"""`rayft serve CONFIG` as a process: start, say where, run until told to stop, drain, exit 0.
+
+SIGTERM (how Kubernetes stops a pod) and SIGINT (Ctrl-C, which a terminal sends to the whole
+process group; Ray's own processes block it) both start a drain (`drain.py`): every ingress replica
+answers new requests with 503 and Retry-After, the requests in flight get up to
+`serve.shutdown_grace_s` to finish, then Serve and the process's Ray stop and the process exits 0
+with one line saying how it ended. Ray's driver would otherwise turn SIGTERM into an abrupt exit.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+from rayft.config import RayftConfig
+from rayft.registry import Registry, registry_base
+from rayft.serving.app import APP_NAME, admin_keys, api_keys, shutdown, start
+from rayft.serving.auth import KeyCheck
+from rayft.serving.drain import DrainBoard
+from rayft.serving.routing import default_base_name
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def announce(config: RayftConfig, url: str) -> None:
+    """Where the server answers, what it serves, and what its key setup allows."""
+    version = registry_base(config.model.base, Registry())
+    base_path, base_ref = (version.artifact_uri, version.ref) if version else (config.model.base, None)
+    name = config.serve.base_name or default_base_name(config.model.base, base_ref)
+    print(f"rayft serving {name!r} ({base_path}) and its adapters at {url}/v1", flush=True)
+    if config.serve.direct_port is not None:
+        print(f"ingress replicas answer directly (no proxy hop) from http://{config.serve.host}:"
+              f"{config.serve.direct_port}/v1", flush=True)
+    for warning in KeyCheck(api_keys(config.serve), admin_keys(config.serve)).warnings():
+        print(f"warning: {warning}", flush=True)
+
+
+
+def wait_for_stop_signal() -> str:
+    """Block until SIGTERM or SIGINT arrives; its name."""
+    received: list[str] = []
+    arrived = threading.Event()
+
+    def stop(signum, _frame) -> None:
+        received.append(signal.Signals(signum).name)
+        arrived.set()
+
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, stop)
+    while not arrived.wait(1.0):
+        pass
+    for signum in STOP_SIGNALS:  # a second signal while draining changes nothing
+        signal.signal(signum, signal.SIG_IGN)
+    return received[0]
+
+
+def drain_and_stop(config: RayftConfig) -> dict[str, int]:
+    """Refuse new requests, let those in flight finish within the grace period, stop Serve; returns
+    the requests each replica still had when the grace ran out (none when all finished)."""
+    board = DrainBoard(APP_NAME)
+    board.start()
+    left = board.wait(config.serve.ingress_replicas, config.serve.shutdown_grace_s)
+    shutdown()
+    board.clear()
+    return left
+
+
+def serve_forever(config: RayftConfig) -> None:
+    """Start the app, say where and what it serves, and drain and stop on SIGTERM or Ctrl-C."""
+    import ray
+
+    url = start(config)
+    announce(config, url)
+    name = wait_for_stop_signal()
+    started = time.monotonic()
+    left = sum(drain_and_stop(config).values())
+    ray.shutdown()
+    ended = "every request in flight finished" if not left else f"{left} requests were cut off"
+    print(f"rayft serve: stopped on {name} after draining for {time.monotonic() - started:.1f} s; {ended}",
+          flush=True)
