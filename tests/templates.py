@@ -39,3 +39,12 @@ def save_with_template(tokenizer_source: str, folder, template: str) -> None:
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
     tokenizer.chat_template = template
     tokenizer.save_pretrained(folder)
+
+# A template that refuses a role, as many real ones refuse a system turn.
+REFUSES_SYSTEM = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)

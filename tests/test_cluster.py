@@ -375,3 +375,31 @@ def test_training_job_followed_to_succeeded_registers_its_adapter(ray_head, tiny
     assert main(["jobs", "list", "--json", "--address", ray_head.address]) == 0
     listed = {j["job_id"]: j for j in json.loads(capsys.readouterr().out)}
     assert listed[job_id]["status"] == "SUCCEEDED" and listed[job_id]["stage"] == "train"
+
+
+def test_serving_manifests_take_keys_from_secrets_and_the_app_refuses_to_start_without(tiny_model, tmp_path,
+                                                                                       monkeypatch):
+    from rayft.cluster.service import app_builder
+    from rayft.config import ConfigError
+
+    head = MANIFESTS["rayservice.yaml"]["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+    env = {e["name"]: e for e in head["containers"][0]["env"]}
+    for name in ("RAYFT_API_KEYS", "RAYFT_ADMIN_KEYS"):
+        assert env[name]["valueFrom"]["secretKeyRef"]["name"] == "rayft-serve-keys"
+    run = LAUNCHER["docker"]["run_options"]
+    for name, path in (("RAYFT_API_KEYS_FILE", "/home/ray/.rayft/api-keys"),
+                       ("RAYFT_ADMIN_KEYS_FILE", "/home/ray/.rayft/admin-keys")):
+        assert f"-e {name}={path}" in run and path in LAUNCHER["file_mounts"]
+    served = load_config(GPU_CONFIG).serve
+    assert served.host == "0.0.0.0" and not served.api_keys and not served.allow_unauthenticated
+    config = tmp_path / "serve.yaml"  # the manifests' serve section, on the tiny base
+    config.write_text(yaml.safe_dump({"name": "svc", "model": {"base": tiny_model},
+                                      "serve": served.model_dump(include={"host", "port", "max_model_len"})}))
+    for name in ("RAYFT_API_KEYS", "RAYFT_API_KEYS_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ConfigError, match="can be reached from other machines and no API keys"):
+        app_builder({"config": str(config)})
+    (tmp_path / "api-keys").write_text("k1\nk2\n")
+    monkeypatch.setenv("RAYFT_API_KEYS_FILE", str(tmp_path / "api-keys"))
+    ingress = app_builder({"config": str(config)})._bound_deployment
+    assert next(a for a in ingress.init_args if isinstance(a, dict))["api_keys"] == ["k1", "k2"]

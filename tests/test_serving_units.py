@@ -10,8 +10,8 @@ import pytest
 from rayft.config import ConfigError, ServeConfig, parse_config
 from rayft.registry import ModelVersion
 from rayft.serving.adapters import Adapter, AdapterSlots, AllSlotsBusy
-from rayft.serving.auth import KeyCheck
-from rayft.serving.cache import ArtifactHashes, ResponseCache, cache_key, deterministic
+from rayft.serving.auth import KeyCheck, bearer_key
+from rayft.serving.cache import ArtifactHashes, CachedAnswer, ResponseCache, cache_key, deterministic, tenant_of
 from rayft.serving.errors import ApiError
 from rayft.serving.routing import default_base_name, pick_weighted, sticky_fraction
 
@@ -42,27 +42,42 @@ def test_base_name_is_never_a_path(tmp_path):
     assert default_base_name("/x/models/chat-v3", "chat:3") == "chat"
 
 
-def test_cache_keys_follow_version_weights_route_and_output_fields():
+def test_cache_keys_follow_tenant_version_weights_route_and_output_fields():
     body = {"model": "a", "messages": [{"role": "user", "content": "hi"}], "temperature": 0, "user": "u1"}
-    key = cache_key("a:1", "w1", "chat", body)
-    assert cache_key("a:1", "w1", "chat", body | {"user": "u2", "model": "a:prod"}) == key
-    assert cache_key("a:1", "w2", "chat", body) != key  # other weights
-    assert cache_key("b:1", "w1", "chat", body) != key  # another version, even with the same weights hash
-    assert cache_key("a:1", "w1", "completion", body) != key
-    assert cache_key("a:1", "w1", "chat", body | {"max_tokens": 5}) != key
+    key = cache_key("t1", "a:1", "w1", "chat", body)
+    assert cache_key("t1", "a:1", "w1", "chat", body | {"user": "u2", "model": "a:prod"}) == key
+    assert cache_key("t2", "a:1", "w1", "chat", body) != key  # another tenant
+    assert cache_key("t1", "a:1", "w2", "chat", body) != key  # other weights
+    assert cache_key("t1", "b:1", "w1", "chat", body) != key  # another version, even with the same weights hash
+    assert cache_key("t1", "a:1", "w1", "completion", body) != key
+    assert cache_key("t1", "a:1", "w1", "chat", body | {"max_tokens": 5}) != key
+    assert tenant_of("key-1") != tenant_of("key-2") and "key-1" not in tenant_of("key-1")
     assert deterministic(body) and deterministic({"temperature": 1, "seed": 3}) and not deterministic({})
 
 
 def test_response_cache_is_a_bounded_lru():
+    def answer(n):
+        return CachedAnswer(f'{{"n":{n}}}'.encode(), "id", 1, "t")
+
     cache = ResponseCache(2)
-    cache.put("a", b'{"n":1}')
-    cache.put("b", b'{"n":2}')
-    assert cache.get("a") == b'{"n":1}'
-    cache.put("c", b'{"n":3}')  # evicts b, the least recently used
+    cache.put("a", answer(1))
+    cache.put("b", answer(2))
+    assert cache.get("a").body == b'{"n":1}'
+    cache.put("c", answer(3))  # evicts b, the least recently used
     assert cache.get("b") is None and cache.get("a") and cache.get("c")
     off = ResponseCache(0)
-    off.put("x", b"{}")
+    off.put("x", answer(4))
     assert off.get("x") is None
+
+
+def test_a_cached_answer_is_sent_under_each_request_s_own_id_and_time():
+    import json
+
+    body = b'{"id":"chatcmpl-1","object":"chat.completion","created":100,"model":"m","choices":[{"message":' \
+           b'{"content":"chatcmpl-1 said \\"created\\":100"}}]}'
+    renewed = json.loads(CachedAnswer(body, "chatcmpl-1", 100, "t").renewed("chatcmpl-2", 200))
+    assert (renewed["id"], renewed["created"]) == ("chatcmpl-2", 200)
+    assert renewed["choices"][0]["message"]["content"] == 'chatcmpl-1 said "created":100'  # the text untouched
 
 
 def test_artifact_hash_follows_every_file_checked_at_most_once_a_second(tmp_path):
@@ -255,3 +270,57 @@ def test_metrics_serve_every_replicas_series_once_per_family():
     assert "app/r3" not in kv.data  # and deleted
     boards["r2"].withdraw()
     assert boards["r1"].others() == []
+
+
+def test_a_key_from_an_unset_or_empty_variable_is_a_config_error_that_never_shows_a_key(monkeypatch):
+    def config(keys):
+        return parse_config({"name": "x", "model": {"base": "b"}, "serve": {"api_keys": keys}})
+
+    monkeypatch.delenv("PROD_KEY", raising=False)
+    with pytest.raises(ConfigError, match=r"serve.api_keys: .*environment variable PROD_KEY, which is not set"):
+        config(["${PROD_KEY}"])
+    monkeypatch.setenv("PROD_KEY", "")
+    with pytest.raises(ConfigError, match=r"serve.api_keys: .*key 0 is empty"):
+        config(["${PROD_KEY}"])
+    monkeypatch.setenv("PROD_KEY", "s3cret-value")
+    assert config(["${PROD_KEY}"]).serve.api_keys == ["s3cret-value"]
+    with pytest.raises(ConfigError, match="key 1 is empty") as refused:
+        config(["${PROD_KEY}", "  "])
+    assert "s3cret-value" not in str(refused.value)
+
+
+def test_an_empty_bearer_key_is_never_a_key():
+    keys = KeyCheck(["k1"], [])
+    assert bearer_key("Bearer ") is None and bearer_key("Bearer  k1 ") == "k1" and bearer_key("Basic k1") is None
+    assert [status_of(keys.user, bearer_key(h)) for h in ("Bearer ", "Bearer k1", "Bearer k2")] == [401, 200, 401]
+
+
+def test_keys_come_from_a_file_too(tmp_path, monkeypatch):
+    from rayft.serving.app import api_keys
+
+    (tmp_path / "keys").write_text("k2\n\nk3\n")
+    monkeypatch.setenv("RAYFT_API_KEYS_FILE", str(tmp_path / "keys"))
+    assert api_keys(ServeConfig(api_keys=["k1"])) == ["k1", "k2", "k3"]
+    monkeypatch.setenv("RAYFT_API_KEYS_FILE", str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match="RAYFT_API_KEYS_FILE: .* is not a file"):
+        api_keys(ServeConfig())
+
+
+def test_listening_beyond_loopback_without_keys_is_refused_unless_the_config_says_so(monkeypatch):
+    from rayft.serving.app import check_exposure
+
+    for name in ("RAYFT_API_KEYS", "RAYFT_API_KEYS_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    check_exposure(ServeConfig(host="127.0.0.1"))  # only this machine can reach it
+    with pytest.raises(ConfigError, match="serve.host 0.0.0.0 can be reached from other machines and no API keys"):
+        check_exposure(ServeConfig(host="0.0.0.0"))
+    check_exposure(ServeConfig(host="0.0.0.0", api_keys=["k1"]))
+    check_exposure(ServeConfig(host="0.0.0.0", allow_unauthenticated=True))
+    monkeypatch.setenv("RAYFT_API_KEYS", "k2")
+    check_exposure(ServeConfig(host="10.0.0.5"))
+
+
+def test_limits_have_upper_bounds():
+    for field, value in (("max_concurrent_requests", 5000), ("max_request_bytes", 2 << 30), ("max_json_depth", 1)):
+        with pytest.raises(ConfigError, match=f"serve.{field}"):
+            parse_config({"name": "x", "model": {"base": "b"}, "serve": {field: value}})

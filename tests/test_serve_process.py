@@ -1,0 +1,149 @@
+"""`rayft serve CONFIG` as a real process stopped the way operators stop it: SIGTERM (Kubernetes) drains
+(new requests 503 with Retry-After, the ones in flight finish) and exits 0 with one line; Ctrl-C, a
+SIGINT to the whole process group, does the same. The process starts its own Ray, so this module
+stops the session's first (one Ray cluster at a time)."""
+
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+import yaml
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
+
+OWN_RAY_HEAD = True  # conftest: do not restart the session's Ray for these tests
+KEY = "process-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_session_ray():
+    import ray
+
+    ray.shutdown()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`python -m rayft.cli serve CONFIG` in its own process group, its stdout read line by line."""
+
+    def __init__(self, tiny_model: str, folder):
+        self.port = free_port()
+        config = folder / "serve.yaml"
+        config.write_text(yaml.safe_dump({"name": "proc", "model": {"base": tiny_model}, "serve": {
+            "port": self.port, "max_model_len": 1024, "shutdown_grace_s": 60}}))
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "rayft.cli", "serve", str(config)], start_new_session=True, text=True,
+            stdout=subprocess.PIPE, stderr=open(folder / "stderr.log", "w"),
+            env=os.environ | {"RAYFT_API_KEYS": KEY, "PYTHONUNBUFFERED": "1"})
+        self.lines: queue.Queue = queue.Queue()
+        threading.Thread(target=lambda: [self.lines.put(line) for line in self.process.stdout], daemon=True).start()
+        try:
+            self.printed = [self.next_line(240)]
+        except queue.Empty:
+            self.kill()
+            raise
+        if not self.printed[0].startswith("rayft serving 'tiny'"):
+            self.kill()
+            raise AssertionError(f"rayft serve printed {self.printed} first")
+
+    def next_line(self, timeout_s: float) -> str:
+        return self.lines.get(timeout=timeout_s).rstrip("\n")
+
+    def finish(self, timeout_s: float) -> int:
+        code = self.process.wait(timeout=timeout_s)
+        while not self.lines.empty():
+            self.printed.append(self.next_line(1))
+        return code
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+
+
+def stream(url: str, started: threading.Event) -> dict:
+    """A long streamed answer, read to the end: its usage and whether [DONE] came."""
+    import json
+
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "tell me a long story"}], "max_tokens": 960,
+            "ignore_eos": True, "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
+    usage, done = None, False
+    with httpx.stream("POST", url + "/v1/chat/completions", json=body, headers=AUTH, timeout=120) as response:
+        for line in response.iter_lines():
+            started.set()
+            if line == "data: [DONE]":
+                done = True
+            elif line.startswith("data: ") and '"usage"' in line:
+                usage = json.loads(line[6:])["usage"]
+    return {"status": response.status_code, "usage": usage, "done": done}
+
+
+def slow_upload(url: str, started: threading.Event, seconds: float) -> httpx.Response:
+    """A request whose client sends its body over `seconds`: in flight on the server all that time."""
+    import json
+
+    body = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "hi " * 40}], "max_tokens": 8,
+                       "temperature": 0}).encode()
+
+    def trickle():
+        for i in range(0, len(body), 8):
+            yield body[i:i + 8]
+            started.set()
+            time.sleep(seconds * 8 / len(body))
+
+    return httpx.post(url + "/v1/chat/completions", content=trickle(), timeout=120,
+                      headers=AUTH | {"content-type": "application/json"})
+
+
+def test_sigterm_drains_requests_in_flight_refuses_new_ones_and_exits_0(tiny_model, tmp_path):
+    server = Server(tiny_model, tmp_path)
+    try:
+        uploading, streaming = threading.Event(), threading.Event()
+        with ThreadPoolExecutor(2) as pool:
+            slow = pool.submit(slow_upload, server.url, uploading, 8.0)
+            long = pool.submit(stream, server.url, streaming)
+            assert uploading.wait(60) and streaming.wait(60)
+            os.kill(server.process.pid, signal.SIGTERM)  # as Kubernetes stops a pod
+            refused, deadline = None, time.monotonic() + 5
+            while refused is None and time.monotonic() < deadline:
+                probe = httpx.get(server.url + "/health", timeout=30)
+                refused = probe if probe.status_code == 503 else None
+            answered, streamed = slow.result(timeout=120), long.result(timeout=120)
+        assert refused is not None and refused.headers["retry-after"] == "1", "no 503 while draining"
+        # answered: admitted before the drain, though its body was still arriving
+        assert refused.json()["error"]["code"] == "shutting_down"
+        assert answered.status_code == 200 and answered.json()["usage"]["completion_tokens"] == 8
+        assert streamed == {"status": 200, "usage": streamed["usage"], "done": True}
+        assert streamed["usage"]["completion_tokens"] == 960  # not cut short
+        assert server.finish(120) == 0
+        assert server.printed[-1].startswith("rayft serve: stopped on SIGTERM after draining for")
+        assert server.printed[-1].endswith("every request in flight finished"), server.printed
+    finally:
+        server.kill()
+
+
+def test_ctrl_c_to_the_process_group_stops_it_cleanly(tiny_model, tmp_path):
+    server = Server(tiny_model, tmp_path)
+    try:
+        assert httpx.get(server.url + "/v1/models", headers=AUTH, timeout=30).status_code == 200
+        os.killpg(server.process.pid, signal.SIGINT)  # what a terminal sends on Ctrl-C
+        assert server.finish(120) == 0
+        assert server.printed[-1].startswith("rayft serve: stopped on SIGINT"), server.printed
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(server.url + "/health", timeout=5)
+    finally:
+        server.kill()
