@@ -4,6 +4,7 @@ transformers+peft, and the HTTP endpoint (start-up, mixed traffic, response-cach
     python bench/serve_throughput.py                 # everything (about 20 minutes on 2 cores)
     python bench/serve_throughput.py --part engine   # issue 8: ops plugin off/on, peft baselines
     python bench/serve_throughput.py --part http     # issue 5: rayft serve over HTTP
+    python bench/serve_throughput.py --part limits   # issue 18: small requests beside refused 2 MB ones
 
 Model: `rayft.tiny` size `bench` (hidden 512, intermediate 1376, 8 layers, 8 heads, fp32, random
 weights) with 8 random LoRA adapters (r=16 on q/k/v/o). Workload: 64 prompts × 64 greedy tokens with
@@ -175,7 +176,8 @@ def http_part(base: str, adapters: list[str], folder: Path, naive_rate: float | 
     home = folder / "home"
     env = os.environ | {"RAYFT_HOME": str(home)}
     register = ("from rayft.registry import Registry; r = Registry(); "
-                + "; ".join(f"r.register('a{i}', 'adapter', {base!r}, {p!r})" for i, p in enumerate(adapters)))
+                + "; ".join(f"r.find_by_artifact({p!r}) or r.register('a{i}', 'adapter', {base!r}, {p!r})"
+                            for i, p in enumerate(adapters)))
     subprocess.run([sys.executable, "-c", register], env=env, check=True)
     port = 8765
     url = f"http://127.0.0.1:{port}"
@@ -227,11 +229,16 @@ def _start_server(config: Path, base: str, settings: dict, env: dict) -> tuple[s
 
 
 def _stop_server(server: subprocess.Popen, url: str) -> None:
-    """Stop the server's process group and wait until its port is closed (its Ray is gone)."""
+    """Stop the server as Kubernetes does (SIGTERM to its main process: it drains and stops its
+    Ray), its whole process group if that takes over two minutes, and wait until its port is closed."""
     import httpx
 
-    os.killpg(server.pid, 15)
-    server.wait(timeout=60)
+    os.kill(server.pid, 15)
+    try:
+        server.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, 9)
+        server.wait(timeout=60)
     for _ in range(60):
         try:
             httpx.get(f"{url}/health", timeout=1)
@@ -306,9 +313,77 @@ def _latencies(url: str, n: int = 200) -> dict[str, list[float]]:
     return times
 
 
+BIG_PROMPT_RATES = (5, 10)  # the hostile streams: 2 MB prompts per second, each refused
+
+
+def limits_part(base: str, folder: Path) -> dict:
+    """p99 latency of 300 small sequential completion requests alone, and while another client
+    sends a stream of 2 MB prompts (each rate of BIG_PROMPT_RATES) that the server refuses (413, from
+    their Content-Length). Each round measures quiet and every rate side by side; ratios are taken
+    per round, and their median reported. For comparison, the same streams of tiny refused requests
+    (400, `max_tokens: 0`): what a refusal costs whatever the size."""
+    import threading
+
+    import httpx
+
+    env = os.environ | {"VLLM_CPU_KVCACHE_SPACE": "2", "RAYFT_HOME": str(folder / "home")}
+    port = 8775
+    url = f"http://127.0.0.1:{port}"
+    server, started = _start_server(folder / "serve-limits.yaml", base, {"port": port, "max_model_len": 512}, env)
+    refused_bodies = {"2mb": json.dumps({"model": "base", "prompt": "x" * 2_000_000, "max_tokens": 16}).encode(),
+                      "tiny": json.dumps({"model": "base", "prompt": "x", "max_tokens": 0}).encode()}
+    statuses: dict[str, dict[int, int]] = {name: {} for name in refused_bodies}
+
+    def small(n: int = 300) -> list[float]:
+        body = {"model": "base", "prompt": "Where is my order?", "max_tokens": 16, "temperature": 0}
+        times = []
+        with httpx.Client(timeout=60) as client:
+            for _ in range(n):
+                begun = time.perf_counter()
+                client.post(f"{url}/v1/completions", json=body, headers={"x-rayft-cache": "bypass"}).raise_for_status()
+                times.append(time.perf_counter() - begun)
+        return times
+
+    def stream(name: str, rate: int, stop: threading.Event) -> None:
+        with httpx.Client(timeout=60) as client:
+            next_at = time.perf_counter()
+            while not stop.is_set():
+                status = client.post(f"{url}/v1/completions", content=refused_bodies[name],
+                                     headers={"content-type": "application/json"}).status_code
+                statuses[name][status] = statuses[name].get(status, 0) + 1
+                next_at += 1 / rate
+                time.sleep(max(0.0, next_at - time.perf_counter()))
+
+    def p99_beside(name: str | None, rate: int = 0) -> float:
+        stop = threading.Event()
+        sender = threading.Thread(target=stream, args=(name, rate, stop)) if name else None
+        if sender:
+            sender.start()
+        times = small()
+        stop.set()
+        if sender:
+            sender.join()
+        return statistics.quantiles(times, n=100)[98]
+
+    conditions = [(name, rate) for rate in BIG_PROMPT_RATES for name in refused_bodies]
+    try:
+        _wait_for_first_token(url, "base", started)
+        small(30)  # warm-up
+        rounds = []
+        for r in range(3):
+            quiet = p99_beside(None)
+            loud = {f"{name}@{rate}/s": p99_beside(name, rate) for name, rate in conditions[::1 if r % 2 == 0 else -1]}
+            rounds.append({"quiet_p99_ms": quiet * 1000} | {f"{k}_p99_ms": v * 1000 for k, v in loud.items()}
+                          | {f"ratio {k}": v / quiet for k, v in loud.items()})
+    finally:
+        _stop_server(server, url)
+    ratios = {k: statistics.median(r[k] for r in rounds) for k in rounds[0] if k.startswith("ratio")}
+    return {"rounds": rounds, "refused_by_status": statuses, "median_ratios_p99_over_quiet": ratios}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["all", "engine", "http"], default="all")
+    parser.add_argument("--part", choices=["all", "engine", "http", "limits"], default="all")
     parser.add_argument("--folder", help="where the bench model and adapters are kept (default: a temp folder)")
     args = parser.parse_args()
     folder = Path(args.folder or tempfile.mkdtemp(prefix="rayft-bench-serve-"))
@@ -320,6 +395,8 @@ def main() -> None:
     if args.part in ("all", "http"):
         naive = result.get("engine", {}).get("peft_tok_s", {}).get("one_at_a_time")
         result["http"] = http_part(base, adapters, folder, naive)
+    if args.part in ("all", "limits"):
+        result["limits"] = limits_part(base, folder)
     print(json.dumps(result, indent=2))
 
 
