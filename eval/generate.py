@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,11 +26,8 @@ from rayft import chat, storage
 from rayft.config import EvalConfig
 from rayft.eval.prompts import with_examples
 from rayft.registry import ModelVersion, verified_artifact
+from rayft.vllm_setup import VLLM_ENV, engine_dtype, supported_lora_rank
 
-VLLM_ENV = {
-    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",  # engine in the actor's process: faster start, less memory
-    "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
-}
 COLUMN_TYPES = {"output": pa.string(), "nll": pa.float64(), "tokens": pa.int64(), "shots": pa.int64()}
 
 
@@ -70,20 +66,6 @@ def adapter_rank(path: str) -> int:
     return int(json.loads((Path(path) / "adapter_config.json").read_text())["r"])
 
 
-def supported_lora_rank(rank: int) -> int:
-    """The smallest max_lora_rank vLLM accepts that fits `rank`."""
-    for allowed in (8, 16, 32, 64, 128, 256, 320, 512):
-        if rank <= allowed:
-            return allowed
-    raise ValueError(f"LoRA rank {rank} is above vLLM's largest supported rank (512)")
-
-
-def _on_cpu() -> bool:
-    import torch
-
-    return not torch.cuda.is_available()
-
-
 class EvalEngine:
     """Ray Data UDF holding one vLLM engine; adds the output and score columns of each variant."""
 
@@ -93,13 +75,20 @@ class EvalEngine:
 
         adapters = {v.name: str(verified_artifact(v.adapter)) for v in variants if v.adapter}
         self.llm = LLM(
-            model=str(local_model(model)), dtype="float32" if _on_cpu() else "auto",
-            max_model_len=decoding.max_model_len, enforce_eager=True, enable_lora=bool(adapters), max_loras=1,
-            max_lora_rank=supported_lora_rank(max(map(adapter_rank, adapters.values()), default=8)), seed=0,
+            model=str(local_model(model)),
+            dtype=engine_dtype(),
+            max_model_len=decoding.max_model_len,
+            enforce_eager=True,
+            enable_lora=bool(adapters),
+            max_loras=1,
+            max_lora_rank=supported_lora_rank(max(map(adapter_rank, adapters.values()), default=8)),
+            seed=0,
         )
         self.tokenizer = self.llm.get_tokenizer()
-        self.variants = [dataclasses.replace(v, template=chat.artifact_template(adapters[v.name]) or v.template)
-                         if v.adapter else v for v in variants]
+        self.variants = [
+            dataclasses.replace(v, template=chat.artifact_template(adapters[v.name]) or v.template) if v.adapter else v
+            for v in variants
+        ]
         self.decoding = decoding
         self.lora = {name: LoRARequest(name, i, path) for i, (name, path) in enumerate(sorted(adapters.items()), 1)}
         self.greedy = {s: SamplingParams(temperature=0.0, max_tokens=n) for s, n in decoding.max_new_tokens.items()}
@@ -129,7 +118,7 @@ class EvalEngine:
         full = self.render(messages + [{"role": "assistant", "content": answer}], template, False)
         if not full.startswith(prompt_text):
             return None
-        return self.ids(full[len(prompt_text):len(full.rstrip())])
+        return self.ids(full[len(prompt_text) : len(full.rstrip())])
 
     def requests(self, variant: Variant, sets: list[str], prompts: list[str], answers: list[str], shots: list):
         """The engine requests of one variant: (row, kind, answer start, prompt, sampling) for a
@@ -152,8 +141,16 @@ class EvalEngine:
         for variant in self.variants:
             columns = {key: [None] * len(sets) for key in COLUMN_TYPES}
             requests = self.requests(variant, sets, prompts, answers, columns["shots"])
-            outputs = self.llm.generate([{"prompt_token_ids": r[3]} for r in requests], [r[4] for r in requests],
-                                        lora_request=self.lora.get(variant.name), use_tqdm=False) if requests else []
+            outputs = (
+                self.llm.generate(
+                    [{"prompt_token_ids": r[3]} for r in requests],
+                    [r[4] for r in requests],
+                    lora_request=self.lora.get(variant.name),
+                    use_tqdm=False,
+                )
+                if requests
+                else []
+            )
             for (row, kind, start, _, _), output in zip(requests, outputs):
                 if kind == "output":
                     columns["output"][row] = output.outputs[0].text
@@ -166,19 +163,27 @@ class EvalEngine:
         return batch
 
 
-def actor_pool_options(settings: EvalConfig) -> dict:
+def actor_pool_options(eval_config: EvalConfig) -> dict:
     """Ray Data options of one model's engine pool: `eval.engines` actors of `eval.batch_size` rows
     per call, each reserving one CPU, and one GPU with `eval.use_gpu` (Ray shows an actor only the
     GPUs it reserved, so without it vLLM's CUDA build finds no device)."""
-    return {"batch_size": settings.batch_size, "batch_format": "pyarrow", "concurrency": settings.engines,
-            "num_cpus": 1, "num_gpus": 1 if settings.use_gpu else 0, "runtime_env": {"env_vars": VLLM_ENV}}
+    return {
+        "batch_size": eval_config.batch_size,
+        "batch_format": "pyarrow",
+        "concurrency": eval_config.engines,
+        "num_cpus": 1,
+        "num_gpus": 1 if eval_config.use_gpu else 0,
+        "runtime_env": {"env_vars": VLLM_ENV},
+    }
 
 
-def answer_with_engines(rows, stages: list[tuple[str | ModelVersion, list[Variant]]], decoding: Decoding,
-                        settings: EvalConfig):
+def answer_with_engines(
+    rows, engines: list[tuple[str | ModelVersion, list[Variant]]], decoding: Decoding, eval_config: EvalConfig
+):
     """`rows` plus every variant's columns: one actor pool (`actor_pool_options`) per model in
-    `stages` ([(model, variants)]: the base with its variants, then each full version's own)."""
-    for model, variants in stages:
-        rows = rows.map_batches(EvalEngine, fn_constructor_args=(model, variants, decoding),
-                                **actor_pool_options(settings))
+    `engines` ([(model, variants)]: the base with its variants, then each full version's own)."""
+    for model, variants in engines:
+        rows = rows.map_batches(
+            EvalEngine, fn_constructor_args=(model, variants, decoding), **actor_pool_options(eval_config)
+        )
     return rows

@@ -11,12 +11,13 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Literal, Union
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rayft.home import rayft_home
+from rayft.vllm_setup import LORA_RANKS
 
 Auto = Literal["auto"]
 # `${NAME}` or `$NAME` left in a string after expansion: the variable is not set.
@@ -47,18 +48,25 @@ class DataConfig(Section):
     inputs: list[str] = Field(default_factory=list, description="JSONL/Parquet files or HF dataset folders")
     out: str | None = Field(None, description="prepared dataset folder; default $RAYFT_HOME/datasets/<name>")
     format: Literal["auto", "messages", "prompt_completion"] = Field(
-        "auto", description="record format (auto: told per record); the container comes from each file")
+        "auto", description="record format (auto: told per record); the container comes from each file"
+    )
     split: SplitConfig = Field(default_factory=SplitConfig)
     seed: int = 0
     label_field: str | None = Field(None, description="record field holding the class label")
     label_regex: str | None = Field(None, description="regex with one group, applied to the last assistant turn")
     label_json: str | None = Field(None, description="dotted path into the last assistant turn parsed as JSON")
     max_tokens: int = Field(4096, gt=0, description="records longer than this (model tokenizer) are rejected")
-    pii: Literal["scrub", "drop", "off"] = Field("scrub", description="replace PII with placeholders, drop the record, or keep it")
+    pii: Literal["scrub", "drop", "off"] = Field(
+        "scrub", description="replace PII with placeholders, drop the record, or keep it"
+    )
     pii_detector: str | None = Field(None, description="'module:function' NER detector for names and addresses")
     dedup: bool = Field(True, description="drop exact duplicates (normalised text), keeping the first")
-    near_dup_threshold: float | None = Field(0.8, gt=0, le=1, description="MinHash Jaccard for near duplicates; null turns it off")
-    leak_threshold: float | None = Field(0.8, gt=0, le=1, description="val/test records this similar to a train record are dropped")
+    near_dup_threshold: float | None = Field(
+        0.8, gt=0, le=1, description="MinHash Jaccard for near duplicates; null turns it off"
+    )
+    leak_threshold: float | None = Field(
+        0.8, gt=0, le=1, description="val/test records this similar to a train record are dropped"
+    )
     num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations")
     warn_min_class: int = Field(50, ge=0, description="warn when a class has fewer examples")
     warn_min_records: int = Field(200, ge=0, description="warn when the kept set is smaller")
@@ -67,8 +75,10 @@ class DataConfig(Section):
     @classmethod
     def _record_format_not_container(cls, value):
         if value in ("jsonl", "parquet", "hf", "arrow"):
-            raise ValueError(f"{value!r} is a container, not a record format: the container is always taken "
-                             "from each input's file name or folder; give auto, messages or prompt_completion")
+            raise ValueError(
+                f"{value!r} is a container, not a record format: the container is always taken "
+                "from each input's file name or folder; give auto, messages or prompt_completion"
+            )
         return value
 
     @field_validator("label_regex")
@@ -101,7 +111,7 @@ class LoraConfig(Section):
     r: int = Field(16, gt=0)
     alpha: int = Field(32, gt=0)
     dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: Union[Literal["all-linear"], list[str]] = "all-linear"
+    target_modules: Literal["all-linear"] | list[str] = "all-linear"
 
 
 class DeepSpeedConfig(Section):
@@ -125,11 +135,11 @@ class TrainConfig(Section):
     num_workers: int = Field(2, gt=0)
     cpus_per_worker: float = Field(0.5, gt=0)
     use_gpu: bool = False
-    epochs: Union[int, Auto] = "auto"
+    epochs: int | Auto = "auto"
     max_steps: int | None = Field(None, gt=0, description="stop after this many optimizer steps")
-    batch_size: Union[int, Auto] = "auto"
+    batch_size: int | Auto = "auto"
     grad_accum: int = Field(1, gt=0)
-    learning_rate: Union[float, Auto] = "auto"
+    learning_rate: float | Auto = "auto"
     scheduler: Literal["cosine", "linear", "constant"] = "cosine"
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
@@ -142,8 +152,12 @@ class TrainConfig(Section):
     checkpoint_every: int = Field(100, gt=0)
     keep_checkpoints: int = Field(2, gt=0)
     storage_path: str | None = Field(None, description="runs folder (local, s3:// or gs://); default $RAYFT_HOME/runs")
-    export_path: str | None = Field(None, description="exports folder (local, s3:// or gs://); default $RAYFT_HOME/models")
-    max_failures: int = Field(2, ge=0, description="worker-group restarts from the last checkpoint before the run fails")
+    export_path: str | None = Field(
+        None, description="exports folder (local, s3:// or gs://); default $RAYFT_HOME/models"
+    )
+    max_failures: int = Field(
+        2, ge=0, description="worker-group restarts from the last checkpoint before the run fails"
+    )
     tensorboard: bool = Field(False, description="also write metrics as TensorBoard events into the run folder")
 
     @field_validator("epochs", "batch_size")
@@ -173,30 +187,49 @@ LOWER_IS_BETTER = ("perplexity", "nll")
 
 
 class GateConfig(Section):
-    margin: float = Field(0.01, ge=0, description="the candidate must beat the base and the few-shot base by at "
-                          "least this much on the primary metric (in the metric's units)")
-    max_forgetting_drop: float = Field(0.1, ge=0, le=1, description="largest allowed drop of the forgetting set's "
-                                       "answer rate, base minus candidate")
-    max_forgetting_perplexity_increase: float | None = Field(None, gt=0, description="largest allowed relative rise "
-                                                             "of perplexity on the forgetting set (1.0 = doubled); "
-                                                             "null: not checked")
-    regression_tolerance: float = Field(0.0, ge=0, description="how much worse than the version the alias points "
-                                        "at now the candidate may be on the primary metric (in its units)")
+    margin: float = Field(
+        0.01,
+        ge=0,
+        description="the candidate must beat the base and the few-shot base by at "
+        "least this much on the primary metric (in the metric's units)",
+    )
+    max_forgetting_drop: float = Field(
+        0.1, ge=0, le=1, description="largest allowed drop of the forgetting set's answer rate, base minus candidate"
+    )
+    max_forgetting_perplexity_increase: float | None = Field(
+        None,
+        gt=0,
+        description="largest allowed relative rise "
+        "of perplexity on the forgetting set (1.0 = doubled); "
+        "null: not checked",
+    )
+    regression_tolerance: float = Field(
+        0.0,
+        ge=0,
+        description="how much worse than the version the alias points "
+        "at now the candidate may be on the primary metric (in its units)",
+    )
     min_test_records: int = Field(20, ge=1, description="fewer test records than this refuse promotion")
     waive: list[Literal["beats_few_shot", "forgetting", "forgetting_perplexity"]] = Field(
-        default_factory=list, description="checks that pass when the eval could not run them (a skipped check "
-        "fails otherwise); shown and recorded as waived")
+        default_factory=list,
+        description="checks that pass when the eval could not run them (a skipped check "
+        "fails otherwise); shown and recorded as waived",
+    )
 
 
 class EvalConfig(Section):
     task: Literal["classification", "extraction", "generation", "structured", "perplexity"] = "classification"
-    label_regex: str | None = Field(r"Category:\s*(\w+)", description="classification: regex with one group that "
-                                    "extracts the label")
-    label_json: str | None = Field(None, description="classification: dotted path to the label in the answer "
-                                   "parsed as JSON (instead of label_regex)")
+    label_regex: str | None = Field(
+        r"Category:\s*(\w+)", description="classification: regex with one group that extracts the label"
+    )
+    label_json: str | None = Field(
+        None,
+        description="classification: dotted path to the label in the answer parsed as JSON (instead of label_regex)",
+    )
     fields: list[str] | None = Field(None, description="extraction: JSON fields compared (default: the reference's)")
-    json_schema: Union[dict, str, None] = Field(None, description="structured: JSON schema the output must follow "
-                                                "(inline, or a .json file)")
+    json_schema: dict | str | None = Field(
+        None, description="structured: JSON schema the output must follow (inline, or a .json file)"
+    )
     primary_metric: str | None = Field(None, description="metric the promotion gate compares; default per task")
     few_shot: int = Field(3, ge=0, description="training examples shown to the few-shot base; 0 skips it")
     perplexity: bool = Field(True, description="also teacher-forced perplexity of the reference answers")
@@ -252,8 +285,10 @@ class EvalConfig(Section):
         if self.primary_metric is None:
             self.primary_metric = allowed[0]
         elif self.primary_metric not in allowed:
-            raise ValueError(f"primary_metric {self.primary_metric!r} is not reported for task {self.task}; "
-                             f"choose one of {', '.join(allowed)}")
+            raise ValueError(
+                f"primary_metric {self.primary_metric!r} is not reported for task {self.task}; "
+                f"choose one of {', '.join(allowed)}"
+            )
         return self
 
 
@@ -263,40 +298,70 @@ class ServeConfig(Section):
     adapters: list[str] = Field(default_factory=list, description="registry refs loaded at start-up")
     max_loras: int = Field(4, gt=0, description="distinct adapters in one batch")
     max_cpu_loras: int = Field(8, gt=0, description="adapters kept in host memory (LRU beyond)")
-    max_lora_rank: Literal[8, 16, 32, 64, 128, 256] = 16
+    max_lora_rank: Literal[LORA_RANKS] = 16
     max_model_len: int = Field(1024, gt=0)
     max_num_seqs: int = Field(64, gt=0, description="sequences one engine batches together")
     max_prompt_tokens: int = Field(4096, gt=0)
-    block_size: int | None = Field(None, gt=0, description="KV block size (multiple of 32 on CPU); small values "
-                                   "let short prompts hit the prefix cache")
-    base_name: str | None = Field(None, description="the `model` id of the base; default: its registry name, "
-                                  "hub id, or folder name (clients never send a path)")
-    api_keys: list[str] = Field(default_factory=list, description="accepted bearer keys (also RAYFT_API_KEYS, "
-                                "comma-separated), e.g. ['${PROD_KEY}']; none = open, with a warning")
-    admin_keys: list[str] = Field(default_factory=list, description="bearer keys for /admin (also RAYFT_ADMIN_KEYS); "
-                                  "none = admin routes take the API keys, with a warning")
-    allow_unauthenticated: bool = Field(False, description="start without API keys on a host other machines can "
-                                        "reach (refused otherwise)")
+    block_size: int | None = Field(
+        None,
+        gt=0,
+        description="KV block size (multiple of 32 on CPU); small values let short prompts hit the prefix cache",
+    )
+    base_name: str | None = Field(
+        None,
+        description="the `model` id of the base; default: its registry name, "
+        "hub id, or folder name (clients never send a path)",
+    )
+    api_keys: list[str] = Field(
+        default_factory=list,
+        description="accepted bearer keys (also RAYFT_API_KEYS, "
+        "comma-separated), e.g. ['${PROD_KEY}']; none = open, with a warning",
+    )
+    admin_keys: list[str] = Field(
+        default_factory=list,
+        description="bearer keys for /admin (also RAYFT_ADMIN_KEYS); "
+        "none = admin routes take the API keys, with a warning",
+    )
+    allow_unauthenticated: bool = Field(
+        False, description="start without API keys on a host other machines can reach (refused otherwise)"
+    )
     max_concurrent_requests: int = Field(256, gt=0, le=4096, description="in flight per ingress replica; beyond: 429")
-    max_request_bytes: int = Field(1 << 20, gt=0, le=1 << 30, description="larger request bodies are refused with "
-                                   "413 before they are read whole")
+    max_request_bytes: int = Field(
+        1 << 20, gt=0, le=1 << 30, description="larger request bodies are refused with 413 before they are read whole"
+    )
     max_json_depth: int = Field(32, gt=1, le=1000, description="request bodies nested deeper are a 400")
     max_stop: int = Field(4, ge=0, le=64, description="stop strings a request may give")
-    share_response_cache: bool = Field(False, description="let every API key's requests share cached answers "
-                                       "(default: a cache per key, so no tenant learns what another asked)")
-    shutdown_grace_s: float = Field(30, ge=0, le=3600, description="on SIGTERM or Ctrl-C, how long requests in "
-                                    "flight may take to finish while new ones get 503")
+    share_response_cache: bool = Field(
+        False,
+        description="let every API key's requests share cached answers "
+        "(default: a cache per key, so no tenant learns what another asked)",
+    )
+    shutdown_grace_s: float = Field(
+        30,
+        ge=0,
+        le=3600,
+        description="on SIGTERM or Ctrl-C, how long requests in flight may take to finish while new ones get 503",
+    )
     retry_after_s: int = Field(1, gt=0, description="Retry-After on 429 and 503 answers")
     response_cache_size: int = Field(1024, ge=0, description="deterministic responses kept (LRU); 0 turns it off")
     min_replicas: int = Field(1, ge=0, description="engine replicas (autoscaling lower bound)")
     max_replicas: int = Field(1, gt=0, description="engine replicas (autoscaling upper bound)")
     target_ongoing_requests: int = Field(32, gt=0, description="autoscaling target per engine replica")
     ingress_replicas: int = Field(1, gt=0)
-    direct_port: int | None = Field(None, gt=0, lt=65536, description="ingress replicas also answer HTTP themselves "
-                                    "from this port up (Ray Serve's direct ingress), without the proxy hop")
+    direct_port: int | None = Field(
+        None,
+        gt=0,
+        lt=65536,
+        description="ingress replicas also answer HTTP themselves "
+        "from this port up (Ray Serve's direct ingress), without the proxy hop",
+    )
     use_gpu: bool = Field(False, description="each engine replica takes one GPU (vLLM's CUDA build)")
-    cpus_per_engine: int | None = Field(None, gt=0, description="CPUs Ray reserves for each engine replica, and "
-                                        "its compute threads on CPU; default: reserve 1, use every core of its node")
+    cpus_per_engine: int | None = Field(
+        None,
+        gt=0,
+        description="CPUs Ray reserves for each engine replica, and "
+        "its compute threads on CPU; default: reserve 1, use every core of its node",
+    )
 
     @field_validator("api_keys", "admin_keys")
     @classmethod
@@ -306,8 +371,10 @@ class ServeConfig(Section):
                 raise ValueError(f"key {i} is empty: an empty key would let in requests that send no key")
             unset = UNSET_VARIABLE.search(key)
             if unset:
-                raise ValueError(f"key {i} names the environment variable {unset.group(1) or unset.group(2)}, which "
-                                 "is not set: set it, or remove the key")
+                raise ValueError(
+                    f"key {i} names the environment variable {unset.group(1) or unset.group(2)}, which "
+                    "is not set: set it, or remove the key"
+                )
         return keys
 
     @model_validator(mode="after")

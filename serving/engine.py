@@ -19,20 +19,14 @@ import os
 from rayft import chat, storage
 from rayft.config import ServeConfig
 from rayft.serving.adapters import Adapter, AdapterError, AdapterSlots, AllSlotsBusy, check_adapter
-
-ENGINE_ENV = {
-    # Engine core without the extra CPU worker process: faster start, ~0.6 GiB less memory.
-    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-    "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
-}
+from rayft.vllm_setup import VLLM_ENV, engine_dtype, on_cpu
 
 
 class EngineServer:
     """Ray Serve deployment body (see `app.build_app`): vLLM AsyncLLM plus its adapters."""
 
-    def __init__(self, base: str, base_hash: str | None, base_ref: str | None, chat_template: str | None,
-                 serve: dict):
-        for key, value in ENGINE_ENV.items():
+    def __init__(self, base: str, base_hash: str | None, base_ref: str | None, chat_template: str | None, serve: dict):
+        for key, value in VLLM_ENV.items():
             os.environ.setdefault(key, value)
         self.serve = ServeConfig.model_validate(serve)
         self.base_template = chat_template
@@ -43,11 +37,19 @@ class EngineServer:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         args = AsyncEngineArgs(
-            model=base, dtype="float32" if _on_cpu() else "auto", max_model_len=self.serve.max_model_len,
-            enforce_eager=_on_cpu(), enable_prefix_caching=True, block_size=self.serve.block_size,
-            enable_lora=True, max_loras=self.serve.max_loras, max_lora_rank=self.serve.max_lora_rank,
-            max_cpu_loras=max(self.serve.max_loras, self.serve.max_cpu_loras), max_num_seqs=self.serve.max_num_seqs,
-            disable_log_stats=True, seed=0,
+            model=base,
+            dtype=engine_dtype(),
+            max_model_len=self.serve.max_model_len,
+            enforce_eager=on_cpu(),
+            enable_prefix_caching=True,
+            block_size=self.serve.block_size,
+            enable_lora=True,
+            max_loras=self.serve.max_loras,
+            max_lora_rank=self.serve.max_lora_rank,
+            max_cpu_loras=max(self.serve.max_loras, self.serve.max_cpu_loras),
+            max_num_seqs=self.serve.max_num_seqs,
+            disable_log_stats=True,
+            seed=0,
         )
         self.engine = AsyncLLM.from_engine_args(args, stat_loggers=[quiet_stats()])
         self.tokenizer = self.engine.get_tokenizer()
@@ -116,8 +118,11 @@ class EngineServer:
     def state(self) -> dict:
         """Loaded adapters, least recently used first, with their requests in flight; how many
         requests vLLM is running, and how many it aborted because their callers went away."""
-        return {"adapters": self.slots.describe(), "running": self.engine.get_num_unfinished_requests(),
-                "aborted": self.aborted}
+        return {
+            "adapters": self.slots.describe(),
+            "running": self.engine.get_num_unfinished_requests(),
+            "aborted": self.aborted,
+        }
 
     def prompt_ids(self, request, template: str | None) -> list[int]:
         """A chat request's generation prompt rendered with `template` (`rayft.chat`, as in training
@@ -138,7 +143,10 @@ class EngineServer:
             return 0, f"prompt has {len(ids)} tokens; the limit is {limit} ({setting})"
         max_tokens = requested_max_tokens(request) or room
         if max_tokens > room:
-            return 0, f"max_tokens {max_tokens} + prompt {len(ids)} tokens exceeds the context of {self.serve.max_model_len}"
+            return (
+                0,
+                f"max_tokens {max_tokens} + prompt {len(ids)} tokens exceeds the context of {self.serve.max_model_len}",
+            )
         return max_tokens, None
 
     async def outputs(self, request, adapter: dict | None, request_id: str, stream: bool):
@@ -162,8 +170,11 @@ class EngineServer:
             try:  # tokenized on a worker thread: a long prompt does not hold up other requests' steps
                 ids = await asyncio.to_thread(self.prompt_ids, request, template)
             except Exception as error:  # the chat template refused the conversation (a role, say)
-                yield {"error": f"messages: the model's chat template cannot render them: {error}", "status": 400,
-                       "param": "messages"}
+                yield {
+                    "error": f"messages: the model's chat template cannot render them: {error}",
+                    "status": 400,
+                    "param": "messages",
+                }
                 return
             max_tokens, error = self.check_lengths(ids, request)
             if error:
@@ -171,8 +182,9 @@ class EngineServer:
                 return
             params = sampling_params(request, max_tokens, stream)
             try:
-                async for output in self.engine.generate({"prompt_token_ids": ids}, params, request_id,
-                                                         lora_request=lora):
+                async for output in self.engine.generate(
+                    {"prompt_token_ids": ids}, params, request_id, lora_request=lora
+                ):
                     yield output
             except (asyncio.CancelledError, GeneratorExit):  # the client hung up: vLLM aborts the request
                 self.aborted += 1
@@ -218,8 +230,12 @@ def refusal(error: Exception) -> dict:
 def answer_item(output, text: str, completion_tokens: int) -> dict:
     """{'text', 'finish', 'prompt_tokens', 'completion_tokens'}, plus the engine's 'ttft' and
     'tpot' (seconds) once the request is finished."""
-    item = {"text": text, "finish": output.outputs[0].finish_reason, "prompt_tokens": len(output.prompt_token_ids),
-            "completion_tokens": completion_tokens}
+    item = {
+        "text": text,
+        "finish": output.outputs[0].finish_reason,
+        "prompt_tokens": len(output.prompt_token_ids),
+        "completion_tokens": completion_tokens,
+    }
     stats = output.metrics
     if output.finished and stats is not None:
         item["ttft"] = stats.first_token_latency
@@ -254,9 +270,3 @@ def use_cpu_threads(n: int) -> None:
     import torch
 
     torch.set_num_threads(n)
-
-
-def _on_cpu() -> bool:
-    import torch
-
-    return not torch.cuda.is_available()

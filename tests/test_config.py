@@ -71,10 +71,13 @@ def test_cli_rejects_bad_config_before_any_work(tmp_path, capsys, monkeypatch):
     assert "bad.yaml: invalid config" in err and "train.batch_size" in err
 
 
-@pytest.mark.parametrize("flags, words", [
-    (["--label-regex", "(a)(b)"], "label_regex: Value error, label_regex must have exactly one capture group"),
-    ([], "notes.csv: unknown file type '.csv'"),
-])
+@pytest.mark.parametrize(
+    "flags, words",
+    [
+        (["--label-regex", "(a)(b)"], "label_regex: Value error, label_regex must have exactly one capture group"),
+        ([], "notes.csv: unknown file type '.csv'"),
+    ],
+)
 def test_data_prepare_flags_and_inputs_are_refused_with_a_message(tmp_path, capsys, flags, words):
     (tmp_path / "notes.csv").write_text("a,b\n")
     assert main(["data", "prepare", str(tmp_path / "notes.csv"), "--out", str(tmp_path / "out"), *flags]) == 2

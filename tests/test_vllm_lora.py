@@ -6,10 +6,9 @@ offline, in-process, so every prompt list below is scheduled as one batch.
 """
 
 import pytest
-
 from reference import Reference, random_adapter
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.vllm, pytest.mark.timeout(600)]
 
 PROMPTS = ["My invoice is wrong", "Where is my package?", "The app shows error E-500", "Reset my password"]
 
@@ -21,8 +20,16 @@ def engine(tiny_model, tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("lora")
     adapters = {name: random_adapter(tiny_model, folder / name, seed=i) for i, name in enumerate(["a1", "a2"], 1)}
-    llm = LLM(model=tiny_model, dtype="float32", enforce_eager=True, max_model_len=256, enable_lora=True,
-              max_loras=2, max_lora_rank=8, seed=0)
+    llm = LLM(
+        model=tiny_model,
+        dtype="float32",
+        enforce_eager=True,
+        max_model_len=256,
+        enable_lora=True,
+        max_loras=2,
+        max_lora_rank=8,
+        seed=0,
+    )
     requests = {None: None} | {name: LoRARequest(name, i, path) for i, (name, path) in enumerate(adapters.items(), 1)}
     yield llm, requests, adapters, SamplingParams(temperature=0, max_tokens=8)
     del llm
@@ -43,15 +50,18 @@ def run(engine, reference, assignment, texts=PROMPTS):
     return got, expected
 
 
-@pytest.mark.parametrize("assignment", [
-    [None] * 4,
-    ["a1"] * 4,
-    ["a2"] * 4,
-    [None, "a1", None, "a2", "a1", None, "a2", None],
-    ["a1", None, None, None],
-    ["a1", "a2", "a2", "a1"],
-    [None, "a2", "a2", None],
-])
+@pytest.mark.parametrize(
+    "assignment",
+    [
+        [None] * 4,
+        ["a1"] * 4,
+        ["a2"] * 4,
+        [None, "a1", None, "a2", "a1", None, "a2", None],
+        ["a1", None, None, None],
+        ["a1", "a2", "a2", "a1"],
+        [None, "a2", "a2", None],
+    ],
+)
 def test_greedy_output_equals_reference(engine, reference, assignment):
     got, expected = run(engine, reference, assignment)
     assert got == expected
