@@ -70,9 +70,17 @@ def build_model(size: str, folder: Path, use_gpu: bool) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     hidden, intermediate, layers, heads, kv_heads, vocab, tied = SIZES[size]
-    config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate,
-                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
-                         max_position_embeddings=8192, tie_word_embeddings=tied, pad_token_id=0)
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=8192,
+        tie_word_embeddings=tied,
+        pad_token_id=0,
+    )
     torch.manual_seed(0)
     with torch.device("cuda" if use_gpu else "cpu"):
         model = LlamaForCausalLM(config).to(torch.bfloat16 if use_gpu else torch.float32)
@@ -85,8 +93,14 @@ def train_config(method: str, packing: bool, seq_len: int, use_gpu: bool):
     """A one-worker train section as a user would write it for this method."""
     from rayft.config import TrainConfig
 
-    return TrainConfig(method=method, packing=packing, max_seq_len=seq_len, num_workers=1, use_gpu=use_gpu,
-                       lora={"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"})
+    return TrainConfig(
+        method=method,
+        packing=packing,
+        max_seq_len=seq_len,
+        num_workers=1,
+        use_gpu=use_gpu,
+        lora={"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"},
+    )
 
 
 def synthetic_examples(n: int, seq_len: int, vocab: int, seed: int) -> list[dict]:
@@ -96,7 +110,7 @@ def synthetic_examples(n: int, seq_len: int, vocab: int, seed: int) -> list[dict
     for _ in range(n):
         length = rng.randint(max(2, seq_len // 8), max(2, seq_len // 2))
         ids = [rng.randrange(1, vocab) for _ in range(length)]
-        examples.append({"input_ids": ids, "labels": [-100] * (length // 2) + ids[length // 2:]})
+        examples.append({"input_ids": ids, "labels": [-100] * (length // 2) + ids[length // 2 :]})
     return examples
 
 
@@ -107,7 +121,7 @@ def batches(train, micro: int, vocab: int, count: int, seed: int) -> list:
     if not train.packing:
         return [pad_batch(synthetic_examples(micro, train.max_seq_len, vocab, seed + i), 0) for i in range(count)]
     rows = pack_examples(synthetic_examples(micro * count * 6, train.max_seq_len, vocab, seed), train.max_seq_len)
-    return [packed_batch(rows[i * micro:(i + 1) * micro], 0) for i in range(count)]
+    return [packed_batch(rows[i * micro : (i + 1) * micro], 0) for i in range(count)]
 
 
 def flops_per_token(model, method: str, width: int) -> float:
@@ -177,10 +191,16 @@ def measure(model_dir: Path, method: str, packing: bool, args, use_gpu: bool, vo
     elapsed = time.perf_counter() - started
     per_token = flops_per_token(engine.module, method, width / args.steps)
     result = {
-        "method": method, "packing": packing, "tokens_per_s": tokens / elapsed, "step_s": elapsed / args.steps,
-        "tokens_per_step": tokens / args.steps, "row_width": width / args.steps, "loss": float(loss),
+        "method": method,
+        "packing": packing,
+        "tokens_per_s": tokens / elapsed,
+        "step_s": elapsed / args.steps,
+        "tokens_per_step": tokens / args.steps,
+        "row_width": width / args.steps,
+        "loss": float(loss),
         "trainable_params": sum(p.numel() for p in engine.module.parameters() if p.requires_grad),
-        "flops_per_token": per_token, "mfu": per_token * tokens / elapsed / peak if peak else None,
+        "flops_per_token": per_token,
+        "mfu": per_token * tokens / elapsed / peak if peak else None,
         "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if use_gpu else None,
     }
     del engine, model
@@ -196,17 +216,31 @@ def main(argv: list[str] | None = None) -> dict:
     use_gpu = args.device == "cuda"
     args.seq_len = args.seq_len or (2048 if args.size == "1b" else 64)
     args.micro_batch = args.micro_batch or (8 if args.size == "1b" else 2)
-    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": os.environ.get("MASTER_PORT", "29517"),
-                       "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"})  # one DeepSpeed process
+    os.environ.update(
+        {
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": os.environ.get("MASTER_PORT", "29517"),
+            "RANK": "0",
+            "LOCAL_RANK": "0",
+            "WORLD_SIZE": "1",
+        }
+    )  # one DeepSpeed process
     os.environ.setdefault("DS_ACCELERATOR", args.device)  # named, so DeepSpeed prints no detection line
     import torch
 
     device = torch.cuda.get_device_name(0) if use_gpu else "cpu"
     peak = peak_flops(device, args.peak_tflops)
     vocab = SIZES[args.size][5]
-    report = {"device": device, "torch": torch.__version__, "size": args.size, "seq_len": args.seq_len,
-              "micro_batch": args.micro_batch, "steps": args.steps, "peak_tflops": peak and peak / 1e12,
-              "results": []}
+    report = {
+        "device": device,
+        "torch": torch.__version__,
+        "size": args.size,
+        "seq_len": args.seq_len,
+        "micro_batch": args.micro_batch,
+        "steps": args.steps,
+        "peak_tflops": peak and peak / 1e12,
+        "results": [],
+    }
 
     # run
     with tempfile.TemporaryDirectory(prefix="rayft-gpu-bench-") as scratch:
@@ -216,8 +250,9 @@ def main(argv: list[str] | None = None) -> dict:
                 try:
                     report["results"].append(measure(model_dir, method, packing, args, use_gpu, vocab, peak))
                 except Exception as error:  # one failed configuration must not cost the others
-                    report["results"].append({"method": method, "packing": packing,
-                                              "error": f"{type(error).__name__}: {error}"[:2000]})
+                    report["results"].append(
+                        {"method": method, "packing": packing, "error": f"{type(error).__name__}: {error}"[:2000]}
+                    )
                 print(json.dumps(report["results"][-1]), file=sys.stderr, flush=True)
 
     # report

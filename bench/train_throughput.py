@@ -54,8 +54,9 @@ def load(model_dir: Path, method: str = "full"):
     if method == "lora":
         from peft import LoraConfig, get_peft_model
 
-        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0,
-                                                 target_modules="all-linear", task_type="CAUSAL_LM"))
+        model = get_peft_model(
+            model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+        )
     return model.train()
 
 
@@ -66,7 +67,7 @@ def skewed_examples(n: int, vocab: int, seed: int = 0) -> list[dict]:
     for _ in range(n):
         length = rng.randint(256, 512) if rng.random() < 0.15 else rng.randint(24, 96)
         ids = [rng.randrange(10, vocab) for _ in range(length)]
-        examples.append({"input_ids": ids, "labels": [IGNORE_INDEX] * (length // 2) + ids[length // 2:]})
+        examples.append({"input_ids": ids, "labels": [IGNORE_INDEX] * (length // 2) + ids[length // 2 :]})
     return examples
 
 
@@ -106,8 +107,11 @@ def bench_packing(model_dir: Path, n_examples: int, micro: int, max_seq_len: int
         torch.manual_seed(0)
         steps = timed_steps(load(model_dir), batches, pad_id)
         cells = sum(len(row) for b in batches for row in b.input_ids)
-        results[name] = {"steps": len(steps), "tokens_per_s": round(rate(steps), 1),
-                         "padding_fraction": round(1 - sum(n for _, n in steps) / cells, 3)}
+        results[name] = {
+            "steps": len(steps),
+            "tokens_per_s": round(rate(steps), 1),
+            "padding_fraction": round(1 - sum(n for _, n in steps) / cells, 3),
+        }
     results["speedup"] = round(results["packed"]["tokens_per_s"] / results["padded"]["tokens_per_s"], 2)
     results["examples"] = n_examples
     results["mean_tokens"] = round(sum(len(e["input_ids"]) for e in examples) / n_examples, 1)
@@ -119,14 +123,21 @@ def uniform_dataset(folder: Path, n: int, seed: int = 0) -> Path:
     every tokenized example is exactly max_seq_len tokens with labels in it."""
     rng = random.Random(seed)
     words = " ".join(tokenizer_corpus()).split()
-    records = [[{"role": "user", "content": " ".join(rng.choices(words, k=12))},
-                {"role": "assistant", "content": " ".join(rng.choices(words, k=600))}] for _ in range(n)]
+    records = [
+        [
+            {"role": "user", "content": " ".join(rng.choices(words, k=12))},
+            {"role": "assistant", "content": " ".join(rng.choices(words, k=600))},
+        ]
+        for _ in range(n)
+    ]
     folder.mkdir(parents=True, exist_ok=True)
     pd.DataFrame({"messages": records}).to_parquet(folder / "train.parquet")
     return folder
 
 
-def plain_loop(model_dir: Path, dataset: Path, method: str, steps: int, batch: int, max_seq_len: int, lr: float) -> dict:
+def plain_loop(
+    model_dir: Path, dataset: Path, method: str, steps: int, batch: int, max_seq_len: int, lr: float
+) -> dict:
     """The baseline: one process, the same tokenization, model, AdamW, schedule and clipping."""
     from transformers import AutoTokenizer
 
@@ -146,16 +157,32 @@ def rayft_run(model_dir: Path, dataset: Path, method: str, steps: int, batch: in
     from rayft.config import parse_config
     from rayft.training.trainer import train
 
-    config = parse_config({"name": f"bench-{method}", "model": {"base": str(model_dir)}, "train": {
-        "dataset": str(dataset), "method": method, "lora": {"r": 16, "alpha": 32, "dropout": 0.0},
-        "num_workers": 1, "cpus_per_worker": torch.get_num_threads(), "epochs": 1, "max_steps": steps, "batch_size": batch,
-        "learning_rate": lr, "warmup_ratio": 0.0, "max_seq_len": max_seq_len, "checkpoint_every": steps,
-        "eval_every": steps,
-    }})
+    config = parse_config(
+        {
+            "name": f"bench-{method}",
+            "model": {"base": str(model_dir)},
+            "train": {
+                "dataset": str(dataset),
+                "method": method,
+                "lora": {"r": 16, "alpha": 32, "dropout": 0.0},
+                "num_workers": 1,
+                "cpus_per_worker": torch.get_num_threads(),
+                "epochs": 1,
+                "max_steps": steps,
+                "batch_size": batch,
+                "learning_rate": lr,
+                "warmup_ratio": 0.0,
+                "max_seq_len": max_seq_len,
+                "checkpoint_every": steps,
+                "eval_every": steps,
+            },
+        }
+    )
     started = time.perf_counter()
     version = train(config, show_progress=False)
     wall = time.perf_counter() - started
-    log = [json.loads(l) for l in (Path(version["metrics"]["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    run_log = Path(version.metrics["run_dir"]) / "metrics.jsonl"
+    log = [json.loads(line) for line in run_log.read_text().splitlines()]
     tokens = batch * max_seq_len
     timings = [(tokens / r["tokens_per_s"], tokens) for r in log if "loss" in r]
     assert len(timings) == steps, f"expected {steps} logged steps, got {len(timings)}"
@@ -178,9 +205,16 @@ def bench_overhead(model_dir: Path, work: Path, method: str, steps: int) -> dict
     ray.shutdown()
     after = plain_loop(model_dir, dataset, method, steps, batch, max_seq_len, lr)
     plain = (before["tokens_per_s"] + after["tokens_per_s"]) / 2
-    return {"method": method, "steps": steps, "batch": batch, "max_seq_len": max_seq_len,
-            "plain_before": before, "rayft": ours, "plain_after": after,
-            "ratio": round(ours["tokens_per_s"] / plain, 3)}
+    return {
+        "method": method,
+        "steps": steps,
+        "batch": batch,
+        "max_seq_len": max_seq_len,
+        "plain_before": before,
+        "rayft": ours,
+        "plain_after": after,
+        "ratio": round(ours["tokens_per_s"] / plain, 3),
+    }
 
 
 def phase_times(forward, backward, step, batch) -> tuple[float, float, float]:
@@ -212,9 +246,15 @@ def deepspeed_stepper(model_dir: Path, method: str, lr: float, micro: int, overr
     from rayft.training.deepspeed_config import deepspeed_config
     from rayft.training.model import build_engine
 
-    train = TrainConfig.model_validate({"method": method, "learning_rate": lr, "num_workers": 1,
-                                        "deepspeed": {"zero_stage": 2, "override": override},
-                                        "lora": {"r": 16, "alpha": 32, "dropout": 0.0}})
+    train = TrainConfig.model_validate(
+        {
+            "method": method,
+            "learning_rate": lr,
+            "num_workers": 1,
+            "deepspeed": {"zero_stage": 2, "override": override},
+            "lora": {"r": 16, "alpha": 32, "dropout": 0.0},
+        }
+    )
     engine, _ = build_engine(load(model_dir, method), train, deepspeed_config(train, micro, False), lr, 0, 1000)
     return lambda batch: phase_times(engine, engine.backward, engine.step, batch)
 
@@ -229,23 +269,35 @@ def bench_deepspeed(model_dir: Path, work: Path, method: str, rounds: int) -> di
     batch, max_seq_len, lr = 8, 256, 1e-4
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     dataset = uniform_dataset(work / "uniform-c", ROUND * batch)
-    examples = [tokenize_conversation(tokenizer, [dict(m) for m in c], max_seq_len)
-                for c in pd.read_parquet(dataset / "train.parquet")["messages"]]
+    examples = [
+        tokenize_conversation(tokenizer, [dict(m) for m in c], max_seq_len)
+        for c in pd.read_parquet(dataset / "train.parquet")["messages"]
+    ]
     batches = [pad_batch(examples[i * batch : (i + 1) * batch], tokenizer.pad_token_id) for i in range(ROUND)]
     torch.manual_seed(0)
-    sides = {"plain": plain_stepper(model_dir, method, lr), "deepspeed": deepspeed_stepper(model_dir, method, lr, batch),
-             "deepspeed_zero2": deepspeed_stepper(model_dir, method, lr, batch, {"zero_optimization": {"stage": 2}})}
+    sides = {
+        "plain": plain_stepper(model_dir, method, lr),
+        "deepspeed": deepspeed_stepper(model_dir, method, lr, batch),
+        "deepspeed_zero2": deepspeed_stepper(model_dir, method, lr, batch, {"zero_optimization": {"stage": 2}}),
+    }
     times: dict[str, list] = {name: [] for name in sides}
     for _ in range(rounds + 1):  # the first round warms both up and is left out
         for name, run in sides.items():
             times[name].append([run(b) for b in batches])
-    medians = {name: [statistics.median(t[i] for r in rounds_[1:] for t in r) for i in range(3)]
-               for name, rounds_ in times.items()}
-    return {"method": method, "rounds": rounds, "steps_per_round": ROUND,
-            "median_s": {name: dict(zip(("forward", "backward", "step"), (round(v, 3) for v in m)))
-                         for name, m in medians.items()},
-            "ratio": round(sum(medians["plain"]) / sum(medians["deepspeed"]), 3),
-            "ratio_zero2": round(sum(medians["plain"]) / sum(medians["deepspeed_zero2"]), 3)}
+    medians = {
+        name: [statistics.median(t[i] for r in rounds_[1:] for t in r) for i in range(3)]
+        for name, rounds_ in times.items()
+    }
+    return {
+        "method": method,
+        "rounds": rounds,
+        "steps_per_round": ROUND,
+        "median_s": {
+            name: dict(zip(("forward", "backward", "step"), (round(v, 3) for v in m))) for name, m in medians.items()
+        },
+        "ratio": round(sum(medians["plain"]) / sum(medians["deepspeed"]), 3),
+        "ratio_zero2": round(sum(medians["plain"]) / sum(medians["deepspeed_zero2"]), 3),
+    }
 
 
 def main() -> None:
@@ -256,8 +308,13 @@ def main() -> None:
     parser.add_argument("--methods", default="lora,full", help="part (b) and (c) methods, comma-separated")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds per side in part (c)")
     parser.add_argument("--parts", default="a,b,c", help="which parts to run, comma-separated")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads of every side (the rayft worker "
-                        "gets as many CPUs); 2 uses all of this machine's cores, 1 leaves one to Ray's daemons")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=2,
+        help="torch threads of every side (the rayft worker "
+        "gets as many CPUs); 2 uses all of this machine's cores, 1 leaves one to Ray's daemons",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="rayft-bench-train-"))

@@ -14,9 +14,26 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.timeout(300)
 def test_the_gpu_training_bench_runs_at_tiny_size_on_the_cpu(tmp_path):
     out = tmp_path / "bench.json"
-    subprocess.run([sys.executable, "bench/gpu_train_step.py", "--size", "tiny", "--device", "cpu",
-                    "--warmup", "1", "--steps", "2", "--out", str(out)], cwd=ROOT, check=True, timeout=240,
-                   capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "bench/gpu_train_step.py",
+            "--size",
+            "tiny",
+            "--device",
+            "cpu",
+            "--warmup",
+            "1",
+            "--steps",
+            "2",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        check=True,
+        timeout=240,
+        capture_output=True,
+    )
     report = json.loads(out.read_text())
     assert (report["device"], report["size"], report["peak_tflops"]) == ("cpu", "tiny", None)
     runs = {(r["method"], r["packing"]): r for r in report["results"]}
@@ -32,6 +49,8 @@ def test_the_gpu_training_bench_runs_at_tiny_size_on_the_cpu(tmp_path):
     matmul = full["trainable_params"] - 2048 * 64
     assert full["flops_per_token"] == pytest.approx(6 * matmul + 12 * 2 * 64 * full["row_width"])
     lora = runs[("lora", True)]
-    assert lora["flops_per_token"] == pytest.approx(4 * matmul + 6 * lora["trainable_params"] + 12 * 2 * 64 * lora["row_width"])
+    assert lora["flops_per_token"] == pytest.approx(
+        4 * matmul + 6 * lora["trainable_params"] + 12 * 2 * 64 * lora["row_width"]
+    )
     # No bitsandbytes (and no GPU) here: QLoRA is reported as an error, and the others still ran.
     assert "bitsandbytes" in runs[("qlora", False)]["error"]

@@ -12,13 +12,13 @@ pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
 
 
 def test_lora_run_lowers_loss_and_registers_lineage(trained_adapter, tickets_dataset):
-    metrics = trained_adapter["metrics"]
-    assert trained_adapter["kind"] == "adapter" and trained_adapter["ref"] == "support:1"
+    metrics = trained_adapter.metrics
+    assert trained_adapter.kind == "adapter" and trained_adapter.ref == "support:1"
     assert metrics["steps"] == 16
     assert metrics["final_loss"] < metrics["first_loss"] - 0.05
     manifest = json.loads((tickets_dataset / "manifest.json").read_text())
-    assert trained_adapter["dataset_hash"] == manifest["dataset_hash"]
-    log = [json.loads(l) for l in (Path(metrics["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    assert trained_adapter.dataset_hash == manifest["dataset_hash"]
+    log = [json.loads(line) for line in (Path(metrics["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == list(range(1, 17))
     assert all(r["tokens_per_s"] > 0 and r["lr"] > 0 and r["grad_norm"] > 0 for r in log[:-1])
     assert [r["step"] for r in log if "val_loss" in r] == [8, 16]
@@ -29,12 +29,16 @@ def test_exported_adapter_loads_with_peft_and_changes_outputs(trained_adapter, t
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = Path(trained_adapter["artifact_uri"])
+    path = Path(trained_adapter.artifact_uri)
     assert (path / "adapter_model.safetensors").exists() and (path / "adapter_config.json").exists()
     assert (path / "chat_template.jinja").exists()  # the template used in training travels with it
     tokenizer = AutoTokenizer.from_pretrained(path)
-    inputs = tokenizer.apply_chat_template([{"role": "user", "content": "My package never arrived"}],
-                                           add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    inputs = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "My package never arrived"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
     base = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
     with torch.no_grad():
         base_logits = base(**inputs).logits
@@ -44,10 +48,10 @@ def test_exported_adapter_loads_with_peft_and_changes_outputs(trained_adapter, t
 
 
 def run_training(tiny_model, dataset, name, resume=False, chat_template=None, **train):
+    from conftest import lora_train_config
+
     from rayft.config import parse_config
     from rayft.training.trainer import train as run
-
-    from conftest import lora_train_config
 
     config = lora_train_config(tiny_model, dataset, name, **train)
     config["model"]["chat_template"] = chat_template
@@ -73,7 +77,7 @@ def tensorboard_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def step_log(version):
-    return [json.loads(l) for l in (Path(version["metrics"]["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in (Path(version.metrics["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
 
 
 def scheduled_lrs(name: str, base_lr: float, warmup: int, total: int) -> list[float]:
@@ -91,21 +95,27 @@ def scheduled_lrs(name: str, base_lr: float, warmup: int, total: int) -> list[fl
 
 
 def test_zero3_lora_packed_accumulated_and_resume_continues_steps_and_curve(ray_cluster, tiny_model, tickets_dataset):
-    from rayft import chat, storage
-
     from templates import NO_SYSTEM
 
-    settings = {"deepspeed": {"zero_stage": 3}, "checkpoint_every": 3, "eval_every": 3, "packing": True,
-                "grad_accum": 2, "chat_template": NO_SYSTEM}
+    from rayft import chat, storage
+
+    settings = {
+        "deepspeed": {"zero_stage": 3},
+        "checkpoint_every": 3,
+        "eval_every": 3,
+        "packing": True,
+        "grad_accum": 2,
+        "chat_template": NO_SYSTEM,
+    }
     first = run_training(tiny_model, tickets_dataset, "z3lora", max_steps=6, **settings)
-    assert chat.artifact_template(first["artifact_uri"]) == NO_SYSTEM  # the template it trained with travels with it
-    assert first["metrics"]["steps"] == 6 and first["metrics"]["verified_tensors"] > 0
-    plan = first["metrics"]["plan"]
+    assert chat.artifact_template(first.artifact_uri) == NO_SYSTEM  # the template it trained with travels with it
+    assert first.metrics["steps"] == 6 and first.metrics["verified_tensors"] > 0
+    plan = first.metrics["plan"]
     assert plan["micro_batch"] * 2 * 2 == plan["global_batch"] == 8  # 2 workers × 2 accumulated micro-batches
     assert plan["steps_per_epoch"] < plan["n_train"] // plan["global_batch"]  # packed rows hold several examples
     first_steps = [r for r in step_log(first) if "loss" in r]
     second = run_training(tiny_model, tickets_dataset, "z3lora", resume=True, max_steps=12, **settings)
-    assert second["metrics"]["run_dir"] == first["metrics"]["run_dir"]
+    assert second.metrics["run_dir"] == first.metrics["run_dir"]
     log = step_log(second)
     steps = [r for r in log if "loss" in r]
     assert [r["step"] for r in steps] == list(range(1, 13))
@@ -117,21 +127,31 @@ def test_zero3_lora_packed_accumulated_and_resume_continues_steps_and_curve(ray_
     # ...and the weights went on from the checkpoint: the resumed steps train below the first ones.
     mean = lambda rows: sum(r["loss"] for r in rows) / len(rows)  # noqa: E731
     assert mean(steps[6:9]) < mean(steps[:3]) and steps[-1]["loss"] < steps[0]["loss"]
-    assert second["parent"] == first["ref"]  # lineage: the resumed run continues the first export
-    assert second["metrics"]["resumed_from_step"] == 6
+    assert second.parent == first.ref  # lineage: the resumed run continues the first export
+    assert second.metrics["resumed_from_step"] == 6
     # A new version in a folder of its own: the first version's bytes are as registered.
-    assert Path(second["artifact_uri"]).parent == Path(first["artifact_uri"]).parent
-    assert second["artifact_uri"] != first["artifact_uri"] and second["weights_hash"] != first["weights_hash"]
-    assert storage.content_hash(first["artifact_uri"]) == first["weights_hash"]
+    assert Path(second.artifact_uri).parent == Path(first.artifact_uri).parent
+    assert second.artifact_uri != first.artifact_uri and second.weights_hash != first.weights_hash
+    assert storage.content_hash(first.artifact_uri) == first.weights_hash
 
 
 def test_zero2_full_fine_tune_stops_early_on_validation_loss(ray_cluster, tiny_model, tickets_dataset, capfd):
     from transformers import AutoModelForCausalLM
 
-    version = run_training(tiny_model, tickets_dataset, "z2full", method="full", learning_rate=3.0, tensorboard=True,
-                           max_steps=30, eval_every=2, checkpoint_every=2, early_stopping_patience=2,
-                           keep_checkpoints=1)
-    metrics = version["metrics"]
+    version = run_training(
+        tiny_model,
+        tickets_dataset,
+        "z2full",
+        method="full",
+        learning_rate=3.0,
+        tensorboard=True,
+        max_steps=30,
+        eval_every=2,
+        checkpoint_every=2,
+        early_stopping_patience=2,
+        keep_checkpoints=1,
+    )
+    metrics = version.metrics
     assert metrics["stopped_early"] and metrics["steps"] < 30
     log = step_log(version)
     vals = [r["val_loss"] for r in log if "val_loss" in r]
@@ -139,8 +159,8 @@ def test_zero2_full_fine_tune_stops_early_on_validation_loss(ray_cluster, tiny_m
     board = tensorboard_scalars(Path(metrics["run_dir"]) / "tensorboard")  # the same curves in TensorBoard
     assert board["train/loss"] == [(r["step"], pytest.approx(r["loss"])) for r in log if "loss" in r]
     assert [v for _, v in board["train/val_loss"]] == pytest.approx(vals)
-    assert version["kind"] == "full" and metrics["verified_tensors"] == 21
-    AutoModelForCausalLM.from_pretrained(version["artifact_uri"])  # a loadable HF folder
+    assert version.kind == "full" and metrics["verified_tensors"] == 21
+    AutoModelForCausalLM.from_pretrained(version.artifact_uri)  # a loadable HF folder
     # Ray Train kept the best checkpoint by validation loss (and the latest, to resume from); the
     # best was exported.
     checkpointed = {r["step"]: r["val_loss"] for r in log if "val_loss" in r}
@@ -154,11 +174,12 @@ def test_zero2_full_fine_tune_stops_early_on_validation_loss(ray_cluster, tiny_m
 
 
 def test_one_cpu_worker_runs_without_zero_resumes_and_exports_the_training_weights(
-        ray_cluster, tiny_model, tickets_dataset, capfd):
+    ray_cluster, tiny_model, tickets_dataset, capfd
+):
     settings = {"method": "full", "num_workers": 1, "learning_rate": 1e-3, "checkpoint_every": 3, "eval_every": 3}
     first = run_training(tiny_model, tickets_dataset, "solo", max_steps=3, **settings)
     assert "DeepSpeed ZeRO stage 0" in capfd.readouterr().out  # one worker: nothing to partition
-    saved = Path(first["metrics"]["run_dir"]) / "step_000003" / "ds"
+    saved = Path(first.metrics["run_dir"]) / "step_000003" / "ds"
     assert (saved / "mp_rank_00_model_states.pt").exists() and not list(saved.glob("*optim_states.pt"))
     second = run_training(tiny_model, tickets_dataset, "solo", resume=True, max_steps=6, **settings)
     log = step_log(second)
@@ -167,7 +188,7 @@ def test_one_cpu_worker_runs_without_zero_resumes_and_exports_the_training_weigh
     assert all(r["grad_norm"] > 0 for r in steps)  # the norm DeepSpeed's fp32 clipping computes is kept
     assert steps[-1]["loss"] < steps[0]["loss"]
     # The export came from the checkpoint's module state and was checked against the training weights.
-    assert second["kind"] == "full" and second["metrics"]["verified_tensors"] == 21
+    assert second.kind == "full" and second.metrics["verified_tensors"] == 21
 
 
 @pytest.fixture(scope="module")
@@ -176,9 +197,17 @@ def z3_full_after_a_crash(ray_cluster, tiny_model, tickets_dataset):
     restarts the worker group from the step-3 checkpoint; every parameter is partitioned."""
     os.environ["RAYFT_FAULT_STEP"] = "5"
     try:
-        return run_training(tiny_model, tickets_dataset, "z3full", method="full", learning_rate=1e-3,
-                            deepspeed={"zero_stage": 3, "override": {"zero_optimization": {"stage3_param_persistence_threshold": 0}}},
-                            max_steps=8, checkpoint_every=3, eval_every=3)
+        return run_training(
+            tiny_model,
+            tickets_dataset,
+            "z3full",
+            method="full",
+            learning_rate=1e-3,
+            deepspeed={"zero_stage": 3, "override": {"zero_optimization": {"stage3_param_persistence_threshold": 0}}},
+            max_steps=8,
+            checkpoint_every=3,
+            eval_every=3,
+        )
     finally:
         del os.environ["RAYFT_FAULT_STEP"]
 
@@ -186,7 +215,7 @@ def z3_full_after_a_crash(ray_cluster, tiny_model, tickets_dataset):
 def test_a_worker_killed_mid_run_resumes_from_the_last_checkpoint(z3_full_after_a_crash):
     version = z3_full_after_a_crash
     log = step_log(version)
-    assert version["metrics"]["restarts"] == 1 and version["metrics"]["steps"] == 8
+    assert version.metrics["restarts"] == 1 and version.metrics["steps"] == 8
     resumed = [r for r in log if r.get("event") == "resumed"]
     assert resumed[0]["from_step"] >= 5 - 3  # at most one checkpoint interval lost
     assert [r["step"] for r in log if "loss" in r] == list(range(1, 9))
@@ -198,12 +227,12 @@ def test_zero3_full_export_equals_the_gathered_training_weights(z3_full_after_a_
     from rayft.training.export import ExportMismatch, verify_export
     from rayft.training.model import tensor_fingerprint
 
-    metrics = z3_full_after_a_crash["metrics"]
+    metrics = z3_full_after_a_crash.metrics
     exported_from = Path(metrics["run_dir"]) / f"step_{metrics['exported_step']:06d}" / "train_state.json"
     fingerprint = json.loads(exported_from.read_text())["fingerprint"]  # written by the workers from gathered params
-    export_dir = Path(z3_full_after_a_crash["artifact_uri"])
+    export_dir = Path(z3_full_after_a_crash.artifact_uri)
     exported = load_file(export_dir / "model.safetensors")
-    assert z3_full_after_a_crash["kind"] == "full" and set(fingerprint) <= set(exported)
+    assert z3_full_after_a_crash.kind == "full" and set(fingerprint) <= set(exported)
     for name, moments in fingerprint.items():
         assert tensor_fingerprint(exported[name]) == pytest.approx(moments, rel=1e-9, abs=1e-9), name
     base = load_file(Path(tiny_model) / "model.safetensors")
@@ -216,19 +245,22 @@ def test_zero3_full_export_equals_the_gathered_training_weights(z3_full_after_a_
         verify_export(tmp_path, fingerprint, adapter=False, rel_tol=1e-6)
 
 
-@pytest.mark.parametrize("rows, train, words", [
-    (40, {"method": "qlora"}, "qlora quantizes the base to 4 bits"),
-    (40, {"lora": {"target_modules": ["q_proj", "attn_qkv"]}}, "attn_qkv not in the model"),
-    (0, {}, "training split is empty"),
-    (40, {"batch_size": 64}, r"batch of 64 .* larger than the data \(40 examples\)"),
-    (40, {"batch_size": 64, "packing": True}, "larger than the data"),
-    (None, {}, "not a readable Parquet file"),
-])
+@pytest.mark.parametrize(
+    "rows, train, words",
+    [
+        (40, {"method": "qlora"}, "qlora quantizes the base to 4 bits"),
+        (40, {"lora": {"target_modules": ["q_proj", "attn_qkv"]}}, "attn_qkv not in the model"),
+        (0, {}, "training split is empty"),
+        (40, {"batch_size": 64}, r"batch of 64 .* larger than the data \(40 examples\)"),
+        (40, {"batch_size": 64, "packing": True}, "larger than the data"),
+        (None, {}, "not a readable Parquet file"),
+    ],
+)
 def test_bad_configs_fail_before_any_work(tiny_model, tmp_path, monkeypatch, rows, train, words):
+    from conftest import lora_train_config
+
     import rayft.training.trainer as trainer
     from rayft.config import ConfigError, parse_config
-
-    from conftest import lora_train_config
 
     def no_work(*args, **kwargs):
         raise AssertionError("started Ray before refusing the config")
@@ -250,10 +282,10 @@ def test_a_dataset_without_a_manifest_is_refused(tiny_model, tickets_dataset, tm
     """An unfinished `rayft data prepare` on object storage leaves its splits without manifest.json."""
     import shutil
 
+    from conftest import lora_train_config
+
     from rayft.config import ConfigError, parse_config
     from rayft.training.trainer import check_config
-
-    from conftest import lora_train_config
 
     partial = shutil.copytree(tickets_dataset, tmp_path / "partial")
     (partial / "manifest.json").unlink()

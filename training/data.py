@@ -51,8 +51,9 @@ def _messages(batch: pa.Table) -> list[list[dict]]:
     return out
 
 
-def tokenized_splits(dataset_dir: str, splits: list[str], tokenizer_path: str, chat_template: str | None,
-                     max_seq_len: int) -> dict:
+def tokenized_splits(
+    dataset_dir: str, splits: list[str], tokenizer_path: str, chat_template: str | None, max_seq_len: int
+) -> dict:
     """The named splits of a prepared dataset as materialised token rows (rows with no learned
     token dropped), tokenized in one Ray Data pipeline."""
     import ray
@@ -63,10 +64,16 @@ def tokenized_splits(dataset_dir: str, splits: list[str], tokenizer_path: str, c
         if not storage.exists(path):
             raise FileNotFoundError(f"{path} not found: run `rayft data prepare` first")
     rows = ray.data.read_parquet(paths, include_paths=True).select_columns(["messages", "path"])
-    tokens = rows.map_batches(
-        tokenize_batch, fn_kwargs={"tokenizer_path": tokenizer_path, "chat_template": chat_template,
-                                   "max_seq_len": max_seq_len},
-        batch_format="pyarrow", batch_size=256, concurrency=2,
-    ).filter(expr=col("n_labels") > 0).materialize()
+    tokens = (
+        rows.map_batches(
+            tokenize_batch,
+            fn_kwargs={"tokenizer_path": tokenizer_path, "chat_template": chat_template, "max_seq_len": max_seq_len},
+            batch_format="pyarrow",
+            batch_size=256,
+            concurrency=2,
+        )
+        .filter(expr=col("n_labels") > 0)
+        .materialize()
+    )
     columns = ["input_ids", "labels", "length", "n_labels"]
     return {split: tokens.filter(expr=col("split") == split).select_columns(columns).materialize() for split in splits}

@@ -10,7 +10,9 @@ the same way.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 from pathlib import Path
 
 from rayft.config import TrainConfig
@@ -25,8 +27,12 @@ def _peft_config(train: TrainConfig, base: str):
 
     lora = train.lora
     return LoraConfig(
-        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
-        task_type="CAUSAL_LM", base_model_name_or_path=base,
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        task_type="CAUSAL_LM",
+        base_model_name_or_path=base,
     )
 
 
@@ -48,8 +54,10 @@ def training_weights(checkpoint_dir: str, adapter: bool) -> dict:
     ds = Path(checkpoint_dir) / "ds"
     with weights_only_loads():
         if any(ds.glob("*optim_states.pt")):  # ZeRO: one partition per rank
-            return get_fp32_state_dict_from_zero_checkpoint(checkpoint_dir, tag="ds",
-                                                            exclude_frozen_parameters=adapter)
+            with contextlib.redirect_stdout(sys.stderr):  # it prints its progress: a log's business
+                return get_fp32_state_dict_from_zero_checkpoint(
+                    checkpoint_dir, tag="ds", exclude_frozen_parameters=adapter
+                )
         # Without ZeRO the module state holds the weights (saved with frozen ones left out for adapters).
         return torch.load(ds / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True)["module"]
 

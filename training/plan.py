@@ -82,7 +82,13 @@ def make_plan(train: TrainConfig, n_train: int, n_val: int, train_tokens: int) -
         epochs = max(epochs, math.ceil(total / steps_per_epoch))
     lr = auto_learning_rate(train.method) if train.learning_rate == "auto" else train.learning_rate
     return TrainPlan(
-        epochs=epochs, global_batch=batch, micro_batch=micro, learning_rate=lr,
-        steps_per_epoch=steps_per_epoch, total_steps=total,
-        warmup_steps=round(train.warmup_ratio * total), n_train=n_train, n_val=n_val,
+        epochs=epochs,
+        global_batch=batch,
+        micro_batch=micro,
+        learning_rate=lr,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total,
+        warmup_steps=round(train.warmup_ratio * total),
+        n_train=n_train,
+        n_val=n_val,
     )

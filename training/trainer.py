@@ -15,27 +15,26 @@ that trains further registers a new version and never touches the files of one a
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 from pathlib import Path
 
 from rayft import storage
 from rayft.config import ConfigError, RayftConfig
+from rayft.data.manifest import MANIFEST, Manifest
 from rayft.home import rayft_home
-from rayft.registry import Registry, RegistryError, registry_base, verified_artifact
+from rayft.registry import ModelVersion, Registry, RegistryError, registry_base, verified_artifact
 from rayft.runtime import ensure_ray
 from rayft.training import report
 from rayft.training.data import load_tokenizer, tokenized_splits
 from rayft.training.deepspeed_config import deepspeed_config
 from rayft.training.export import export_checkpoint, verify_export
+from rayft.training.faults import InjectedFault
 from rayft.training.model import check_target_modules
 from rayft.training.plan import PlanError, TrainPlan, make_plan
 from rayft.training.progress import FollowLog
-from rayft.training.worker import LOG_NAME, STATE_NAME, WorkerSpec, train_loop_per_worker
-
-FAULT_STEP_ENV = "RAYFT_FAULT_STEP"  # test hook: the last worker exits once at this step
-MANIFEST = "manifest.json"  # written last by `rayft data prepare`: a dataset without it is incomplete
+from rayft.training.run_log import LOG_NAME
+from rayft.training.worker import STATE_NAME, WorkerSpec, train_loop_per_worker
 
 
 class TrainingError(RuntimeError):
@@ -47,8 +46,10 @@ def check_config(config: RayftConfig, base: str) -> None:
     work starts."""
     train = config.train
     if train.method == "qlora" and not train.use_gpu:
-        raise ConfigError("train.method: qlora quantizes the base to 4 bits with bitsandbytes, which needs a GPU; "
-                          "set train.use_gpu: true on a GPU cluster, or use method: lora on CPU")
+        raise ConfigError(
+            "train.method: qlora quantizes the base to 4 bits with bitsandbytes, which needs a GPU; "
+            "set train.use_gpu: true on a GPU cluster, or use method: lora on CPU"
+        )
     if train.method != "full":
         try:
             check_target_modules(base, train.lora)
@@ -57,8 +58,10 @@ def check_config(config: RayftConfig, base: str) -> None:
     if not storage.exists(storage.join(config.dataset_dir(), "train.parquet")):
         raise ConfigError(f"train.dataset: no prepared dataset at {config.dataset_dir()} (run `rayft data prepare`)")
     if not storage.exists(storage.join(config.dataset_dir(), MANIFEST)):
-        raise ConfigError(f"train.dataset: {config.dataset_dir()} has no {MANIFEST}, so its version is unknown: it was "
-                          "not written by `rayft data prepare`, or its preparation did not finish")
+        raise ConfigError(
+            f"train.dataset: {config.dataset_dir()} has no {MANIFEST}, so its version is unknown: it was "
+            "not written by `rayft data prepare`, or its preparation did not finish"
+        )
     check_data_size(config)
 
 
@@ -120,16 +123,19 @@ def build_trainer(config: RayftConfig, spec: WorkerSpec, datasets: dict, runs: s
     train = config.train
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=spec.__dict__,
+        train_loop_config={"spec": spec},
         scaling_config=ScalingConfig(
-            num_workers=train.num_workers, use_gpu=train.use_gpu,
+            num_workers=train.num_workers,
+            use_gpu=train.use_gpu,
             resources_per_worker={"CPU": train.cpus_per_worker} | ({"GPU": 1} if train.use_gpu else {}),
         ),
         run_config=RunConfig(
-            name=run_name, storage_path=runs,
+            name=run_name,
+            storage_path=runs,
             failure_config=FailureConfig(max_failures=train.max_failures),
             checkpoint_config=CheckpointConfig(
-                num_to_keep=train.keep_checkpoints, checkpoint_score_attribute="val_loss",
+                num_to_keep=train.keep_checkpoints,
+                checkpoint_score_attribute="val_loss",
                 checkpoint_score_order="min",
             ),
         ),
@@ -139,8 +145,11 @@ def build_trainer(config: RayftConfig, spec: WorkerSpec, datasets: dict, runs: s
 
 def best_checkpoint(result):
     """The kept checkpoint with the lowest validation loss (the latest one if none has it)."""
-    scored = [(m["val_loss"], c) for c, m in result.best_checkpoints
-              if isinstance(m.get("val_loss"), float) and m["val_loss"] == m["val_loss"]]
+    scored = [
+        (m["val_loss"], c)
+        for c, m in result.best_checkpoints
+        if isinstance(m.get("val_loss"), float) and m["val_loss"] == m["val_loss"]
+    ]
     return min(scored, key=lambda vc: vc[0])[1] if scored else result.checkpoint
 
 
@@ -160,14 +169,15 @@ def export_and_verify(checkpoint, base: str, config: RayftConfig, tokenizer, run
         log = report.read_log(Path(directory) / LOG_NAME)
         fingerprint = json.loads((Path(directory) / STATE_NAME).read_text())["fingerprint"]
         exported = export_checkpoint(directory, base, config.train, tokenizer, local)
-        checked = verify_export(local, fingerprint, exported["kind"] == "adapter",
-                                rel_tol=1e-2 if config.train.use_gpu else 1e-6)
+        checked = verify_export(
+            local, fingerprint, exported["kind"] == "adapter", rel_tol=1e-2 if config.train.use_gpu else 1e-6
+        )
     return exported | {"path": target, "verified_tensors": checked}, log
 
 
 def latest_checkpoint_step(run_dir: str) -> int | None:
     """The step of the newest checkpoint in a run folder (where `--resume` continues), if any."""
-    steps = [int(name[len("step_"):]) for name in storage.list_dirs(run_dir) if name.startswith("step_")]
+    steps = [int(name[len("step_") :]) for name in storage.list_dirs(run_dir) if name.startswith("step_")]
     return max(steps, default=None)
 
 
@@ -179,8 +189,8 @@ def parent_version(registry: Registry, base_ref: str | None, run_dir: str) -> st
     return base_ref
 
 
-def train(config: RayftConfig, resume: bool = False, show_progress: bool = True) -> dict:
-    """Train `config`, export and register the result; returns the registry entry as a dict."""
+def train(config: RayftConfig, resume: bool = False, show_progress: bool = True) -> ModelVersion:
+    """Train `config`, export and register the result; returns the registered version."""
     from ray.train import TrainingFailedError
 
     # setup
@@ -193,7 +203,7 @@ def train(config: RayftConfig, resume: bool = False, show_progress: bool = True)
     base_uri, base_ref = (base_version.artifact_uri, base_version.ref) if base_version else (base, None)
     check_config(config, base)
     tokenizer = load_tokenizer(base, config.model.chat_template)
-    manifest = json.loads(storage.read_text(storage.join(config.dataset_dir(), MANIFEST)))
+    manifest = Manifest.model_validate_json(storage.read_text(storage.join(config.dataset_dir(), MANIFEST)))
     ensure_ray()
     datasets, plan = tokenized_datasets(config, base)
     runs, run_name = run_location(config, resume)
@@ -201,18 +211,23 @@ def train(config: RayftConfig, resume: bool = False, show_progress: bool = True)
     resumed_from = latest_checkpoint_step(run_dir) if resume else None
     scratch = rayft_home() / "scratch" / run_name
     spec = WorkerSpec(
-        base=base, train=config.train.model_dump(), plan=plan.to_dict(),
+        base=base,
+        train=config.train,
+        plan=plan,
         ds_config=deepspeed_config(config.train, plan.micro_batch, config.train.use_gpu),
-        pad_id=tokenizer.pad_token_id, scratch_dir=str(scratch),
-        fault_step=int(os.environ[FAULT_STEP_ENV]) if os.environ.get(FAULT_STEP_ENV) else None,
-        fault_marker=str(scratch / "fault-injected"),
+        pad_id=tokenizer.pad_token_id,
+        scratch_dir=str(scratch),
+        fault=InjectedFault.from_environment(scratch),
         tensorboard_dir=str(scratch / "tensorboard") if config.train.tensorboard else None,
     )
     scratch.mkdir(parents=True, exist_ok=True)
-    print(f"[rayft] run {run_name}: {plan.total_steps} steps ({plan.epochs} epochs × {plan.steps_per_epoch}), "
-          f"batch {plan.global_batch} = {plan.micro_batch} × {config.train.num_workers} workers × "
-          f"{config.train.grad_accum} accumulation, lr {plan.learning_rate:g}, "
-          f"DeepSpeed ZeRO stage {spec.ds_config['zero_optimization']['stage']}", flush=True)
+    print(
+        f"[rayft] run {run_name}: {plan.total_steps} steps ({plan.epochs} epochs × {plan.steps_per_epoch}), "
+        f"batch {plan.global_batch} = {plan.micro_batch} × {config.train.num_workers} workers × "
+        f"{config.train.grad_accum} accumulation, lr {plan.learning_rate:g}, "
+        f"DeepSpeed ZeRO stage {spec.ds_config['zero_optimization']['stage']}",
+        flush=True,
+    )
 
     # run
     follow = FollowLog(scratch / "log-rank0" / LOG_NAME, plan.total_steps, f"train {config.name}", show_progress)
@@ -243,8 +258,14 @@ def train(config: RayftConfig, resume: bool = False, show_progress: bool = True)
         "resumed_from_step": resumed_from,
     }
     version = registry.register(
-        config.name, exported["kind"], base_uri, exported["path"],
-        weights_hash=exported["weights_hash"], dataset_hash=manifest.get("dataset_hash"),
-        config=config.model_dump(), metrics=metrics, parent=parent_version(registry, base_ref, run_dir),
+        config.name,
+        exported["kind"],
+        base_uri,
+        exported["path"],
+        weights_hash=exported["weights_hash"],
+        dataset_hash=manifest.dataset_hash,
+        config=config.model_dump(),
+        metrics=metrics,
+        parent=parent_version(registry, base_ref, run_dir),
     )
-    return version.to_dict()
+    return version

@@ -3,7 +3,8 @@
 setup   load the model (LoRA attached), wrap it in DeepSpeed, restore the latest checkpoint
 run     micro-batches from this worker's Ray Data shard → forward/backward/step; validation every
         `eval_every` steps; early stopping; DeepSpeed checkpoints reported to Ray Train
-report  rank 0 writes one JSON line per optimizer step to `metrics.jsonl`, carried in checkpoints
+report  rank 0 writes one JSON line per optimizer step to `metrics.jsonl` (`run_log.py`), carried in
+        checkpoints
 
 All ranks take the same number of steps: before each micro-batch the ranks agree (an all-reduce of
 "I have a batch") so an uneven shard can never leave one rank waiting in a collective.
@@ -12,7 +13,6 @@ All ranks take the same number of steps: before each micro-batch the ranks agree
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -20,24 +20,25 @@ from pathlib import Path
 
 from rayft.config import TrainConfig
 from rayft.training.checkpoints import weights_only_loads
+from rayft.training.faults import InjectedFault
 from rayft.training.formatting import IGNORE_INDEX, Batch, pack_examples, packed_batch, pad_batch
+from rayft.training.plan import TrainPlan
+from rayft.training.run_log import LOG_NAME, RunLog
 
-LOG_NAME = "metrics.jsonl"
 STATE_NAME = "train_state.json"
 
 
 @dataclass
 class WorkerSpec:
-    """Everything a worker needs, as plain data (sent through Ray)."""
+    """Everything a worker needs (sent through Ray)."""
 
     base: str
-    train: dict
-    plan: dict
+    train: TrainConfig
+    plan: TrainPlan
     ds_config: dict
     pad_id: int
     scratch_dir: str  # node-local folder for checkpoints before Ray uploads them
-    fault_step: int | None = None  # test hook: the last rank exits once at this step
-    fault_marker: str | None = None
+    fault: InjectedFault | None = None  # test hook: the last rank exits once at a step
     tensorboard_dir: str | None = None
 
 
@@ -83,8 +84,7 @@ def synced(batches):
 
 def _examples(batch: dict) -> list[dict]:
     return [
-        {"input_ids": list(ids), "labels": list(labels)}
-        for ids, labels in zip(batch["input_ids"], batch["labels"])
+        {"input_ids": list(ids), "labels": list(labels)} for ids, labels in zip(batch["input_ids"], batch["labels"])
     ]
 
 
@@ -92,8 +92,11 @@ def micro_batches(shard, train: TrainConfig, micro: int, pad_id: int, seed: int)
     """This worker's micro-batches for one epoch (padded, or packed rows with restarting positions)."""
     chunk = micro * 16 if train.packing else micro
     rows = shard.iter_batches(
-        batch_size=chunk, batch_format="numpy", local_shuffle_buffer_size=max(64, 4 * chunk),
-        local_shuffle_seed=seed, drop_last=False,
+        batch_size=chunk,
+        batch_format="numpy",
+        local_shuffle_buffer_size=max(64, 4 * chunk),
+        local_shuffle_seed=seed,
+        drop_last=False,
     )
     for batch in rows:
         examples = _examples(batch)
@@ -141,51 +144,6 @@ def validation_loss(engine, shard, train: TrainConfig, micro: int, pad_id: int) 
     return total / count if count else None
 
 
-def _maybe_fail(spec: WorkerSpec, step: int, rank: int, world: int) -> None:
-    if spec.fault_step == step and rank == world - 1 and spec.fault_marker and not os.path.exists(spec.fault_marker):
-        Path(spec.fault_marker).write_text(f"crashed at step {step}\n")
-        print(f"[rayft fault injection] rank {rank} exits at step {step}", flush=True)
-        os._exit(1)
-
-
-class RunLog:
-    """Rank 0's per-step JSONL log (restored from and saved into checkpoints), mirrored to
-    TensorBoard when configured."""
-
-    def __init__(self, path: Path, enabled: bool, tensorboard_dir: str | None = None):
-        self.path, self.enabled = path, enabled
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.tensorboard = None
-        if enabled and tensorboard_dir:
-            from tensorboardX import SummaryWriter
-
-            self.tensorboard = SummaryWriter(tensorboard_dir)
-
-    def restore(self, checkpoint_dir: str, step: int) -> None:
-        source = Path(checkpoint_dir) / LOG_NAME
-        if self.enabled and source.exists():
-            lines = [l for l in source.read_text().splitlines() if json.loads(l).get("step", 0) <= step]
-            self.path.write_text("".join(l + "\n" for l in lines))
-
-    def write(self, record: dict) -> None:
-        if self.enabled:
-            with self.path.open("a") as out:
-                out.write(json.dumps(record) + "\n")
-            if self.tensorboard and "step" in record:
-                for key, value in record.items():
-                    if isinstance(value, float):
-                        self.tensorboard.add_scalar(f"train/{key}", value, record["step"])
-                self.tensorboard.flush()
-            if "val_loss" in record or "event" in record:  # the driver's bar shows every step
-                print("[rayft] " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                            for k, v in record.items()), flush=True)
-
-    def close(self) -> None:
-        """Write out what is still queued for TensorBoard (its writer works asynchronously)."""
-        if self.tensorboard:
-            self.tensorboard.close()
-
-
 def save_checkpoint(engine, state: TrainState, metrics: dict, spec: WorkerSpec, log: RunLog, rank: int, lora: bool):
     """DeepSpeed checkpoint of every rank, reported to Ray Train (which merges and uploads it)."""
     import ray.train
@@ -201,8 +159,10 @@ def save_checkpoint(engine, state: TrainState, metrics: dict, spec: WorkerSpec, 
         if log.path.exists():
             shutil.copy(log.path, local / LOG_NAME)
     ray.train.report(
-        metrics, checkpoint=ray.train.Checkpoint.from_directory(str(local)),
-        checkpoint_dir_name=f"step_{state.step:06d}", delete_local_checkpoint_after_upload=True,
+        metrics,
+        checkpoint=ray.train.Checkpoint.from_directory(str(local)),
+        checkpoint_dir_name=f"step_{state.step:06d}",
+        delete_local_checkpoint_after_upload=True,
     )
     # Ray Train registers a checkpoint only once its controller has polled every rank's report;
     # a worker that dies before that loses it. Each rank's report queue holds one entry, so a second
@@ -211,7 +171,7 @@ def save_checkpoint(engine, state: TrainState, metrics: dict, spec: WorkerSpec, 
     ray.train.report(metrics)
 
 
-def train_loop_per_worker(spec_dict: dict) -> None:
+def train_loop_per_worker(loop_config: dict) -> None:
     """Ray Train entry point: train, validate, checkpoint; see the module docstring."""
     import ray.train
     import torch
@@ -219,15 +179,15 @@ def train_loop_per_worker(spec_dict: dict) -> None:
     from rayft.training.model import build_engine, load_model
 
     # setup
-    spec = WorkerSpec(**spec_dict)
-    train, plan = TrainConfig.model_validate(spec.train), spec.plan
+    spec: WorkerSpec = loop_config["spec"]
+    train, plan = spec.train, spec.plan
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.manual_seed(train.seed)
     lora = train.method != "full"
     model = load_model(spec.base, train)
     engine, scheduler = build_engine(
-        model, train, spec.ds_config, plan["learning_rate"], plan["warmup_steps"], plan["total_steps"]
+        model, train, spec.ds_config, plan.learning_rate, plan.warmup_steps, plan.total_steps
     )
     state = TrainState()
     log = RunLog(Path(spec.scratch_dir) / f"log-rank{rank}" / LOG_NAME, rank == 0, spec.tensorboard_dir)
@@ -242,12 +202,12 @@ def train_loop_per_worker(spec_dict: dict) -> None:
             log.restore(directory, state.step)
         log.write({"event": "resumed", "from_step": state.step, "epoch": state.epoch})
     train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val") if plan["n_val"] else None
-    micro, total = plan["micro_batch"], plan["total_steps"]
+    val_shard = ray.train.get_dataset_shard("val") if plan.n_val else None
+    micro, total = plan.micro_batch, plan.total_steps
 
     # run
     stats, saved_step = StepStats(), state.step
-    while state.step < total and not state.stopped_early and state.epoch < plan["epochs"]:
+    while state.step < total and not state.stopped_early and state.epoch < plan.epochs:
         batches = synced(micro_batches(train_shard, train, micro, spec.pad_id, seed=train.seed + state.epoch))
         for index, batch in enumerate(batches, start=1):
             if index <= state.batches_in_epoch:
@@ -263,12 +223,16 @@ def train_loop_per_worker(spec_dict: dict) -> None:
             if not boundary:
                 continue
             state.step += 1
-            _maybe_fail(spec, state.step, rank, world)
+            if spec.fault:
+                spec.fault.maybe_exit(state.step, rank, world)
             loss_sum, n, tokens = _all_reduce([sum(stats.losses), len(stats.losses), stats.tokens])
             elapsed = time.perf_counter() - stats.started
             grad_norm = engine.get_global_grad_norm()
             record = {
-                "step": state.step, "epoch": state.epoch, "loss": loss_sum / n, "lr": scheduler.get_last_lr()[0],
+                "step": state.step,
+                "epoch": state.epoch,
+                "loss": loss_sum / n,
+                "lr": scheduler.get_last_lr()[0],
                 "grad_norm": float(grad_norm) if grad_norm is not None else None,
                 "tokens_per_s": tokens / elapsed if elapsed > 0 else 0.0,
             }
