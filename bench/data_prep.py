@@ -55,11 +55,16 @@ def planted_pii(rng: random.Random) -> tuple[str, str]:
     if kind == "email":
         value = f"user{rng.randint(1, 10**6)}@mail{rng.randint(1, 99)}.example.org"
     elif kind == "phone":
-        value = rng.choice([
-            f"+1 415 555 {rng.randint(1000, 9999)}", f"+44 20 7946 {rng.randint(1000, 9999)}",
-            f"+49 30 {rng.randint(1000000, 9999999)}", f"+33 1 42 68 {rng.randint(10, 99)} {rng.randint(10, 99)}",
-            f"(212) 555-{rng.randint(1000, 9999)}", f"+91 98765 {rng.randint(10000, 99999)}",
-        ])
+        value = rng.choice(
+            [
+                f"+1 415 555 {rng.randint(1000, 9999)}",
+                f"+44 20 7946 {rng.randint(1000, 9999)}",
+                f"+49 30 {rng.randint(1000000, 9999999)}",
+                f"+33 1 42 68 {rng.randint(10, 99)} {rng.randint(10, 99)}",
+                f"(212) 555-{rng.randint(1000, 9999)}",
+                f"+91 98765 {rng.randint(10000, 99999)}",
+            ]
+        )
     elif kind == "card":
         body = "4" + "".join(str(rng.randint(0, 9)) for _ in range(14))
         digits = body + luhn_digit(body)
@@ -162,15 +167,16 @@ def main() -> None:
     manifest = prepare_dataset([str(source)], work / "out", options, show_progress=False)
     elapsed = time.perf_counter() - started
 
-    rejects = [json.loads(l) for l in (work / "out" / "rejects.jsonl").read_text().splitlines()]
+    rejects = [json.loads(line) for line in (work / "out" / "rejects.jsonl").read_text().splitlines()]
     removed = {r["line"] - 1: r for r in rejects if r["reason"].startswith("duplicate")}
     threshold = config.near_dup_threshold
     similarity = {(i, s): jaccard(records[i], records[s]) for i, s in truth["near"]}
     planted_near = [pair for pair, j in similarity.items() if j >= threshold]
     hard_band = [pair for pair, j in similarity.items() if threshold <= j < threshold + 0.05]
     near_removed = [r for r in removed.values() if r["reason"] == "duplicate_near"]
-    near_true = sum(jaccard(records[r["line"] - 1], records[r["duplicate_of"]["line"] - 1]) >= threshold
-                    for r in near_removed)
+    near_true = sum(
+        jaccard(records[r["line"] - 1], records[r["duplicate_of"]["line"] - 1]) >= threshold for r in near_removed
+    )
     leaked = leaked_pii(truth, work / "out")
     result = {
         "records": args.records,
@@ -178,7 +184,7 @@ def main() -> None:
         "seconds": round(elapsed, 1),
         "records_per_s": round(args.records / elapsed),
         "ray_start_s": round(started - ray_started, 1),
-        "counts": manifest["counts"],
+        "counts": manifest.counts.model_dump(),
         "exact_dup_recall": sum(i in removed for i in truth["exact"]) / max(1, len(truth["exact"])),
         "near_dup_planted_above_threshold": len(planted_near),
         "near_dup_planted_below_threshold": len(similarity) - len(planted_near),
@@ -188,7 +194,7 @@ def main() -> None:
         "near_dup_precision": near_true / max(1, len(near_removed)),
         "pii_recall": 1 - len(leaked) / max(1, len(truth["pii"])),
         "pii_missed_examples": leaked[:5],
-        "pii_found": manifest["pii"]["found"],
+        "pii_found": manifest.pii.found,
     }
     print(json.dumps(result, indent=2))
 

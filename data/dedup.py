@@ -101,7 +101,8 @@ def exact_duplicates(rows) -> dict[int, tuple[int, float]]:
     """Records whose normalised text (`text_hash`) an earlier record already has, mapped to that
     first record; grouped on the cluster by a coarse partition of the hash."""
     keyed = rows.select_columns(["text_hash", "order"]).map_batches(
-        _hash_partition, fn_kwargs={"partitions": shuffle_partitions()}, batch_format="numpy")
+        _hash_partition, fn_kwargs={"partitions": shuffle_partitions()}, batch_format="numpy"
+    )
     found = keyed.groupby("partition").map_groups(_later_copies, batch_format="pandas")
     frames = [f for f in found.iter_batches(batch_format="pandas", batch_size=None) if len(f)]
     if not frames:
@@ -156,12 +157,15 @@ def candidate_pairs(signed, threshold: float, num_perm: int, across_groups: bool
     partitions = shuffle_partitions()
     columns = ["order", "minhash"] + (["split"] if across_groups else [])
     buckets = signed.select_columns(columns).map_batches(
-        to_band_rows, fn_kwargs={"bands": bands, "rows": rows, "salt": salt, "partitions": partitions},
+        to_band_rows,
+        fn_kwargs={"bands": bands, "rows": rows, "salt": salt, "partitions": partitions},
         batch_format="numpy",
     )
-    return buckets.groupby("partition").map_groups(
-        partition_pairs, batch_format="pandas", fn_kwargs={"across_groups": across_groups}
-    ).materialize()
+    return (
+        buckets.groupby("partition")
+        .map_groups(partition_pairs, batch_format="pandas", fn_kwargs={"across_groups": across_groups})
+        .materialize()
+    )
 
 
 def jaccard(a: set, b: set) -> float:
@@ -172,14 +176,16 @@ def _endpoint_requests(pairs: pd.DataFrame, partitions: int) -> pd.DataFrame:
     """Each pair (a, b) as two requests for a record's text, keyed by that record's partition."""
     a, b = pairs["a"].to_numpy(np.int64), pairs["b"].to_numpy(np.int64)
     order = np.concatenate([a, b])
-    return pd.DataFrame({"key": order % partitions, "order": order, "a": np.tile(a, 2), "b": np.tile(b, 2),
-                         "messages": ""})
+    return pd.DataFrame(
+        {"key": order % partitions, "order": order, "a": np.tile(a, 2), "b": np.tile(b, 2), "messages": ""}
+    )
 
 
 def _record_rows(records: pd.DataFrame, partitions: int) -> pd.DataFrame:
     order = records["order"].to_numpy(np.int64)
-    return pd.DataFrame({"key": order % partitions, "order": order, "a": -1, "b": -1,
-                         "messages": records["messages"].to_numpy(object)})
+    return pd.DataFrame(
+        {"key": order % partitions, "order": order, "a": -1, "b": -1, "messages": records["messages"].to_numpy(object)}
+    )
 
 
 def _attach_texts(group: pd.DataFrame, partitions: int) -> pd.DataFrame:
@@ -189,8 +195,15 @@ def _attach_texts(group: pd.DataFrame, partitions: int) -> pd.DataFrame:
     requests = group[group["a"] >= 0].drop_duplicates(["order", "a", "b"])
     texts = [dedup_text(json.loads(records[o])) for o in requests["order"]]
     a = requests["a"].to_numpy(np.int64)
-    return pd.DataFrame({"key": a % partitions, "order": requests["order"].to_numpy(np.int64), "a": a,
-                         "b": requests["b"].to_numpy(np.int64), "text": texts})
+    return pd.DataFrame(
+        {
+            "key": a % partitions,
+            "order": requests["order"].to_numpy(np.int64),
+            "a": a,
+            "b": requests["b"].to_numpy(np.int64),
+            "text": texts,
+        }
+    )
 
 
 def _similar_pairs(group: pd.DataFrame, threshold: float) -> pd.DataFrame:
@@ -198,8 +211,9 @@ def _similar_pairs(group: pd.DataFrame, threshold: float) -> pd.DataFrame:
     the pairs that reach `threshold`."""
     ends = [group[group["order"] == group[side]] for side in ("a", "b")]
     both = ends[0].merge(ends[1], on=["a", "b"], suffixes=("_a", "_b"))
-    similarity = np.array([jaccard(set(shingles(x)), set(shingles(y))) for x, y in zip(both["text_a"], both["text_b"])],
-                          dtype=np.float64)
+    similarity = np.array(
+        [jaccard(set(shingles(x)), set(shingles(y))) for x, y in zip(both["text_a"], both["text_b"])], dtype=np.float64
+    )
     keep = similarity >= threshold
     return pd.DataFrame({"a": both["a"][keep], "b": both["b"][keep], "similarity": similarity[keep]})
 
@@ -219,9 +233,13 @@ def verified_pairs(rows, pairs, threshold: float) -> list[tuple[int, int, float]
     partitions = shuffle_partitions()
     requests = pairs.map_batches(_endpoint_requests, fn_kwargs={"partitions": partitions}, batch_format="pandas")
     records = rows.select_columns(["order", "messages"]).map_batches(
-        _record_rows, fn_kwargs={"partitions": partitions}, batch_format="pandas")
-    ends = records.union(requests).groupby("key").map_groups(
-        _attach_texts, fn_kwargs={"partitions": partitions}, batch_format="pandas")
+        _record_rows, fn_kwargs={"partitions": partitions}, batch_format="pandas"
+    )
+    ends = (
+        records.union(requests)
+        .groupby("key")
+        .map_groups(_attach_texts, fn_kwargs={"partitions": partitions}, batch_format="pandas")
+    )
     similar = ends.groupby("key").map_groups(_similar_pairs, fn_kwargs={"threshold": threshold}, batch_format="pandas")
     frames = [f for f in similar.iter_batches(batch_format="pandas", batch_size=None) if len(f)]
     if not frames:

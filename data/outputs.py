@@ -14,17 +14,21 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from rayft.data.manifest import Counts
 from rayft.data.records import NO_LABEL
 
 SPLITS = ("train", "val", "test")
 MESSAGE_TYPE = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string()), ("weight", pa.int8())]))
-SPLIT_SCHEMA = pa.schema([
-    ("messages", MESSAGE_TYPE),
-    ("label", pa.string()),
-    ("n_tokens", pa.int32()),
-    ("source", pa.string()),
-    ("line", pa.int64()),
-])
+SPLIT_SCHEMA = pa.schema(
+    [
+        ("messages", MESSAGE_TYPE),
+        ("label", pa.string()),
+        ("n_tokens", pa.int32()),
+        ("source", pa.string()),
+        ("line", pa.int64()),
+    ]
+)
 
 
 def write_rejects(removed, path: Path) -> dict[str, int]:
@@ -34,8 +38,13 @@ def write_rejects(removed, path: Path) -> dict[str, int]:
         for batch in removed.sort("order").iter_batches(batch_format="pandas", batch_size=1024):
             for row in batch.to_dict("records"):
                 reasons[row["reason"]] = reasons.get(row["reason"], 0) + 1
-                entry = {"source": row["source"], "line": int(row["line"]), "reason": row["reason"],
-                         "message": row["message"], "record": row["record"]}
+                entry = {
+                    "source": row["source"],
+                    "line": int(row["line"]),
+                    "reason": row["reason"],
+                    "message": row["message"],
+                    "record": row["record"],
+                }
                 if row["duplicate_of"]:
                     entry["duplicate_of"] = json.loads(row["duplicate_of"])
                     entry["similarity"] = round(float(row["similarity"]), 4)
@@ -65,13 +74,18 @@ def write_splits(assigned, out_dir: Path) -> tuple[dict[str, int], str, dict]:
                 labels_out = [None if x == NO_LABEL else x for x in part["label"]]
                 for text, label in zip(part["messages"], labels_out):
                     digests[name].update(row_identity(text, label))
-                writers[name].write_table(pa.table({
-                    "messages": pa.array([json.loads(m) for m in part["messages"]], MESSAGE_TYPE),
-                    "label": pa.array(labels_out, pa.string()),
-                    "n_tokens": pa.array(part["n_tokens"], pa.int32()),
-                    "source": pa.array(part["source"], pa.string()),
-                    "line": pa.array(part["line"], pa.int64()),
-                }, schema=SPLIT_SCHEMA))
+                writers[name].write_table(
+                    pa.table(
+                        {
+                            "messages": pa.array([json.loads(m) for m in part["messages"]], MESSAGE_TYPE),
+                            "label": pa.array(labels_out, pa.string()),
+                            "n_tokens": pa.array(part["n_tokens"], pa.int32()),
+                            "source": pa.array(part["source"], pa.string()),
+                            "line": pa.array(part["line"], pa.int64()),
+                        },
+                        schema=SPLIT_SCHEMA,
+                    )
+                )
                 counts[name] += len(part)
                 lengths[name].extend(int(n) for n in part["n_tokens"])
                 for label in part["label"]:
@@ -92,19 +106,25 @@ def length_stats(lengths: list[int]) -> dict:
         return {"count": 0}
     values = np.asarray(lengths)
     return {
-        "count": int(values.size), "min": int(values.min()), "mean": round(float(values.mean()), 1),
-        "p50": int(np.percentile(values, 50)), "p95": int(np.percentile(values, 95)), "max": int(values.max()),
+        "count": int(values.size),
+        "min": int(values.min()),
+        "mean": round(float(values.mean()), 1),
+        "p50": int(np.percentile(values, 50)),
+        "p95": int(np.percentile(values, 95)),
+        "max": int(values.max()),
     }
 
 
-def warnings_for(counts: dict, stats: dict, min_class: int, min_records: int, tokenizer: str | None) -> list[str]:
+def warnings_for(counts: Counts, stats: dict, min_class: int, min_records: int, tokenizer: str | None) -> list[str]:
     """Data-quality warnings a person should read before training."""
     warnings = []
     if tokenizer is None:
-        warnings.append("no tokenizer given (--tokenizer, or a config's model.base): token lengths and max_tokens "
-                        "count whitespace-separated words, not the model's tokens")
-    if counts["kept"] < min_records:
-        warnings.append(f"only {counts['kept']} records kept; fine-tuning usually needs {min_records} or more")
+        warnings.append(
+            "no tokenizer given (--tokenizer, or a config's model.base): token lengths and max_tokens "
+            "count whitespace-separated words, not the model's tokens"
+        )
+    if counts.kept < min_records:
+        warnings.append(f"only {counts.kept} records kept; fine-tuning usually needs {min_records} or more")
     totals: dict[str, int] = {}
     for split_labels in stats.get("labels", {}).values():
         for label, n in split_labels.items():

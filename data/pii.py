@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 import ipaddress
 import re
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import phonenumbers
 
@@ -33,11 +33,14 @@ PLACEHOLDERS = {
 # Order matters: earlier kinds win where patterns overlap (a card number is not also a phone).
 PATTERNS = [
     ("CREDENTIALS", r"(?<=://)[^\s/:@]+:[^\s/@]+(?=@)"),
-    ("API_KEY", r"\b(?:sk-(?:proj-|live-|test-)?[A-Za-z0-9_-]{20,}|sk_(?:live|test)_[A-Za-z0-9]{16,}"
-                r"|AKIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,}"
-                r"|xox[abprs]-[A-Za-z0-9-]{10,}|AIza[0-9A-Za-z_-]{35}"
-                r"|eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,})"
-                r"|-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----"),
+    (
+        "API_KEY",
+        r"\b(?:sk-(?:proj-|live-|test-)?[A-Za-z0-9_-]{20,}|sk_(?:live|test)_[A-Za-z0-9]{16,}"
+        r"|AKIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,}"
+        r"|xox[abprs]-[A-Za-z0-9-]{10,}|AIza[0-9A-Za-z_-]{35}"
+        r"|eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,})"
+        r"|-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----",
+    ),
     ("EMAIL", r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b"),
     ("IBAN", r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b"),
     ("CARD", r"(?<![\w-])\d(?:[ -]?\d){12,}(?![\w-])"),
@@ -53,7 +56,9 @@ CARD_CANDIDATES = dict(COMPILED)["CARD"]
 HAS_DIGIT = re.compile(r"\d")
 PREFILTERS: dict[str, Callable[[str], bool]] = {
     "CREDENTIALS": lambda t: "://" in t,
-    "API_KEY": lambda t: any(p in t for p in ("sk-", "sk_", "AKIA", "gh", "github_pat_", "xox", "AIza", "eyJ", "PRIVATE KEY")),
+    "API_KEY": lambda t: any(
+        p in t for p in ("sk-", "sk_", "AKIA", "gh", "github_pat_", "xox", "AIza", "eyJ", "PRIVATE KEY")
+    ),
     "EMAIL": lambda t: "@" in t,
     "IPV6": lambda t: ":" in t,
     "IP": lambda t: "." in t,
@@ -133,7 +138,9 @@ CONFIRM: dict[str, Callable[[str], bool]] = {
 }
 
 
-def find_pii(text: str, ner: Callable[[str], Iterable[tuple[int, int, str]]] | None = None) -> list[tuple[int, int, str]]:
+def find_pii(
+    text: str, ner: Callable[[str], Iterable[tuple[int, int, str]]] | None = None
+) -> list[tuple[int, int, str]]:
     """Confirmed PII spans `(start, end, TYPE)` in `text`, non-overlapping, in order."""
     spans: list[tuple[int, int, str]] = []
     if not HAS_DIGIT.search(text) and "@" not in text and "://" not in text and not PREFILTERS["API_KEY"](text):

@@ -22,10 +22,10 @@ from ray.data.expressions import col
 from rayft import storage
 from rayft.config import DataConfig
 from rayft.data import dedup, outputs, pii, sources, split
+from rayft.data.manifest import MANIFEST, Counts, Manifest, PiiFindings
 from rayft.data.records import clean_batch, pii_found
 from rayft.runtime import ensure_ray
 
-MANIFEST = "manifest.json"
 STAGES = ["validate and scrub", "exact duplicates", "near duplicates", "split", "leakage", "write"]
 
 
@@ -61,8 +61,13 @@ def progress(enabled: bool = True):
     """A progress bar over the pipeline's stages; yields `advance(stage_name)`."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    bar = Progress(TextColumn("data prepare: {task.description}"), BarColumn(), TimeElapsedColumn(),
-                   disable=not enabled, transient=False)
+    bar = Progress(
+        TextColumn("data prepare: {task.description}"),
+        BarColumn(),
+        TimeElapsedColumn(),
+        disable=not enabled,
+        transient=False,
+    )
     with bar:
         task = bar.add_task(STAGES[0], total=len(STAGES))
         yield lambda stage: bar.update(task, advance=1, description=stage)
@@ -72,6 +77,7 @@ def progress(enabled: bool = True):
 def removed_rows(cleaned, removed: dict[int, tuple[str, int, float]], files: list[str]):
     """Every removed record in reject-file shape: invalid ones as validated, duplicates and leaks
     (`removed`: order -> (reason, order of the record it copies, similarity)) naming their original."""
+
     def describe(batch):
         out = {k: list(batch[k]) for k in ("order", "source", "line", "reason", "message", "record")}
         out["duplicate_of"], out["similarity"] = [""] * len(out["order"]), [0.0] * len(out["order"])
@@ -94,8 +100,9 @@ def drop_orders(rows, orders: dict):
     return rows.filter(expr=~col("order").is_in(list(orders))) if orders else rows
 
 
-def prepare_dataset(inputs: list[str], out_dir: str | Path, options: PrepareOptions | None = None,
-                    show_progress: bool = True) -> dict:
+def prepare_dataset(
+    inputs: list[str], out_dir: str | Path, options: PrepareOptions | None = None, show_progress: bool = True
+) -> Manifest:
     """Prepare `inputs` into `out_dir`, a folder or an `s3://` / `gs://` URI; returns the manifest
     (also written as manifest.json). Bad inputs and a bad PII detector are refused before anything
     is written. Everything is written to a scratch folder that replaces `out_dir` only when the
@@ -107,7 +114,7 @@ def prepare_dataset(inputs: list[str], out_dir: str | Path, options: PrepareOpti
         return prepare_into(files, local, options, show_progress)
 
 
-def prepare_into(files: list[str], out_dir: Path, options: PrepareOptions, show_progress: bool) -> dict:
+def prepare_into(files: list[str], out_dir: Path, options: PrepareOptions, show_progress: bool) -> Manifest:
     """The pipeline of `prepare_dataset` over expanded input files, writing into a local folder."""
     # setup
     data = options.data
@@ -115,11 +122,19 @@ def prepare_into(files: list[str], out_dir: Path, options: PrepareOptions, show_
 
     # run
     with shuffles_as_tasks(), progress(show_progress) as advance:
-        cleaned = sources.read_records(files).map_batches(
-            clean_batch, fn_kwargs={"data_json": data.model_dump_json(), "tokenizer": options.tokenizer,
-                                    "chat_template": options.chat_template},
-            batch_size=1024,
-        ).materialize()
+        cleaned = (
+            sources.read_records(files)
+            .map_batches(
+                clean_batch,
+                fn_kwargs={
+                    "data_json": data.model_dump_json(),
+                    "tokenizer": options.tokenizer,
+                    "chat_template": options.chat_template,
+                },
+                batch_size=1024,
+            )
+            .materialize()
+        )
         valid = cleaned.filter(expr=col("status") == "ok")
         advance(STAGES[1])
 
@@ -149,34 +164,37 @@ def prepare_into(files: list[str], out_dir: Path, options: PrepareOptions, show_
         advance(STAGES[5])
 
         # report
-        removed = {order: (reason, original, similarity)
-                   for found, reason in ((exact, "duplicate_exact"), (near, "duplicate_near"), (leaked, "leaked_into_eval"))
-                   for order, (original, similarity) in found.items()}
+        removed = {
+            order: (reason, original, similarity)
+            for found, reason in ((exact, "duplicate_exact"), (near, "duplicate_near"), (leaked, "leaked_into_eval"))
+            for order, (original, similarity) in found.items()
+        }
         reasons = outputs.write_rejects(removed_rows(cleaned, removed, files), out_dir / "rejects.jsonl")
         counts, dataset_hash, stats = outputs.write_splits(final, out_dir)
     lengths = stats.pop("_lengths")
     special = {"duplicate_exact", "duplicate_near", "leaked_into_eval"}
-    kept_count = sum(counts.values())
-    manifest_counts = {
-        "input": cleaned.count(), "kept": kept_count,
-        "rejected": sum(n for r, n in reasons.items() if r not in special),
-        "duplicates_exact": len(exact), "duplicates_near": len(near), "leaked": len(leaked), **counts,
-    }
-    accounted = sum(manifest_counts[k] for k in ("kept", "rejected", "duplicates_exact", "duplicates_near", "leaked"))
-    if accounted != manifest_counts["input"]:
-        raise RuntimeError(f"records lost: read {manifest_counts['input']}, accounted for {accounted}")
-    manifest = {
-        "dataset_hash": dataset_hash,
-        "counts": manifest_counts,
-        "rejects_by_reason": {r: n for r, n in reasons.items() if r not in special},
-        "pii": {"mode": data.pii, "found": pii_found(cleaned)},
-        "inputs": files,
-        "config": data.model_dump(),
-        "tokenizer": options.tokenizer,
-        "stats": stats,
-        "warnings": outputs.warnings_for(manifest_counts, stats, data.warn_min_class, data.warn_min_records,
-                                         options.tokenizer),
-    }
+    tally = Counts(
+        input=cleaned.count(),
+        kept=sum(counts.values()),
+        rejected=sum(n for r, n in reasons.items() if r not in special),
+        duplicates_exact=len(exact),
+        duplicates_near=len(near),
+        leaked=len(leaked),
+        **counts,
+    )
+    if tally.kept + tally.removed() != tally.input:
+        raise RuntimeError(f"records lost: read {tally.input}, accounted for {tally.kept + tally.removed()}")
+    manifest = Manifest(
+        dataset_hash=dataset_hash,
+        counts=tally,
+        rejects_by_reason={r: n for r, n in reasons.items() if r not in special},
+        pii=PiiFindings(mode=data.pii, found=pii_found(cleaned)),
+        inputs=files,
+        config=data.model_dump(),
+        tokenizer=options.tokenizer,
+        stats=stats,
+        warnings=outputs.warnings_for(tally, stats, data.warn_min_class, data.warn_min_records, options.tokenizer),
+    )
     outputs.plot_token_lengths(lengths, out_dir / "token_lengths.png", data.max_tokens)
-    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    (out_dir / MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
     return manifest

@@ -113,8 +113,11 @@ class CleanRecords:
         except Reject as reject:
             return row | {"messages": None, "label": "", "reject": reject}
         except Exception as error:  # any other failure is this record's, not the batch's
-            return row | {"messages": None, "label": "", "reject": Reject("record_error", f"{type(error).__name__}: "
-                                                                                         f"{error}")}
+            return row | {
+                "messages": None,
+                "label": "",
+                "reject": Reject("record_error", f"{type(error).__name__}: {error}"),
+            }
 
     def reject_text(self, raw: bytes) -> str:
         """The rejected record as written to the reject file: scrubbed, or withheld when scrubbing
@@ -137,7 +140,9 @@ class CleanRecords:
                 row["reject"] = Reject("too_many_tokens", f"{n} tokens > data.max_tokens {self.data.max_tokens}")
         good = [r["reject"] is None for r in rows]
         columns = {
-            "source": batch["source"], "line": batch["line"], "order": batch["order"],
+            "source": batch["source"],
+            "line": batch["line"],
+            "order": batch["order"],
             "status": ["ok" if g else "rejected" for g in good],
             "reason": ["" if g else r["reject"].reason for g, r in zip(good, rows)],
             "message": ["" if g else r["reject"].message for g, r in zip(good, rows)],
@@ -159,8 +164,9 @@ def _cleaner(data_json: str, tokenizer: str | None, chat_template: str | None) -
     return CleanRecords(DataConfig.model_validate_json(data_json), tokenizer, chat_template)
 
 
-def clean_batch(batch: dict[str, np.ndarray], data_json: str, tokenizer: str | None,
-                chat_template: str | None = None) -> dict[str, list]:
+def clean_batch(
+    batch: dict[str, np.ndarray], data_json: str, tokenizer: str | None, chat_template: str | None = None
+) -> dict[str, list]:
     """Ray Data task UDF. The CleanRecords (compiled patterns, NER detector, tokenizer) is built once
     per worker process and kept, and Ray reuses its task processes: no dedicated actor processes to
     start, which on a small cluster cost more than the work (bench/RESULTS.md)."""

@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
-SUPPORT_SYSTEM_PROMPT = (
-    "You are a support triage assistant. Classify the ticket, set its priority, and reply briefly."
-)
+SUPPORT_SYSTEM_PROMPT = "You are a support triage assistant. Classify the ticket, set its priority, and reply briefly."
 GENERAL_SYSTEM_PROMPT = "You are a helpful assistant. Answer briefly."
 
 CATEGORIES = {
@@ -102,8 +100,11 @@ CATEGORIES = {
 }
 
 PRIORITY_CUES = {
-    "urgent": ["This is urgent, my whole team is blocked.", "URGENT: we lose money every hour.",
-               "Our business is down until this is fixed."],
+    "urgent": [
+        "This is urgent, my whole team is blocked.",
+        "URGENT: we lose money every hour.",
+        "Our business is down until this is fixed.",
+    ],
     "high": ["Please help as soon as possible.", "I need this fixed today.", "This is quite important for me."],
     "medium": ["Could you look into it this week?", "Please let me know what to do.", "I would appreciate an update."],
     "low": ["No rush, whenever you have time.", "Just a small thing, thanks.", "Not urgent at all."],
@@ -111,13 +112,21 @@ PRIORITY_CUES = {
 GREETINGS = ["Hi,", "Hello,", "Hello team,", "Hey there,", "Good morning,", "Good afternoon,", "Dear support,", ""]
 SIGN_OFFS = ["Thanks", "Regards", "Best", "Cheers", "Thank you", "Kind regards", ""]
 CONTEXT = [
-    "I have been a customer for {years} years.", "This started {days} days ago.",
-    "I already tried restarting everything.", "My colleague has the same problem.",
-    "I am writing from my phone.", "I contacted you last week about this too.",
-    "It happened right after I changed my settings.", "I am on the {plan} plan.",
-    "This is the second time this month.", "I checked the help center first.",
-    "My {product} is about {years} years old.", "I live abroad at the moment.",
-    "", "", "",
+    "I have been a customer for {years} years.",
+    "This started {days} days ago.",
+    "I already tried restarting everything.",
+    "My colleague has the same problem.",
+    "I am writing from my phone.",
+    "I contacted you last week about this too.",
+    "It happened right after I changed my settings.",
+    "I am on the {plan} plan.",
+    "This is the second time this month.",
+    "I checked the help center first.",
+    "My {product} is about {years} years old.",
+    "I live abroad at the moment.",
+    "",
+    "",
+    "",
 ]
 NAMES = ["Ana", "Ben", "Chloe", "Dev", "Elif", "Farid", "Grace", "Hugo", "Ines", "Jon", "Kofi", "Lena"]
 PRODUCTS = ["router", "smart watch", "camera", "speaker", "tablet", "thermostat", "laptop", "Pro app"]
@@ -200,22 +209,66 @@ def write_support_tickets(path: str | Path, n: int = 2000, seed: int = 0) -> Pat
 
 
 COUNTRIES = {
-    "France": "Paris", "Japan": "Tokyo", "Italy": "Rome", "Spain": "Madrid", "Kenya": "Nairobi",
-    "Canada": "Ottawa", "Egypt": "Cairo", "Peru": "Lima", "Norway": "Oslo", "India": "New Delhi",
-    "Chile": "Santiago", "Greece": "Athens", "Poland": "Warsaw", "Ghana": "Accra", "Cuba": "Havana",
-    "Austria": "Vienna", "Ireland": "Dublin", "Portugal": "Lisbon", "Sweden": "Stockholm",
-    "Germany": "Berlin", "Mexico": "Mexico City", "Thailand": "Bangkok", "Turkey": "Ankara",
+    "France": "Paris",
+    "Japan": "Tokyo",
+    "Italy": "Rome",
+    "Spain": "Madrid",
+    "Kenya": "Nairobi",
+    "Canada": "Ottawa",
+    "Egypt": "Cairo",
+    "Peru": "Lima",
+    "Norway": "Oslo",
+    "India": "New Delhi",
+    "Chile": "Santiago",
+    "Greece": "Athens",
+    "Poland": "Warsaw",
+    "Ghana": "Accra",
+    "Cuba": "Havana",
+    "Austria": "Vienna",
+    "Ireland": "Dublin",
+    "Portugal": "Lisbon",
+    "Sweden": "Stockholm",
+    "Germany": "Berlin",
+    "Mexico": "Mexico City",
+    "Thailand": "Bangkok",
+    "Turkey": "Ankara",
 }
 DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
 OPPOSITES = {
-    "hot": "cold", "big": "small", "fast": "slow", "up": "down", "open": "closed", "early": "late",
-    "light": "dark", "happy": "sad", "full": "empty", "old": "new", "hard": "soft", "high": "low",
+    "hot": "cold",
+    "big": "small",
+    "fast": "slow",
+    "up": "down",
+    "open": "closed",
+    "early": "late",
+    "light": "dark",
+    "happy": "sad",
+    "full": "empty",
+    "old": "new",
+    "hard": "soft",
+    "high": "low",
 }
 
 
 REPEAT_WORDS = [
-    "category", "priority", "billing", "technical", "account", "shipping", "refund", "low", "medium",
-    "high", "urgent", "Category:", "Priority:", "order", "invoice", "password", "package", "error",
+    "category",
+    "priority",
+    "billing",
+    "technical",
+    "account",
+    "shipping",
+    "refund",
+    "low",
+    "medium",
+    "high",
+    "urgent",
+    "Category:",
+    "Priority:",
+    "order",
+    "invoice",
+    "password",
+    "package",
+    "error",
 ]
 
 
@@ -247,13 +300,15 @@ def general_chat(n: int = 3000, seed: int = 0) -> list[dict]:
     out = []
     for _ in range(n):
         question, answer = _general_pair(rng)
-        out.append({
-            "messages": [
-                {"role": "system", "content": GENERAL_SYSTEM_PROMPT},
-                {"role": "user", "content": question},
-                {"role": "assistant", "content": answer},
-            ]
-        })
+        out.append(
+            {
+                "messages": [
+                    {"role": "system", "content": GENERAL_SYSTEM_PROMPT},
+                    {"role": "user", "content": question},
+                    {"role": "assistant", "content": answer},
+                ]
+            }
+        )
     return out
 
 
@@ -263,8 +318,15 @@ def support_conversations(n: int = 1500, seed: int = 7) -> list[dict]:
     for record in support_tickets(n, seed, dup_rate=0.0):
         system, user, assistant = record["messages"]
         reply = assistant["content"].split("\n", 2)[2]
-        out.append({"messages": [{"role": "system", "content": GENERAL_SYSTEM_PROMPT}, user,
-                                 {"role": "assistant", "content": reply}]})
+        out.append(
+            {
+                "messages": [
+                    {"role": "system", "content": GENERAL_SYSTEM_PROMPT},
+                    user,
+                    {"role": "assistant", "content": reply},
+                ]
+            }
+        )
     return out
 
 

@@ -33,8 +33,10 @@ def file_format(path: Path) -> str:
     try:
         return CONTAINERS[path.suffix.lower()]
     except KeyError:
-        raise ConfigError(f"input {path}: unknown file type {path.suffix or '(none)'!r}; expected "
-                         f"{', '.join(CONTAINERS)} or a folder of them (HF datasets folders too)") from None
+        raise ConfigError(
+            f"input {path}: unknown file type {path.suffix or '(none)'!r}; expected "
+            f"{', '.join(CONTAINERS)} or a folder of them (HF datasets folders too)"
+        ) from None
 
 
 def folder_files(path: Path) -> list[Path]:
@@ -47,11 +49,16 @@ def folder_files(path: Path) -> list[Path]:
     if (path / "dataset_info.json").exists() or (path / "state.json").exists():
         return sorted(path.glob("*.arrow"))
     entries = sorted(p for p in path.iterdir() if not p.name.startswith("."))
-    unsupported = [p.name + ("/" if p.is_dir() else "") for p in entries
-                   if p.is_dir() or p.suffix.lower() not in (".jsonl", ".json", ".parquet")]
+    unsupported = [
+        p.name + ("/" if p.is_dir() else "")
+        for p in entries
+        if p.is_dir() or p.suffix.lower() not in (".jsonl", ".json", ".parquet")
+    ]
     if unsupported:
-        raise ConfigError(f"input folder {path} holds what rayft cannot read: {', '.join(unsupported)}; "
-                          "expected only .jsonl, .json and .parquet files (move the others out, or name the files)")
+        raise ConfigError(
+            f"input folder {path} holds what rayft cannot read: {', '.join(unsupported)}; "
+            "expected only .jsonl, .json and .parquet files (move the others out, or name the files)"
+        )
     return entries
 
 
@@ -123,8 +130,10 @@ def _table_rows(data: bytes, kind: str) -> list[tuple[int, bytes]]:
 
     buffer = pa.BufferReader(data)
     table = pq.read_table(buffer) if kind == "parquet" else pa.ipc.open_stream(buffer).read_all()
-    return [(n, json.dumps(row, ensure_ascii=False, default=str).encode())
-            for n, row in enumerate(table.to_pylist(), start=1)]
+    return [
+        (n, json.dumps(row, ensure_ascii=False, default=str).encode())
+        for n, row in enumerate(table.to_pylist(), start=1)
+    ]
 
 
 def file_records(path: str, data: bytes) -> list[tuple[int, bytes]]:
@@ -139,7 +148,9 @@ def file_records(path: str, data: bytes) -> list[tuple[int, bytes]]:
 def _split_file(row: dict, index_of: dict[str, int]) -> list[dict]:
     source = row["path"]
     base = index_of[source] << LINE_BITS
-    return [{"source": source, "line": n, "order": base | n, "raw": raw} for n, raw in file_records(source, row["bytes"])]
+    return [
+        {"source": source, "line": n, "order": base | n, "raw": raw} for n, raw in file_records(source, row["bytes"])
+    ]
 
 
 def read_records(inputs: list[str]):

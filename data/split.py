@@ -12,6 +12,7 @@ import hashlib
 
 import pandas as pd
 
+
 def split_sizes(n: int, fractions: dict[str, float]) -> dict[str, int]:
     """How many of `n` records go to val, test and train (train takes the rounding rest)."""
     val = round(n * fractions["val"])

@@ -8,7 +8,6 @@ import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from records_strategies import LINE
 
 from rayft.config import DataConfig
@@ -25,11 +24,16 @@ def chat(i: int, category: str | None = None, extra: str = "") -> dict:
     rng = random.Random(i)
     category = category or CATEGORIES[i % 3]
     question = " ".join(rng.choice(WORDS) for _ in range(18)) + extra
-    return {"messages": [
-        {"role": "system", "content": "You triage tickets."},
-        {"role": "user", "content": question},
-        {"role": "assistant", "content": f"Category: {category}\nPriority: low\n" + " ".join(rng.choice(WORDS) for _ in range(8))},
-    ]}
+    return {
+        "messages": [
+            {"role": "system", "content": "You triage tickets."},
+            {"role": "user", "content": question},
+            {
+                "role": "assistant",
+                "content": f"Category: {category}\nPriority: low\n" + " ".join(rng.choice(WORDS) for _ in range(8)),
+            },
+        ]
+    }
 
 
 def accounted(out_dir) -> list[tuple[str, int]]:
@@ -49,20 +53,34 @@ def output_text(out_dir) -> str:
 
 
 PII = {
-    "EMAIL": "mia.keller@example.org", "PHONE": "+44 20 7946 0958", "CARD": "4111 1111 1111 1111",
-    "IBAN": "DE89 3704 0044 0532 0130 00", "IP": "198.51.100.23", "SSN": "123-45-6789",
-    "CREDENTIALS": "admin:hunter2", "API_KEY": "sk-proj-abcdefghijklmnopqrstuvwx1234",
+    "EMAIL": "mia.keller@example.org",
+    "PHONE": "+44 20 7946 0958",
+    "CARD": "4111 1111 1111 1111",
+    "IBAN": "DE89 3704 0044 0532 0130 00",
+    "IP": "198.51.100.23",
+    "SSN": "123-45-6789",
+    "CREDENTIALS": "admin:hunter2",
+    "API_KEY": "sk-proj-abcdefghijklmnopqrstuvwx1234",
 }
 BAD_LINES = {
     3: ('{"messages": [{"role": "user", "content": "cut off"', "invalid_json"),
     5: ('"just a string"', "not_an_object"),
     7: ('{"messages": []}', "empty_messages"),
     9: ('{"messages": [{"role": "robot", "content": "Hi"}, {"role": "assistant", "content": "Hi"}]}', "unknown_role"),
-    11: ('{"messages": [{"role": "user", "content": ["x"]}, {"role": "assistant", "content": "A"}]}', "non_string_content"),
+    11: (
+        '{"messages": [{"role": "user", "content": ["x"]}, {"role": "assistant", "content": "A"}]}',
+        "non_string_content",
+    ),
     13: ('{"messages": [{"role": "user", "content": "Hi"}]}', "no_assistant_turn"),
-    15: ('{"messages": [{"role": "assistant", "content": "A"}, {"role": "user", "content": "Hi"}]}', "last_turn_not_assistant"),
+    15: (
+        '{"messages": [{"role": "assistant", "content": "A"}, {"role": "user", "content": "Hi"}]}',
+        "last_turn_not_assistant",
+    ),
     17: ('{"messages": [{"role": "user", "content": ""}, {"role": "assistant", "content": "A"}]}', "empty_content"),
-    19: ('{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "no label here"}]}', "missing_label"),
+    19: (
+        '{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "no label here"}]}',
+        "missing_label",
+    ),
     21: (json.dumps(chat(999, extra=" " + " ".join(["long"] * 400))), "too_many_tokens"),
 }
 
@@ -88,7 +106,11 @@ def prepared(ray_cluster, tiny_model, tmp_path_factory):
             lines.append(json.dumps(record))  # near duplicate of line 6
         else:
             kind = list(PII)[n % len(PII)] if n % 5 == 0 else None
-            extra = f" contact {'https://' + PII[kind] + '@db.example.com' if kind == 'CREDENTIALS' else PII[kind]}" if kind else ""
+            extra = (
+                f" contact {'https://' + PII[kind] + '@db.example.com' if kind == 'CREDENTIALS' else PII[kind]}"
+                if kind
+                else ""
+            )
             extra += " from Alice Moreau" if n in NAMED_LINES else ""  # found by the NER hook only
             record = chat(n, extra=extra)
             if n == WEIGHTED_LINE:
@@ -97,9 +119,14 @@ def prepared(ray_cluster, tiny_model, tmp_path_factory):
     chat_file = folder / "chat.jsonl"
     chat_file.write_bytes("\n".join(lines).encode() + b"\n" + b'{"messages": "\xff bad bytes"}\n')
     pc_file = folder / "pc.jsonl"
-    pc_file.write_text("".join(json.dumps({"prompt": chat(i)["messages"][1]["content"],
-                                           "completion": chat(i)["messages"][2]["content"]}) + "\n"
-                               for i in range(200, 230)) + '{"prompt": "only a prompt"}\n')
+    pc_file.write_text(
+        "".join(
+            json.dumps({"prompt": chat(i)["messages"][1]["content"], "completion": chat(i)["messages"][2]["content"]})
+            + "\n"
+            for i in range(200, 230)
+        )
+        + '{"prompt": "only a prompt"}\n'
+    )
     parquet_file = folder / "more.parquet"
     pd.DataFrame([without_learning_the_question(chat(i)) for i in range(300, 330)]).to_parquet(parquet_file)
     from datasets import Dataset, DatasetDict
@@ -124,7 +151,7 @@ def all_splits(out_dir) -> pd.DataFrame:
 
 
 def test_every_record_is_accounted_for(prepared):
-    counts = prepared["manifest"]["counts"]
+    counts = prepared["manifest"].counts.model_dump()
     assert counts["input"] == 91 + 31 + 30 + 30 + 10
     parts = ("kept", "rejected", "duplicates_exact", "duplicates_near", "leaked")
     assert counts["input"] == sum(counts[k] for k in parts)
@@ -135,7 +162,7 @@ def test_every_record_is_accounted_for(prepared):
 
 def test_each_reject_has_its_line_and_reason(prepared):
     chat_file, pc_file = map(str, prepared["files"][:2])
-    rejects = [json.loads(l) for l in (prepared["out"] / "rejects.jsonl").read_text().splitlines()]
+    rejects = [json.loads(line) for line in (prepared["out"] / "rejects.jsonl").read_text().splitlines()]
     by_place = {(r["source"], r["line"]): r for r in rejects}
     for line, (_, reason) in BAD_LINES.items():
         assert by_place[(chat_file, line)]["reason"] == reason and by_place[(chat_file, line)]["message"]
@@ -145,7 +172,7 @@ def test_each_reject_has_its_line_and_reason(prepared):
     assert by_place[(chat_file, 30)]["duplicate_of"] == {"source": chat_file, "line": 4}
     assert by_place[(chat_file, 31)]["reason"] == "duplicate_near"
     assert by_place[(chat_file, 31)]["duplicate_of"] == {"source": chat_file, "line": 6}
-    assert prepared["manifest"]["counts"]["rejected"] == len(BAD_LINES) + 2
+    assert prepared["manifest"].counts.rejected == len(BAD_LINES) + 2
 
 
 def test_planted_pii_never_reaches_an_output(prepared):
@@ -153,14 +180,14 @@ def test_planted_pii_never_reaches_an_output(prepared):
     for kind, value in PII.items():
         assert value not in text, kind
         assert f"<{kind}>" in text
-    found = prepared["manifest"]["pii"]["found"]
+    found = prepared["manifest"].pii.found
     assert set(found) == set(PII) | {"NAME"}
 
 
 def test_ner_detector_findings_are_scrubbed_and_counted(prepared):
     text = output_text(prepared["out"])
     assert "Alice Moreau" not in text and text.count("<NAME>") == len(NAMED_LINES)
-    assert prepared["manifest"]["pii"]["found"]["NAME"] == len(NAMED_LINES)
+    assert prepared["manifest"].pii.found["NAME"] == len(NAMED_LINES)
 
 
 def test_all_formats_are_normalised_to_messages(prepared):
@@ -188,10 +215,12 @@ def test_per_message_weights_reach_the_splits(prepared):
 
 
 def test_small_sets_and_rare_classes_are_warned_about(prepared):
-    warnings = prepared["manifest"]["warnings"]
+    warnings = prepared["manifest"].warnings
     assert any("records kept" in w for w in warnings)  # under 200 records
     rare = sum(len(ids) for ids in RARE_SPLITS.values())
-    assert [w for w in warnings if w.startswith("class")] == [f"class 'warranty' has only {rare} examples (fewer than 50)"]
+    assert [w for w in warnings if w.startswith("class")] == [
+        f"class 'warranty' has only {rare} examples (fewer than 50)"
+    ]
 
 
 def test_split_is_stratified_within_one_record_per_class(prepared):
@@ -212,8 +241,8 @@ def test_leakage_check_drops_eval_records_that_copy_training_ones(ray_cluster, t
     pd.DataFrame(records).to_parquet(source)
     config = DataConfig(near_dup_threshold=None, leak_threshold=0.8, format="messages")
     manifest = prepare_dataset([str(source)], tmp_path / "out", PrepareOptions(config))
-    assert manifest["counts"]["rejected"] == 0
-    assert manifest["counts"]["leaked"] > 0 and manifest["counts"]["duplicates_near"] == 0
+    assert manifest.counts.rejected == 0
+    assert manifest.counts.leaked > 0 and manifest.counts.duplicates_near == 0
     splits = {s: pd.read_parquet(tmp_path / "out" / f"{s}.parquet") for s in ("train", "val", "test")}
     train = [set(shingles(dedup_text(list(m)))) for m in splits["train"]["messages"]]
     for name in ("val", "test"):
@@ -232,8 +261,10 @@ def test_dataset_hash_is_a_content_version(ray_cluster, tmp_path):
     for name, content in variants.items():
         (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in content))
     options = PrepareOptions(DataConfig(label_field="topic"))
-    hashes = {name: prepare_dataset([str(tmp_path / f"{name}.jsonl")], tmp_path / name, options)["dataset_hash"]
-              for name in variants}
+    hashes = {
+        name: prepare_dataset([str(tmp_path / f"{name}.jsonl")], tmp_path / name, options).dataset_hash
+        for name in variants
+    }
     assert hashes["a"] == hashes["b"]  # same records and config: same version
     assert hashes["label"] != hashes["a"]  # only one record's label changed: a new version
     assert hashes["weight"] != hashes["a"]  # only one message's weight changed: a new version
@@ -242,16 +273,21 @@ def test_dataset_hash_is_a_content_version(ray_cluster, tmp_path):
 def test_cli_with_a_config_on_a_registered_base(ray_cluster, tickets_file, tiny_model, tmp_path, capsys):
     """`rayft data prepare --config` as docs/data.md shows it: the config's base is `registry:NAME`,
     whose tokenizer (in the registered folder) counts the tokens behind the stats."""
+    from conftest import write_config
     from transformers import AutoTokenizer
 
     from rayft.cli import main
     from rayft.registry import Registry
-    from conftest import write_config
 
     Registry().register("prep-base", "full", "random-init", tiny_model)
-    config = write_config(tmp_path / "prep.yaml", {
-        "name": "prep", "model": {"base": "registry:prep-base"},
-        "data": {"out": str(tmp_path / "out"), "label_regex": r"Category:\s*(\w+)", "max_tokens": 256}})
+    config = write_config(
+        tmp_path / "prep.yaml",
+        {
+            "name": "prep",
+            "model": {"base": "registry:prep-base"},
+            "data": {"out": str(tmp_path / "out"), "label_regex": r"Category:\s*(\w+)", "max_tokens": 256},
+        },
+    )
     assert main(["data", "prepare", str(tickets_file), "--config", str(config)]) == 0
     printed = capsys.readouterr().out
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
@@ -275,9 +311,20 @@ def test_near_duplicate_candidates_are_verified_by_exact_jaccard(ray_cluster):
     from rayft.data.dedup import jaccard, verified_pairs
 
     words = [f"w{i}" for i in range(60)]
-    variants = {1: words, 2: words[:30] + ["x"] + words[31:], 3: words[:10] + ["y", "z"] + words[12:40] + ["q"] + words[41:]}
-    rows = pd.DataFrame({"order": list(variants), "messages": [
-        json.dumps([{"role": "user", "content": " ".join(v)}, {"role": "assistant", "content": "ok"}]) for v in variants.values()]})
+    variants = {
+        1: words,
+        2: words[:30] + ["x"] + words[31:],
+        3: words[:10] + ["y", "z"] + words[12:40] + ["q"] + words[41:],
+    }
+    rows = pd.DataFrame(
+        {
+            "order": list(variants),
+            "messages": [
+                json.dumps([{"role": "user", "content": " ".join(v)}, {"role": "assistant", "content": "ok"}])
+                for v in variants.values()
+            ],
+        }
+    )
     grams = {o: set(shingles(" ".join(v) + "\nok")) for o, v in variants.items()}
     exact = {pair: jaccard(grams[pair[0]], grams[pair[1]]) for pair in ((1, 2), (1, 3))}
     assert exact[(1, 2)] > 0.8 > exact[(1, 3)]  # one word changed; three words changed
@@ -300,44 +347,69 @@ def test_unsupported_files_in_an_input_folder_are_an_error_listing_them(tmp_path
         expand_inputs([str(tmp_path)])
 
 
-KABOOM_TEMPLATE = ("{% for m in messages %}{% if m['role'] == 'tool' %}{{ raise_exception('no tool role here') }}"
-                   "{% endif %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}")
+KABOOM_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'tool' %}{{ raise_exception('no tool role here') }}"
+    "{% endif %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+)
 
 
-def test_json_arrays_and_records_that_break_a_step_end_as_rejects_with_source_and_line(ray_cluster, tiny_model,
-                                                                                      tmp_path):
+def test_json_arrays_and_records_that_break_a_step_end_as_rejects_with_source_and_line(
+    ray_cluster, tiny_model, tmp_path
+):
     """A pretty-printed JSON array is records (each at the line it starts on, a broken tail one
     reject); a record that makes the template, the NER detector or the JSON reader raise is a reject
     naming its source and line, and never fails the run."""
     records = [chat(i) for i in range(6)]
     array = tmp_path / "array.json"
     array.write_text(json.dumps(records[:3], indent=2)[:-1].rstrip() + ',\n  {"messages": [oops\n]')
-    lines = [json.dumps(records[3]),
-             json.dumps(records[4] | {"messages": records[4]["messages"][:2] + [{"role": "tool", "content": "x"}]
-                                      + records[4]["messages"][2:]}),
-             json.dumps(chat(5, extra=" KABOOM")),
-             "[" * 100_000 + "]" * 100_000,
-             json.dumps(records[5])]
+    lines = [
+        json.dumps(records[3]),
+        json.dumps(
+            records[4]
+            | {"messages": records[4]["messages"][:2] + [{"role": "tool", "content": "x"}] + records[4]["messages"][2:]}
+        ),
+        json.dumps(chat(5, extra=" KABOOM")),
+        "[" * 100_000 + "]" * 100_000,
+        json.dumps(records[5]),
+    ]
     jsonl = tmp_path / "lines.jsonl"
     jsonl.write_text("\n".join(lines) + "\n")
     config = DataConfig(pii_detector="tests.pii_names:names_or_fail", near_dup_threshold=None, leak_threshold=None)
-    manifest = prepare_dataset([str(array), str(jsonl)], tmp_path / "out",
-                               PrepareOptions(config, tokenizer=tiny_model, chat_template=KABOOM_TEMPLATE),
-                               show_progress=False)
-    rejects = {(r["source"].rsplit("/", 1)[-1], r["line"]): r for r in
-               map(json.loads, (tmp_path / "out" / "rejects.jsonl").read_text().splitlines())}
+    manifest = prepare_dataset(
+        [str(array), str(jsonl)],
+        tmp_path / "out",
+        PrepareOptions(config, tokenizer=tiny_model, chat_template=KABOOM_TEMPLATE),
+        show_progress=False,
+    )
+    rejects = {
+        (r["source"].rsplit("/", 1)[-1], r["line"]): r
+        for r in map(json.loads, (tmp_path / "out" / "rejects.jsonl").read_text().splitlines())
+    }
     starts = [n for n, text in enumerate(array.read_text().splitlines(), start=1) if text.startswith("  {")]
     assert set(rejects) == {("array.json", starts[3]), ("lines.jsonl", 2), ("lines.jsonl", 3), ("lines.jsonl", 4)}
     assert rejects[("array.json", starts[3])]["reason"] == "invalid_json"
-    assert rejects[("lines.jsonl", 2)]["reason"] == "template_error" and "no tool role" in rejects[("lines.jsonl", 2)]["message"]
+    assert (
+        rejects[("lines.jsonl", 2)]["reason"] == "template_error"
+        and "no tool role" in rejects[("lines.jsonl", 2)]["message"]
+    )
     kaboom = rejects[("lines.jsonl", 3)]
     assert kaboom["reason"] == "record_error" and "the NER model failed" in kaboom["message"]
     assert "KABOOM" not in kaboom["record"]  # unscrubbable: withheld, not written as it was
-    assert rejects[("lines.jsonl", 4)]["reason"] == "invalid_json" and "nested too deeply" in rejects[("lines.jsonl", 4)]["message"]
-    kept = sorted((s.rsplit("/", 1)[-1], n) for s, n in accounted(tmp_path / "out") if (s.rsplit("/", 1)[-1], n) not in rejects)
-    assert kept == [("array.json", starts[0]), ("array.json", starts[1]), ("array.json", starts[2]),
-                    ("lines.jsonl", 1), ("lines.jsonl", 5)]
-    assert manifest["counts"]["input"] == 9 and manifest["counts"]["kept"] == 5 and manifest["counts"]["rejected"] == 4
+    assert (
+        rejects[("lines.jsonl", 4)]["reason"] == "invalid_json"
+        and "nested too deeply" in rejects[("lines.jsonl", 4)]["message"]
+    )
+    kept = sorted(
+        (s.rsplit("/", 1)[-1], n) for s, n in accounted(tmp_path / "out") if (s.rsplit("/", 1)[-1], n) not in rejects
+    )
+    assert kept == [
+        ("array.json", starts[0]),
+        ("array.json", starts[1]),
+        ("array.json", starts[2]),
+        ("lines.jsonl", 1),
+        ("lines.jsonl", 5),
+    ]
+    assert (manifest.counts.input, manifest.counts.kept, manifest.counts.rejected) == (9, 5, 4)
 
 
 def test_a_failed_run_leaves_the_previous_version_whole(ray_cluster, tmp_path, monkeypatch):
@@ -367,8 +439,8 @@ def test_a_failed_run_leaves_the_previous_version_whole(ray_cluster, tmp_path, m
     assert sorted(p.name for p in tmp_path.iterdir()) == ["first.jsonl", "out", "second.jsonl"]
     monkeypatch.undo()
     after = prepare_dataset([str(second)], out, options, show_progress=False)
-    assert after["dataset_hash"] != before["dataset_hash"] and after["counts"]["input"] == 90
-    assert json.loads((out / "manifest.json").read_text())["dataset_hash"] == after["dataset_hash"]
+    assert after.dataset_hash != before.dataset_hash and after.counts.input == 90
+    assert json.loads((out / "manifest.json").read_text())["dataset_hash"] == after.dataset_hash
 
 
 def fail(message: str):
@@ -381,11 +453,11 @@ def fail(message: str):
 def test_an_upload_cut_short_leaves_no_manifest_beside_new_splits(ray_cluster, tiny_model, tmp_path, monkeypatch):
     """Object storage has no rename: the old manifest goes first and the new one is uploaded last, so
     a run cut short mid-upload leaves a folder without a manifest, which training refuses."""
+    from conftest import lora_train_config
+
     from rayft import storage
     from rayft.config import ConfigError, parse_config
     from rayft.training.trainer import check_config
-
-    from conftest import lora_train_config
 
     uri = f"file://{tmp_path / 'bucket' / 'tickets'}"
     options = PrepareOptions(DataConfig(near_dup_threshold=None, leak_threshold=None))
@@ -411,9 +483,10 @@ def test_random_lines_are_all_accounted_for_and_never_crash_the_run(ray_cluster,
     source.write_bytes(b"\n".join(lines) + b"\n")
     options = PrepareOptions(DataConfig(), tokenizer=tiny_model)
     manifest = prepare_dataset([str(source)], folder / "out", options, show_progress=False)
-    counts = manifest["counts"]
+    counts = manifest.counts
     expected = [n for n, line in enumerate(lines, start=1) if line.strip()]
-    assert counts["input"] == len(expected)
-    assert counts["input"] == counts["kept"] + counts["rejected"] + counts["duplicates_exact"] + \
-        counts["duplicates_near"] + counts["leaked"]
+    assert counts.input == len(expected) == counts.kept + counts.removed()
+    assert (
+        counts.kept + counts.rejected + counts.duplicates_exact + counts.duplicates_near + counts.leaked == counts.input
+    )
     assert accounted(folder / "out") == [(str(source), n) for n in expected]

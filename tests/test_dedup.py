@@ -25,8 +25,13 @@ def test_near_duplicate_texts_share_a_band_key_and_different_ones_do_not():
 
 
 def test_partition_pairs_within_buckets_and_across_splits():
-    rows = pd.DataFrame({"band_key": [1, 1, 1, 2, 3, 3], "order": [5, 2, 9, 4, 7, 8],
-                         "group": ["train", "val", "train", "train", "test", "train"]})
+    rows = pd.DataFrame(
+        {
+            "band_key": [1, 1, 1, 2, 3, 3],
+            "order": [5, 2, 9, 4, 7, 8],
+            "group": ["train", "val", "train", "train", "test", "train"],
+        }
+    )
     within = set(map(tuple, partition_pairs(rows, across_groups=False)[["a", "b"]].to_numpy()))
     assert within == {(2, 5), (2, 9), (5, 9), (7, 8)}
     across = set(map(tuple, partition_pairs(rows, across_groups=True)[["a", "b"]].to_numpy()))
