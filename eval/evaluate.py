@@ -27,6 +27,7 @@ from rayft.eval.generate import Decoding, Variant, answer_with_engines
 from rayft.eval.metrics import extract_label, json_label
 from rayft.eval.prompts import few_shot_examples, forgetting_records, read_test_split
 from rayft.eval.report import build_report, markdown
+from rayft.eval.results import EvalReport, ReportFiles
 from rayft.home import rayft_home
 from rayft.registry import ModelVersion, Registry, artifact_key, gated_aliases, verified_artifact
 from rayft.runtime import ensure_ray
@@ -37,12 +38,16 @@ FORGETTING_MAX_NEW_TOKENS = 32  # the forgetting set's answers are short sentenc
 def current_versions(registry: Registry, version: ModelVersion) -> dict[str, ModelVersion]:
     """The versions the gated aliases of the candidate's name point at now (their primary target),
     by alias, leaving out the candidate itself: what it must not be worse than."""
-    return {alias.alias: registry.get(f"{alias.name}:{alias.primary}") for alias in registry.aliases(version.name)
-            if alias.alias in gated_aliases() and alias.primary != version.version}
+    return {
+        alias.alias: registry.get(f"{alias.name}:{alias.primary}")
+        for alias in registry.aliases(version.name)
+        if alias.alias in gated_aliases() and alias.primary != version.version
+    }
 
 
-def plan_engines(version: ModelVersion, current: list[ModelVersion], examples: list, forgetting: bool,
-                 template: str | None, base_of) -> list[tuple[str | ModelVersion, list[Variant]]]:
+def plan_engines(
+    version: ModelVersion, current: list[ModelVersion], examples: list, forgetting: bool, template: str | None, base_of
+) -> list[tuple[str | ModelVersion, list[Variant]]]:
     """[(model, variants)] per engine. The candidate's base answers as itself and few-shot (with
     `template`, the config's chat template), and hosts an adapter candidate; every version in
     `current` answers the test rows too, an adapter on its base's engine. A full version gets an
@@ -63,7 +68,8 @@ def plan_engines(version: ModelVersion, current: list[ModelVersion], examples: l
     sets = ("test", "forgetting") if forgetting else ("test",)
     engine(base_of(version.base_model)).extend(
         [Variant("base", sets=sets, template=template)]
-        + ([Variant("few_shot", few_shot=examples, template=template)] if examples else []))
+        + ([Variant("few_shot", few_shot=examples, template=template)] if examples else [])
+    )
     place(version, Variant("candidate", sets=sets, template=template))
     for holder in current:
         place(holder, Variant(holder.ref, template=template))
@@ -100,66 +106,89 @@ def count_test_rows(dataset_dir: str, limit: int | None) -> int:
     return min(rows, limit) if limit else rows
 
 
-def write_report(report: dict, table, version: ModelVersion, root: str) -> dict:
+def write_report(report: EvalReport, table, version: ModelVersion, root: str) -> EvalReport:
     """report.json, report.md and the plots in `root/NAME/VERSION` (uploaded when `root` is a URI)."""
     target = storage.join(root, version.name, str(version.version))
     with storage.writable_dir(target) as out:
-        drawn = {"metrics": plots.metric_bars(report, out / "metrics.png"),
-                 "confusion": plots.confusion_matrices(report, out / "confusion.png"),
-                 "training": plots.training_curve(version.metrics.get("run_dir"), out / "training_loss.png")}
-        files = {"json": "report.json", "markdown": "report.md",
-                 "plots": {name: path.name for name, path in drawn.items() if path}}
-        report = report | {"files": files, "folder": target, "path": storage.join(target, "report.json")}
+        drawn = {
+            "metrics": plots.metric_bars(report, out / "metrics.png"),
+            "confusion": plots.confusion_matrices(report, out / "confusion.png"),
+            "training": plots.training_curve(version.metrics.get("run_dir"), out / "training_loss.png"),
+        }
+        files = ReportFiles(
+            json="report.json", markdown="report.md", plots={name: path.name for name, path in drawn.items() if path}
+        )
+        report = report.model_copy(
+            update={"files": files, "folder": target, "path": storage.join(target, "report.json")}
+        )
         (out / "report.md").write_text(markdown(report))
-        (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        (out / "report.json").write_text(json.dumps(report.to_record(), indent=2) + "\n")
         table.to_json(out / "answers.jsonl", orient="records", lines=True)
     return report
 
 
-def evaluate(config: RayftConfig, candidate: str | None = None, show_progress: bool = True) -> dict:
+def evaluate(config: RayftConfig, candidate: str | None = None, show_progress: bool = True) -> EvalReport:
     """Evaluate `candidate` (default: the latest version of the config's name) against its base and
     few-shot base; returns the report, which is also stored with the version in the registry."""
     # setup
-    settings = config.eval
+    eval_config = config.eval
     registry = Registry()
     version = registry.get(candidate or config.name)
     current = current_versions(registry, version)
     ensure_ray()
     dataset_dir = config.dataset_dir()
-    rows = read_test_split(dataset_dir, settings.limit)
-    forgetting = forgetting_records(settings.forgetting_set) if settings.forgetting else []
+    rows = read_test_split(dataset_dir, eval_config.limit)
+    forgetting = forgetting_records(eval_config.forgetting_set) if eval_config.forgetting else []
     if forgetting:
         import ray
 
         rows = rows.union(ray.data.from_items(forgetting))
-    label = (partial(json_label, path=settings.label_json) if settings.label_json
-             else partial(extract_label, pattern=settings.label_regex) if settings.task == "classification" else None)
-    examples = few_shot_examples(dataset_dir, settings.few_shot, settings.seed, label)
-    engines = plan_engines(version, list({v.ref: v for v in current.values()}.values()), examples,
-                           settings.forgetting, config.model.chat_template,
-                           lambda uri: registry.find_by_artifact(uri) or uri)
+    label = (
+        partial(json_label, path=eval_config.label_json)
+        if eval_config.label_json
+        else partial(extract_label, pattern=eval_config.label_regex)
+        if eval_config.task == "classification"
+        else None
+    )
+    examples = few_shot_examples(dataset_dir, eval_config.few_shot, eval_config.seed, label)
+    engines = plan_engines(
+        version,
+        list({v.ref: v for v in current.values()}.values()),
+        examples,
+        eval_config.forgetting,
+        config.model.chat_template,
+        lambda uri: registry.find_by_artifact(uri) or uri,
+    )
     check_local_artifacts(engines)
     decoding = Decoding(
-        max_new_tokens={"test": settings.max_new_tokens, "forgetting": FORGETTING_MAX_NEW_TOKENS},
-        max_model_len=settings.max_model_len or config.serve.max_model_len,
-        generate=settings.task != "perplexity", score=settings.perplexity,
+        max_new_tokens={"test": eval_config.max_new_tokens, "forgetting": FORGETTING_MAX_NEW_TOKENS},
+        max_model_len=eval_config.max_model_len or config.serve.max_model_len,
+        generate=eval_config.task != "perplexity",
+        score=eval_config.perplexity,
     )
 
     # run
     started = time.time()
-    answered = answer_with_engines(rows, engines, decoding, settings)
-    total = count_test_rows(dataset_dir, settings.limit) + len(forgetting)
+    answered = answer_with_engines(rows, engines, decoding, eval_config)
+    total = count_test_rows(dataset_dir, eval_config.limit) + len(forgetting)
     table = collect(answered, total, f"eval {version.ref}", show_progress)
 
     # report
     holders = [v.name for _, stage in engines for v in stage if v.name not in ("base", "few_shot", "candidate")]
     variants = ["base"] + (["few_shot"] if examples else []) + ["candidate"] + holders
-    report = build_report(table, version, settings, variants, examples,
-                          {"temperature": 0.0, "max_new_tokens": decoding.max_new_tokens}, current)
-    report["seconds"] = round(time.time() - started, 1)
+    report = build_report(
+        table,
+        version,
+        eval_config,
+        variants,
+        examples,
+        {"temperature": 0.0, "max_new_tokens": decoding.max_new_tokens},
+        current,
+    )
     holders = {f"{version.name}:{alias}": holder for alias, holder in current.items()}
-    report["verdict"] = [c.to_dict() for c in gate_checks(dataclasses.replace(version, eval_report=report), holders)]
-    report = write_report(report, table, version, settings.report_path or str(rayft_home() / "eval"))
-    registry.set_eval_report(version.ref, report)
+    report = report.model_copy(
+        update={"seconds": round(time.time() - started, 1), "verdict": gate_checks(version, report, holders)}
+    )
+    report = write_report(report, table, version, eval_config.report_path or str(rayft_home() / "eval"))
+    registry.set_eval_report(version.ref, report.to_record())
     return report
-

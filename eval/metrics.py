@@ -24,6 +24,7 @@ def _check_lengths(outputs: list, references: list) -> None:
 
 # classification
 
+
 def extract_label(text: str | None, pattern: str) -> str | None:
     """The first capture group of `pattern` in `text`, lower-cased and stripped; None if absent."""
     if not text:
@@ -83,8 +84,9 @@ def confusion_matrix(predictions: list[str | None], references: list[str]) -> di
     return {"labels": rows, "predicted_labels": columns, "counts": counts}
 
 
-def classification_metrics(outputs: list[str | None], answers: list[str], pattern: str | None = None,
-                           json_path: str | None = None) -> dict:
+def classification_metrics(
+    outputs: list[str | None], answers: list[str], pattern: str | None = None, json_path: str | None = None
+) -> dict:
     """Accuracy, macro-F1, per-class precision/recall and the confusion matrix of generated outputs,
     with labels taken by regex `pattern` or from the JSON field at `json_path`."""
     _check_lengths(outputs, answers)
@@ -105,6 +107,7 @@ def classification_metrics(outputs: list[str | None], answers: list[str], patter
 
 # extraction and structured output
 
+
 def parse_json(text: str | None) -> tuple[bool, object]:
     """(True, value) when `text` holds JSON: the whole text, a ```json fence, or its outermost {...}."""
     if not text:
@@ -114,7 +117,7 @@ def parse_json(text: str | None) -> tuple[bool, object]:
     if fence:
         candidates.append(fence.group(1).strip())
     if "{" in text and "}" in text:
-        candidates.append(text[text.index("{"): text.rindex("}") + 1])
+        candidates.append(text[text.index("{") : text.rindex("}") + 1])
     for candidate in candidates:
         try:
             return True, json.loads(candidate)
@@ -145,8 +148,11 @@ def extraction_metrics(outputs: list[str | None], answers: list[str], fields: li
     overall = []
     for (ok, predicted), reference in zip(predictions, references):
         predicted = predicted if ok and isinstance(predicted, dict) else {}
-        matched = [name in predicted and _normalized(predicted[name]) == _normalized(reference[name])
-                   for name in names if name in reference]
+        matched = [
+            name in predicted and _normalized(predicted[name]) == _normalized(reference[name])
+            for name in names
+            if name in reference
+        ]
         for name, match in zip([n for n in names if n in reference], matched):
             hits[name].append(match)
         overall.append(all(matched))
@@ -165,11 +171,14 @@ def structured_metrics(outputs: list[str | None], schema: dict) -> dict:
     parsed = [parse_json(o) for o in outputs]
     valid = [ok and validator.is_valid(value) for ok, value in parsed]
     n = len(outputs)
-    return {"json_parse_rate": sum(ok for ok, _ in parsed) / n if n else 0.0,
-            "schema_valid_rate": sum(valid) / n if n else 0.0}
+    return {
+        "json_parse_rate": sum(ok for ok, _ in parsed) / n if n else 0.0,
+        "schema_valid_rate": sum(valid) / n if n else 0.0,
+    }
 
 
 # generation
+
 
 def generation_metrics(outputs: list[str | None], answers: list[str]) -> dict:
     """Mean ROUGE-L F1 (rouge-score), corpus BLEU and chrF (sacrebleu, 0-100)."""
@@ -190,6 +199,7 @@ def generation_metrics(outputs: list[str | None], answers: list[str]) -> dict:
 
 
 # perplexity and forgetting
+
 
 def perplexity(nll_sums: list[float | None], token_counts: list[int | None]) -> dict:
     """Token-weighted perplexity from per-record summed negative log-likelihoods (records that could

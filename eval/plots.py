@@ -7,6 +7,7 @@ from pathlib import Path
 
 from rayft import storage
 from rayft.config import TASK_METRICS
+from rayft.eval.results import EvalReport
 
 COLORS = {"base": "#9e9e9e", "few_shot": "#64b5f6", "candidate": "#2e7d32"}
 
@@ -27,19 +28,26 @@ def _save(figure, path: Path) -> Path:
     return path
 
 
-def metric_panels(report: dict) -> list[tuple[str, dict]]:
+def metric_panels(report: EvalReport) -> list[tuple[str, dict]]:
     """[(metric, {variant: value})] for the metric bars: the task's metrics and perplexity (once,
     also for task perplexity), then the forgetting set's answer rate; metrics no variant has are left out."""
-    names = dict.fromkeys(TASK_METRICS[report["task"]] + ("perplexity",))
-    panels = [(name, {v: m.get(name) for v, m in report["metrics"].items()}) for name in names]
-    if report.get("forgetting"):
-        panels.append(("forgetting answer rate", {v: report["forgetting"][v]["answer_rate"]
-                                                  for v in ("base", "candidate")}))
+    names = dict.fromkeys(TASK_METRICS[report.task] + ("perplexity",))
+    panels = [(name, {v: m.get(name) for v, m in report.metrics.items()}) for name in names]
+    if report.forgetting:
+        panels.append(
+            (
+                "forgetting answer rate",
+                {
+                    "base": report.forgetting.base["answer_rate"],
+                    "candidate": report.forgetting.candidate["answer_rate"],
+                },
+            )
+        )
     panels = [(name, {v: x for v, x in values.items() if x is not None}) for name, values in panels]
     return [(name, values) for name, values in panels if values]
 
 
-def metric_bars(report: dict, path: Path) -> Path:
+def metric_bars(report: EvalReport, path: Path) -> Path:
     """One panel per metric (its own scale), a bar per variant; plus the forgetting set's answer rate."""
     panels = metric_panels(report)
     plt = _pyplot()
@@ -49,21 +57,22 @@ def metric_bars(report: dict, path: Path) -> Path:
         axis.bar_label(bars, fmt="%.3g", fontsize=8)
         axis.set_title(name + (" (lower is better)" if name == "perplexity" else ""), fontsize=9)
         axis.tick_params(axis="x", labelsize=8)
-    figure.suptitle(f"{report['candidate']} vs base on {report['n']} test records", fontsize=10)
+    figure.suptitle(f"{report.candidate} vs base on {report.n} test records", fontsize=10)
     return _save(figure, path)
 
 
-def confusion_matrices(report: dict, path: Path) -> Path | None:
+def confusion_matrices(report: EvalReport, path: Path) -> Path | None:
     """The classification confusion matrix of every variant, side by side."""
-    matrices = {v: m["confusion"] for v, m in report["metrics"].items() if "confusion" in m}
+    matrices = {v: m["confusion"] for v, m in report.metrics.items() if "confusion" in m}
     if not matrices:
         return None
     plt = _pyplot()
     figure, axes = plt.subplots(1, len(matrices), figsize=(4.2 * len(matrices), 4), squeeze=False)
     for axis, (variant, matrix) in zip(axes[0], matrices.items()):
         axis.imshow(matrix["counts"], cmap="Greens")
-        axis.set_xticks(range(len(matrix["predicted_labels"])), matrix["predicted_labels"], rotation=45,
-                        ha="right", fontsize=8)
+        axis.set_xticks(
+            range(len(matrix["predicted_labels"])), matrix["predicted_labels"], rotation=45, ha="right", fontsize=8
+        )
         axis.set_yticks(range(len(matrix["labels"])), matrix["labels"], fontsize=8)
         for i, row in enumerate(matrix["counts"]):
             for j, count in enumerate(row):
@@ -98,8 +107,10 @@ def training_curve(run_dir: str | None, path: Path) -> Path | None:
         return None
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(6, 3.4))
-    series = {"train loss": [(r["step"], r["loss"]) for r in log],
-              "validation loss": [(r["step"], r["val_loss"]) for r in log if r.get("val_loss") is not None]}
+    series = {
+        "train loss": [(r["step"], r["loss"]) for r in log],
+        "validation loss": [(r["step"], r["val_loss"]) for r in log if r.get("val_loss") is not None],
+    }
     for label, points in series.items():
         if points:
             axis.plot(*zip(*points), label=label, marker="o" if label.startswith("val") else None)

@@ -63,13 +63,23 @@ def forgetting_records(path: str | None) -> list[dict]:
         except json.JSONDecodeError as error:
             raise ValueError(f"{where}: not valid JSON: {error}") from None
         messages, expected = record.get("messages"), record.get("expected")
-        if not (isinstance(messages, list) and messages and isinstance(messages[-1], dict)
-                and messages[-1].get("role") == "assistant"):
+        if not (
+            isinstance(messages, list)
+            and messages
+            and isinstance(messages[-1], dict)
+            and messages[-1].get("role") == "assistant"
+        ):
             raise ValueError(f"{where}: 'messages' must be a conversation ending with the assistant's answer")
         if not isinstance(expected, str) or not expected.strip():
             raise ValueError(f"{where}: 'expected' must be the non-empty answer the output has to contain")
-        rows.append({"set": "forgetting", "prompt": json.dumps(messages[:-1], ensure_ascii=False),
-                     "answer": messages[-1]["content"], "expected": expected})
+        rows.append(
+            {
+                "set": "forgetting",
+                "prompt": json.dumps(messages[:-1], ensure_ascii=False),
+                "answer": messages[-1]["content"],
+                "expected": expected,
+            }
+        )
     if not rows:
         raise ValueError(f"{source}: the forgetting set is empty")
     return rows

@@ -12,11 +12,10 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 import torch
-
 from reference import Reference, random_adapter
 from templates import CONVERSATION, NO_SYSTEM, save_with_template
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.vllm, pytest.mark.timeout(300)]
 
 CONTEXT = 256
 SYSTEM = {"role": "system", "content": "You are a support triage assistant."}
@@ -26,7 +25,9 @@ def conversation(question: str, answer: str) -> list[dict]:
     return [SYSTEM, {"role": "user", "content": question}, {"role": "assistant", "content": answer}]
 
 
-def teacher_forced_nll(reference: Reference, adapter: str | None, prompt_ids: list[int], answer_ids: list[int]) -> float:
+def teacher_forced_nll(
+    reference: Reference, adapter: str | None, prompt_ids: list[int], answer_ids: list[int]
+) -> float:
     ids = torch.tensor([prompt_ids + answer_ids])
     with torch.no_grad():
         logprobs = torch.log_softmax(reference.model(adapter)(ids).logits[0].double(), dim=-1)
@@ -48,17 +49,32 @@ def test_engine_answers_and_scores_like_transformers(tiny_model, tmp_path):
     long_question = "reset my password"
     while len(reference.prompt_ids([SYSTEM, {"role": "user", "content": long_question}])) < CONTEXT - 20:
         long_question += " please"  # so long that no example fits beside it
-    examples = [conversation("my invoice is wrong", "Category: billing"),
-                conversation("the app crashes", "Category: technical")]
-    records = [("test", conversation("where is my package?", "Category: shipping")),
-               ("test", conversation(long_question, "Category: account")),
-               ("forgetting", conversation("What is the capital of Peru?", "The capital of Peru is Lima."))]
-    batch = pa.table({"set": [s for s, _ in records], "prompt": [json.dumps(c[:-1]) for _, c in records],
-                      "answer": [c[-1]["content"] for _, c in records], "expected": ["", "", "Lima"]})
-    engine = EvalEngine(tiny_model, [
-        Variant("base", sets=("test", "forgetting")), Variant("few_shot", few_shot=examples),
-        Variant("candidate", adapter=registered(adapter), sets=("test", "forgetting")),
-    ], Decoding(max_new_tokens={"test": 6, "forgetting": 10}, max_model_len=CONTEXT))
+    examples = [
+        conversation("my invoice is wrong", "Category: billing"),
+        conversation("the app crashes", "Category: technical"),
+    ]
+    records = [
+        ("test", conversation("where is my package?", "Category: shipping")),
+        ("test", conversation(long_question, "Category: account")),
+        ("forgetting", conversation("What is the capital of Peru?", "The capital of Peru is Lima.")),
+    ]
+    batch = pa.table(
+        {
+            "set": [s for s, _ in records],
+            "prompt": [json.dumps(c[:-1]) for _, c in records],
+            "answer": [c[-1]["content"] for _, c in records],
+            "expected": ["", "", "Lima"],
+        }
+    )
+    engine = EvalEngine(
+        tiny_model,
+        [
+            Variant("base", sets=("test", "forgetting")),
+            Variant("few_shot", few_shot=examples),
+            Variant("candidate", adapter=registered(adapter), sets=("test", "forgetting")),
+        ],
+        Decoding(max_new_tokens={"test": 6, "forgetting": 10}, max_model_len=CONTEXT),
+    )
     rows = engine(batch).to_pylist()
 
     for row, (row_set, messages) in zip(rows, records):
@@ -84,8 +100,9 @@ def test_engine_answers_and_scores_like_transformers(tiny_model, tmp_path):
         assert scored["nll:candidate"] == pytest.approx(row["nll:candidate"], rel=1e-6)
 
 
-def registered(folder: str, ref: str = "candidate:1") -> "ModelVersion":
-    """A registry record of an adapter folder, with its content hash (not written to any registry)."""
+def registered(folder: str, ref: str = "candidate:1"):
+    """A registry record (ModelVersion) of an adapter folder, with its content hash (not written to
+    any registry)."""
     from rayft.registry import ModelVersion
     from rayft.storage import content_hash
 
@@ -105,10 +122,18 @@ def test_an_adapter_is_evaluated_with_the_template_it_was_trained_with_and_only_
     adapter = random_adapter(tiny_model, tmp_path / "adapter", seed=12)
     save_with_template(tiny_model, adapter, NO_SYSTEM)
     version = registered(adapter)
-    batch = pa.table({"set": ["test"], "prompt": [json.dumps(CONVERSATION[:-1])], "answer": [CONVERSATION[-1]["content"]],
-                      "expected": [""]})
+    batch = pa.table(
+        {
+            "set": ["test"],
+            "prompt": [json.dumps(CONVERSATION[:-1])],
+            "answer": [CONVERSATION[-1]["content"]],
+            "expected": [""],
+        }
+    )
     decoding = Decoding(max_new_tokens={"test": 6}, max_model_len=CONTEXT)
-    [row] = EvalEngine(tiny_model, [Variant("base"), Variant("candidate", adapter=version)], decoding)(batch).to_pylist()
+    [row] = EvalEngine(tiny_model, [Variant("base"), Variant("candidate", adapter=version)], decoding)(
+        batch
+    ).to_pylist()
     ids = chat.prompt_ids(AutoTokenizer.from_pretrained(tiny_model), CONVERSATION[:-1], NO_SYSTEM)
     reference = Reference(tiny_model)
     assert row["output:candidate"] == reference.continue_ids(ids, adapter, 6)
@@ -155,14 +180,33 @@ def test_evaluate_a_registered_full_model_on_a_generation_task(ray_cluster, tiny
     from rayft.eval.metrics import generation_metrics
     from rayft.registry import Registry
 
-    records = [conversation(q, a) for q, a in [("Say hello to Ana.", "Hello, Ana!"), ("What is 2 + 2?", "It is 4."),
-                                               ("Name a colour.", "Blue."), ("Repeat: tea time", "tea time")]]
+    records = [
+        conversation(q, a)
+        for q, a in [
+            ("Say hello to Ana.", "Hello, Ana!"),
+            ("What is 2 + 2?", "It is 4."),
+            ("Name a colour.", "Blue."),
+            ("Repeat: tea time", "tea time"),
+        ]
+    ]
     (tmp_path / "data").mkdir()
     pq.write_table(pa.table({"messages": records}), tmp_path / "data" / "test.parquet")
     version = Registry().register("eval-full", "full", tiny_model, full_model(tiny_model, tmp_path / "full"))
-    config = parse_config({"name": "eval-full", "model": {"base": tiny_model}, "data": {"out": str(tmp_path / "data")},
-                           "eval": {"task": "generation", "few_shot": 0, "forgetting": False, "max_new_tokens": 6,
-                                    "max_model_len": CONTEXT, "report_path": str(tmp_path / "reports")}})
+    config = parse_config(
+        {
+            "name": "eval-full",
+            "model": {"base": tiny_model},
+            "data": {"out": str(tmp_path / "data")},
+            "eval": {
+                "task": "generation",
+                "few_shot": 0,
+                "forgetting": False,
+                "max_new_tokens": 6,
+                "max_model_len": CONTEXT,
+                "report_path": str(tmp_path / "reports"),
+            },
+        }
+    )
     monkeypatch.setattr(pipeline, "answer_with_engines", answer_in_process)
     evaluate(config, candidate=version.ref, show_progress=False)
 

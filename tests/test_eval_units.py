@@ -7,10 +7,11 @@ import math
 import pandas as pd
 import pytest
 
-from rayft.config import ConfigError, EvalConfig, parse_config
+from rayft.config import ConfigError, EvalConfig, GateConfig, parse_config
 from rayft.eval.evaluate import write_report
 from rayft.eval.prompts import few_shot_examples, forgetting_records, with_examples
 from rayft.eval.report import build_report, print_report
+from rayft.eval.results import Check, EvalReport
 from rayft.registry import ModelVersion
 
 
@@ -18,16 +19,25 @@ def eval_config(**fields) -> EvalConfig:
     return parse_config({"name": "support", "model": {"base": "/base"}, "eval": fields}, "eval.yaml").eval
 
 
-@pytest.mark.parametrize("fields, message", [
-    ({"task": "structured"}, "eval: Value error, task structured needs json_schema"),
-    ({"task": "generation", "primary_metric": "accuracy"}, "choose one of rouge_l, bleu, chrf, perplexity"),
-    ({"label_regex": "(a)", "label_json": "a.b"}, "give label_regex or label_json, not both"),
-    ({"label_regex": "no group"}, "eval.label_regex: Value error, label_regex must have exactly one capture group"),
-    ({"task": "structured", "json_schema": {"type": "nope"}}, "eval.json_schema: Value error, not a valid JSON schema"),
-    ({"task": "structured", "json_schema": "/missing/schema.json"}, "schema file /missing/schema.json: No such file"),
-    ({"gate": {"margin": -0.1}}, "eval.gate.margin: Input should be greater than or equal to 0"),
-    ({"few_shot": -1}, "eval.few_shot: Input should be greater than or equal to 0"),
-])
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"task": "structured"}, "eval: Value error, task structured needs json_schema"),
+        ({"task": "generation", "primary_metric": "accuracy"}, "choose one of rouge_l, bleu, chrf, perplexity"),
+        ({"label_regex": "(a)", "label_json": "a.b"}, "give label_regex or label_json, not both"),
+        ({"label_regex": "no group"}, "eval.label_regex: Value error, label_regex must have exactly one capture group"),
+        (
+            {"task": "structured", "json_schema": {"type": "nope"}},
+            "eval.json_schema: Value error, not a valid JSON schema",
+        ),
+        (
+            {"task": "structured", "json_schema": "/missing/schema.json"},
+            "schema file /missing/schema.json: No such file",
+        ),
+        ({"gate": {"margin": -0.1}}, "eval.gate.margin: Input should be greater than or equal to 0"),
+        ({"few_shot": -1}, "eval.few_shot: Input should be greater than or equal to 0"),
+    ],
+)
 def test_eval_config_errors_name_the_field(fields, message):
     with pytest.raises(ConfigError, match="eval.yaml: invalid config") as error:
         eval_config(**fields)
@@ -49,9 +59,16 @@ def test_the_shipped_forgetting_set_and_bad_lines(tmp_path):
     assert len(rows) == 60 and all(r["set"] == "forgetting" and r["expected"] for r in rows)
     assert all(json.loads(r["prompt"])[-1]["role"] == "user" for r in rows)
     bad = tmp_path / "set.jsonl"
-    bad.write_text(json.dumps(rows[0] | {"messages": [{"role": "user", "content": "hi"},
-                                                      {"role": "assistant", "content": "Hello"}],
-                                         "expected": "Hello"}) + "\n\n{not json\n")
+    bad.write_text(
+        json.dumps(
+            rows[0]
+            | {
+                "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello"}],
+                "expected": "Hello",
+            }
+        )
+        + "\n\n{not json\n"
+    )
     with pytest.raises(ValueError, match=f"{bad}:3: not valid JSON"):
         forgetting_records(str(bad))
     bad.write_text('{"messages": [{"role": "user", "content": "hi"}], "expected": "x"}\n')
@@ -64,8 +81,11 @@ def test_few_shot_examples_cover_labels_first_and_sit_before_the_prompt(tmp_path
     import pyarrow.parquet as pq
 
     def chat(label, i):
-        return [{"role": "system", "content": "S"}, {"role": "user", "content": f"q{i}"},
-                {"role": "assistant", "content": f"Category: {label}"}]
+        return [
+            {"role": "system", "content": "S"},
+            {"role": "user", "content": f"q{i}"},
+            {"role": "assistant", "content": f"Category: {label}"},
+        ]
 
     conversations = [chat("billing", i) for i in range(20)] + [chat("refund", 20), chat("shipping", 21)]
     pq.write_table(pa.table({"messages": conversations}), tmp_path / "train.parquet")
@@ -75,22 +95,51 @@ def test_few_shot_examples_cover_labels_first_and_sit_before_the_prompt(tmp_path
     assert few_shot_examples(tmp_path, 3, seed=0, label=label) == chosen  # seeded
     assert len(few_shot_examples(tmp_path, 5, seed=1)) == 5 and few_shot_examples(tmp_path, 0, seed=0) == []
     prompt = [{"role": "system", "content": "S"}, {"role": "user", "content": "new"}]
-    assert [m["content"] for m in with_examples(prompt, chosen[:1])] == ["S", chosen[0][1]["content"],
-                                                                         chosen[0][2]["content"], "new"]
+    assert [m["content"] for m in with_examples(prompt, chosen[:1])] == [
+        "S",
+        chosen[0][1]["content"],
+        chosen[0][2]["content"],
+        "new",
+    ]
 
 
 def answered_rows() -> pd.DataFrame:
     rows = []
-    for i, (label, base, candidate) in enumerate([("billing", "I can help", "Category: billing"),
-                                                  ("refund", "Category: refund", "Category: refund"),
-                                                  ("shipping", None, "Category: billing")]):
-        rows.append({"set": "test", "prompt": json.dumps([{"role": "user", "content": f"q{i}"}]),
-                     "answer": f"Category: {label}", "expected": "",
-                     "output:base": base, "nll:base": 6.0, "tokens:base": 3,
-                     "output:candidate": candidate, "nll:candidate": 3.0, "tokens:candidate": 3})
-    rows.append({"set": "forgetting", "prompt": json.dumps([{"role": "user", "content": "2+2?"}]), "answer": "4",
-                 "expected": "4", "output:base": "It is 4.", "nll:base": 1.0, "tokens:base": 2,
-                 "output:candidate": "Category: billing", "nll:candidate": float("nan"), "tokens:candidate": None})
+    for i, (label, base, candidate) in enumerate(
+        [
+            ("billing", "I can help", "Category: billing"),
+            ("refund", "Category: refund", "Category: refund"),
+            ("shipping", None, "Category: billing"),
+        ]
+    ):
+        rows.append(
+            {
+                "set": "test",
+                "prompt": json.dumps([{"role": "user", "content": f"q{i}"}]),
+                "answer": f"Category: {label}",
+                "expected": "",
+                "output:base": base,
+                "nll:base": 6.0,
+                "tokens:base": 3,
+                "output:candidate": candidate,
+                "nll:candidate": 3.0,
+                "tokens:candidate": 3,
+            }
+        )
+    rows.append(
+        {
+            "set": "forgetting",
+            "prompt": json.dumps([{"role": "user", "content": "2+2?"}]),
+            "answer": "4",
+            "expected": "4",
+            "output:base": "It is 4.",
+            "nll:base": 1.0,
+            "tokens:base": 2,
+            "output:candidate": "Category: billing",
+            "nll:candidate": float("nan"),
+            "tokens:candidate": None,
+        }
+    )
     return pd.DataFrame(rows)
 
 
@@ -99,28 +148,40 @@ def test_report_files_and_numbers(tmp_path, remote, capsys):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 2.0 / s}) + "\n" for s in (1, 2)))
-    version = ModelVersion("support", 3, "adapter", "/base", "/a3", weights_hash="w3",
-                           metrics={"run_dir": f"file://{run_dir}" if remote else str(run_dir)})
+    version = ModelVersion(
+        "support",
+        3,
+        "adapter",
+        "/base",
+        "/a3",
+        weights_hash="w3",
+        metrics={"run_dir": f"file://{run_dir}" if remote else str(run_dir)},
+    )
     report = build_report(answered_rows(), version, eval_config(), ["base", "candidate"], [], {"temperature": 0.0})
-    assert report["metrics"]["base"]["accuracy"] == pytest.approx(1 / 3)
-    assert report["metrics"]["candidate"]["accuracy"] == pytest.approx(2 / 3)
-    assert report["metrics"]["candidate"]["perplexity"] == pytest.approx(math.exp(1.0))
-    assert report["forgetting"]["drop"] == 1.0 and report["forgetting"]["candidate"]["unscored"] == 1
-    report["verdict"] = [{"name": "beats the base", "passed": True, "detail": "accuracy 0.667 vs 0.333"}]
+    assert report.metrics["base"]["accuracy"] == pytest.approx(1 / 3)
+    assert report.metrics["candidate"]["accuracy"] == pytest.approx(2 / 3)
+    assert report.metrics["candidate"]["perplexity"] == pytest.approx(math.exp(1.0))
+    assert report.forgetting.drop == 1.0 and report.forgetting.candidate["unscored"] == 1
+    report.verdict = [Check(name="beats_base", passed=True, detail="accuracy 0.667 vs 0.333")]
     root = f"file://{tmp_path}/reports" if remote else str(tmp_path / "reports")
     written = write_report(report, answered_rows(), version, root)
     folder = tmp_path / "reports" / "support" / "3"
-    assert written["path"] == f"{root}/support/3/report.json"
-    assert json.loads((folder / "report.json").read_text())["metrics"] == json.loads(json.dumps(report["metrics"]))
-    assert written["files"]["plots"] == {"metrics": "metrics.png", "confusion": "confusion.png",
-                                         "training": "training_loss.png"}
-    assert all((folder / name).stat().st_size > 1000 for name in written["files"]["plots"].values())
+    assert written.path == f"{root}/support/3/report.json"
+    stored = json.loads((folder / "report.json").read_text())
+    assert stored["metrics"] == json.loads(json.dumps(report.metrics))
+    assert EvalReport.from_record(stored).files == written.files  # the registry's JSON reads back typed
+    assert written.files.plots == {
+        "metrics": "metrics.png",
+        "confusion": "confusion.png",
+        "training": "training_loss.png",
+    }
+    assert all((folder / name).stat().st_size > 1000 for name in written.files.plots.values())
     markdown = (folder / "report.md").read_text()
-    assert "| accuracy | 0.3333 | 0.6667 |" in markdown and "- pass: beats the base" in markdown
+    assert "| accuracy | 0.3333 | 0.6667 |" in markdown and "- pass: beats_base" in markdown
     assert len((folder / "answers.jsonl").read_text().splitlines()) == 4
     print_report(written)
     printed = capsys.readouterr().out
-    assert "forgetting answer rate" in printed and "would pass" in printed and written["path"] in printed
+    assert "forgetting answer rate" in printed and "would pass" in printed and written.path in printed
 
 
 def test_an_adapter_shares_its_base_engine_and_a_full_model_gets_its_own():
@@ -130,8 +191,10 @@ def test_an_adapter_shares_its_base_engine_and_a_full_model_gets_its_own():
     adapter = ModelVersion("support", 1, "adapter", "/base", "/a1")
     [(model, variants)] = plan_engines(adapter, [], examples, True, "TEMPLATE", lambda uri: uri)
     assert model == "/base" and [(v.name, v.adapter, v.sets, v.template) for v in variants] == [
-        ("base", None, ("test", "forgetting"), "TEMPLATE"), ("few_shot", None, ("test",), "TEMPLATE"),
-        ("candidate", adapter, ("test", "forgetting"), "TEMPLATE")]
+        ("base", None, ("test", "forgetting"), "TEMPLATE"),
+        ("few_shot", None, ("test",), "TEMPLATE"),
+        ("candidate", adapter, ("test", "forgetting"), "TEMPLATE"),
+    ]
     assert variants[1].few_shot == examples
     full = ModelVersion("chat", 2, "full", "/base", "/chat-v2")
     (base_model, base_variants), (candidate_model, [candidate]) = plan_engines(full, [], [], False, None, str)
@@ -150,10 +213,17 @@ def test_the_versions_in_production_answer_the_test_rows_on_their_own_base():
     bases = {"/chat-v1": base, "/chat-v1/": base}
     engines = plan_engines(candidate, [same_base, older_base, full], [], True, None, lambda uri: bases.get(uri, uri))
     assert [(model, [(v.name, v.adapter, v.sets) for v in variants]) for model, variants in engines] == [
-        (base, [("base", None, ("test", "forgetting")), ("candidate", candidate, ("test", "forgetting")),
-                ("support:2", same_base, ("test",))]),
+        (
+            base,
+            [
+                ("base", None, ("test", "forgetting")),
+                ("candidate", candidate, ("test", "forgetting")),
+                ("support:2", same_base, ("test",)),
+            ],
+        ),
         ("/chat-v0", [("support:1", older_base, ("test",))]),
-        (full, [("support:4", None, ("test",))])]
+        (full, [("support:4", None, ("test",))]),
+    ]
 
 
 class RecordingRows:
@@ -185,15 +255,38 @@ def test_every_engine_actor_reserves_a_gpu_only_with_use_gpu(use_gpu, gpus):
 def test_metric_bars_draw_each_metric_once():
     from rayft.eval.plots import metric_panels
 
-    perplexity_only = {"task": "perplexity", "metrics": {"base": {"perplexity": 9.0}, "candidate": {"perplexity": 4.0}}}
+    def report(**fields):
+        return EvalReport(
+            candidate="m:1",
+            kind="adapter",
+            base_model="/b",
+            weights_hash="w",
+            dataset_hash="d",
+            n=3,
+            primary_metric=fields.pop("primary", "accuracy"),
+            lower_is_better=False,
+            gate=GateConfig(),
+            **fields,
+        )
+
+    perplexity_only = report(
+        task="perplexity", primary="perplexity", metrics={"base": {"perplexity": 9.0}, "candidate": {"perplexity": 4.0}}
+    )
     assert metric_panels(perplexity_only) == [("perplexity", {"base": 9.0, "candidate": 4.0})]
-    classification = {"task": "classification", "metrics": {
-        "base": {"accuracy": 0.2, "macro_f1": 0.1, "perplexity": 9.0},
-        "candidate": {"accuracy": 0.9, "macro_f1": 0.8, "perplexity": None}},
-        "forgetting": {"base": {"answer_rate": 0.5}, "candidate": {"answer_rate": 0.4}}}
+    classification = report(
+        task="classification",
+        metrics={
+            "base": {"accuracy": 0.2, "macro_f1": 0.1, "perplexity": 9.0},
+            "candidate": {"accuracy": 0.9, "macro_f1": 0.8, "perplexity": None},
+        },
+        forgetting={"n": 2, "base": {"answer_rate": 0.5}, "candidate": {"answer_rate": 0.4}, "drop": 0.1},
+    )
     assert metric_panels(classification) == [
-        ("accuracy", {"base": 0.2, "candidate": 0.9}), ("macro_f1", {"base": 0.1, "candidate": 0.8}),
-        ("perplexity", {"base": 9.0}), ("forgetting answer rate", {"base": 0.5, "candidate": 0.4})]
+        ("accuracy", {"base": 0.2, "candidate": 0.9}),
+        ("macro_f1", {"base": 0.1, "candidate": 0.8}),
+        ("perplexity", {"base": 9.0}),
+        ("forgetting answer rate", {"base": 0.5, "candidate": 0.4}),
+    ]
 
 
 def test_a_local_version_whose_bytes_changed_is_refused_before_any_engine_starts(tmp_path):
@@ -204,7 +297,9 @@ def test_a_local_version_whose_bytes_changed_is_refused_before_any_engine_starts
     folder.mkdir()
     (folder / "adapter_model.safetensors").write_bytes(b"weights")
     candidate = ModelVersion("support", 1, "adapter", "/base", str(folder), weights_hash=content_hash(folder))
-    remote = ModelVersion("support", 2, "adapter", "/base", "s3://bucket/a2", weights_hash="h2")  # checked in the engine
+    remote = ModelVersion(
+        "support", 2, "adapter", "/base", "s3://bucket/a2", weights_hash="h2"
+    )  # checked in the engine
     engines = plan_engines(candidate, [remote], [], False, None, str)
     check_local_artifacts(engines)
     (folder / "adapter_model.safetensors").write_bytes(b"other weights")

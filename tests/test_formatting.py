@@ -5,7 +5,12 @@ import torch
 
 from rayft.data.samples import support_tickets
 from rayft.training.formatting import (
-    IGNORE_INDEX, TemplateError, pack_examples, packed_batch, pad_batch, tokenize_conversation,
+    IGNORE_INDEX,
+    TemplateError,
+    pack_examples,
+    packed_batch,
+    pad_batch,
+    tokenize_conversation,
 )
 
 
@@ -17,7 +22,7 @@ def tokenizer(tiny_model):
 
 
 def learned_text(tokenizer, row):
-    return tokenizer.decode([t for t, l in zip(row["input_ids"], row["labels"]) if l != IGNORE_INDEX])
+    return tokenizer.decode([t for t, label in zip(row["input_ids"], row["labels"]) if label != IGNORE_INDEX])
 
 
 def test_labels_cover_exactly_the_assistant_turns(tokenizer):
@@ -31,7 +36,7 @@ def test_labels_cover_exactly_the_assistant_turns(tokenizer):
     # the same mask transformers derives from the template's {% generation %} markers
     hf = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
     assert row["input_ids"] == hf["input_ids"]
-    assert [l != IGNORE_INDEX for l in row["labels"]] == [bool(m) for m in hf["assistant_masks"]]
+    assert [label != IGNORE_INDEX for label in row["labels"]] == [bool(m) for m in hf["assistant_masks"]]
 
 
 def test_weight_zero_turns_are_not_learned(tokenizer):
@@ -54,8 +59,11 @@ def test_template_that_is_not_prefix_stable_is_refused(tokenizer):
 
 
 def loss(model, batch, **extra):
-    inputs = {"input_ids": torch.tensor(batch.input_ids), "labels": torch.tensor(batch.labels),
-              "position_ids": torch.tensor(batch.position_ids)}
+    inputs = {
+        "input_ids": torch.tensor(batch.input_ids),
+        "labels": torch.tensor(batch.labels),
+        "position_ids": torch.tensor(batch.position_ids),
+    }
     if batch.attention_mask is not None:
         inputs["attention_mask"] = torch.tensor(batch.attention_mask)
     with torch.no_grad():

@@ -4,18 +4,53 @@ import json
 
 import pytest
 
-from rayft.eval.gate import PromotionRefused, gate_checks, promote
+from rayft.eval.gate import gate_checks
+from rayft.eval.promotion import PromotionRefused, promote, stored_report
 from rayft.registry import Registry, RegistryError
 
 
-def report(ref="support:1", candidate=0.8, base=0.3, few_shot=0.5, forgetting=(0.6, 0.58), primary="accuracy",
-           weights="w1", margin=0.05, n=40, **gate):
-    forgetting_part = {"n": 60, "base": {"answer_rate": forgetting[0]}, "candidate": {"answer_rate": forgetting[1]},
-                       "drop": forgetting[0] - forgetting[1]} if forgetting else None
-    return {"candidate": ref, "weights_hash": weights, "primary_metric": primary, "path": "/r/report.json",
-            "dataset_hash": "d1", "n": n, "task": "classification",
-            "metrics": {"base": {primary: base}, "few_shot": {primary: few_shot}, "candidate": {primary: candidate}},
-            "forgetting": forgetting_part, "gate": {"margin": margin, "max_forgetting_drop": 0.1} | gate}
+def report(
+    ref="support:1",
+    candidate=0.8,
+    base=0.3,
+    few_shot=0.5,
+    forgetting=(0.6, 0.58),
+    primary="accuracy",
+    weights="w1",
+    margin=0.05,
+    n=40,
+    **gate,
+):
+    forgetting_part = (
+        {
+            "n": 60,
+            "base": {"answer_rate": forgetting[0]},
+            "candidate": {"answer_rate": forgetting[1]},
+            "drop": forgetting[0] - forgetting[1],
+        }
+        if forgetting
+        else None
+    )
+    return {
+        "candidate": ref,
+        "weights_hash": weights,
+        "primary_metric": primary,
+        "path": "/r/report.json",
+        "dataset_hash": "d1",
+        "n": n,
+        "task": "classification",
+        "kind": "adapter",
+        "base_model": "/base",
+        "lower_is_better": primary == "perplexity",
+        "metrics": {"base": {primary: base}, "few_shot": {primary: few_shot}, "candidate": {primary: candidate}},
+        "forgetting": forgetting_part,
+        "gate": {"margin": margin, "max_forgetting_drop": 0.1} | gate,
+    }
+
+
+def checks_of(registry, ref, holders=None):
+    version = registry.get(ref)
+    return gate_checks(version, stored_report(version), holders)
 
 
 @pytest.fixture
@@ -29,28 +64,45 @@ def registry(tmp_path):
 def test_a_clear_win_passes_and_is_recorded(registry):
     registry.set_eval_report("support:1", report())
     alias, checks = promote(registry, "support:1", "prod", actor="ana")
-    assert [c.name for c in checks] == ["evaluated", "test_size", "beats_base", "beats_few_shot", "forgetting",
-                                        "not_worse_than_current"]
+    assert [c.name for c in checks] == [
+        "evaluated",
+        "test_size",
+        "beats_base",
+        "beats_few_shot",
+        "forgetting",
+        "not_worse_than_current",
+    ]
     assert all(c.passed for c in checks) and alias.targets == {1: 1.0}
     assert checks[-1].detail == "support:prod points at no version yet"
     [change] = registry.history("support", "prod")
-    assert (change.actor, change.reason, change.details["passed"], change.details["forced"]) == \
-        ("ana", "promotion gate passed", True, False)
+    assert (change.actor, change.reason, change.details["passed"], change.details["forced"]) == (
+        "ana",
+        "promotion gate passed",
+        True,
+        False,
+    )
     assert change.details["report"] == "/r/report.json" and len(change.details["gate"]) == 6
 
 
-@pytest.mark.parametrize("changes, failing, says", [
-    ({"candidate": 0.31}, ["beats_base", "beats_few_shot"], "better by +0.01 (needs > 0 and ≥ 0.05)"),
-    ({"few_shot": 0.9}, ["beats_few_shot"], "accuracy 0.8 vs the few-shot base 0.9: not better by -0.1"),
-    ({"forgetting": (0.6, 0.3)}, ["forgetting"], "drop +0.300 (allowed ≤ 0.1)"),
-    ({"weights": "other"}, ["evaluated"], "but support:1 has weights w1"),
-    ({"ref": "support:2"}, ["evaluated"], "report for support:2"),
-    ({"candidate": 0.3, "base": 0.3, "few_shot": 0.0, "margin": 0.0}, ["beats_base"], "not better by +0"),
-    ({"n": 1}, ["test_size"], "1 test records (needs ≥ 20, eval.gate.min_test_records)"),
-    ({"n": 50, "min_test_records": 60}, ["test_size"], "50 test records (needs ≥ 60"),
-    ({"forgetting": None}, ["forgetting"], "skipped: the eval ran with eval.forgetting off; a skipped check does not "
-                                           "pass unless eval.gate.waive names 'forgetting'"),
-])
+@pytest.mark.parametrize(
+    "changes, failing, says",
+    [
+        ({"candidate": 0.31}, ["beats_base", "beats_few_shot"], "better by +0.01 (needs > 0 and ≥ 0.05)"),
+        ({"few_shot": 0.9}, ["beats_few_shot"], "accuracy 0.8 vs the few-shot base 0.9: not better by -0.1"),
+        ({"forgetting": (0.6, 0.3)}, ["forgetting"], "drop +0.300 (allowed ≤ 0.1)"),
+        ({"weights": "other"}, ["evaluated"], "but support:1 has weights w1"),
+        ({"ref": "support:2"}, ["evaluated"], "report for support:2"),
+        ({"candidate": 0.3, "base": 0.3, "few_shot": 0.0, "margin": 0.0}, ["beats_base"], "not better by +0"),
+        ({"n": 1}, ["test_size"], "1 test records (needs ≥ 20, eval.gate.min_test_records)"),
+        ({"n": 50, "min_test_records": 60}, ["test_size"], "50 test records (needs ≥ 60"),
+        (
+            {"forgetting": None},
+            ["forgetting"],
+            "skipped: the eval ran with eval.forgetting off; a skipped check does not "
+            "pass unless eval.gate.waive names 'forgetting'",
+        ),
+    ],
+)
 def test_the_gate_refuses_and_says_why(registry, changes, failing, says):
     registry.set_eval_report("support:1", report(**changes))
     with pytest.raises(PromotionRefused, match="support:1 not promoted to support:prod") as refused:
@@ -62,22 +114,23 @@ def test_the_gate_refuses_and_says_why(registry, changes, failing, says):
 
 def test_lower_is_better_metrics_and_missing_reports(registry):
     registry.set_eval_report("support:1", report(primary="perplexity", candidate=3.0, base=9.0, few_shot=8.0))
-    assert all(c.passed for c in gate_checks(registry.get("support:1")))
+    assert all(c.passed for c in checks_of(registry, "support:1"))
     registry.set_eval_report("support:1", report(primary="perplexity", candidate=9.5, base=9.0, few_shot=8.0))
-    assert not gate_checks(registry.get("support:1"))[2].passed
-    [check] = gate_checks(registry.get("support:2"))
+    assert not checks_of(registry, "support:1")[2].passed
+    [check] = checks_of(registry, "support:2")
     assert not check.passed and "no eval report: run `rayft eval CONFIG --model support:2`" in check.detail
-
 
 
 def test_a_skipped_check_passes_only_when_waived_by_name_and_the_waiver_is_recorded(registry):
     without_few_shot = report(forgetting=None)
     del without_few_shot["metrics"]["few_shot"]
     registry.set_eval_report("support:1", without_few_shot)
-    checks = {c.name: c for c in gate_checks(registry.get("support:1"))}
+    checks = {c.name: c for c in checks_of(registry, "support:1")}
     assert not checks["beats_few_shot"].passed and not checks["forgetting"].passed
     assert checks["beats_few_shot"].detail.startswith("skipped: the eval ran without the few-shot base")
-    registry.set_eval_report("support:1", without_few_shot | {"gate": without_few_shot["gate"] | {"waive": ["forgetting"]}})
+    registry.set_eval_report(
+        "support:1", without_few_shot | {"gate": without_few_shot["gate"] | {"waive": ["forgetting"]}}
+    )
     with pytest.raises(PromotionRefused, match="few-shot"):
         promote(registry, "support:1", "prod")
     waived = without_few_shot["gate"] | {"waive": ["forgetting", "beats_few_shot"]}
@@ -95,8 +148,11 @@ def test_a_candidate_worse_than_the_current_version_is_refused(registry):
     beside["metrics"]["support:1"] = {"accuracy": 0.9}
     beside["compared"] = {"prod": {"ref": "support:1", "weights_hash": "w1"}}
     registry.set_eval_report("support:2", beside)
-    with pytest.raises(PromotionRefused, match=r"accuracy 0.8 vs support:1 \(support:prod now\) 0.9, measured beside "
-                                               r"the candidate: worse by 0.1 \(allowed ≤ 0\)"):
+    with pytest.raises(
+        PromotionRefused,
+        match=r"accuracy 0.8 vs support:1 \(support:prod now\) 0.9, measured beside "
+        r"the candidate: worse by 0.1 \(allowed ≤ 0\)",
+    ):
         promote(registry, "support:2", "prod")
     registry.set_eval_report("support:2", beside | {"gate": beside["gate"] | {"regression_tolerance": 0.15}})
     assert promote(registry, "support:2", "prod")[0].targets == {2: 1.0}  # within the configured tolerance
@@ -104,11 +160,14 @@ def test_a_candidate_worse_than_the_current_version_is_refused(registry):
     registry.register("support", "adapter", "/base", "/a3", weights_hash="w3")
     registry.set_eval_report("support:3", report(ref="support:3", weights="w3", candidate=0.85))
     registry.set_eval_report("support:2", report(ref="support:2", weights="w2", candidate=0.8))
-    checks = gate_checks(registry.get("support:3"), {"support:prod": registry.get("support:prod")})
+    checks = checks_of(registry, "support:3", {"support:prod": registry.get("support:prod")})
     assert checks[-1].passed and "from its own eval on the same test split" in checks[-1].detail
     registry.set_eval_report("support:2", report(ref="support:2", weights="w2", candidate=0.8) | {"dataset_hash": "d0"})
-    with pytest.raises(PromotionRefused, match="support:2 \\(support:prod now\\) has no accuracy on this test split: "
-                                               "run `rayft eval CONFIG --model support:3` again"):
+    with pytest.raises(
+        PromotionRefused,
+        match="support:2 \\(support:prod now\\) has no accuracy on this test split: "
+        "run `rayft eval CONFIG --model support:3` again",
+    ):
         promote(registry, "support:3", "prod")
 
 
@@ -159,7 +218,7 @@ def test_forgetting_perplexity_limit_when_configured(registry):
     ppl["forgetting"] |= {"perplexity_increase": 0.85}
     ppl["gate"]["max_forgetting_perplexity_increase"] = 1.0
     registry.set_eval_report("support:1", ppl)
-    assert gate_checks(registry.get("support:1"))[-1].detail == "forgetting-set perplexity +85% (allowed ≤ +100%)"
+    assert checks_of(registry, "support:1")[-1].detail == "forgetting-set perplexity +85% (allowed ≤ +100%)"
     ppl["forgetting"]["perplexity_increase"] = 4.2
     registry.set_eval_report("support:1", ppl)
     with pytest.raises(PromotionRefused, match=r"perplexity \+420%"):

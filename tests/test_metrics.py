@@ -5,8 +5,20 @@ import math
 import pytest
 
 from rayft.eval.metrics import (
-    NO_LABEL, accuracy, answer_rate, classification_metrics, confusion_matrix, contains_answer, extract_label,
-    extraction_metrics, generation_metrics, json_label, macro_f1, parse_json, per_class, perplexity,
+    NO_LABEL,
+    accuracy,
+    answer_rate,
+    classification_metrics,
+    confusion_matrix,
+    contains_answer,
+    extract_label,
+    extraction_metrics,
+    generation_metrics,
+    json_label,
+    macro_f1,
+    parse_json,
+    per_class,
+    perplexity,
     structured_metrics,
 )
 
