@@ -53,8 +53,12 @@ def prompts(tokenizer) -> list[list[int]]:
     from rayft.data.samples import support_tickets
 
     records = support_tickets(PROMPTS, seed=11)
-    return [tokenizer.apply_chat_template(r["messages"][:-1], add_generation_prompt=True, tokenize=True,
-                                          return_dict=True)["input_ids"] for r in records]
+    return [
+        tokenizer.apply_chat_template(r["messages"][:-1], add_generation_prompt=True, tokenize=True, return_dict=True)[
+            "input_ids"
+        ]
+        for r in records
+    ]
 
 
 def assignment(scenario: str) -> list[int | None]:
@@ -70,6 +74,7 @@ def assignment(scenario: str) -> list[int | None]:
 
 # ---- engine level (one subprocess per plugin setting: vLLM loads plugins once per process) ----
 
+
 def vllm_engine_rates(base: str, adapters: list[str]) -> dict:
     """Per scenario on vLLM's offline engine: `tok_s`, output tokens/s at the median of RUNS rounds,
     and `seconds`, each round's wall time. Every round runs every scenario once, in forward order in
@@ -79,8 +84,17 @@ def vllm_engine_rates(base: str, adapters: list[str]) -> dict:
     from vllm.lora.request import LoRARequest
 
     sampling = SamplingParams(temperature=0, max_tokens=NEW_TOKENS, ignore_eos=True)
-    llm = LLM(model=base, dtype="float32", enforce_eager=True, max_model_len=512, enable_lora=True,
-              max_loras=ADAPTERS, max_lora_rank=16, max_num_seqs=PROMPTS, seed=0)
+    llm = LLM(
+        model=base,
+        dtype="float32",
+        enforce_eager=True,
+        max_model_len=512,
+        enable_lora=True,
+        max_loras=ADAPTERS,
+        max_lora_rank=16,
+        max_num_seqs=PROMPTS,
+        seed=0,
+    )
     ids = [{"prompt_token_ids": p} for p in prompts(llm.get_tokenizer())]
     requests = [LoRARequest(f"a{i}", i + 1, path) for i, path in enumerate(adapters)]
     loras = {s: [None if a is None else requests[a] for a in assignment(s)] for s in SCENARIOS}
@@ -92,8 +106,7 @@ def vllm_engine_rates(base: str, adapters: list[str]) -> dict:
             started = time.perf_counter()
             llm.generate(ids, sampling, lora_request=loras[scenario], use_tqdm=False)
             seconds[scenario].append(time.perf_counter() - started)
-    return {"tok_s": {s: PROMPTS * NEW_TOKENS / statistics.median(t) for s, t in seconds.items()},
-            "seconds": seconds}
+    return {"tok_s": {s: PROMPTS * NEW_TOKENS / statistics.median(t) for s, t in seconds.items()}, "seconds": seconds}
 
 
 def paired(rates: dict, scenario: str, reference: str) -> float:
@@ -103,13 +116,15 @@ def paired(rates: dict, scenario: str, reference: str) -> float:
 
 def engine_subprocess(base: str, adapters: list[str], plugin: bool) -> dict:
     env = os.environ | {"RAYFT_CPU_LORA_OPS": "1" if plugin else "0"}
-    code = (f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import serve_throughput as b; "
-            f"print('RESULT', json.dumps(b.vllm_engine_rates({base!r}, {adapters!r})))")
+    code = (
+        f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import serve_throughput as b; "
+        f"print('RESULT', json.dumps(b.vllm_engine_rates({base!r}, {adapters!r})))"
+    )
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=1800)
-    lines = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
+    lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
     if not lines:
         raise RuntimeError(f"engine bench failed:\n{out.stderr[-3000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def peft_rates(base: str, adapters: list[str]) -> dict:
@@ -130,14 +145,20 @@ def peft_rates(base: str, adapters: list[str]) -> dict:
         inputs = torch.tensor([[tokenizer.pad_token_id] * (width - len(p)) + p for p in batch])
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch])
         with torch.no_grad():
-            model.generate(input_ids=inputs, attention_mask=mask, max_new_tokens=NEW_TOKENS,
-                           min_new_tokens=NEW_TOKENS, do_sample=False, adapter_names=names,
-                           pad_token_id=tokenizer.pad_token_id)
+            model.generate(
+                input_ids=inputs,
+                attention_mask=mask,
+                max_new_tokens=NEW_TOKENS,
+                min_new_tokens=NEW_TOKENS,
+                do_sample=False,
+                adapter_names=names,
+                pad_token_id=tokenizer.pad_token_id,
+            )
 
     def batched(names_for) -> float:
         started = time.perf_counter()
         for start in range(0, PROMPTS, 16):
-            generate(ids[start:start + 16], [names_for(i) for i in range(start, min(start + 16, PROMPTS))])
+            generate(ids[start : start + 16], [names_for(i) for i in range(start, min(start + 16, PROMPTS))])
         return PROMPTS * NEW_TOKENS / (time.perf_counter() - started)
 
     single = 16  # one request at a time is slow: measure 16 of them
@@ -156,7 +177,9 @@ def engine_part(base: str, adapters: list[str]) -> dict:
     on = engine_subprocess(base, adapters, plugin=True)
     peft = peft_rates(base, adapters)
     return {
-        "plugin_off_tok_s": off["tok_s"], "plugin_on_tok_s": on["tok_s"], "peft_tok_s": peft,
+        "plugin_off_tok_s": off["tok_s"],
+        "plugin_on_tok_s": on["tok_s"],
+        "peft_tok_s": peft,
         "plugin_on_seconds_per_round": on["seconds"],
         "ratios (within each round, median over rounds)": {
             "one_adapter/base (off)": paired(off, "one_adapter", "base"),
@@ -170,19 +193,26 @@ def engine_part(base: str, adapters: list[str]) -> dict:
 
 # ---- HTTP level: `rayft serve` in its own process, driven by 64 concurrent clients ----
 
+
 def http_part(base: str, adapters: list[str], folder: Path, naive_rate: float | None) -> dict:
     import httpx
 
     home = folder / "home"
     env = os.environ | {"RAYFT_HOME": str(home)}
-    register = ("from rayft.registry import Registry; r = Registry(); "
-                + "; ".join(f"r.find_by_artifact({p!r}) or r.register('a{i}', 'adapter', {base!r}, {p!r})"
-                            for i, p in enumerate(adapters)))
+    register = "from rayft.registry import Registry; r = Registry(); " + "; ".join(
+        f"r.find_by_artifact({p!r}) or r.register('a{i}', 'adapter', {base!r}, {p!r})" for i, p in enumerate(adapters)
+    )
     subprocess.run([sys.executable, "-c", register], env=env, check=True)
     port = 8765
     url = f"http://127.0.0.1:{port}"
-    settings = {"port": port, "max_loras": ADAPTERS, "max_cpu_loras": ADAPTERS, "max_num_seqs": PROMPTS,
-                "max_model_len": 512, "max_concurrent_requests": 512}
+    settings = {
+        "port": port,
+        "max_loras": ADAPTERS,
+        "max_cpu_loras": ADAPTERS,
+        "max_num_seqs": PROMPTS,
+        "max_model_len": 512,
+        "max_concurrent_requests": 512,
+    }
     # P7 on the default serving path, then everything else on a server whose ingress also answers
     # on its own port (serve.direct_port), which costs a few seconds of start-up
     server, started = _start_server(folder / "serve.yaml", base, settings, env)
@@ -198,20 +228,25 @@ def http_part(base: str, adapters: list[str], folder: Path, naive_rate: float | 
         texts = [AutoTokenizer.from_pretrained(base).decode(p) for p in prompts(AutoTokenizer.from_pretrained(base))]
         for i in range(ADAPTERS):  # adapters loaded before timing, like the engine part's warm-up
             httpx.post(f"{url}/admin/adapters", json={"model": f"a{i}"}, timeout=300).raise_for_status()
-        models = {"one_adapter": ["a0"] * PROMPTS,
-                  "mixed_8_and_base": ["base" if a is None else f"a{a}" for a in assignment("mixed_8_and_base")]}
+        models = {
+            "one_adapter": ["a0"] * PROMPTS,
+            "mixed_8_and_base": ["base" if a is None else f"a{a}" for a in assignment("mixed_8_and_base")],
+        }
         rates = {name: _http_rate(url, texts, names) for name, names in models.items()}
         latencies = _latencies(url)
         direct = _latencies(f"http://127.0.0.1:{port + 1}")  # the ingress replica's own port
     finally:
         _stop_server(server, url)
-    result = {"start_to_first_token_s": first_token_s, "start_to_first_token_direct_port_s": first_token_direct_s,
-              "http_tok_s": rates,
-              "cache_hit_p50_ms": statistics.median(latencies["cache_hit"]) * 1000,
-              "health_p50_ms": statistics.median(latencies["health"]) * 1000,
-              "direct_cache_hit_p50_ms": statistics.median(direct["cache_hit"]) * 1000,
-              "direct_health_p50_ms": statistics.median(direct["health"]) * 1000,
-              "ratios": {"mixed_8_and_base/one_adapter (http)": rates["mixed_8_and_base"] / rates["one_adapter"]}}
+    result = {
+        "start_to_first_token_s": first_token_s,
+        "start_to_first_token_direct_port_s": first_token_direct_s,
+        "http_tok_s": rates,
+        "cache_hit_p50_ms": statistics.median(latencies["cache_hit"]) * 1000,
+        "health_p50_ms": statistics.median(latencies["health"]) * 1000,
+        "direct_cache_hit_p50_ms": statistics.median(direct["cache_hit"]) * 1000,
+        "direct_health_p50_ms": statistics.median(direct["health"]) * 1000,
+        "ratios": {"mixed_8_and_base/one_adapter (http)": rates["mixed_8_and_base"] / rates["one_adapter"]},
+    }
     if naive_rate:
         result["ratios"]["rayft http mixed / peft one request at a time"] = rates["mixed_8_and_base"] / naive_rate
     return result
@@ -223,8 +258,13 @@ def _start_server(config: Path, base: str, settings: dict, env: dict) -> tuple[s
 
     config.write_text(yaml.safe_dump({"name": "bench", "model": {"base": base}, "serve": settings}))
     started = time.perf_counter()
-    server = subprocess.Popen([sys.executable, "-m", "rayft.cli", "serve", str(config)], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "rayft.cli", "serve", str(config)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     return server, started
 
 
@@ -271,9 +311,15 @@ def _http_rate(url: str, texts: list[str], models: list[str], rounds: int = 2) -
     async def run() -> float:
         limits = httpx.Limits(max_connections=PROMPTS, max_keepalive_connections=PROMPTS)
         async with httpx.AsyncClient(limits=limits, timeout=600) as client:
+
             async def ask(i: int) -> int:
-                body = {"model": models[i % PROMPTS], "prompt": texts[i % PROMPTS], "max_tokens": NEW_TOKENS,
-                        "ignore_eos": True, "temperature": 0}
+                body = {
+                    "model": models[i % PROMPTS],
+                    "prompt": texts[i % PROMPTS],
+                    "max_tokens": NEW_TOKENS,
+                    "ignore_eos": True,
+                    "temperature": 0,
+                }
                 response = await client.post(f"{url}/v1/completions", json=body, headers={"x-rayft-cache": "bypass"})
                 response.raise_for_status()
                 return response.json()["usage"]["completion_tokens"]
@@ -330,8 +376,10 @@ def limits_part(base: str, folder: Path) -> dict:
     port = 8775
     url = f"http://127.0.0.1:{port}"
     server, started = _start_server(folder / "serve-limits.yaml", base, {"port": port, "max_model_len": 512}, env)
-    refused_bodies = {"2mb": json.dumps({"model": "base", "prompt": "x" * 2_000_000, "max_tokens": 16}).encode(),
-                      "tiny": json.dumps({"model": "base", "prompt": "x", "max_tokens": 0}).encode()}
+    refused_bodies = {
+        "2mb": json.dumps({"model": "base", "prompt": "x" * 2_000_000, "max_tokens": 16}).encode(),
+        "tiny": json.dumps({"model": "base", "prompt": "x", "max_tokens": 0}).encode(),
+    }
     statuses: dict[str, dict[int, int]] = {name: {} for name in refused_bodies}
 
     def small(n: int = 300) -> list[float]:
@@ -348,8 +396,9 @@ def limits_part(base: str, folder: Path) -> dict:
         with httpx.Client(timeout=60) as client:
             next_at = time.perf_counter()
             while not stop.is_set():
-                status = client.post(f"{url}/v1/completions", content=refused_bodies[name],
-                                     headers={"content-type": "application/json"}).status_code
+                status = client.post(
+                    f"{url}/v1/completions", content=refused_bodies[name], headers={"content-type": "application/json"}
+                ).status_code
                 statuses[name][status] = statuses[name].get(status, 0) + 1
                 next_at += 1 / rate
                 time.sleep(max(0.0, next_at - time.perf_counter()))
@@ -372,9 +421,12 @@ def limits_part(base: str, folder: Path) -> dict:
         rounds = []
         for r in range(3):
             quiet = p99_beside(None)
-            loud = {f"{name}@{rate}/s": p99_beside(name, rate) for name, rate in conditions[::1 if r % 2 == 0 else -1]}
-            rounds.append({"quiet_p99_ms": quiet * 1000} | {f"{k}_p99_ms": v * 1000 for k, v in loud.items()}
-                          | {f"ratio {k}": v / quiet for k, v in loud.items()})
+            loud = {f"{name}@{rate}/s": p99_beside(name, rate) for name, rate in conditions[:: 1 if r % 2 == 0 else -1]}
+            rounds.append(
+                {"quiet_p99_ms": quiet * 1000}
+                | {f"{k}_p99_ms": v * 1000 for k, v in loud.items()}
+                | {f"ratio {k}": v / quiet for k, v in loud.items()}
+            )
     finally:
         _stop_server(server, url)
     ratios = {k: statistics.median(r[k] for r in rounds) for k in rounds[0] if k.startswith("ratio")}
@@ -388,8 +440,10 @@ def main() -> None:
     args = parser.parse_args()
     folder = Path(args.folder or tempfile.mkdtemp(prefix="rayft-bench-serve-"))
     base, adapters = build_models(folder)
-    result = {"model": "bench (hidden 512, 8 layers, fp32), 8 adapters r=16 q/k/v/o",
-              "workload": f"{PROMPTS} prompts x {NEW_TOKENS} greedy tokens, ignore_eos"}
+    result = {
+        "model": "bench (hidden 512, 8 layers, fp32), 8 adapters r=16 q/k/v/o",
+        "workload": f"{PROMPTS} prompts x {NEW_TOKENS} greedy tokens, ignore_eos",
+    }
     if args.part in ("all", "engine"):
         result["engine"] = engine_part(base, adapters)
     if args.part in ("all", "http"):

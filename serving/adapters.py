@@ -45,8 +45,10 @@ def check_adapter(path: str, max_rank: int) -> None:
     if config.get("r", 0) > max_rank:
         raise AdapterError(f"adapter rank {config['r']} is above the server's max_lora_rank {max_rank}")
     if config.get("modules_to_save"):
-        raise AdapterError(f"adapters with modules_to_save ({config['modules_to_save']}) cannot be served; "
-                           "export the full model instead")
+        raise AdapterError(
+            f"adapters with modules_to_save ({config['modules_to_save']}) cannot be served; "
+            "export the full model instead"
+        )
 
 
 class AdapterSlots:
@@ -93,9 +95,11 @@ class AdapterSlots:
         over = held + 1 - self.capacity
         idle = [a for r, a in self.loaded.items() if r != ref and a.lora_id not in self.busy]
         if over > len(idle):
-            raise AllSlotsBusy(f"all {self.capacity} adapter slots are answering requests "
-                               f"({sum(self.busy.values())} in flight); retry shortly")
-        evict = idle[:max(0, over)]
+            raise AllSlotsBusy(
+                f"all {self.capacity} adapter slots are answering requests "
+                f"({sum(self.busy.values())} in flight); retry shortly"
+            )
+        evict = idle[: max(0, over)]
         gone = self._pop_idle_retired() + evict
         for adapter in evict:
             del self.loaded[adapter.ref]
@@ -130,5 +134,7 @@ class AdapterSlots:
 
     def describe(self) -> list[dict]:
         """Loaded adapters, least recently used first, with their requests in flight."""
-        return [{"ref": a.ref, "digest": a.digest, "lora_id": a.lora_id, "in_flight": self.busy[a.lora_id]}
-                for a in self.loaded.values()]
+        return [
+            {"ref": a.ref, "digest": a.digest, "lora_id": a.lora_id, "in_flight": self.busy[a.lora_id]}
+            for a in self.loaded.values()
+        ]

@@ -33,10 +33,15 @@ class LoadAdapter(BaseModel):
     model: str
 
 
-ERRORS = {"400": "a field out of range or not served", "401": "no valid key", "403": "a user key on an admin route",
-          "404": "an unknown model", "413": "a body over serve.max_request_bytes",
-          "429": "over serve.max_concurrent_requests", "503": "the engine is restarting or busy, the server is "
-          "draining, or a version's files do not match the registry"}
+ERRORS = {
+    "400": "a field out of range or not served",
+    "401": "no valid key",
+    "403": "a user key on an admin route",
+    "404": "an unknown model",
+    "413": "a body over serve.max_request_bytes",
+    "429": "over serve.max_concurrent_requests",
+    "503": "the engine is restarting or busy, the server is draining, or a version's files do not match the registry",
+}
 
 
 def ref(model: str) -> dict:
@@ -46,8 +51,12 @@ def ref(model: str) -> dict:
 def route(request: str | None, response: str | None) -> dict:
     """`openapi_extra` for a route: its JSON request body and its 200 body, by model name, plus the
     error body of every refusal."""
-    extra: dict = {"responses": {code: {"description": why, "content": {"application/json": {"schema": ref("ErrorBody")}}}
-                                 for code, why in ERRORS.items()}}
+    extra: dict = {
+        "responses": {
+            code: {"description": why, "content": {"application/json": {"schema": ref("ErrorBody")}}}
+            for code, why in ERRORS.items()
+        }
+    }
     if request:
         extra["requestBody"] = {"required": True, "content": {"application/json": {"schema": ref(request)}}}
     if response:
@@ -63,8 +72,15 @@ def component_models() -> list[type[BaseModel]]:
 
     from rayft.serving.validation import ChatRequest, CompletionRequest
 
-    return [ChatRequest, CompletionRequest, ChatCompletionResponse, CompletionResponse, ModelList, ErrorBody,
-            LoadAdapter]
+    return [
+        ChatRequest,
+        CompletionRequest,
+        ChatCompletionResponse,
+        CompletionResponse,
+        ModelList,
+        ErrorBody,
+        LoadAdapter,
+    ]
 
 
 def add_components(schema: dict) -> dict:

@@ -62,8 +62,9 @@ class CachedAnswer:
 
     def renewed(self, request_id: str, created: int) -> bytes:
         """The same answer under another request's `id` and `created` (each appears once)."""
-        return (self.body.replace(f'"{self.request_id}"'.encode(), f'"{request_id}"'.encode(), 1)
-                .replace(f'"created":{self.created}'.encode(), f'"created":{created}'.encode(), 1))
+        return self.body.replace(f'"{self.request_id}"'.encode(), f'"{request_id}"'.encode(), 1).replace(
+            f'"created":{self.created}'.encode(), f'"created":{created}'.encode(), 1
+        )
 
 
 class ResponseCache:
@@ -102,8 +103,9 @@ class ArtifactHashes:
         if hit and not fresh and now - hit[0] < self.recheck_s:
             return hit[2]
         root = Path(folder)
-        stamp = tuple((name, s.st_size, s.st_mtime_ns) for name in storage.file_names(root)
-                      for s in [os.stat(root / name)])
+        stamp = tuple(
+            (name, s.st_size, s.st_mtime_ns) for name in storage.file_names(root) for s in [os.stat(root / name)]
+        )
         digest = hit[2] if hit and hit[1] == stamp else storage.content_hash(root)
         self.known[folder] = (now, stamp, digest)
         return digest

@@ -1,4 +1,4 @@
-"""Admin calls to a running `rayft serve` over HTTP: `rayft serve load|unload|adapters`.
+"""Admin calls to a running `rayft serve` over HTTP: `rayft adapters list|load|unload`.
 
 They send the admin key: the one given, else `$RAYFT_ADMIN_KEY`, else `$RAYFT_API_KEY` (servers
 without `serve.admin_keys` take API keys on the admin routes).
@@ -15,8 +15,9 @@ class AdminError(RuntimeError):
     """The server refused or could not be reached; the message says which and why."""
 
 
-def admin_call(method: str, path: str, url: str | None = None, api_key: str | None = None,
-               body: dict | None = None) -> dict:
+def admin_call(
+    method: str, path: str, url: str | None = None, api_key: str | None = None, body: dict | None = None
+) -> dict:
     """One admin request; the server's JSON answer, or AdminError with its error message."""
     import httpx
 

@@ -33,6 +33,7 @@ from ray.exceptions import RayActorError, WorkerCrashedError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 
 from rayft import storage
+from rayft.config import ServeConfig
 from rayft.registry import Registry
 from rayft.serving import api_schema
 from rayft.serving.auth import KeyCheck, bearer_key
@@ -40,14 +41,19 @@ from rayft.serving.cache import ArtifactHashes, CachedAnswer, ResponseCache, cac
 from rayft.serving.drain import POLL_S, DrainBoard
 from rayft.serving.errors import ApiError, parse_json
 from rayft.serving.metrics import PUBLISH_S, MetricsBoard, ServingMetrics
-from rayft.serving.routing import ModelRouter, Route, UnknownModel
+from rayft.serving.routing import ModelRouter, Route, ServedBase, UnknownModel
 from rayft.serving.validation import Limits, checked, read_body
 
 MODEL_HEADER = "x-rayft-model"
 WEIGHTS_HEADER = "x-rayft-weights-hash"
 CACHE_HEADER = "x-rayft-cache"
-ENGINE_GONE = (RayActorError, WorkerCrashedError, BackPressureError, DeploymentUnavailableError,
-               ReplicaUnavailableError)
+ENGINE_GONE = (
+    RayActorError,
+    WorkerCrashedError,
+    BackPressureError,
+    DeploymentUnavailableError,
+    ReplicaUnavailableError,
+)
 logger = logging.getLogger("ray.serve")
 
 app = FastAPI(title="rayft")
@@ -79,8 +85,10 @@ async def _api_error(_request: Request, error: ApiError) -> JSONResponse:
 
 
 def cache_bypassed(request: Request) -> bool:
-    return (request.headers.get(CACHE_HEADER, "").lower() == "bypass"
-            or "no-cache" in request.headers.get("cache-control", "").lower())
+    return (
+        request.headers.get(CACHE_HEADER, "").lower() == "bypass"
+        or "no-cache" in request.headers.get("cache-control", "").lower()
+    )
 
 
 def json_response(body: bytes, headers: dict[str, str]) -> Response:
@@ -93,14 +101,13 @@ def json_response(body: bytes, headers: dict[str, str]) -> Response:
 class OpenAIServer:
     """The OpenAI routes plus `/admin/adapters`, `/health` and `/metrics` (see module docstring)."""
 
-    def __init__(self, engine, settings: dict):
+    def __init__(self, engine, base: ServedBase, serve_config: ServeConfig, keys: KeyCheck, registry_path: str):
         self.engine = engine
         self.stream_engine = engine.options(stream=True)
-        self.settings = settings
-        self.router = ModelRouter(Registry(settings["registry_path"]), settings["base_name"],
-                                  settings["base_path"], settings["base_ref"], settings["base_hash"])
-        self.keys = KeyCheck(settings["api_keys"], settings["admin_keys"])
-        self.cache = ResponseCache(settings["response_cache_size"])
+        self.serve = serve_config
+        self.router = ModelRouter(Registry(registry_path), base)
+        self.keys = keys
+        self.cache = ResponseCache(serve_config.response_cache_size)
         self.hashes = ArtifactHashes()
         context = serve.get_replica_context()
         self.metrics = ServingMetrics(replica=context.replica_id.unique_id)
@@ -158,15 +165,23 @@ class OpenAIServer:
     def refuse_if_draining(self) -> None:
         if self.draining:
             self.metrics.failed(None, 503)
-            raise ApiError(503, "this server is shutting down; retry shortly (another replica will answer)",
-                           code="shutting_down", retry_after=self.settings["retry_after_s"])
+            raise ApiError(
+                503,
+                "this server is shutting down; retry shortly (another replica will answer)",
+                code="shutting_down",
+                retry_after=self.serve.retry_after_s,
+            )
 
     def admit(self) -> None:
         self.refuse_if_draining()
-        if self.in_flight >= self.settings["max_concurrent_requests"]:
+        if self.in_flight >= self.serve.max_concurrent_requests:
             self.metrics.failed(None, 429)
-            raise ApiError(429, f"this replica is answering {self.in_flight} requests, its limit; retry shortly",
-                           code="too_many_requests", retry_after=self.settings["retry_after_s"])
+            raise ApiError(
+                429,
+                f"this replica is answering {self.in_flight} requests, its limit; retry shortly",
+                code="too_many_requests",
+                retry_after=self.serve.retry_after_s,
+            )
         self.in_flight += 1
         self.metrics.in_flight.set(self.in_flight)
 
@@ -189,25 +204,36 @@ class OpenAIServer:
         version = route.adapter
         expected = version.weights_hash
         if not expected:
-            raise ApiError(503, f"{version.ref} has no weights hash in the registry, so its bytes cannot be "
-                                "verified; register the artifact again", param="model", code="artifact_unverified")
+            raise ApiError(
+                503,
+                f"{version.ref} has no weights hash in the registry, so its bytes cannot be "
+                "verified; register the artifact again",
+                param="model",
+                code="artifact_unverified",
+            )
         if not storage.is_remote(version.artifact_uri):
             try:
                 actual = self.hashes.of(version.artifact_uri, fresh=fresh)
             except OSError as error:
                 actual = f"unreadable ({error.strerror})"
             if actual != expected:
-                raise ApiError(503, f"{version.ref}: the artifact at {version.artifact_uri} has weights hash "
-                                    f"{actual}, but the registry records {expected}: its files changed after "
-                                    "registration; refusing to serve it", param="model", code="artifact_mismatch")
+                raise ApiError(
+                    503,
+                    f"{version.ref}: the artifact at {version.artifact_uri} has weights hash "
+                    f"{actual}, but the registry records {expected}: its files changed after "
+                    "registration; refusing to serve it",
+                    param="model",
+                    code="artifact_mismatch",
+                )
         return {"ref": version.ref, "uri": version.artifact_uri, "digest": expected}
 
     def engine_refusal(self, item: dict, param: str | None) -> ApiError:
         """The ApiError for an engine's {'error', 'status', 'code'} item (a 503 that may clear says
         when to retry)."""
-        retry = self.settings["retry_after_s"] if item.get("retry") else None
-        return ApiError(item["status"], item["error"], param=item.get("param", param), code=item.get("code"),
-                        retry_after=retry)
+        retry = self.serve.retry_after_s if item.get("retry") else None
+        return ApiError(
+            item["status"], item["error"], param=item.get("param", param), code=item.get("code"), retry_after=retry
+        )
 
     # --- routes -------------------------------------------------------------------------------
     @app.get("/health")
@@ -229,15 +255,15 @@ class OpenAIServer:
     async def models(self, request: Request) -> dict:
         self.authorize(request)
         self.refuse_if_draining()
-        return protocol().model_list(self.settings["base_name"], self.router.model_cards(), self.settings["max_model_len"])
+        return protocol().model_list(self.router.base.name, self.router.model_cards(), self.serve.max_model_len)
 
     @app.post("/v1/chat/completions", openapi_extra=api_schema.route("ChatRequest", "ChatCompletionResponse"))
     async def chat_completions(self, request: Request):
-        return await self.answer(request, chat=True)
+        return await self.serve_completion(request, chat=True)
 
     @app.post("/v1/completions", openapi_extra=api_schema.route("CompletionRequest", "CompletionResponse"))
     async def completions(self, request: Request):
-        return await self.answer(request, chat=False)
+        return await self.serve_completion(request, chat=False)
 
     @app.get("/admin/adapters", openapi_extra=api_schema.route(None, None))
     async def loaded_adapters(self, request: Request) -> dict:
@@ -252,10 +278,10 @@ class OpenAIServer:
         """Load the adapter a registry ref (name, name:version or alias) names, before any request."""
         self.authorize(request, admin=True)
         self.refuse_if_draining()
-        body = parse_json(await read_body(request, self.settings["max_request_bytes"]), self.settings["max_json_depth"])
+        body = parse_json(await read_body(request, self.serve.max_request_bytes), self.serve.max_json_depth)
         model = body.get("model")
         if not isinstance(model, str):
-            raise ApiError(400, "body must be {\"model\": \"<registry ref>\"}", param="model")
+            raise ApiError(400, 'body must be {"model": "<registry ref>"}', param="model")
         route, spec = await self.load(model)
         return {"loaded": route.served, "digest": spec["digest"]}
 
@@ -292,29 +318,37 @@ class OpenAIServer:
         try:
             return await pending
         except ENGINE_GONE as error:
-            raise ApiError(503, f"the model engine is restarting ({type(error).__name__}); retry shortly",
-                           retry_after=self.settings["retry_after_s"]) from None
+            raise ApiError(
+                503,
+                f"the model engine is restarting ({type(error).__name__}); retry shortly",
+                retry_after=self.serve.retry_after_s,
+            ) from None
 
     async def request_limits(self) -> Limits:
         """What requests are checked against; the engine's vocabulary and longest token, asked once."""
         if self.limits is None:
             engine = await self.call_engine(self.engine.describe.remote())
-            self.limits = Limits(vocab_size=engine["vocab_size"], max_stop=self.settings["max_stop"],
-                                 max_prompt_chars=self.settings["max_prompt_tokens"] * engine["max_token_chars"])
+            self.limits = Limits(
+                vocab_size=engine["vocab_size"],
+                max_stop=self.serve.max_stop,
+                max_prompt_chars=self.serve.max_prompt_tokens * engine["max_token_chars"],
+            )
         return self.limits
 
-    async def answer(self, request: Request, chat: bool):
+    async def serve_completion(self, request: Request, chat: bool):
+        """A chat or text completion: guards, the body read and checked, the model routed, then
+        the answer (`cached_or_generated`)."""
         key = self.authorize(request)
         self.admit()
         route, streaming = None, False
         try:
-            raw = await read_body(request, self.settings["max_request_bytes"])
-            body = parse_json(raw, self.settings["max_json_depth"])
+            raw = await read_body(request, self.serve.max_request_bytes)
+            body = parse_json(raw, self.serve.max_json_depth)
             edge = checked(body, chat, await self.request_limits())
             parsed = protocol().parse_chat(body) if chat else protocol().parse_completion(body)
             route = self.route(edge.model, edge.user)
-            tenant = "shared" if self.settings["share_response_cache"] else tenant_of(key)
-            response = await self.respond(request, body, parsed, route, chat, tenant_of(key), tenant)
+            tenant = "shared" if self.serve.share_response_cache else tenant_of(key)
+            response = await self.cached_or_generated(request, body, parsed, route, chat, tenant_of(key), tenant)
             streaming = isinstance(response, StreamingResponse)
             return response
         except ApiError as error:
@@ -327,13 +361,15 @@ class OpenAIServer:
             if not streaming:
                 self.release()
 
-    async def respond(self, request: Request, body: dict, parsed, route: Route, chat: bool, asker: str, tenant: str):
+    async def cached_or_generated(
+        self, request: Request, body: dict, parsed, route: Route, chat: bool, asker: str, tenant: str
+    ):
         """Answer a checked request for `asker` from the cache of `tenant` (itself, or everyone's
         when the cache is shared), or from the engine."""
         kind = "chat" if chat else "completion"
         adapter = self.adapter_spec(route)
         counted = self.metrics.model(route.served)
-        weights = adapter["digest"] if adapter else self.router.base_hash or "unregistered"
+        weights = adapter["digest"] if adapter else self.router.base.weights_hash or "unregistered"
         headers = {MODEL_HEADER: route.served, WEIGHTS_HEADER: weights}
         request_id, created = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}", int(time.time())
         key = None
@@ -372,8 +408,15 @@ class OpenAIServer:
             weakref.finalize(events, done, first)
             return StreamingResponse(events, media_type="text/event-stream", headers=headers)
         build = protocol().chat_response if chat else protocol().completion_response
-        answer = build(request_id, created, parsed.model, first["text"], first["finish"], first["prompt_tokens"],
-                       first["completion_tokens"])
+        answer = build(
+            request_id,
+            created,
+            parsed.model,
+            first["text"],
+            first["finish"],
+            first["prompt_tokens"],
+            first["completion_tokens"],
+        )
         counted.answered(kind, first)
         if key:
             self.cache.put(key, CachedAnswer(answer, request_id, created, asker))

@@ -14,27 +14,26 @@ import threading
 import time
 
 from rayft.config import RayftConfig
-from rayft.registry import Registry, registry_base
-from rayft.serving.app import APP_NAME, admin_keys, api_keys, shutdown, start
-from rayft.serving.auth import KeyCheck
+from rayft.registry import Registry
+from rayft.serving.app import APP_NAME, served_base, shutdown, start
+from rayft.serving.auth import KeyCheck, admin_keys, api_keys
 from rayft.serving.drain import DrainBoard
-from rayft.serving.routing import default_base_name
+from rayft.serving.routing import ServedBase
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-def announce(config: RayftConfig, url: str) -> None:
+def announce(config: RayftConfig, url: str, base: ServedBase) -> None:
     """Where the server answers, what it serves, and what its key setup allows."""
-    version = registry_base(config.model.base, Registry())
-    base_path, base_ref = (version.artifact_uri, version.ref) if version else (config.model.base, None)
-    name = config.serve.base_name or default_base_name(config.model.base, base_ref)
-    print(f"rayft serving {name!r} ({base_path}) and its adapters at {url}/v1", flush=True)
+    print(f"rayft serving {base.name!r} ({base.path}) and its adapters at {url}/v1", flush=True)
     if config.serve.direct_port is not None:
-        print(f"ingress replicas answer directly (no proxy hop) from http://{config.serve.host}:"
-              f"{config.serve.direct_port}/v1", flush=True)
+        print(
+            f"ingress replicas answer directly (no proxy hop) from http://{config.serve.host}:"
+            f"{config.serve.direct_port}/v1",
+            flush=True,
+        )
     for warning in KeyCheck(api_keys(config.serve), admin_keys(config.serve)).warnings():
         print(f"warning: {warning}", flush=True)
-
 
 
 def wait_for_stop_signal() -> str:
@@ -70,12 +69,12 @@ def serve_forever(config: RayftConfig) -> None:
     """Start the app, say where and what it serves, and drain and stop on SIGTERM or Ctrl-C."""
     import ray
 
-    url = start(config)
-    announce(config, url)
+    base = served_base(config, Registry())
+    url = start(config, base)
+    announce(config, url, base)
     name = wait_for_stop_signal()
     started = time.monotonic()
     left = sum(drain_and_stop(config).values())
     ray.shutdown()
     ended = "every request in flight finished" if not left else f"{left} requests were cut off"
-    print(f"rayft serve: stopped on {name} after draining for {time.monotonic() - started:.1f} s; {ended}",
-          flush=True)
+    print(f"rayft serve: stopped on {name} after draining for {time.monotonic() - started:.1f} s; {ended}", flush=True)

@@ -40,18 +40,37 @@ class ServingMetrics:
         self.registry = CollectorRegistry()
         labels = ["model"]
         self.requests = Counter("rayft_requests", "Requests answered", labels + ["route"], registry=self.registry)
-        self.errors = Counter("rayft_request_errors", "Requests refused or failed, by HTTP status",
-                              labels + ["code"], registry=self.registry)
-        self.ttft = Histogram("rayft_time_to_first_token_seconds", "Engine time to the first output token",
-                              labels, buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.tpot = Histogram("rayft_time_per_output_token_seconds", "Engine time per output token after the first",
-                              labels, buckets=TOKEN_BUCKETS, registry=self.registry)
+        self.errors = Counter(
+            "rayft_request_errors",
+            "Requests refused or failed, by HTTP status",
+            labels + ["code"],
+            registry=self.registry,
+        )
+        self.ttft = Histogram(
+            "rayft_time_to_first_token_seconds",
+            "Engine time to the first output token",
+            labels,
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.tpot = Histogram(
+            "rayft_time_per_output_token_seconds",
+            "Engine time per output token after the first",
+            labels,
+            buckets=TOKEN_BUCKETS,
+            registry=self.registry,
+        )
         self.prompt_tokens = Counter("rayft_prompt_tokens", "Prompt tokens", labels, registry=self.registry)
         self.completion_tokens = Counter("rayft_completion_tokens", "Generated tokens", labels, registry=self.registry)
-        self.cache = Counter("rayft_response_cache", "Response cache lookups by result (hit, miss, bypass)",
-                             labels + ["result"], registry=self.registry)
-        self.in_flight = Gauge("rayft_requests_in_flight", "Requests being answered by this replica",
-                               registry=self.registry)
+        self.cache = Counter(
+            "rayft_response_cache",
+            "Response cache lookups by result (hit, miss, bypass)",
+            labels + ["result"],
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "rayft_requests_in_flight", "Requests being answered by this replica", registry=self.registry
+        )
         self.models: dict[str, ModelMetrics] = {}
 
     def model(self, name: str) -> ModelMetrics:
@@ -75,9 +94,13 @@ class ServingMetrics:
 
     def snapshot(self) -> dict:
         """This replica's series as JSON-ready data, for other replicas to serve (`MetricsBoard`)."""
-        return {"at": time.time(), "families": [
-            [f.name, f.documentation, f.type, f.unit, [[s.name, s.labels, s.value] for s in f.samples]]
-            for f in self.families()]}
+        return {
+            "at": time.time(),
+            "families": [
+                [f.name, f.documentation, f.type, f.unit, [[s.name, s.labels, s.value] for s in f.samples]]
+                for f in self.families()
+            ],
+        }
 
     def exposition(self, others: list[dict] = ()) -> bytes:
         """Prometheus text of this replica's series plus those of `others` (snapshots), one family each."""

@@ -14,6 +14,7 @@ import time
 import warnings
 
 from pydantic import ValidationError
+from vllm.entrypoints.generate.base.protocol import DeltaMessage
 from vllm.entrypoints.openai.chat_completion.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -29,7 +30,6 @@ from vllm.entrypoints.openai.completion.protocol import (
     CompletionResponseStreamChoice,
     CompletionStreamResponse,
 )
-from vllm.entrypoints.generate.base.protocol import DeltaMessage
 from vllm.entrypoints.serve.engine.protocol import ModelCard, ModelList, UsageInfo
 from vllm.exceptions import VLLMValidationError
 
@@ -75,41 +75,68 @@ def sampling_params(request, max_tokens: int, stream: bool):
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> UsageInfo:
-    return UsageInfo(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                     total_tokens=prompt_tokens + completion_tokens)
+    return UsageInfo(
+        prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens
+    )
 
 
-def chat_response(request_id: str, created: int, model: str, text: str, finish: str | None, prompt_tokens: int,
-                  completion_tokens: int) -> bytes:
+def chat_response(
+    request_id: str, created: int, model: str, text: str, finish: str | None, prompt_tokens: int, completion_tokens: int
+) -> bytes:
     """A whole chat completion as the JSON bytes sent (and cached)."""
     response = ChatCompletionResponse(
-        id=request_id, created=created, model=model, usage=usage(prompt_tokens, completion_tokens),
-        choices=[ChatCompletionResponseChoice(index=0, message=ChatMessage(role="assistant", content=text),
-                                              finish_reason=finish)],
+        id=request_id,
+        created=created,
+        model=model,
+        usage=usage(prompt_tokens, completion_tokens),
+        choices=[
+            ChatCompletionResponseChoice(
+                index=0, message=ChatMessage(role="assistant", content=text), finish_reason=finish
+            )
+        ],
     )
     return response.model_dump_json(exclude_none=True).encode()
 
 
-def chat_chunk(request_id: str, model: str, created: int, text: str | None, finish: str | None,
-               role: bool = False, usage_info: UsageInfo | None = None) -> str:
-    choices = [] if usage_info else [ChatCompletionResponseStreamChoice(
-        index=0, delta=DeltaMessage(role="assistant" if role else None, content=text), finish_reason=finish)]
+def chat_chunk(
+    request_id: str,
+    model: str,
+    created: int,
+    text: str | None,
+    finish: str | None,
+    role: bool = False,
+    usage_info: UsageInfo | None = None,
+) -> str:
+    choices = (
+        []
+        if usage_info
+        else [
+            ChatCompletionResponseStreamChoice(
+                index=0, delta=DeltaMessage(role="assistant" if role else None, content=text), finish_reason=finish
+            )
+        ]
+    )
     chunk = ChatCompletionStreamResponse(id=request_id, created=created, model=model, choices=choices, usage=usage_info)
     return f"data: {chunk.model_dump_json(exclude_none=True)}\n\n"
 
 
-def completion_response(request_id: str, created: int, model: str, text: str, finish: str | None,
-                        prompt_tokens: int, completion_tokens: int) -> bytes:
+def completion_response(
+    request_id: str, created: int, model: str, text: str, finish: str | None, prompt_tokens: int, completion_tokens: int
+) -> bytes:
     """A whole text completion as the JSON bytes sent (and cached)."""
     response = CompletionResponse(
-        id=request_id, created=created, model=model, usage=usage(prompt_tokens, completion_tokens),
+        id=request_id,
+        created=created,
+        model=model,
+        usage=usage(prompt_tokens, completion_tokens),
         choices=[CompletionResponseChoice(index=0, text=text, finish_reason=finish)],
     )
     return response.model_dump_json(exclude_none=True).encode()
 
 
-def completion_chunk(request_id: str, model: str, created: int, text: str, finish: str | None,
-                     usage_info: UsageInfo | None = None) -> str:
+def completion_chunk(
+    request_id: str, model: str, created: int, text: str, finish: str | None, usage_info: UsageInfo | None = None
+) -> str:
     choices = [] if usage_info else [CompletionResponseStreamChoice(index=0, text=text, finish_reason=finish)]
     chunk = CompletionStreamResponse(id=request_id, created=created, model=model, choices=choices, usage=usage_info)
     return f"data: {chunk.model_dump_json(exclude_none=True)}\n\n"
@@ -118,8 +145,18 @@ def completion_chunk(request_id: str, model: str, created: int, text: str, finis
 def model_list(base: str, ids: list[tuple[str, dict]], max_model_len: int) -> dict:
     """`/v1/models` body: one card per (id, extra fields); every card's root is the base."""
     now = int(time.time())
-    cards = [ModelCard(id=name, created=now, owned_by="rayft", root=base, parent=None if name == base else base,
-                       max_model_len=max_model_len, **extra) for name, extra in ids]
+    cards = [
+        ModelCard(
+            id=name,
+            created=now,
+            owned_by="rayft",
+            root=base,
+            parent=None if name == base else base,
+            max_model_len=max_model_len,
+            **extra,
+        )
+        for name, extra in ids
+    ]
     return json.loads(ModelList(data=cards).model_dump_json(exclude_none=True))
 
 

@@ -29,6 +29,17 @@ class Route:
     adapter: ModelVersion | None = None
 
 
+@dataclass(frozen=True)
+class ServedBase:
+    """The base model an endpoint serves: the id clients send for it, where it is, and what it is (a
+    registry version's ref and weights hash, or a local folder's content hash; None for a hub id)."""
+
+    name: str
+    path: str
+    ref: str | None = None
+    weights_hash: str | None = None
+
+
 def default_base_name(base: str, base_ref: str | None) -> str:
     """The id clients send for the base: the registry name, the hub id, or the folder's name."""
     if base_ref:
@@ -66,32 +77,34 @@ def gate_verdict(version: ModelVersion | None) -> dict | None:
         return {"status": "not_evaluated"}
     checks = report.get("verdict", [])
     failed = [c["name"] for c in checks if not c["passed"]]
-    return {"status": "failed" if failed else "passed", "failed": failed,
-            "waived": [c["name"] for c in checks if c.get("waived")]}
+    return {
+        "status": "failed" if failed else "passed",
+        "failed": failed,
+        "waived": [c["name"] for c in checks if c.get("waived")],
+    }
 
 
 class ModelRouter:
     """Resolves `model` names for one served base against the registry."""
 
-    def __init__(self, registry: Registry, base_name: str, base_path: str, base_ref: str | None = None,
-                 base_hash: str | None = None):
-        self.registry, self.base_name, self.base_path, self.base_ref = registry, base_name, base_path, base_ref
-        self.base_hash = base_hash
+    def __init__(self, registry: Registry, base: ServedBase):
+        self.registry, self.base = registry, base
 
     def resolve(self, model: str, user: str | None = None) -> Route:
         """The route for `model`; raises UnknownModel when it is not served here."""
-        if model in (self.base_name, self.base_ref):
-            return Route(served=self.base_name)
+        if model in (self.base.name, self.base.ref):
+            return Route(served=self.base.name)
         try:
             targets = self.registry.alias_targets(model)
             version = self.registry.get(model) if targets is None else self.pick(model, targets, user)
         except RegistryError:
             raise UnknownModel(f"model {model!r} does not exist") from None
-        if version.kind == "full" and version.artifact_uri == self.base_path:
-            return Route(served=self.base_name)
-        if version.kind != "adapter" or version.base_model != self.base_path:
-            raise UnknownModel(f"model {model!r} is not served here: this server serves {self.base_name!r} "
-                               "and its adapters")
+        if version.kind == "full" and version.artifact_uri == self.base.path:
+            return Route(served=self.base.name)
+        if version.kind != "adapter" or version.base_model != self.base.path:
+            raise UnknownModel(
+                f"model {model!r} is not served here: this server serves {self.base.name!r} and its adapters"
+            )
         return Route(served=version.ref, adapter=version)
 
     @staticmethod
@@ -104,12 +117,14 @@ class ModelRouter:
         """(id, extra card fields) for the base, every adapter version of it, each adapter name
         (its latest version) and each alias whose versions are all served here. Every card that
         stands for one version carries its weights hash and gate verdict."""
-        base = self.registry.get(self.base_ref) if self.base_ref else None
-        cards: list[tuple[str, dict]] = [(self.base_name, {"weights_hash": self.base_hash, "gate": gate_verdict(base)})]
+        base = self.registry.get(self.base.ref) if self.base.ref else None
+        cards: list[tuple[str, dict]] = [
+            (self.base.name, {"weights_hash": self.base.weights_hash, "gate": gate_verdict(base)})
+        ]
         latest: dict[str, ModelVersion] = {}
         served: dict[str, ModelVersion] = {}
         for version in self.registry.list():
-            if version.kind == "adapter" and version.base_model == self.base_path:
+            if version.kind == "adapter" and version.base_model == self.base.path:
                 cards.append((version.ref, provenance(version)))
                 latest[version.name] = served[version.ref] = version
         cards += [(name, {"resolves_to": v.ref} | provenance(v)) for name, v in sorted(latest.items())]

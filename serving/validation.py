@@ -12,7 +12,7 @@ a request that could fail there.
 
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
@@ -53,7 +53,7 @@ class Sampling(BaseModel):
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     repetition_penalty: float | None = Field(None, gt=0, le=2)
     logit_bias: dict[str, float] | None = Field(None, max_length=300, description="token id → bias, −100 to 100")
-    stop: Union[str, list[str], None] = Field(None, description="up to serve.max_stop strings")
+    stop: str | list[str] | None = Field(None, description="up to serve.max_stop strings")
     seed: int | None = Field(None, ge=-INT64 - 1, le=INT64)
     n: int = Field(1, ge=1, le=1, description="one choice per request")
     stream: bool = False
@@ -121,14 +121,20 @@ async def read_body(request, limit: int) -> bytes:
     bytes: by its Content-Length before any of it is read, else while it streams in."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, f"request body of {int(declared)} bytes is over the {limit} bytes allowed "
-                            "(serve.max_request_bytes)", code="request_too_large")
+        raise ApiError(
+            413,
+            f"request body of {int(declared)} bytes is over the {limit} bytes allowed (serve.max_request_bytes)",
+            code="request_too_large",
+        )
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise ApiError(413, f"request body is over the {limit} bytes allowed (serve.max_request_bytes)",
-                           code="request_too_large")
+            raise ApiError(
+                413,
+                f"request body is over the {limit} bytes allowed (serve.max_request_bytes)",
+                code="request_too_large",
+            )
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -150,6 +156,10 @@ def checked(body: dict, chat: bool, limits: Limits) -> ChatRequest | CompletionR
         raise ApiError(400, f"{param}: {message}" if param else message, param=param) from None
     characters = sum(len(m.content) for m in request.messages) if chat else len(request.prompt)
     if limits.max_prompt_chars is not None and characters > limits.max_prompt_chars:
-        raise ApiError(400, f"prompt has {characters} characters, more than the {limits.max_prompt_chars} that "
-                            "serve.max_prompt_tokens tokens can hold", param="messages" if chat else "prompt")
+        raise ApiError(
+            400,
+            f"prompt has {characters} characters, more than the {limits.max_prompt_chars} that "
+            "serve.max_prompt_tokens tokens can hold",
+            param="messages" if chat else "prompt",
+        )
     return request

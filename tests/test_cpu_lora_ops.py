@@ -151,9 +151,7 @@ def test_uniform_batches(slot):
     else:
         ref = 2.0 * x.double() @ a[slot, 0].double().T
         torch.testing.assert_close(buf[:, :RANK].double(), ref, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(
-            y.double(), y0.double() + ref @ b[slot, 0].double().T, rtol=1e-4, atol=1e-4
-        )
+        torch.testing.assert_close(y.double(), y0.double() + ref @ b[slot, 0].double().T, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("rows", [(1, 5), (7, 5)], ids=["broadcast", "truncate"])
@@ -304,9 +302,7 @@ def test_fused_add_lora_linear_matches_reference(case, prefill):
     torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize(
-    "case,zero_slots", [("one", (1,)), ("balanced", (1,)), ("balanced", (0, 1, 2, 3))]
-)
+@pytest.mark.parametrize("case,zero_slots", [("one", (1,)), ("balanced", (1,)), ("balanced", (0, 1, 2, 3))])
 def test_fused_add_lora_linear_with_all_zero_slots(case, zero_slots):
     cpu_lora.register()
     y, ref = _linear_case(MAPPINGS[case], False, scale=1.0, zero_slots=zero_slots)
@@ -340,8 +336,9 @@ def test_fused_add_lora_linear_follows_new_metadata_and_weight_writes(prefill):
         for _ in range(2):  # two layers of one step: the grouping is kept, not recomputed
             y = y0.clone()
             wrapper.add_lora_linear(y, x, a, b, 0.5, slices)
-            torch.testing.assert_close(y.double(), _linear_reference(y0, x, a, b, ids, 0.5, slices),
-                                       rtol=1e-5, atol=1e-4)
+            torch.testing.assert_close(
+                y.double(), _linear_reference(y0, x, a, b, ids, 0.5, slices), rtol=1e-5, atol=1e-4
+            )
         assert linear.batch_plan(wrapper) is linear.batch_plan(wrapper)
 
     step(MAPPINGS["balanced"])

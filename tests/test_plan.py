@@ -43,10 +43,18 @@ def test_batch_larger_than_data_is_refused():
 def test_deepspeed_config_follows_the_train_section_and_the_raw_override_wins():
     from rayft.training.deepspeed_config import deepspeed_config
 
-    train = TrainConfig.model_validate({
-        "grad_accum": 4, "max_grad_norm": 0.5,
-        "deepspeed": {"zero_stage": 3, "offload_optimizer": True, "offload_params": True, "override": {
-            "zero_optimization": {"stage3_param_persistence_threshold": 0}, "steps_per_print": 5}}})
+    train = TrainConfig.model_validate(
+        {
+            "grad_accum": 4,
+            "max_grad_norm": 0.5,
+            "deepspeed": {
+                "zero_stage": 3,
+                "offload_optimizer": True,
+                "offload_params": True,
+                "override": {"zero_optimization": {"stage3_param_persistence_threshold": 0}, "steps_per_print": 5},
+            },
+        }
+    )
     config = deepspeed_config(train, micro_batch=2, use_gpu=False)
     zero = config["zero_optimization"]
     assert (config["train_micro_batch_size_per_gpu"], config["gradient_accumulation_steps"]) == (2, 4)

@@ -9,17 +9,20 @@ import time
 
 import httpx
 import pytest
-
 from test_serving import ADMIN, AUTH, KEY, client, post_chat, reference, server  # noqa: F401  (fixtures)
 
-pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.ray, pytest.mark.vllm, pytest.mark.timeout(900)]
 
 OK = {"model": "other", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "temperature": 0}
 
 
 def post_raw(server, payload: bytes, headers=None, path="/v1/chat/completions") -> httpx.Response:
-    return httpx.post(server["url"] + path, content=payload, timeout=120,
-                      headers=AUTH | {"content-type": "application/json"} | (headers or {}))
+    return httpx.post(
+        server["url"] + path,
+        content=payload,
+        timeout=120,
+        headers=AUTH | {"content-type": "application/json"} | (headers or {}),
+    )
 
 
 HOSTILE = [  # (body changes, or raw bytes; the param named; words in the message)
@@ -74,15 +77,18 @@ def test_a_missing_model_is_a_400(server):
     assert response.status_code == 400 and response.json()["error"]["param"] == "model"
 
 
-@pytest.mark.parametrize("payload, words", [
-    (b'{"model": "other", "messages": ' + b"[" * 200_000 + b"]" * 200_000 + b"}", "nested deeper than 32"),
-    (b'{"model": "other", "max_tokens": ' + b"9" * 5000 + b"}", "Exceeds the limit"),
-    (b'{"model": "other", "temperature": NaN}', "NaN is not a JSON number"),
-    (b'{"model": "\xff\xfe other"}', "not UTF-8"),
-    (b'["model", "other"]', "must be a JSON object"),
-    (b'"just a string"', "must be a JSON object"),
-    (b"", "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "payload, words",
+    [
+        (b'{"model": "other", "messages": ' + b"[" * 200_000 + b"]" * 200_000 + b"}", "nested deeper than 32"),
+        (b'{"model": "other", "max_tokens": ' + b"9" * 5000 + b"}", "Exceeds the limit"),
+        (b'{"model": "other", "temperature": NaN}', "NaN is not a JSON number"),
+        (b'{"model": "\xff\xfe other"}', "not UTF-8"),
+        (b'["model", "other"]', "must be a JSON object"),
+        (b'"just a string"', "must be a JSON object"),
+        (b"", "not valid JSON"),
+    ],
+)
 def test_bodies_that_are_not_sane_json_objects_are_400(server, payload, words):
     response = post_raw(server, payload)
     assert response.status_code == 400 and words in response.json()["error"]["message"]
@@ -98,7 +104,10 @@ def test_a_template_that_refuses_a_role_is_a_400_and_the_engine_is_unharmed(serv
     folder = shutil.copytree(server["adapters"]["other"], tmp_path / "strict")
     save_with_template(server["base"], folder, REFUSES_SYSTEM)
     ref = Registry().register("strict", "adapter", server["base"], str(folder)).ref
-    body = OK | {"model": ref, "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]}
+    body = OK | {
+        "model": ref,
+        "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}],
+    }
     refused = post_raw(server, json.dumps(body).encode())
     assert refused.status_code == 400 and refused.json()["error"]["param"] == "messages"
     assert "System role not supported" in refused.json()["error"]["message"]
@@ -115,10 +124,14 @@ def test_a_body_over_the_limit_is_413_before_it_is_read(server):
 
     def chunks():
         for i in range(0, len(big), 1 << 16):
-            yield big[i:i + (1 << 16)]
+            yield big[i : i + (1 << 16)]
 
-    streamed = httpx.post(server["url"] + "/v1/chat/completions", content=chunks(), timeout=120,
-                          headers=AUTH | {"content-type": "application/json"})
+    streamed = httpx.post(
+        server["url"] + "/v1/chat/completions",
+        content=chunks(),
+        timeout=120,
+        headers=AUTH | {"content-type": "application/json"},
+    )
     assert streamed.status_code == 413
     assert time.monotonic() - started < 60
     assert post_raw(server, json.dumps(OK).encode()).status_code == 200
@@ -150,6 +163,7 @@ def test_a_client_that_hangs_up_has_its_request_aborted_in_the_engine(server, st
 
     async def hang_up() -> None:
         async with httpx.AsyncClient(base_url=server["url"], headers=AUTH, timeout=120) as http:
+
             async def ask():
                 async with http.stream("POST", "/v1/chat/completions", json=long) as response:
                     async for _ in response.aiter_bytes():
@@ -169,8 +183,9 @@ def test_no_tenant_sees_another_tenants_cache_and_every_answer_has_its_own_id(se
     body = OK | {"messages": [{"role": "user", "content": "tenants must not share this"}]}
     first = post_chat(server, "other", "tenants must not share this")
     again = post_chat(server, "other", "tenants must not share this")
-    other_tenant = httpx.post(server["url"] + "/v1/chat/completions", json=body | {"max_tokens": 4}, headers=ADMIN,
-                              timeout=120)
+    other_tenant = httpx.post(
+        server["url"] + "/v1/chat/completions", json=body | {"max_tokens": 4}, headers=ADMIN, timeout=120
+    )
     assert [r.headers.get("x-rayft-cache") for r in (first, again, other_tenant)] == ["miss", "hit", "miss"]
     answers = [r.json() for r in (first, again, other_tenant)]
     assert len({a["id"] for a in answers}) == 3
@@ -216,8 +231,9 @@ def test_fuzzing_the_live_schema_finds_no_5xx(server):
             failures.append((case.method, case.path, case.body, response.status_code, response.text[:300]))
 
     for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):
-        fuzz = settings(max_examples=50, derandomize=True, deadline=None, database=None,
-                        suppress_health_check=list(HealthCheck))(given(case=schema.as_strategy(generation_mode=mode))(send))
+        fuzz = settings(
+            max_examples=50, derandomize=True, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+        )(given(case=schema.as_strategy(generation_mode=mode))(send))
         fuzz()
     assert not failures, failures[:5]
     assert engine_state(server)["running"] == 0

@@ -73,8 +73,10 @@ def test_response_cache_is_a_bounded_lru():
 def test_a_cached_answer_is_sent_under_each_request_s_own_id_and_time():
     import json
 
-    body = b'{"id":"chatcmpl-1","object":"chat.completion","created":100,"model":"m","choices":[{"message":' \
-           b'{"content":"chatcmpl-1 said \\"created\\":100"}}]}'
+    body = (
+        b'{"id":"chatcmpl-1","object":"chat.completion","created":100,"model":"m","choices":[{"message":'
+        b'{"content":"chatcmpl-1 said \\"created\\":100"}}]}'
+    )
     renewed = json.loads(CachedAnswer(body, "chatcmpl-1", 100, "t").renewed("chatcmpl-2", 200))
     assert (renewed["id"], renewed["created"]) == ("chatcmpl-2", 200)
     assert renewed["choices"][0]["message"]["content"] == 'chatcmpl-1 said "created":100'  # the text untouched
@@ -103,7 +105,7 @@ def test_artifact_hash_follows_every_file_checked_at_most_once_a_second(tmp_path
 
 
 def test_api_and_admin_keys_from_config_and_environment(monkeypatch):
-    from rayft.serving.app import admin_keys, api_keys
+    from rayft.serving.auth import admin_keys, api_keys
 
     monkeypatch.setenv("RAYFT_API_KEYS", "k2, k3,")
     monkeypatch.setenv("RAYFT_ADMIN_KEYS", "a2")
@@ -141,8 +143,12 @@ def test_replica_settings_become_serve_options():
     assert engine_options(ServeConfig(min_replicas=2, max_replicas=2))["num_replicas"] == 2
     scaling = engine_options(ServeConfig(min_replicas=1, max_replicas=4, target_ongoing_requests=16))
     assert "num_replicas" not in scaling
-    assert scaling["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 4, "initial_replicas": 1,
-                                             "target_ongoing_requests": 16}
+    assert scaling["autoscaling_config"] == {
+        "min_replicas": 1,
+        "max_replicas": 4,
+        "initial_replicas": 1,
+        "target_ongoing_requests": 16,
+    }
     with pytest.raises(ConfigError, match="min_replicas"):
         parse_config({"name": "x", "model": {"base": "b"}, "serve": {"min_replicas": 3, "max_replicas": 2}})
     assert engine_options(ServeConfig())["ray_actor_options"]["num_cpus"] == 1
@@ -151,10 +157,17 @@ def test_replica_settings_become_serve_options():
 
 def test_engine_computes_on_the_threads_asked_for_not_rays_one():
     """Ray starts the engine actor with OMP_NUM_THREADS=1; the engine must widen it before torch loads."""
-    code = ("from rayft.serving.engine import use_cpu_threads; use_cpu_threads(3); import os, torch; "
-            "print(torch.get_num_threads(), os.environ['OMP_NUM_THREADS'])")
-    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "OMP_NUM_THREADS": "1"},
-                         capture_output=True, text=True, check=True).stdout.split()
+    code = (
+        "from rayft.serving.engine import use_cpu_threads; use_cpu_threads(3); import os, torch; "
+        "print(torch.get_num_threads(), os.environ['OMP_NUM_THREADS'])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     assert out == ["3", "3"]
 
 
@@ -296,7 +309,7 @@ def test_an_empty_bearer_key_is_never_a_key():
 
 
 def test_keys_come_from_a_file_too(tmp_path, monkeypatch):
-    from rayft.serving.app import api_keys
+    from rayft.serving.auth import api_keys
 
     (tmp_path / "keys").write_text("k2\n\nk3\n")
     monkeypatch.setenv("RAYFT_API_KEYS_FILE", str(tmp_path / "keys"))
@@ -307,7 +320,7 @@ def test_keys_come_from_a_file_too(tmp_path, monkeypatch):
 
 
 def test_listening_beyond_loopback_without_keys_is_refused_unless_the_config_says_so(monkeypatch):
-    from rayft.serving.app import check_exposure
+    from rayft.serving.auth import check_exposure
 
     for name in ("RAYFT_API_KEYS", "RAYFT_API_KEYS_FILE"):
         monkeypatch.delenv(name, raising=False)

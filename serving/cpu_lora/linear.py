@@ -28,7 +28,6 @@ from .ops import cast
 from .plan import Plan, plan_for_segments, plan_for_tokens
 from .zero_slots import LayerWeights, layer_weights
 
-
 # Where vLLM's wrapper (PunicaWrapperBase) keeps a batch's adapter indices; it writes them in place.
 _INDEX_BUFFERS = ("_token_lora_indices", "_lora_indices_per_batch", "_seq_lengths")
 
@@ -39,8 +38,13 @@ def _metadata_stamp(wrapper: Any) -> tuple | None:
     read (no such buffers, or inference tensors, which keep no version)."""
     try:
         buffers = tuple(getattr(wrapper, name) for name in _INDEX_BUFFERS)
-        return (wrapper.is_prefill, wrapper.no_lora, wrapper.batch_size, tuple(wrapper.indices_len),
-                tuple((id(b), b._version) for b in buffers))
+        return (
+            wrapper.is_prefill,
+            wrapper.no_lora,
+            wrapper.batch_size,
+            tuple(wrapper.indices_len),
+            tuple((id(b), b._version) for b in buffers),
+        )
     except (AttributeError, RuntimeError):
         return None
 
@@ -112,9 +116,7 @@ def _per_op(self, y, x, a_stacked, b_stacked, scale, slices, buffer, **kwargs) -
     """vLLM's own add_lora_linear: shrink into float32 buffers, then expand (runs `.ops`)."""
     if buffer is None:
         r = b_stacked[0].size(-1)
-        buffer = tuple(
-            torch.zeros((x.size(0), r), dtype=torch.float32, device=x.device) for _ in slices
-        )
+        buffer = tuple(torch.zeros((x.size(0), r), dtype=torch.float32, device=x.device) for _ in slices)
     self.add_shrink(buffer, x, a_stacked, scale, **kwargs)
     self.add_expand(y, buffer, b_stacked, slices, add_inputs=True, **kwargs)
 

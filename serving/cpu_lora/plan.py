@@ -53,9 +53,9 @@ def _padded(rows: torch.Tensor, groups: tuple[tuple[int, int, int], ...]) -> Pad
     m = max(end - start for _, start, end in groups)
     if len(groups) * m > _MAX_PADDING * rows.numel():
         return None
-    positions = torch.cat(
-        [torch.arange(g * m, g * m + end - start) for g, (_, start, end) in enumerate(groups)]
-    ).to(rows.device)
+    positions = torch.cat([torch.arange(g * m, g * m + end - start) for g, (_, start, end) in enumerate(groups)]).to(
+        rows.device
+    )
     gather = torch.full((len(groups) * m,), int(rows[0]), dtype=rows.dtype, device=rows.device)
     gather[positions] = rows
     slots = [slot for slot, _, _ in groups]
@@ -116,8 +116,7 @@ _last: dict[int, tuple[tuple[torch.Tensor, ...], Plan]] = {}
 def _same(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...]) -> bool:
     """Exactly equal tensors, pairwise."""
     return len(a) == len(b) and all(
-        x.shape == y.shape and x.dtype == y.dtype and x.device == y.device and torch.equal(x, y)
-        for x, y in zip(a, b)
+        x.shape == y.shape and x.dtype == y.dtype and x.device == y.device and torch.equal(x, y) for x, y in zip(a, b)
     )
 
 

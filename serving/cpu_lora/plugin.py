@@ -100,8 +100,7 @@ def register() -> None:
     foreign = [
         name
         for owner, name, new, origin in targets
-        if getattr(owner, name, None) is not new
-        and getattr(getattr(owner, name, None), "__module__", None) != origin
+        if getattr(owner, name, None) is not new and getattr(getattr(owner, name, None), "__module__", None) != origin
     ]
     if foreign:
         _log_once(

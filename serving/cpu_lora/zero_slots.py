@@ -61,8 +61,13 @@ def _transposed(weights: list[torch.Tensor], slots: tuple[int, ...], dtype: torc
     return torch.cat(picked, dim=1).to(dtype).transpose(1, 2).contiguous()
 
 
-def layer_weights(a_stacked: tuple[torch.Tensor, ...], b_stacked: tuple[torch.Tensor, ...],
-                  slices: tuple[int, ...], slots: tuple[int, ...], dtype: torch.dtype) -> LayerWeights | None:
+def layer_weights(
+    a_stacked: tuple[torch.Tensor, ...],
+    b_stacked: tuple[torch.Tensor, ...],
+    slices: tuple[int, ...],
+    slots: tuple[int, ...],
+    dtype: torch.dtype,
+) -> LayerWeights | None:
     """The layout of a layer's shrink (`a_stacked`) and expand (`b_stacked`) weights for `slots`,
     expand in `dtype`; None when no adapter in `slots` contributes to any slice. Kept while every
     weight's version and the batch's slots, slices and dtype are unchanged: decode steps reuse it,
@@ -72,8 +77,7 @@ def layer_weights(a_stacked: tuple[torch.Tensor, ...], b_stacked: tuple[torch.Te
     tracked = not any(w.is_inference() for w in weights)  # inference tensors keep no version
     versions = tuple(w._version for w in weights) if tracked else ()
     hit = _layouts.get(id(a_stacked[0])) if tracked else None
-    if (hit is not None and hit[1] == versions and hit[2] == key
-            and all(ref() is w for ref, w in zip(hit[0], weights))):
+    if hit is not None and hit[1] == versions and hit[2] == key and all(ref() is w for ref, w in zip(hit[0], weights)):
         return hit[3]
     live = [i for i, (a, b) in enumerate(zip(a_stacked, b_stacked)) if contributes(a, b, slots)]
     layout = None
