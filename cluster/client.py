@@ -53,8 +53,10 @@ def cluster_auth_mode(address: str) -> str | None:
     except urllib.error.HTTPError:
         return None
     except (urllib.error.URLError, OSError) as error:
-        raise ClusterError(f"no Ray cluster answers at {address} ({error}); start one with "
-                           f"`ray start --head` or pass --address / set RAY_ADDRESS") from None
+        raise ClusterError(
+            f"no Ray cluster answers at {address} ({error}); start one with "
+            f"`ray start --head` or pass --address / set RAY_ADDRESS"
+        ) from None
 
 
 def find_token() -> tuple[str, str] | None:
@@ -77,7 +79,8 @@ def auth_headers(address: str, mode: str | None) -> dict[str, str]:
         if mode == "token":
             raise ClusterError(
                 f"the Ray cluster at {address} uses token authentication and no token was found: set "
-                f"{TOKEN_ENV}, or {TOKEN_PATH_ENV} to a file holding it, or write it to {DEFAULT_TOKEN_PATH}")
+                f"{TOKEN_ENV}, or {TOKEN_PATH_ENV} to a file holding it, or write it to {DEFAULT_TOKEN_PATH}"
+            )
         return {}
     return {"Authorization": f"Bearer {token[0]}"}
 

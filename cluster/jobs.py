@@ -48,12 +48,18 @@ def print_final(job_id: str, info, full_message: bool) -> int:
 def list_jobs(cluster: Cluster, as_json: bool = False) -> int:
     """Every job the cluster knows, oldest first."""
     jobs = sorted(cluster.call("list_jobs"), key=lambda j: j.start_time or 0)
-    rows = [{
-        "job_id": j.submission_id or j.job_id, "status": status_name(j),
-        "stage": (j.metadata or {}).get("rayft_stage", ""), "config": (j.metadata or {}).get("rayft_config", ""),
-        "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j.start_time / 1000)) if j.start_time else "",
-        "entrypoint": j.entrypoint, "message": failure_summary(j) if status_name(j) == "FAILED" else "",
-    } for j in jobs]
+    rows = [
+        {
+            "job_id": j.submission_id or j.job_id,
+            "status": status_name(j),
+            "stage": (j.metadata or {}).get("rayft_stage", ""),
+            "config": (j.metadata or {}).get("rayft_config", ""),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j.start_time / 1000)) if j.start_time else "",
+            "entrypoint": j.entrypoint,
+            "message": failure_summary(j) if status_name(j) == "FAILED" else "",
+        }
+        for j in jobs
+    ]
     if as_json:
         print(json.dumps(rows, indent=2))
         return 0

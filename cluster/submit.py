@@ -90,13 +90,20 @@ def staged_working_dir(working_dir: Path, config_path: Path):
 
 
 def stage_entrypoint(stage: str, config: str, python: str, extra: list[str]) -> str:
-    """The shell command the job runs."""
-    return shlex.join([python, "-m", "rayft.cli", *STAGE_COMMANDS[stage], config, *extra])
+    """The shell command the job runs: verbose, because a job's output already is a log (`rayft jobs logs`)."""
+    return shlex.join([python, "-m", "rayft.cli", "--verbose", *STAGE_COMMANDS[stage], config, *extra])
 
 
-def submit_stage(stage: str, config_path: str, *, address: str | None = None, working_dir: str = ".",
-                 env: dict[str, str] | None = None, python: str | None = None,
-                 extra: list[str] | None = None) -> Submission:
+def submit_stage(
+    stage: str,
+    config_path: str,
+    *,
+    address: str | None = None,
+    working_dir: str = ".",
+    env: dict[str, str] | None = None,
+    python: str | None = None,
+    extra: list[str] | None = None,
+) -> Submission:
     """Submit `rayft <stage> <config>` as a Ray job; returns once the job is accepted."""
     from ray.exceptions import RayError
 
@@ -118,8 +125,13 @@ def submit_stage(stage: str, config_path: str, *, address: str | None = None, wo
         entrypoint = stage_entrypoint(stage, config_in_job, python, extra or [])
         runtime_env = {"working_dir": str(upload), "env_vars": job_env}
         try:
-            cluster.call("submit_job", entrypoint=entrypoint, runtime_env=runtime_env, submission_id=job_id,
-                         metadata={"rayft_stage": stage, "rayft_config": config.name})
+            cluster.call(
+                "submit_job",
+                entrypoint=entrypoint,
+                runtime_env=runtime_env,
+                submission_id=job_id,
+                metadata={"rayft_stage": stage, "rayft_config": config.name},
+            )
         except (RayError, ValueError, OSError) as error:  # e.g. the upload is too large or unreadable
             raise ClusterError(f"submitting {stage} to {cluster.address} failed: {error}") from None
 
@@ -138,4 +150,3 @@ def print_submission(job: Submission) -> None:
     print(f"  status   rayft jobs status {job.job_id}{address}")
     print(f"  stop     rayft jobs stop {job.job_id}{address}")
     print(f"  browse   {job.cluster.address}/#/jobs/{job.job_id}", flush=True)
-

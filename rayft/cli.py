@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import traceback
 
 from rayft.cluster.client import ClusterError
 from rayft.cluster.submit import STAGE_COMMANDS
@@ -43,10 +44,17 @@ def cmd_data_prepare(args) -> int:
 
     config = load_config(args.config) if args.config else None
     data = config.data if config else DataConfig()
-    overrides = {k: v for k, v in {
-        "seed": args.seed, "label_field": args.label_field, "label_regex": args.label_regex, "format": args.format,
-        "label_json": args.label_json,
-    }.items() if v is not None}
+    overrides = {
+        k: v
+        for k, v in {
+            "seed": args.seed,
+            "label_field": args.label_field,
+            "label_regex": args.label_regex,
+            "format": args.format,
+            "label_json": args.label_json,
+        }.items()
+        if v is not None
+    }
     data = parse_data_config(data.model_dump() | overrides, "rayft data prepare")
     inputs = args.inputs or data.inputs
     out = args.out or (str(config.dataset_dir()) if config else None)
@@ -63,8 +71,8 @@ def cmd_data_prepare(args) -> int:
 def cmd_train(args) -> int:
     from rayft.training.trainer import train
 
-    result = train(load_config(args.config), resume=args.resume)
-    print(f"registered {result['ref']} ({result['kind']}) at {result['artifact_uri']}")
+    version = train(load_config(args.config), resume=args.resume)
+    print(f"registered {version.ref} ({version.kind}) at {version.artifact_uri}")
     return 0
 
 
@@ -78,21 +86,26 @@ def cmd_eval(args) -> int:
 
 
 def cmd_promote(args) -> int:
-    from rayft.eval.gate import PromotionRefused, print_checks, promote
+    from rayft.eval.promotion import PromotionRefused, promote
+    from rayft.eval.report import print_checks
 
     try:
         alias, checks = promote(Registry(), args.ref, args.alias, force=args.force, reason=args.reason, actor=_actor())
     except PromotionRefused as refused:
         if args.json:
-            print(json.dumps({"promoted": False, "checks": [c.to_dict() for c in refused.checks]}, indent=2))
+            print(json.dumps({"promoted": False, "checks": [c.model_dump() for c in refused.checks]}, indent=2))
         else:
             print_checks(args.ref, args.alias, refused.checks)
-            print(f"refused: {refused}\n(override with --force --reason \"...\"; the reason is recorded)",
-                  file=sys.stderr)
+            print(
+                f'refused: {refused}\n(override with --force --reason "..."; the reason is recorded)', file=sys.stderr
+            )
         return 1
     if args.json:
-        print(json.dumps({"promoted": True, "alias": alias.to_dict(), "checks": [c.to_dict() for c in checks]},
-                         indent=2))
+        print(
+            json.dumps(
+                {"promoted": True, "alias": alias.to_dict(), "checks": [c.model_dump() for c in checks]}, indent=2
+            )
+        )
     else:
         print_checks(args.ref, args.alias, checks)
         forced = " (forced: " + args.reason + ")" if not all(c.passed for c in checks) else ""
@@ -125,13 +138,14 @@ def cmd_registry_alias(args) -> int:
         if not (args.reason and args.reason.strip()):
             raise RegistryError("--force needs --reason: say why the gate is bypassed")
         from rayft.eval.gate import gate_checks
+        from rayft.eval.promotion import stored_report
 
-        versions = [targets] if isinstance(targets, int) else list(targets)
-        checks = {f"{ref.name}:{v}": [c.to_dict() for c in gate_checks(registry.get(f"{ref.name}:{v}"))]
-                  for v in versions}
+        versions = [registry.get(f"{ref.name}:{v}") for v in ([targets] if isinstance(targets, int) else targets)]
+        checks = {v.ref: [c.model_dump() for c in gate_checks(v, stored_report(v))] for v in versions}
         details = {"forced": True, "gate": checks}
-    alias = registry.set_alias(ref.name, ref.alias, targets, reason=args.reason, actor=_actor(), details=details,
-                               gated=args.force)
+    alias = registry.set_alias(
+        ref.name, ref.alias, targets, reason=args.reason, actor=_actor(), details=details, gated=args.force
+    )
     registry_tables.print_alias(alias, "set", args.json)
     return 0
 
@@ -163,30 +177,24 @@ def _actor() -> str:
         return "unknown"
 
 
-ADMIN_ACTIONS = ("load", "unload", "adapters")
-
-
 def cmd_serve(args) -> int:
-    if args.target in ADMIN_ACTIONS:
-        return cmd_serve_admin(args)
     from rayft.serving.lifecycle import serve_forever
 
-    config = load_config(args.target)
+    config = load_config(args.config)
     if args.port:
         config.serve.port = args.port
     serve_forever(config)
     return 0
 
 
-def cmd_serve_admin(args) -> int:
+def cmd_adapters(args) -> int:
+    """`rayft adapters list|load|unload`: a running server's adapters, without a restart."""
     from rayft.serving import client
 
-    if args.target != "adapters" and not args.ref:
-        raise ConfigError(f"rayft serve {args.target}: give the adapter's registry ref (NAME, NAME:VERSION or NAME:ALIAS)")
     try:
-        if args.target == "load":
+        if args.adapters_command == "load":
             print(json.dumps(client.load_adapter(args.ref, args.url, args.api_key)))
-        elif args.target == "unload":
+        elif args.adapters_command == "unload":
             print(json.dumps(client.unload_adapter(args.ref, args.url, args.api_key)))
         else:
             print(json.dumps(client.loaded_adapters(args.url, args.api_key), indent=2))
@@ -200,8 +208,15 @@ def cmd_submit(args) -> int:
     from rayft.cluster.jobs import follow_job
     from rayft.cluster.submit import parse_env, print_submission, submit_stage
 
-    job = submit_stage(args.stage, args.config, address=args.address, working_dir=args.working_dir,
-                       env=parse_env(args.env), python=args.python, extra=args.extra)
+    job = submit_stage(
+        args.stage,
+        args.config,
+        address=args.address,
+        working_dir=args.working_dir,
+        env=parse_env(args.env),
+        python=args.python,
+        extra=args.extra,
+    )
     print_submission(job)
     return follow_job(job.cluster, job.job_id) if args.follow else 0
 
@@ -229,6 +244,12 @@ def cmd_quickstart(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rayft", description="Fine-tune and serve LLM adapters on Ray.")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="show what libraries and Ray print (by default it goes to a log file)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     model = commands.add_parser("model", help="model utilities").add_subparsers(dest="model_command", required=True)
@@ -250,8 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--out", help="output folder (default: the config's dataset folder)")
     prepare.add_argument("--config", help="a rayft config; its data section and model tokenizer are used")
     prepare.add_argument("--tokenizer", help="tokenizer (model folder or hub id) for token limits and stats")
-    prepare.add_argument("--format", choices=["auto", "messages", "prompt_completion"],
-                         help="record format (default auto: told per record); the container comes from each file")
+    prepare.add_argument(
+        "--format",
+        choices=["auto", "messages", "prompt_completion"],
+        help="record format (default auto: told per record); the container comes from each file",
+    )
     prepare.add_argument("--label-field")
     prepare.add_argument("--label-regex")
     prepare.add_argument("--label-json", help="dotted path into the last assistant turn parsed as JSON")
@@ -277,54 +301,87 @@ def build_parser() -> argparse.ArgumentParser:
     promotion.add_argument("--json", action="store_true")
     promotion.set_defaults(func=cmd_promote)
 
-    registry = commands.add_parser("registry", help="the model registry").add_subparsers(dest="registry_command", required=True)
+    registry = commands.add_parser("registry", help="the model registry").add_subparsers(
+        dest="registry_command", required=True
+    )
     as_json = argparse.ArgumentParser(add_help=False)
     as_json.add_argument("--json", action="store_true", help="print JSON instead of a table")
     listing = registry.add_parser("list", parents=[as_json], help="list registered versions")
     listing.add_argument("name", nargs="?")
     listing.set_defaults(func=cmd_registry_list)
-    show = registry.add_parser("show", parents=[as_json], help="a version with its lineage, or an alias with its history")
+    show = registry.add_parser(
+        "show", parents=[as_json], help="a version with its lineage, or an alias with its history"
+    )
     show.add_argument("ref", help="NAME, NAME:VERSION or NAME:ALIAS")
     show.set_defaults(func=cmd_registry_show)
-    alias = registry.add_parser("alias", parents=[as_json], help="point an alias at a version, or split traffic "
-                                                                 "(no eval gate: refused for gated aliases such as "
-                                                                 "prod; see `rayft promote`)")
+    alias = registry.add_parser(
+        "alias",
+        parents=[as_json],
+        help="point an alias at a version, or split traffic "
+        "(no eval gate: refused for gated aliases such as "
+        "prod; see `rayft promote`)",
+    )
     alias.add_argument("alias", help="NAME:ALIAS, e.g. support:canary")
     alias.add_argument("targets", nargs="+", help="VERSION, or VERSION=WEIGHT ... for a split (3=90 4=10)")
     alias.add_argument("--reason")
-    alias.add_argument("--force", action="store_true", help="move a gated alias (RAYFT_GATED_ALIASES, default prod) "
-                                                            "without the gate; needs --reason, records the checks")
+    alias.add_argument(
+        "--force",
+        action="store_true",
+        help="move a gated alias (RAYFT_GATED_ALIASES, default prod) "
+        "without the gate; needs --reason, records the checks",
+    )
     alias.set_defaults(func=cmd_registry_alias)
     rollback = registry.add_parser("rollback", parents=[as_json], help="re-point an alias to its previous targets")
     rollback.add_argument("alias", help="NAME:ALIAS")
     rollback.add_argument("--reason")
     rollback.set_defaults(func=cmd_registry_rollback)
-    delete = registry.add_parser("delete", parents=[as_json], help="remove a version (refused while an alias "
-                                                                   "points to it)")
+    delete = registry.add_parser(
+        "delete", parents=[as_json], help="remove a version (refused while an alias points to it)"
+    )
     delete.add_argument("ref", help="NAME:VERSION")
     delete.set_defaults(func=cmd_registry_delete)
 
     serve = commands.add_parser(
-        "serve", help="serve the base and its adapters over an OpenAI-compatible API",
-        description="rayft serve CONFIG starts the server; rayft serve load|unload REF and rayft serve adapters "
-                    "manage adapters of a running server without a restart.")
-    serve.add_argument("target", metavar="CONFIG|load|unload|adapters")
-    serve.add_argument("ref", nargs="?", help="registry ref of the adapter (load, unload)")
+        "serve",
+        help="serve the base and its adapters over an OpenAI-compatible API (SIGTERM or Ctrl-C drains, then stops)",
+    )
+    serve.add_argument("config")
     serve.add_argument("--port", type=int)
-    serve.add_argument("--url", help="running server for load/unload/adapters (default $RAYFT_SERVE_URL or "
-                                     "http://127.0.0.1:8000)")
-    serve.add_argument("--key", "--api-key", dest="api_key",
-                       help="admin key for load/unload/adapters (default $RAYFT_ADMIN_KEY, else $RAYFT_API_KEY)")
     serve.set_defaults(func=cmd_serve)
 
+    server = argparse.ArgumentParser(add_help=False)
+    server.add_argument("--url", help="the running server (default $RAYFT_SERVE_URL or http://127.0.0.1:8000)")
+    server.add_argument(
+        "--key", "--api-key", dest="api_key", help="admin key (default $RAYFT_ADMIN_KEY, else $RAYFT_API_KEY)"
+    )
+    adapters = commands.add_parser(
+        "adapters", help="a running server's adapters: list, load, unload (no restart)"
+    ).add_subparsers(dest="adapters_command", required=True)
+    adapters.add_parser("list", parents=[server], help="loaded adapters, least recently used first").set_defaults(
+        func=cmd_adapters
+    )
+    for action, words in (
+        ("load", "load an adapter now (verified against the registry)"),
+        ("unload", "drop an adapter from the engine once its requests finish"),
+    ):
+        command = adapters.add_parser(action, parents=[server], help=words)
+        command.add_argument("ref", help="registry ref: NAME, NAME:VERSION or NAME:ALIAS")
+        command.set_defaults(func=cmd_adapters)
+
     cluster = argparse.ArgumentParser(add_help=False)
-    cluster.add_argument("--address", help="the cluster's Jobs API, e.g. http://HEAD:8265 (default $RAY_ADDRESS, "
-                                           "else http://127.0.0.1:8265)")
+    cluster.add_argument(
+        "--address",
+        help="the cluster's Jobs API, e.g. http://HEAD:8265 (default $RAY_ADDRESS, else http://127.0.0.1:8265)",
+    )
     submit = commands.add_parser("submit", parents=[cluster], help="run a stage as a Ray job on a cluster")
     submit.add_argument("stage", choices=list(STAGE_COMMANDS))
     submit.add_argument("config")
-    submit.add_argument("extra", nargs="*", help="arguments for the stage after `--`, e.g. "
-                        "`rayft submit --address URL train C.yaml -- --resume` (submit's options go before STAGE)")
+    submit.add_argument(
+        "extra",
+        nargs="*",
+        help="arguments for the stage after `--`, e.g. "
+        "`rayft submit --address URL train C.yaml -- --resume` (submit's options go before STAGE)",
+    )
     submit.add_argument("--working-dir", default=".", help="folder uploaded with the job (default: this one)")
     submit.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="job environment variable")
     submit.add_argument("--python", help="the job's interpreter (default: this one for a local head, else python)")
@@ -346,15 +403,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `rayft` console script."""
-    args = build_parser().parse_args(argv)
+# Commands that start Ray or load torch and vLLM: their console is kept quiet (rayft.console).
+NOISY_COMMANDS = ("data", "model", "train", "eval", "serve", "quickstart")
+
+
+def execute(args, errors=None) -> int:
+    """Run a parsed command; a refusal is one line on `errors` (default stderr) and exit code 2."""
     try:
         return args.func(args)
     except (ConfigError, RegistryError, FileNotFoundError, ClusterError, ArtifactMismatch) as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {error}", file=errors or sys.stderr)
         return 2
 
 
+def main(argv: list[str] | None = None) -> int:
+    """Parse `argv` and run the command, printing everything (what tests call)."""
+    return execute(build_parser().parse_args(argv))
+
+
+def run() -> int:
+    """The `rayft` console script: a command that starts Ray or loads vLLM keeps its console to its
+    own lines, progress bars and summary, and sends what libraries and Ray print to a log file whose
+    path it prints first (`rayft.console`); `-v` shows everything."""
+    args = build_parser().parse_args()
+    if args.verbose or args.command not in NOISY_COMMANDS:
+        return execute(args)
+    from rayft.console import quiet
+
+    log, terminal = quiet(args.command)
+    print(f"log: {log}", flush=True)
+    try:
+        return execute(args, errors=terminal)
+    except Exception as error:  # a failure we did not foresee: its traceback is in the log, named here
+        traceback.print_exc()
+        print(f"error: {type(error).__name__}: {error}\n  (traceback in {log})", file=terminal)
+        return 1
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

@@ -17,7 +17,9 @@ from rich.console import Console
 from rich.table import Table
 
 from rayft.config import RayftConfig, load_config
+from rayft.data.manifest import Manifest
 from rayft.home import rayft_home
+from rayft.registry import ModelVersion
 
 QUESTION = "Hello, I was charged twice for my Pro subscription this month. Please help as soon as possible."
 
@@ -40,20 +42,24 @@ def build_inputs(folder: Path) -> None:
         build_tiny_model(folder / "tiny-random", samples.tokenizer_corpus(), size="test", vocab_size=2048)
 
 
-def prepare(config: RayftConfig, tokenizer: str) -> dict:
+def prepare(config: RayftConfig, tokenizer: str) -> Manifest:
     from rayft.data.prepare import PrepareOptions, prepare_dataset
 
-    return prepare_dataset(config.data.inputs, config.dataset_dir(),
-                           PrepareOptions(config.data, tokenizer, config.model.chat_template))
+    return prepare_dataset(
+        config.data.inputs, config.dataset_dir(), PrepareOptions(config.data, tokenizer, config.model.chat_template)
+    )
 
 
 def ask(url: str, model: str, question: str) -> str:
     """One chat completion over HTTP (greedy)."""
     import httpx
 
-    body = {"model": model, "messages": [{"role": "system", "content": _system_prompt()},
-                                         {"role": "user", "content": question}],
-            "max_tokens": 32, "temperature": 0}
+    body = {
+        "model": model,
+        "messages": [{"role": "system", "content": _system_prompt()}, {"role": "user", "content": question}],
+        "max_tokens": 32,
+        "temperature": 0,
+    }
     response = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120)
     response.raise_for_status()
     return response.json()["choices"][0]["message"]["content"]
@@ -68,15 +74,21 @@ def _system_prompt() -> str:
 def print_summary(summary: dict) -> None:
     table = Table(title="rayft quickstart", show_header=False)
     data = summary["data"]
-    table.add_row("records", f"{data['input']} in: {data['kept']} kept, {data['rejected']} rejected "
-                             f"→ train {data['train']} / val {data['val']} / test {data['test']}")
+    table.add_row(
+        "records",
+        f"{data['input']} in: {data['kept']} kept, {data['rejected']} rejected "
+        f"→ train {data['train']} / val {data['val']} / test {data['test']}",
+    )
     for stage in ("base_training", "adapter_training"):
         run = summary[stage]
-        table.add_row(f"{stage.replace('_', ' ')} ({run['ref']})",
-                      f"loss {run['first_loss']:.3f} → {run['final_loss']:.3f} in {run['steps']} steps")
+        table.add_row(
+            f"{stage.replace('_', ' ')} ({run['ref']})",
+            f"loss {run['first_loss']:.3f} → {run['final_loss']:.3f} in {run['steps']} steps",
+        )
     accuracy = summary["eval"]
-    table.add_row("category accuracy", f"base {accuracy['base']:.3f} → adapter {accuracy['adapter']:.3f} "
-                                       f"(n={accuracy['n']})")
+    table.add_row(
+        "category accuracy", f"base {accuracy['base']:.3f} → adapter {accuracy['adapter']:.3f} (n={accuracy['n']})"
+    )
     for who, answer in summary["served"].items():
         table.add_row(f"served answer: {who}", repr(answer))
     table.add_row("time", f"{summary['seconds']:.0f} s")
@@ -99,22 +111,26 @@ def run_quickstart(port: int = 8000) -> dict:
     # run
     prepare(base_config, str(folder / "tiny-random"))
     base = train(base_config)
-    manifest = prepare(adapter_config, base["artifact_uri"])
+    manifest = prepare(adapter_config, base.artifact_uri)
     adapter = train(adapter_config)
-    report = evaluate(adapter_config, candidate=adapter["ref"])
+    report = evaluate(adapter_config, candidate=adapter.ref)
     url = app.start(adapter_config)
     try:
-        served = {"base": ask(url, base["name"], QUESTION), "adapter": ask(url, adapter["ref"], QUESTION)}
+        served = {"base": ask(url, base.name, QUESTION), "adapter": ask(url, adapter.ref, QUESTION)}
     finally:
         app.shutdown()
 
     # report
     summary = {
-        "data": manifest["counts"] | {"dataset_hash": manifest["dataset_hash"]},
+        "data": manifest.counts.model_dump() | {"dataset_hash": manifest.dataset_hash},
         "base_training": _run_summary(base),
         "adapter_training": _run_summary(adapter),
-        "eval": {"base": report["metrics"]["base"]["accuracy"], "adapter": report["metrics"]["candidate"]["accuracy"],
-                 "n": report["n"], "report": report["path"]},
+        "eval": {
+            "base": report.metrics["base"]["accuracy"],
+            "adapter": report.metrics["candidate"]["accuracy"],
+            "n": report.n,
+            "report": report.path,
+        },
         "served": served,
         "question": QUESTION,
         "seconds": time.time() - started,
@@ -125,7 +141,12 @@ def run_quickstart(port: int = 8000) -> dict:
     return summary
 
 
-def _run_summary(version: dict) -> dict:
-    metrics = version["metrics"]
-    return {"ref": version["ref"], "first_loss": metrics["first_loss"], "final_loss": metrics["final_loss"],
-            "steps": metrics["steps"], "artifact": version["artifact_uri"]}
+def _run_summary(version: ModelVersion) -> dict:
+    metrics = version.metrics
+    return {
+        "ref": version.ref,
+        "first_loss": metrics["first_loss"],
+        "final_loss": metrics["final_loss"],
+        "steps": metrics["steps"],
+        "artifact": version.artifact_uri,
+    }

@@ -23,9 +23,10 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 LOCAL_MIN_CPUS = 4
 
 
-def ensure_ray(num_cpus: int | None = None, log_to_driver: bool = True) -> None:
-    """Start or connect to Ray once per process. With `log_to_driver=False` (a long-running server)
-    what workers print stays in Ray's session logs instead of this process's console.
+def ensure_ray(num_cpus: int | None = None, log_to_driver: bool | None = None) -> None:
+    """Start or connect to Ray once per process. With `log_to_driver=False` (a long-running server,
+    or any command on a quiet console: `RAYFT_QUIET`) what workers print stays in Ray's session logs
+    instead of this process's console.
 
     A local cluster starts without Ray's dashboard and without Ray's own metrics (rayft's serving
     metrics are its own Prometheus registry): nothing in rayft uses them there, and on a small
@@ -36,15 +37,22 @@ def ensure_ray(num_cpus: int | None = None, log_to_driver: bool = True) -> None:
 
     if ray.is_initialized():
         return
+    if log_to_driver is None:
+        log_to_driver = not os.environ.get("RAYFT_QUIET")
     address = os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=log_to_driver)
     else:
         cpus = num_cpus or max(os.cpu_count() or 1, LOCAL_MIN_CPUS)
-        ray.init(address="local", num_cpus=cpus, include_dashboard=False, logging_level=logging.WARNING,
-                 log_to_driver=log_to_driver,
-                 _system_config={"enable_metrics_collection": False},
-                 runtime_env={"worker_process_setup_hook": "rayft.runtime.quiet_placement_group_cleaner"})
+        ray.init(
+            address="local",
+            num_cpus=cpus,
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            log_to_driver=log_to_driver,
+            _system_config={"enable_metrics_collection": False},
+            runtime_env={"worker_process_setup_hook": "rayft.runtime.quiet_placement_group_cleaner"},
+        )
     context = ray.data.DataContext.get_current()
     # Ray Data's per-operator progress bars flood logs of long jobs; rayft reports its own progress.
     context.enable_progress_bars = False

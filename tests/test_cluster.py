@@ -18,23 +18,27 @@ import yaml
 
 from rayft import storage
 from rayft.cli import build_parser, cmd_data_prepare, cmd_eval, cmd_serve, cmd_train, main
-from rayft.config import load_config, parse_config
+from rayft.config import load_config
 
 OWN_RAY_HEAD = True  # the Jobs tests run their own `ray start` head: conftest must not restart its Ray
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster"
 GPU_CONFIG = ROOT / "configs" / "cluster-gpu.yaml"
-MANIFESTS = {name: yaml.safe_load((CLUSTER / "kuberay" / name).read_text())
-             for name in ("raycluster.yaml", "rayjob-train.yaml", "rayservice.yaml")}
+MANIFESTS = {
+    name: yaml.safe_load((CLUSTER / "kuberay" / name).read_text())
+    for name in ("raycluster.yaml", "rayjob-train.yaml", "rayservice.yaml")
+}
 LAUNCHER = yaml.safe_load((CLUSTER / "launcher" / "aws-gpu.yaml").read_text())
 GPUS_PER_INSTANCE = {"g5.2xlarge": 1, "g5.12xlarge": 4, "g5.48xlarge": 8, "p4d.24xlarge": 8, "p5.48xlarge": 8}
 
 
 def cluster_specs():
     """(manifest, RayCluster spec) for the three KubeRay resources."""
-    specs = {"raycluster.yaml": MANIFESTS["raycluster.yaml"]["spec"],
-             "rayjob-train.yaml": MANIFESTS["rayjob-train.yaml"]["spec"]["rayClusterSpec"],
-             "rayservice.yaml": MANIFESTS["rayservice.yaml"]["spec"]["rayClusterConfig"]}
+    specs = {
+        "raycluster.yaml": MANIFESTS["raycluster.yaml"]["spec"],
+        "rayjob-train.yaml": MANIFESTS["rayjob-train.yaml"]["spec"]["rayClusterSpec"],
+        "rayservice.yaml": MANIFESTS["rayservice.yaml"]["spec"]["rayClusterConfig"],
+    }
     return list(specs.items())
 
 
@@ -55,8 +59,10 @@ def mounted_config_dir(spec) -> str:
 
 # ---------------------------------------------------------------- manifests (no Ray started)
 
-@pytest.mark.parametrize("name,kind", [("raycluster.yaml", "RayCluster"), ("rayjob-train.yaml", "RayJob"),
-                                       ("rayservice.yaml", "RayService")])
+
+@pytest.mark.parametrize(
+    "name,kind", [("raycluster.yaml", "RayCluster"), ("rayjob-train.yaml", "RayJob"), ("rayservice.yaml", "RayService")]
+)
 def test_kuberay_manifests_have_the_required_fields(name, kind):
     import ray
 
@@ -97,7 +103,8 @@ def test_one_image_everywhere_built_from_our_dockerfile():
     assert re.search(rf"^FROM rayproject/ray:{re.escape(ray.__version__)}-py311-gpu$", dockerfile, re.M)
     assert f"ray[train,serve,data]=={ray.__version__}" in project["project"]["dependencies"]
     copied = set(re.findall(r"^COPY \S+ (\S+) \1$", dockerfile, re.M))
-    assert copied >= set(project["tool"]["setuptools"]["package-dir"].values()) - {"serving/cpu_lora"}
+    stages = {link.readlink().name for link in (ROOT / "rayft").iterdir() if link.is_symlink()}  # rayft.<stage>
+    assert stages and copied >= stages | {"rayft"}
 
 
 def test_gpu_worker_groups_fit_the_cluster_training_config():
@@ -174,6 +181,7 @@ def test_launcher_config_passes_ray_schema_and_fits_the_config():
 
 # ---------------------------------------------------------------- submission pieces (no Ray started)
 
+
 def test_staged_upload_carries_the_config_and_skips_state(tmp_path, monkeypatch):
     from rayft.cluster.submit import JOB_FOLDER, staged_working_dir
 
@@ -214,10 +222,12 @@ def test_addresses_tokens_and_env_options(tmp_path, monkeypatch):
     assert parse_env(["A=1", "B=x=y"]) == {"A": "1", "B": "x=y"}
     with pytest.raises(ConfigError, match="--env: expected KEY=VALUE, got 'oops'"):
         parse_env(["oops"])
-    assert stage_entrypoint("data", "_rayft_job/c.yaml", "/v/bin/python", []) == \
-        "/v/bin/python -m rayft.cli data prepare --config _rayft_job/c.yaml"
+    assert (
+        stage_entrypoint("data", "_rayft_job/c.yaml", "/v/bin/python", [])
+        == "/v/bin/python -m rayft.cli --verbose data prepare --config _rayft_job/c.yaml"
+    )
     args = build_parser().parse_args(shlex.split(stage_entrypoint("train", "c.yaml", "python", ["--resume"]))[3:])
-    assert args.func is cmd_train and args.resume
+    assert args.func is cmd_train and args.resume and args.verbose
     commands = {"data": cmd_data_prepare, "train": cmd_train, "eval": cmd_eval, "serve": cmd_serve}
     for stage, command in commands.items():  # every stage's job runs the CLI command of that stage
         args = build_parser().parse_args(shlex.split(stage_entrypoint(stage, "c.yaml", "python", []))[3:])
@@ -232,6 +242,7 @@ def test_submit_fails_before_sending_on_a_bad_config(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------- jobs on a real `ray start --head`
+
 
 def job_id_from(output: str) -> str:
     return re.search(r"^submitted (\S+) to ", output, re.M).group(1)
@@ -268,9 +279,9 @@ def wait_for_log_line(head, job_id: str, text: str, timeout_s: float) -> None:
 @pytest.mark.ray
 @pytest.mark.timeout(120)
 def test_token_auth_head_runs_a_job_that_stop_ends_and_only_its_head_is_stopped(
-        tiny_model, tickets_dataset, tmp_path, monkeypatch, capsys):
+    tiny_model, tickets_dataset, tmp_path, monkeypatch, capsys
+):
     from ray.job_submission import JobSubmissionClient
-
     from ray_head import head_processes, running_head
 
     token = tmp_path / "token"
@@ -288,8 +299,22 @@ def test_token_auth_head_runs_a_job_that_stop_ends_and_only_its_head_is_stopped(
             assert main(["jobs", "list", "--address", head.address]) == 2
             assert "uses token authentication and no token was found" in capsys.readouterr().err
             monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
-            assert main(["submit", "--address", head.address, "--working-dir", str(tmp_path / "work"),
-                         "--env", f"RAYFT_HOME={tmp_path / 'home'}", "train", str(config)]) == 0
+            assert (
+                main(
+                    [
+                        "submit",
+                        "--address",
+                        head.address,
+                        "--working-dir",
+                        str(tmp_path / "work"),
+                        "--env",
+                        f"RAYFT_HOME={tmp_path / 'home'}",
+                        "train",
+                        str(config),
+                    ]
+                )
+                == 0
+            )
             job_id = job_id_from(capsys.readouterr().out)
             # The driver joined the token cluster (with the cluster's RAY_AUTH_MODE) and ran Ray Data.
             wait_for_log_line(head, job_id, "[rayft] run long-", timeout_s=60)
@@ -322,8 +347,20 @@ def ray_head(tickets_dataset, tiny_model):
 @pytest.mark.timeout(60)
 def test_a_failing_job_reports_failed_with_its_error(ray_head, tiny_model, tmp_path, capsys):
     config = write_job_config(tmp_path / "work", "no-data", tiny_model, tmp_path / "missing")
-    code = main(["submit", "--address", ray_head.address, "--working-dir", str(tmp_path / "work"),
-                 "--env", f"RAYFT_HOME={tmp_path / 'home'}", "--follow", "train", str(config)])
+    code = main(
+        [
+            "submit",
+            "--address",
+            ray_head.address,
+            "--working-dir",
+            str(tmp_path / "work"),
+            "--env",
+            f"RAYFT_HOME={tmp_path / 'home'}",
+            "--follow",
+            "train",
+            str(config),
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 1
     job_id = job_id_from(captured.out)
@@ -337,8 +374,9 @@ def test_a_failing_job_reports_failed_with_its_error(ray_head, tiny_model, tmp_p
 
 @pytest.mark.ray
 @pytest.mark.timeout(180)
-def test_training_job_followed_to_succeeded_registers_its_adapter(ray_head, tiny_model, tickets_dataset,
-                                                                  tmp_path, capsys):
+def test_training_job_followed_to_succeeded_registers_its_adapter(
+    ray_head, tiny_model, tickets_dataset, tmp_path, capsys
+):
     from rayft.registry import Registry
 
     home = tmp_path / "job-home"
@@ -347,15 +385,37 @@ def test_training_job_followed_to_succeeded_registers_its_adapter(ray_head, tiny
     # pyarrow filesystem path as s3:// and gs://).
     shutil.copytree(tickets_dataset, tmp_path / "work" / "tickets")
     bucket = f"file://{tmp_path / 'bucket'}"
-    config = write_job_config(tmp_path / "work", "support-cluster", tiny_model, Path("tickets"),
-                              max_steps=4, eval_every=4, checkpoint_every=4,
-                              storage_path=f"{bucket}/runs", export_path=f"{bucket}/models")
-    assert main(["submit", "--address", ray_head.address, "--working-dir", str(tmp_path / "work"),
-                 "--env", f"RAYFT_HOME={home}", "train", str(config)]) == 0
+    config = write_job_config(
+        tmp_path / "work",
+        "support-cluster",
+        tiny_model,
+        Path("tickets"),
+        max_steps=4,
+        eval_every=4,
+        checkpoint_every=4,
+        storage_path=f"{bucket}/runs",
+        export_path=f"{bucket}/models",
+    )
+    assert (
+        main(
+            [
+                "submit",
+                "--address",
+                ray_head.address,
+                "--working-dir",
+                str(tmp_path / "work"),
+                "--env",
+                f"RAYFT_HOME={home}",
+                "train",
+                str(config),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     job_id = job_id_from(out)
     assert f"rayft jobs logs {job_id} --follow --address {ray_head.address}" in out
-    assert f"{sys.executable} -m rayft.cli train _rayft_job/support-cluster.yaml" in out
+    assert f"{sys.executable} -m rayft.cli --verbose train _rayft_job/support-cluster.yaml" in out
     assert main(["jobs", "logs", job_id, "--follow", "--address", ray_head.address]) == 0
     streamed = capsys.readouterr().out
     assert "[rayft] run support-cluster-" in streamed and "registered support-cluster:1 (adapter)" in streamed
@@ -377,8 +437,9 @@ def test_training_job_followed_to_succeeded_registers_its_adapter(ray_head, tiny
     assert listed[job_id]["status"] == "SUCCEEDED" and listed[job_id]["stage"] == "train"
 
 
-def test_serving_manifests_take_keys_from_secrets_and_the_app_refuses_to_start_without(tiny_model, tmp_path,
-                                                                                       monkeypatch):
+def test_serving_manifests_take_keys_from_secrets_and_the_app_refuses_to_start_without(
+    tiny_model, tmp_path, monkeypatch
+):
     from rayft.cluster.service import app_builder
     from rayft.config import ConfigError
 
@@ -387,19 +448,31 @@ def test_serving_manifests_take_keys_from_secrets_and_the_app_refuses_to_start_w
     for name in ("RAYFT_API_KEYS", "RAYFT_ADMIN_KEYS"):
         assert env[name]["valueFrom"]["secretKeyRef"]["name"] == "rayft-serve-keys"
     run = LAUNCHER["docker"]["run_options"]
-    for name, path in (("RAYFT_API_KEYS_FILE", "/home/ray/.rayft/api-keys"),
-                       ("RAYFT_ADMIN_KEYS_FILE", "/home/ray/.rayft/admin-keys")):
+    for name, path in (
+        ("RAYFT_API_KEYS_FILE", "/home/ray/.rayft/api-keys"),
+        ("RAYFT_ADMIN_KEYS_FILE", "/home/ray/.rayft/admin-keys"),
+    ):
         assert f"-e {name}={path}" in run and path in LAUNCHER["file_mounts"]
     served = load_config(GPU_CONFIG).serve
     assert served.host == "0.0.0.0" and not served.api_keys and not served.allow_unauthenticated
     config = tmp_path / "serve.yaml"  # the manifests' serve section, on the tiny base
-    config.write_text(yaml.safe_dump({"name": "svc", "model": {"base": tiny_model},
-                                      "serve": served.model_dump(include={"host", "port", "max_model_len"})}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "name": "svc",
+                "model": {"base": tiny_model},
+                "serve": served.model_dump(include={"host", "port", "max_model_len"}),
+            }
+        )
+    )
     for name in ("RAYFT_API_KEYS", "RAYFT_API_KEYS_FILE"):
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(ConfigError, match="can be reached from other machines and no API keys"):
         app_builder({"config": str(config)})
     (tmp_path / "api-keys").write_text("k1\nk2\n")
     monkeypatch.setenv("RAYFT_API_KEYS_FILE", str(tmp_path / "api-keys"))
+    from rayft.serving.auth import KeyCheck
+
     ingress = app_builder({"config": str(config)})._bound_deployment
-    assert next(a for a in ingress.init_args if isinstance(a, dict))["api_keys"] == ["k1", "k2"]
+    keys = next(a for a in ingress.init_args if isinstance(a, KeyCheck))
+    assert keys.api_keys == {"k1", "k2"}

@@ -5,7 +5,7 @@ import socket
 
 import pytest
 
-pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.ray, pytest.mark.vllm, pytest.mark.timeout(900)]
 
 
 def test_quickstart_runs_every_stage_and_the_adapter_beats_the_base(ray_cluster, tmp_path, monkeypatch, capsys):
@@ -48,7 +48,7 @@ def check_gate_and_rollback(registry, adapter, base, tmp_path):
     from reference import random_adapter
 
     from rayft.eval.evaluate import evaluate
-    from rayft.eval.gate import PromotionRefused, promote
+    from rayft.eval.promotion import PromotionRefused, promote
     from rayft.quickstart import packaged_config
 
     report = adapter.eval_report
@@ -66,8 +66,8 @@ def check_gate_and_rollback(registry, adapter, base, tmp_path):
     config.eval.limit, config.eval.few_shot = 64, 0
     bad_report = evaluate(config, candidate=bad.ref, show_progress=False)
     # The version in production answered the same 64 rows beside the bad one, on the same engine.
-    assert bad_report["compared"] == {"prod": {"ref": adapter.ref, "weights_hash": adapter.weights_hash}}
-    assert bad_report["metrics"][adapter.ref]["accuracy"] >= bad_report["metrics"]["base"]["accuracy"] + 0.3
+    assert bad_report.compared["prod"].model_dump() == {"ref": adapter.ref, "weights_hash": adapter.weights_hash}
+    assert bad_report.metrics[adapter.ref]["accuracy"] >= bad_report.metrics["base"]["accuracy"] + 0.3
     with pytest.raises(PromotionRefused) as refused:
         promote(registry, bad.ref, "prod")
     failed = {c.name for c in refused.value.checks if not c.passed}
@@ -77,5 +77,8 @@ def check_gate_and_rollback(registry, adapter, base, tmp_path):
     promote(registry, bad.ref, "prod", force=True, reason="override drill")
     assert registry.get("support:prod").ref == bad.ref
     assert registry.rollback("support", "prod", reason="bad answers").targets == {adapter.version: 1.0}
-    assert [(c.action, c.details and c.details["forced"]) for c in registry.history("support", "prod")] == \
-        [("set", False), ("set", True), ("rollback", None)]
+    assert [(c.action, c.details and c.details["forced"]) for c in registry.history("support", "prod")] == [
+        ("set", False),
+        ("set", True),
+        ("rollback", None),
+    ]

@@ -17,7 +17,7 @@ import httpx
 import pytest
 import yaml
 
-pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.ray, pytest.mark.vllm, pytest.mark.timeout(600)]
 
 OWN_RAY_HEAD = True  # conftest: do not restart the session's Ray for these tests
 KEY = "process-key"
@@ -43,21 +43,32 @@ class Server:
     def __init__(self, tiny_model: str, folder):
         self.port = free_port()
         config = folder / "serve.yaml"
-        config.write_text(yaml.safe_dump({"name": "proc", "model": {"base": tiny_model}, "serve": {
-            "port": self.port, "max_model_len": 1024, "shutdown_grace_s": 60}}))
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "name": "proc",
+                    "model": {"base": tiny_model},
+                    "serve": {"port": self.port, "max_model_len": 1024, "shutdown_grace_s": 60},
+                }
+            )
+        )
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "rayft.cli", "serve", str(config)], start_new_session=True, text=True,
-            stdout=subprocess.PIPE, stderr=open(folder / "stderr.log", "w"),
-            env=os.environ | {"RAYFT_API_KEYS": KEY, "PYTHONUNBUFFERED": "1"})
+            [sys.executable, "-m", "rayft.cli", "serve", str(config)],
+            start_new_session=True,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=open(folder / "stderr.log", "w"),
+            env=os.environ | {"RAYFT_API_KEYS": KEY, "PYTHONUNBUFFERED": "1"},
+        )
         self.lines: queue.Queue = queue.Queue()
         threading.Thread(target=lambda: [self.lines.put(line) for line in self.process.stdout], daemon=True).start()
         try:
-            self.printed = [self.next_line(240)]
+            self.printed = [self.next_line(240), self.next_line(240)]
         except queue.Empty:
             self.kill()
             raise
-        if not self.printed[0].startswith("rayft serving 'tiny'"):
+        if not (self.printed[0].startswith("log: ") and self.printed[1].startswith("rayft serving 'tiny'")):
             self.kill()
             raise AssertionError(f"rayft serve printed {self.printed} first")
 
@@ -79,8 +90,15 @@ def stream(url: str, started: threading.Event) -> dict:
     """A long streamed answer, read to the end: its usage and whether [DONE] came."""
     import json
 
-    body = {"model": "tiny", "messages": [{"role": "user", "content": "tell me a long story"}], "max_tokens": 960,
-            "ignore_eos": True, "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
+    body = {
+        "model": "tiny",
+        "messages": [{"role": "user", "content": "tell me a long story"}],
+        "max_tokens": 960,
+        "ignore_eos": True,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     usage, done = None, False
     with httpx.stream("POST", url + "/v1/chat/completions", json=body, headers=AUTH, timeout=120) as response:
         for line in response.iter_lines():
@@ -96,17 +114,22 @@ def slow_upload(url: str, started: threading.Event, seconds: float) -> httpx.Res
     """A request whose client sends its body over `seconds`: in flight on the server all that time."""
     import json
 
-    body = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "hi " * 40}], "max_tokens": 8,
-                       "temperature": 0}).encode()
+    body = json.dumps(
+        {"model": "tiny", "messages": [{"role": "user", "content": "hi " * 40}], "max_tokens": 8, "temperature": 0}
+    ).encode()
 
     def trickle():
         for i in range(0, len(body), 8):
-            yield body[i:i + 8]
+            yield body[i : i + 8]
             started.set()
             time.sleep(seconds * 8 / len(body))
 
-    return httpx.post(url + "/v1/chat/completions", content=trickle(), timeout=120,
-                      headers=AUTH | {"content-type": "application/json"})
+    return httpx.post(
+        url + "/v1/chat/completions",
+        content=trickle(),
+        timeout=120,
+        headers=AUTH | {"content-type": "application/json"},
+    )
 
 
 def test_sigterm_drains_requests_in_flight_refuses_new_ones_and_exits_0(tiny_model, tmp_path):
