@@ -10,7 +10,7 @@ LOCK := requirements/cpu.lock.txt
 # where torch's CPU build is not on a configured index or find-links.
 PIP_ARGS ?=
 
-.PHONY: install quickstart test test-fast bench lock clean
+.PHONY: install quickstart check test test-fast bench lock clean
 
 install: $(STAMP)
 
@@ -25,12 +25,19 @@ $(STAMP): $(LOCK) pyproject.toml
 quickstart: $(STAMP)
 	$(VENV)/bin/rayft quickstart
 
-test: $(STAMP)
+# The rules the tools enforce come first: formatting and lint (ruff), the dependency rules
+# between stages (import-linter, .importlinter); then the tests.
+check: $(STAMP)
+	$(VENV)/bin/ruff format --check --quiet .
+	$(VENV)/bin/ruff check --quiet .
+	$(VENV)/bin/lint-imports --no-cache > $(VENV)/lint-imports.log || { cat $(VENV)/lint-imports.log; exit 1; }
+
+test: check
 	$(PY) -m pytest
 
 # Only the tests that start no Ray, Serve or vLLM.
-test-fast: $(STAMP)
-	$(PY) -m pytest -m "not ray"
+test-fast: check
+	$(PY) -m pytest -m "not ray and not vllm"
 
 bench: $(STAMP)
 	$(PY) bench/data_prep.py

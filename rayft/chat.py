@@ -31,8 +31,9 @@ def artifact_template(folder: str | Path) -> str | None:
 
 def render(tokenizer, messages: list[dict], template: str | None = None, generation_prompt: bool = False) -> str:
     """The conversation as text, with `template` (None: the tokenizer's own)."""
-    return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
-                                         add_generation_prompt=generation_prompt)
+    return tokenizer.apply_chat_template(
+        messages, chat_template=template, tokenize=False, add_generation_prompt=generation_prompt
+    )
 
 
 def token_ids(tokenizer, text: str) -> list[int]:

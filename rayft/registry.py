@@ -32,8 +32,22 @@ from pathlib import Path
 from rayft import storage
 from rayft.home import home_path
 from rayft.registry_records import (  # noqa: F401  (re-exported: the registry's public records)
-    ALIAS_PATTERN, JSON_COLUMNS, NAME_PATTERN, NAME_RULE, REGISTRY_PREFIX, Alias, AliasChange, ModelVersion, Ref,
-    RegistryError, alias_weights, current_code_revision, decode_targets, encode_targets, parse_ref, row_to_change,
+    ALIAS_PATTERN,
+    JSON_COLUMNS,
+    NAME_PATTERN,
+    NAME_RULE,
+    REGISTRY_PREFIX,
+    Alias,
+    AliasChange,
+    ModelVersion,
+    Ref,
+    RegistryError,
+    alias_weights,
+    current_code_revision,
+    decode_targets,
+    encode_targets,
+    parse_ref,
+    row_to_change,
     row_to_version,
 )
 
@@ -85,12 +99,15 @@ def check_safe_format(uri: str) -> None:
     if pickled:
         raise RegistryError(
             f"{uri} holds pickle files ({', '.join(pickled)}), which run code when loaded; save the weights as "
-            "safetensors (e.g. `model.save_pretrained(folder, safe_serialization=True)`) and register that folder")
+            "safetensors (e.g. `model.save_pretrained(folder, safe_serialization=True)`) and register that folder"
+        )
 
 
 # An alias's versions with their weights, primary first; the one query behind alias lookups.
-ALIAS_ROWS = ("SELECT v.*, a.weight FROM alias_targets a JOIN versions v ON v.name = a.name AND v.version = a.version"
-              " WHERE a.name = ? AND a.alias = ? ORDER BY a.weight DESC, a.version DESC")
+ALIAS_ROWS = (
+    "SELECT v.*, a.weight FROM alias_targets a JOIN versions v ON v.name = a.name AND v.version = a.version"
+    " WHERE a.name = ? AND a.alias = ? ORDER BY a.weight DESC, a.version DESC"
+)
 
 
 class Registry:
@@ -172,19 +189,33 @@ class Registry:
                 weights_hash = storage.content_hash(artifact_uri)
         key = artifact_key(artifact_uri)
         with self._write() as db:
-            for row in db.execute("SELECT name, version, artifact_uri, 'registered' AS state FROM versions UNION ALL"
-                                  " SELECT name, version, artifact_uri, 'deleted' FROM deleted_versions"):
+            for row in db.execute(
+                "SELECT name, version, artifact_uri, 'registered' AS state FROM versions UNION ALL"
+                " SELECT name, version, artifact_uri, 'deleted' FROM deleted_versions"
+            ):
                 if artifact_key(row["artifact_uri"]) == key:
                     raise RegistryError(
                         f"{artifact_uri} already holds {row['name']}:{row['version']} ({row['state']}): a version's "
-                        "artifact never changes, so a new version needs a folder of its own")
+                        "artifact never changes, so a new version needs a folder of its own"
+                    )
             (latest,) = db.execute(
                 "SELECT COALESCE(MAX(version), 0) FROM (SELECT version FROM versions WHERE name = ?"
-                " UNION ALL SELECT version FROM deleted_versions WHERE name = ?)", (name, name)).fetchone()
+                " UNION ALL SELECT version FROM deleted_versions WHERE name = ?)",
+                (name, name),
+            ).fetchone()
             version = ModelVersion(
-                name=name, version=latest + 1, kind=kind, base_model=base_model, artifact_uri=artifact_uri,
-                weights_hash=weights_hash, dataset_hash=dataset_hash, config=config or {},
-                metrics=metrics or {}, parent=parent, code_revision=revision, created_at=time.time(),
+                name=name,
+                version=latest + 1,
+                kind=kind,
+                base_model=base_model,
+                artifact_uri=artifact_uri,
+                weights_hash=weights_hash,
+                dataset_hash=dataset_hash,
+                config=config or {},
+                metrics=metrics or {},
+                parent=parent,
+                code_revision=revision,
+                created_at=time.time(),
             )
             row = version.to_dict()
             row.pop("ref")
@@ -211,10 +242,12 @@ class Registry:
             row = db.execute(ALIAS_ROWS, (parsed.name, parsed.alias)).fetchone()
         elif parsed.version is None:
             row = db.execute(
-                "SELECT * FROM versions WHERE name = ? ORDER BY version DESC LIMIT 1", (parsed.name,)).fetchone()
+                "SELECT * FROM versions WHERE name = ? ORDER BY version DESC LIMIT 1", (parsed.name,)
+            ).fetchone()
         else:
             row = db.execute(
-                "SELECT * FROM versions WHERE name = ? AND version = ?", (parsed.name, parsed.version)).fetchone()
+                "SELECT * FROM versions WHERE name = ? AND version = ?", (parsed.name, parsed.version)
+            ).fetchone()
         if row is None:
             what = "is not an alias in the registry" if parsed.alias else "is not in the registry"
             raise RegistryError(f"{ref!r} {what}")
@@ -241,20 +274,28 @@ class Registry:
         if parsed.version is None:
             raise RegistryError(f"{ref!r}: delete takes an exact NAME:VERSION")
         with self._write() as db:
-            row = db.execute("SELECT * FROM versions WHERE name = ? AND version = ?",
-                             (parsed.name, parsed.version)).fetchone()
+            row = db.execute(
+                "SELECT * FROM versions WHERE name = ? AND version = ?", (parsed.name, parsed.version)
+            ).fetchone()
             if row is None:
                 raise RegistryError(f"{ref!r} is not in the registry")
-            aliases = [r["alias"] for r in db.execute(
-                "SELECT alias FROM alias_targets WHERE name = ? AND version = ? ORDER BY alias",
-                (parsed.name, parsed.version))]
+            aliases = [
+                r["alias"]
+                for r in db.execute(
+                    "SELECT alias FROM alias_targets WHERE name = ? AND version = ? ORDER BY alias",
+                    (parsed.name, parsed.version),
+                )
+            ]
             if aliases:
                 names = ", ".join(f"{parsed.name}:{a}" for a in aliases)
-                raise RegistryError(f"{ref!r} cannot be deleted: alias {names} points to it; move or roll back "
-                                    f"the alias first")
+                raise RegistryError(
+                    f"{ref!r} cannot be deleted: alias {names} points to it; move or roll back the alias first"
+                )
             db.execute("DELETE FROM versions WHERE name = ? AND version = ?", (parsed.name, parsed.version))
-            db.execute("INSERT INTO deleted_versions VALUES (?, ?, ?, ?)",
-                       (parsed.name, parsed.version, row["artifact_uri"], time.time()))
+            db.execute(
+                "INSERT INTO deleted_versions VALUES (?, ?, ?, ?)",
+                (parsed.name, parsed.version, row["artifact_uri"], time.time()),
+            )
         return row_to_version(row)
 
     # aliases
@@ -289,8 +330,17 @@ class Registry:
         rows = db.execute(query, (name, alias) if alias else (name,)).fetchall()
         return [row_to_change(r) for r in rows]
 
-    def set_alias(self, name: str, alias: str, targets: int | dict[int, float], *, reason: str | None = None,
-                  actor: str | None = None, details: dict | None = None, gated: bool = False) -> Alias:
+    def set_alias(
+        self,
+        name: str,
+        alias: str,
+        targets: int | dict[int, float],
+        *,
+        reason: str | None = None,
+        actor: str | None = None,
+        details: dict | None = None,
+        gated: bool = False,
+    ) -> Alias:
         """Point `name:alias` at a version, or at several with traffic weights, in one atomic step that
         is recorded in the alias history (with `reason`, `actor` and e.g. the gate's verdict in `details`).
         A gated alias (`gated_aliases()`) moves only with `gated=True`: the caller is the promotion gate,
@@ -300,12 +350,14 @@ class Registry:
         if alias in gated_aliases() and not gated:
             raise RegistryError(
                 f"'{name}:{alias}' is a gated alias ({GATED_ALIASES_ENV}): move it with `rayft promote NAME:VERSION "
-                f"--alias {alias}`, which checks the version's eval first, or with --force --reason \"...\"")
+                f'--alias {alias}`, which checks the version\'s eval first, or with --force --reason "..."'
+            )
         weights = alias_weights(targets)
         with self._write() as db:
             self._require_versions(db, name, weights, "{ref!r} is not in the registry")
-            return self._move_alias(db, name, alias, weights, "set", undoes=None, reason=reason, actor=actor,
-                                    details=details)
+            return self._move_alias(
+                db, name, alias, weights, "set", undoes=None, reason=reason, actor=actor, details=details
+            )
 
     def rollback(self, name: str, alias: str, *, reason: str | None = None, actor: str | None = None) -> Alias:
         """Re-point `name:alias` to what it pointed at before its latest change not yet rolled back,
@@ -314,15 +366,17 @@ class Registry:
             last = db.execute(
                 "SELECT * FROM alias_history h WHERE name = ? AND alias = ? AND action = 'set'"
                 " AND NOT EXISTS (SELECT 1 FROM alias_history u WHERE u.undoes = h.id) ORDER BY id DESC LIMIT 1",
-                (name, alias)).fetchone()
+                (name, alias),
+            ).fetchone()
             if last is None and not self._current_targets(db, name, alias):
                 raise RegistryError(f"'{name}:{alias}' is not an alias in the registry")
             if last is None or last["previous"] is None:
                 raise RegistryError(f"'{name}:{alias}' has no earlier state to roll back to")
             previous = decode_targets(last["previous"])
             self._require_versions(db, name, previous, f"cannot roll back '{name}:{alias}': {{ref!r}} was deleted")
-            return self._move_alias(db, name, alias, previous, "rollback", undoes=last["id"], reason=reason,
-                                    actor=actor, details=None)
+            return self._move_alias(
+                db, name, alias, previous, "rollback", undoes=last["id"], reason=reason, actor=actor, details=None
+            )
 
     @staticmethod
     def _require_versions(db: sqlite3.Connection, name: str, versions, message: str) -> None:
@@ -335,19 +389,42 @@ class Registry:
         rows = db.execute("SELECT version, weight FROM alias_targets WHERE name = ? AND alias = ?", (name, alias))
         return {r["version"]: r["weight"] for r in rows} or None
 
-    def _move_alias(self, db: sqlite3.Connection, name: str, alias: str, weights: dict[int, float], action: str,
-                    *, undoes: int | None, reason: str | None, actor: str | None, details: dict | None) -> Alias:
+    def _move_alias(
+        self,
+        db: sqlite3.Connection,
+        name: str,
+        alias: str,
+        weights: dict[int, float],
+        action: str,
+        *,
+        undoes: int | None,
+        reason: str | None,
+        actor: str | None,
+        details: dict | None,
+    ) -> Alias:
         """Replace the alias's targets and record the change; runs inside the caller's write transaction."""
         previous = self._current_targets(db, name, alias)
         now = time.time()
         db.execute("DELETE FROM alias_targets WHERE name = ? AND alias = ?", (name, alias))
-        db.executemany("INSERT INTO alias_targets VALUES (?, ?, ?, ?, ?)",
-                       [(name, alias, v, w, now) for v, w in weights.items()])
+        db.executemany(
+            "INSERT INTO alias_targets VALUES (?, ?, ?, ?, ?)", [(name, alias, v, w, now) for v, w in weights.items()]
+        )
         db.execute(
             "INSERT INTO alias_history (name, alias, action, targets, previous, undoes, reason, actor, details,"
             " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (name, alias, action, encode_targets(weights), None if previous is None else encode_targets(previous),
-             undoes, reason, actor, None if details is None else json.dumps(details, sort_keys=True), now))
+            (
+                name,
+                alias,
+                action,
+                encode_targets(weights),
+                None if previous is None else encode_targets(previous),
+                undoes,
+                reason,
+                actor,
+                None if details is None else json.dumps(details, sort_keys=True),
+                now,
+            ),
+        )
         return Alias(name, alias, dict(weights), now)
 
 
@@ -362,7 +439,7 @@ def registry_base(model: str, registry: Registry) -> ModelVersion | None:
     """The full-model version `registry:NAME[:VERSION|:ALIAS]` names; None for a plain path or hub id."""
     if not model.startswith(REGISTRY_PREFIX):
         return None
-    version = registry.get(model[len(REGISTRY_PREFIX):])
+    version = registry.get(model[len(REGISTRY_PREFIX) :])
     if version.kind != "full":
         raise RegistryError(f"{version.ref} is an adapter; a base model must be a full model")
     return version
@@ -372,6 +449,8 @@ def verified_artifact(version: ModelVersion) -> Path:
     """A local folder with exactly `version`'s registered bytes (see `storage.verified_dir`); raises
     `storage.ArtifactMismatch` naming the version and both hashes when they differ."""
     if not version.weights_hash:
-        raise storage.ArtifactMismatch(f"{version.ref} has no weights hash in the registry, so its bytes cannot be "
-                                       "verified; register the artifact again")
+        raise storage.ArtifactMismatch(
+            f"{version.ref} has no weights hash in the registry, so its bytes cannot be "
+            "verified; register the artifact again"
+        )
     return storage.verified_dir(version.artifact_uri, version.weights_hash, version.ref)

@@ -21,6 +21,7 @@ ALIAS_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*")
 VERSION_PATTERN = re.compile(r"[0-9]+")
 NAME_RULE = "a model name starts with a letter or digit, then letters, digits, '_', '.', '-'"
 
+
 class RegistryError(LookupError):
     """A registry lookup or change that cannot be done; the message says which name and why."""
 
@@ -122,8 +123,9 @@ def current_code_revision() -> str:
     source = Path(__file__).resolve().parent.parent
 
     def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(source), *args], capture_output=True, text=True, timeout=10,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "-C", str(source), *args], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
 
     try:
         if Path(git("rev-parse", "--show-toplevel")).resolve() == source:
@@ -171,7 +173,9 @@ def alias_weights(targets: int | dict[int, float]) -> dict[int, float]:
     if isinstance(targets, int) and not isinstance(targets, bool):
         targets = {targets: 1.0}
     if not isinstance(targets, dict) or not targets:
-        raise RegistryError(f"alias targets must be a version number or a non-empty {{version: weight}}, got {targets!r}")
+        raise RegistryError(
+            f"alias targets must be a version number or a non-empty {{version: weight}}, got {targets!r}"
+        )
     weights = {}
     for version, weight in targets.items():
         if isinstance(version, bool) or not isinstance(version, int) or version < 1:

@@ -30,8 +30,11 @@ def aliases_by_version(registry: Registry, name: str | None = None) -> dict[str,
 
 def headline_metrics(version: ModelVersion) -> str:
     """Training losses and the eval's primary metric, briefly."""
-    parts = [f"{k}={version.metrics[k]:.4g}" for k in ("final_loss", "best_val_loss")
-             if isinstance(version.metrics.get(k), float)]
+    parts = [
+        f"{k}={version.metrics[k]:.4g}"
+        for k in ("final_loss", "best_val_loss")
+        if isinstance(version.metrics.get(k), float)
+    ]
     report = version.eval_report or {}
     primary = report.get("primary_metric")
     if primary and primary in report.get("metrics", {}).get("candidate", {}):
@@ -47,8 +50,15 @@ def list_versions(registry: Registry, name: str | None, as_json: bool) -> None:
         return
     table = Table("ref", "aliases", "kind", "base model", "dataset", "metrics", "artifact")
     for v in versions:
-        table.add_row(v.ref, ", ".join(aliases.get(v.ref, [])), v.kind, v.base_model, (v.dataset_hash or "")[:12],
-                      headline_metrics(v), v.artifact_uri)
+        table.add_row(
+            v.ref,
+            ", ".join(aliases.get(v.ref, [])),
+            v.kind,
+            v.base_model,
+            (v.dataset_hash or "")[:12],
+            headline_metrics(v),
+            v.artifact_uri,
+        )
     Console().print(table)
 
 
@@ -65,10 +75,17 @@ def show(registry: Registry, ref: str, as_json: bool) -> None:
         return
     table = Table(title=version.ref, show_header=False)
     rows = {
-        "kind": version.kind, "aliases": ", ".join(aliases), "base model": version.base_model,
-        "artifact": version.artifact_uri, "weights hash": version.weights_hash, "dataset hash": version.dataset_hash,
-        "parent": version.parent, "code revision": version.code_revision, "created": _when(version.created_at),
-        "training": headline_metrics(version), "run": version.metrics.get("run_dir"),
+        "kind": version.kind,
+        "aliases": ", ".join(aliases),
+        "base model": version.base_model,
+        "artifact": version.artifact_uri,
+        "weights hash": version.weights_hash,
+        "dataset hash": version.dataset_hash,
+        "parent": version.parent,
+        "code revision": version.code_revision,
+        "created": _when(version.created_at),
+        "training": headline_metrics(version),
+        "run": version.metrics.get("run_dir"),
         "eval report": (version.eval_report or {}).get("path"),
     }
     for key, value in rows.items():
@@ -81,9 +98,13 @@ def show_alias(registry: Registry, ref: str, as_json: bool) -> None:
     parsed = parse_ref(ref)
     history = registry.history(parsed.name, parsed.alias)
     if as_json:
-        print_json({"ref": ref, "targets": [{"ref": v.ref, "weight": w, "artifact_uri": v.artifact_uri}
-                                            for v, w in targets],
-                    "history": [c.to_dict() for c in history]})
+        print_json(
+            {
+                "ref": ref,
+                "targets": [{"ref": v.ref, "weight": w, "artifact_uri": v.artifact_uri} for v, w in targets],
+                "history": [c.to_dict() for c in history],
+            }
+        )
         return
     table = Table("version", "weight", "artifact", title=ref)
     for version, weight in targets:
@@ -95,8 +116,14 @@ def show_alias(registry: Registry, ref: str, as_json: bool) -> None:
 def print_history(history: list[AliasChange]) -> None:
     table = Table("when", "action", "targets", "from", "actor", "reason", title="history")
     for change in history:
-        table.add_row(_when(change.created_at), change.action, _targets(change.targets), _targets(change.previous),
-                      change.actor or "", change.reason or "")
+        table.add_row(
+            _when(change.created_at),
+            change.action,
+            _targets(change.targets),
+            _targets(change.previous),
+            change.actor or "",
+            change.reason or "",
+        )
     Console().print(table)
 
 

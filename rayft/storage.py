@@ -169,8 +169,11 @@ def _hashed_files(folder: str | Path) -> list[tuple[str, object]]:
     download cache's markers)."""
     if not is_remote(folder):
         root = Path(folder)
-        return sorted((p.relative_to(root).as_posix(), p.open) for p in root.rglob("*")
-                      if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
+        return sorted(
+            (p.relative_to(root).as_posix(), p.open)
+            for p in root.rglob("*")
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        )
     import pyarrow.fs
 
     fs, root = _fs(folder)
@@ -178,7 +181,7 @@ def _hashed_files(folder: str | Path) -> list[tuple[str, object]]:
     infos = fs.get_file_info(pyarrow.fs.FileSelector(root, recursive=True))
     files = []
     for info in infos:
-        relative = info.path[len(root):].lstrip("/")
+        relative = info.path[len(root) :].lstrip("/")
         if info.type == pyarrow.fs.FileType.File and not any(p.startswith(".") for p in relative.split("/")):
             files.append((relative, lambda _mode, path=info.path: fs.open_input_stream(path)))
     return sorted(files, key=lambda f: f[0])
@@ -210,8 +213,10 @@ class ArtifactMismatch(RuntimeError):
 
 
 def _mismatch(ref: str, where: str, actual: str, expected: str) -> str:
-    return (f"{ref}: the artifact at {where} has weights hash {actual}, but the registry records {expected}: "
-            "its files changed after registration; refusing to use it")
+    return (
+        f"{ref}: the artifact at {where} has weights hash {actual}, but the registry records {expected}: "
+        "its files changed after registration; refusing to use it"
+    )
 
 
 def _check(folder: str | Path, expected: str, ref: str, where: str) -> None:
@@ -243,8 +248,9 @@ def verified_dir(uri: str, expected: str | None, ref: str | None = None) -> Path
     partial = Path(tempfile.mkdtemp(prefix=".download-", dir=cache))
     try:
         fs, path = _fs(uri)
-        pyarrow.fs.copy_files(path, str(partial), source_filesystem=fs,
-                              destination_filesystem=pyarrow.fs.LocalFileSystem())
+        pyarrow.fs.copy_files(
+            path, str(partial), source_filesystem=fs, destination_filesystem=pyarrow.fs.LocalFileSystem()
+        )
         actual = content_hash(partial)
         if expected is not None and actual != expected:
             raise ArtifactMismatch(_mismatch(ref, str(uri), actual, expected))

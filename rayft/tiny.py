@@ -7,8 +7,8 @@ it with the ordinary `from_pretrained(path)`, exactly as it would load a hub mod
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 # ChatML-style template. `{% generation %}` marks assistant text for transformers'
 # `return_assistant_tokens_mask`; rayft's own masking does not depend on it.
@@ -106,8 +106,13 @@ def build_tiny_model(
     return out_dir
 
 
-def random_adapter(base: str | Path, out_dir: str | Path, seed: int, rank: int = 8,
-                   targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")) -> str:
+def random_adapter(
+    base: str | Path,
+    out_dir: str | Path,
+    seed: int,
+    rank: int = 8,
+    targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj"),
+) -> str:
     """A LoRA adapter with random (non-zero) weights on `targets`, saved with peft: distinct
     adapters that really change the output, for tests and benchmarks."""
     import torch
@@ -115,7 +120,11 @@ def random_adapter(base: str | Path, out_dir: str | Path, seed: int, rank: int =
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(
-        r=rank, lora_alpha=2 * rank, target_modules=list(targets), init_lora_weights=False, task_type="CAUSAL_LM"))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base),
+        LoraConfig(
+            r=rank, lora_alpha=2 * rank, target_modules=list(targets), init_lora_weights=False, task_type="CAUSAL_LM"
+        ),
+    )
     model.save_pretrained(out_dir)
     return str(out_dir)

@@ -8,7 +8,6 @@ or vLLM runs under pytest-timeout (pyproject sets a default; heavy tests set the
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -77,8 +76,6 @@ def tickets_dataset(ray_cluster, tickets_file, tiny_model, tmp_path_factory) -> 
     return out
 
 
-
-
 def write_config(path: Path, data: dict) -> Path:
     import yaml
 
@@ -89,12 +86,25 @@ def write_config(path: Path, data: dict) -> Path:
 def lora_train_config(base: str, dataset: Path, name: str, **train) -> dict:
     """A small LoRA run on the ticket sample: 2 workers, ZeRO-2, a few steps."""
     settings = {
-        "method": "lora", "lora": {"r": 8, "alpha": 16, "dropout": 0.0}, "num_workers": 2,
-        "epochs": 1, "max_steps": 16, "batch_size": 8, "learning_rate": 1e-2, "max_seq_len": 256,
-        "eval_every": 8, "checkpoint_every": 8, "warmup_ratio": 0.0,
+        "method": "lora",
+        "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
+        "num_workers": 2,
+        "epochs": 1,
+        "max_steps": 16,
+        "batch_size": 8,
+        "learning_rate": 1e-2,
+        "max_seq_len": 256,
+        "eval_every": 8,
+        "checkpoint_every": 8,
+        "warmup_ratio": 0.0,
     }
-    return {"name": name, "model": {"base": base}, "data": {"out": str(dataset)}, "train": settings | train,
-            "eval": {"limit": 24, "max_new_tokens": 8}}
+    return {
+        "name": name,
+        "model": {"base": base},
+        "data": {"out": str(dataset)},
+        "train": settings | train,
+        "eval": {"limit": 24, "max_new_tokens": 8},
+    }
 
 
 @pytest.fixture(scope="session")

@@ -19,9 +19,17 @@ from pathlib import Path
 
 import psutil
 
-PORT_FLAGS = ("--port", "--dashboard-port", "--ray-client-server-port", "--node-manager-port",
-              "--object-manager-port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
-              "--metrics-export-port", "--runtime-env-agent-port")
+PORT_FLAGS = (
+    "--port",
+    "--dashboard-port",
+    "--ray-client-server-port",
+    "--node-manager-port",
+    "--object-manager-port",
+    "--dashboard-agent-listen-port",
+    "--dashboard-agent-grpc-port",
+    "--metrics-export-port",
+    "--runtime-env-agent-port",
+)
 WORKER_PORTS = 200
 
 
@@ -65,17 +73,27 @@ def start_head(num_cpus: int = 4, env: dict[str, str] | None = None, timeout_s: 
     temp_dir = tempfile.mkdtemp(prefix="rft-", dir="/tmp")  # short: Ray's socket paths must fit 107 chars
     ports = dict(zip(PORT_FLAGS, free_ports(len(PORT_FLAGS))))
     low = free_port_range(WORKER_PORTS)
-    command = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--temp-dir={temp_dir}",
-               f"--num-cpus={num_cpus}", "--num-gpus=0", "--object-store-memory=300000000",
-               "--dashboard-host=127.0.0.1", "--include-dashboard=true", "--disable-usage-stats",
-               f"--min-worker-port={low}", f"--max-worker-port={low + WORKER_PORTS - 1}",
-               *(f"{flag}={port}" for flag, port in ports.items())]
+    command = [
+        str(Path(sys.executable).parent / "ray"),
+        "start",
+        "--head",
+        "--block",
+        f"--temp-dir={temp_dir}",
+        f"--num-cpus={num_cpus}",
+        "--num-gpus=0",
+        "--object-store-memory=300000000",
+        "--dashboard-host=127.0.0.1",
+        "--include-dashboard=true",
+        "--disable-usage-stats",
+        f"--min-worker-port={low}",
+        f"--max-worker-port={low + WORKER_PORTS - 1}",
+        *(f"{flag}={port}" for flag, port in ports.items()),
+    ]
     head_env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
     head_env |= {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"} | (env or {})
     log = Path(temp_dir) / "ray-start.log"
     with log.open("w") as out:
-        process = subprocess.Popen(command, env=head_env, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        process = subprocess.Popen(command, env=head_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     head = Head(process, temp_dir, ports, log)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

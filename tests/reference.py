@@ -43,7 +43,10 @@ class Reference:
         """The greedy continuation's token ids (eos included when generated)."""
         with torch.no_grad():
             out = self.model(adapter).generate(
-                torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=self.tokenizer.pad_token_id,
+                torch.tensor([ids]),
+                attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=self.tokenizer.pad_token_id,
             )
-        return out[0][len(ids):].tolist()
+        return out[0][len(ids) :].tolist()

@@ -40,6 +40,7 @@ def save_with_template(tokenizer_source: str, folder, template: str) -> None:
     tokenizer.chat_template = template
     tokenizer.save_pretrained(folder)
 
+
 # A template that refuses a role, as many real ones refuse a system turn.
 REFUSES_SYSTEM = (
     "{% for message in messages %}"

@@ -5,7 +5,6 @@ render through `rayft.chat`; the real engines are checked against these ids in t
 (`test_an_adapter_is_served_with_the_template_it_was_trained_with`)."""
 
 import pytest
-
 from templates import CONVERSATION, CUSTOM, NO_SYSTEM, save_with_template
 
 
@@ -26,10 +25,12 @@ def test_training_eval_and_serving_render_the_same_prompt_ids(tiny_model, tmp_pa
     # eval and serving render with the base tokenizer (vLLM's) and the artifact's template
     base_tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     served = chat.prompt_ids(base_tokenizer, CONVERSATION[:-1], stored)
-    assert trained[:len(served)] == served and len(trained) > len(served)
+    assert trained[: len(served)] == served and len(trained) > len(served)
     assert served != chat.prompt_ids(base_tokenizer, CONVERSATION[:-1], None)  # not the base template's prompt
     if template is NO_SYSTEM:
-        assert "system" not in base_tokenizer.decode(served) and CONVERSATION[0]["content"] in base_tokenizer.decode(served)
+        assert "system" not in base_tokenizer.decode(served) and CONVERSATION[0]["content"] in base_tokenizer.decode(
+            served
+        )
 
 
 def test_the_template_is_read_from_either_place_transformers_stores_it(tiny_model, tmp_path):

@@ -105,7 +105,10 @@ def test_alias_resolves_to_its_heaviest_version(tmp_path):
     assert [(v.ref, w) for v, w in registry.alias_targets("support:live")] == [("support:1", 1.0)]
     registry.set_alias("support", "canary", {2: 10, 3: 90})
     assert registry.get("support:canary").ref == "support:3"
-    assert [(v.ref, w) for v, w in registry.alias_targets("support:canary")] == [("support:3", 90.0), ("support:2", 10.0)]
+    assert [(v.ref, w) for v, w in registry.alias_targets("support:canary")] == [
+        ("support:3", 90.0),
+        ("support:2", 10.0),
+    ]
     registry.set_alias("support", "canary", {2: 50, 3: 50})  # a tie goes to the higher version
     assert registry.get("support:canary").ref == "support:3"
     assert registry.alias_targets("support") is None and registry.alias_targets("support:2") is None
@@ -118,14 +121,17 @@ def test_alias_resolves_to_its_heaviest_version(tmp_path):
         registry.alias_targets("support:staging")
 
 
-@pytest.mark.parametrize("targets, message", [
-    (9, "'support:9' is not in the registry"),
-    ({1: 0}, "weight must be a number > 0"),
-    ({1: -5}, "weight must be a number > 0"),
-    ({1: float("nan")}, "weight must be a number > 0"),
-    ({}, "non-empty"),
-    ("1", "version number"),
-])
+@pytest.mark.parametrize(
+    "targets, message",
+    [
+        (9, "'support:9' is not in the registry"),
+        ({1: 0}, "weight must be a number > 0"),
+        ({1: -5}, "weight must be a number > 0"),
+        ({1: float("nan")}, "weight must be a number > 0"),
+        ({}, "non-empty"),
+        ("1", "version number"),
+    ],
+)
 def test_bad_alias_targets_are_refused_and_change_nothing(tmp_path, targets, message):
     registry = _registry_with_versions(tmp_path)
     registry.set_alias("support", "live", 2)
@@ -230,7 +236,7 @@ def test_a_folder_holds_one_version_even_after_a_delete(tmp_path, monkeypatch):
     folder = adapter_folder(tmp_path / "a1")
     registry.register("support", "adapter", "/base", str(folder))
     monkeypatch.chdir(tmp_path)
-    for spelling in (str(folder), str(folder) + "/", "a1", f"./a1/../a1"):
+    for spelling in (str(folder), str(folder) + "/", "a1", "./a1/../a1"):
         with pytest.raises(RegistryError, match="already holds support:1 \\(registered\\)"):
             registry.register("other", "adapter", "/base", spelling)
     registry.delete("support:1")
@@ -334,8 +340,11 @@ def test_registry_cli_moves_shows_rolls_back_and_refuses_deletes(tmp_path, monke
     assert main(["registry", "show", "support:live", "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert [t["ref"] for t in shown["targets"]] == ["support:1"]
-    assert [(c["action"], c["reason"]) for c in shown["history"]] == [("set", "first"), ("set", None),
-                                                                       ("rollback", "bad answers")]
+    assert [(c["action"], c["reason"]) for c in shown["history"]] == [
+        ("set", "first"),
+        ("set", None),
+        ("rollback", "bad answers"),
+    ]
     assert main(["registry", "delete", "support:1"]) == 2
     assert "alias support:live points to it" in capsys.readouterr().err
     assert main(["registry", "alias", "support:live", "2=ten"]) == 2
@@ -362,8 +371,11 @@ def test_remote_artifacts_are_cached_by_content_and_verified_before_use(tmp_path
     assert verified_artifact(version) == cached and content_hash(cached) == version.weights_hash  # fetched again
     (bucket / "adapter_config.json").write_text('{"r": 64}')  # the object replaced in the bucket
     shutil.rmtree(cached)  # a node that never fetched it
-    with pytest.raises(ArtifactMismatch, match=f"support:1: the artifact at file://{bucket} has weights hash "
-                                               f"{content_hash(bucket)}, but the registry records {version.weights_hash}"):
+    with pytest.raises(
+        ArtifactMismatch,
+        match=f"support:1: the artifact at file://{bucket} has weights hash "
+        f"{content_hash(bucket)}, but the registry records {version.weights_hash}",
+    ):
         verified_artifact(version)
     assert not cached.exists() and [p.name for p in cached.parent.iterdir()] == []  # nothing half-cached
     unhashed = registry.register("legacy", "adapter", "/base", "/gone", weights_hash=None)
