@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rayft.registry import ModelVersion, Registry, RegistryError
-from rayft.training.export import EXPORT_INFO  # noqa: F401  (scratch: breaks "serving never imports training")
 
 
 class UnknownModel(LookupError):
