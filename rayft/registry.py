@@ -9,7 +9,7 @@ Refs: `NAME` (latest version), `NAME:VERSION` (digits) or `NAME:ALIAS` (an alias
 letter). An alias points at one version or splits traffic across several by weight (`{3: 90, 4: 10}`);
 its primary target is the version with the highest weight (ties: the higher version). Every alias
 change is recorded in a history table, and `rollback` undoes the latest change not yet undone.
-Every write takes SQLite's write lock first (BEGIN IMMEDIATE), so concurrent writers queue up and a
+Every write takes SQLite's write lock first (`rayft.database`), so concurrent writers queue up and a
 read-modify-write never interleaves with another.
 
 A version is immutable: its artifact folder holds that version only (registering a folder that
@@ -24,12 +24,11 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 from rayft import storage
+from rayft.database import Database
 from rayft.home import home_path
 from rayft.registry_records import (  # noqa: F401  (re-exported: the registry's public records)
     ALIAS_PATTERN,
@@ -114,48 +113,8 @@ class Registry:
     """A SQLite-backed registry; safe for several processes writing at once."""
 
     def __init__(self, path: str | Path | None = None):
-        self.path = Path(path) if path else home_path("registry.db")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        with self._connect() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(SCHEMA)
-
-    def __getstate__(self) -> dict:
-        return {"path": self.path}
-
-    def __setstate__(self, state: dict) -> None:
-        self.path, self._local = state["path"], threading.local()
-
-    @contextmanager
-    def _connect(self):
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        try:
-            yield db
-        finally:
-            db.close()
-
-    def _reader(self) -> sqlite3.Connection:
-        """This thread's read connection, kept open: serving resolves a ref per request, and opening
-        the file costs more than the query. In autocommit mode each SELECT reads the latest commit."""
-        db = getattr(self._local, "db", None)
-        if db is None:
-            db = self._local.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            db.row_factory = sqlite3.Row
-        return db
-
-    @contextmanager
-    def _write(self):
-        """A transaction that takes the write lock at once, so concurrent writers queue up."""
-        with self._connect() as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+        self.db = Database(Path(path) if path else home_path("registry.db"), SCHEMA)
+        self.path = self.db.path
 
     # versions
 
@@ -188,7 +147,7 @@ class Registry:
             if weights_hash is None:
                 weights_hash = storage.content_hash(artifact_uri)
         key = artifact_key(artifact_uri)
-        with self._write() as db:
+        with self.db.write() as db:
             for row in db.execute(
                 "SELECT name, version, artifact_uri, 'registered' AS state FROM versions UNION ALL"
                 " SELECT name, version, artifact_uri, 'deleted' FROM deleted_versions"
@@ -228,7 +187,7 @@ class Registry:
     def set_eval_report(self, ref: str, report: dict) -> None:
         """Attach an eval report to a version."""
         version = self.get(ref)
-        with self._write() as db:
+        with self.db.write() as db:
             db.execute(
                 "UPDATE versions SET eval_report = ? WHERE name = ? AND version = ?",
                 (json.dumps(report, sort_keys=True), version.name, version.version),
@@ -237,7 +196,7 @@ class Registry:
     def get(self, ref: str) -> ModelVersion:
         """Resolve `NAME` (latest version), `NAME:VERSION`, or `NAME:ALIAS` (the alias's primary target)."""
         parsed = parse_ref(ref)
-        db = self._reader()
+        db = self.db.reader()
         if parsed.alias:
             row = db.execute(ALIAS_ROWS, (parsed.name, parsed.alias)).fetchone()
         elif parsed.version is None:
@@ -260,7 +219,7 @@ class Registry:
 
     def list(self, name: str | None = None) -> list[ModelVersion]:
         """All versions (of `name` if given), oldest first."""
-        db = self._reader()
+        db = self.db.reader()
         if name:
             rows = db.execute("SELECT * FROM versions WHERE name = ? ORDER BY version", (name,)).fetchall()
         else:
@@ -273,7 +232,7 @@ class Registry:
         parsed = parse_ref(ref)
         if parsed.version is None:
             raise RegistryError(f"{ref!r}: delete takes an exact NAME:VERSION")
-        with self._write() as db:
+        with self.db.write() as db:
             row = db.execute(
                 "SELECT * FROM versions WHERE name = ? AND version = ?", (parsed.name, parsed.version)
             ).fetchone()
@@ -305,7 +264,7 @@ class Registry:
         parsed = parse_ref(ref)
         if not parsed.alias:
             return None
-        db = self._reader()
+        db = self.db.reader()
         rows = db.execute(ALIAS_ROWS, (parsed.name, parsed.alias)).fetchall()
         if not rows:
             raise RegistryError(f"{ref!r} is not an alias in the registry")
@@ -313,7 +272,7 @@ class Registry:
 
     def aliases(self, name: str | None = None) -> list[Alias]:
         """All aliases (of `name` if given), by name and alias."""
-        db = self._reader()
+        db = self.db.reader()
         query = "SELECT * FROM alias_targets" + (" WHERE name = ?" if name else "") + " ORDER BY name, alias, version"
         rows = db.execute(query, (name,) if name else ()).fetchall()
         found: dict[tuple[str, str], Alias] = {}
@@ -325,7 +284,7 @@ class Registry:
 
     def history(self, name: str, alias: str | None = None) -> list[AliasChange]:
         """Recorded alias changes of `name` (of one alias if given), oldest first."""
-        db = self._reader()
+        db = self.db.reader()
         query = "SELECT * FROM alias_history WHERE name = ?" + (" AND alias = ?" if alias else "") + " ORDER BY id"
         rows = db.execute(query, (name, alias) if alias else (name,)).fetchall()
         return [row_to_change(r) for r in rows]
@@ -353,7 +312,7 @@ class Registry:
                 f'--alias {alias}`, which checks the version\'s eval first, or with --force --reason "..."'
             )
         weights = alias_weights(targets)
-        with self._write() as db:
+        with self.db.write() as db:
             self._require_versions(db, name, weights, "{ref!r} is not in the registry")
             return self._move_alias(
                 db, name, alias, weights, "set", undoes=None, reason=reason, actor=actor, details=details
@@ -362,7 +321,7 @@ class Registry:
     def rollback(self, name: str, alias: str, *, reason: str | None = None, actor: str | None = None) -> Alias:
         """Re-point `name:alias` to what it pointed at before its latest change not yet rolled back,
         in one atomic step that is recorded; rolling back again goes one step further back."""
-        with self._write() as db:
+        with self.db.write() as db:
             last = db.execute(
                 "SELECT * FROM alias_history h WHERE name = ? AND alias = ? AND action = 'set'"
                 " AND NOT EXISTS (SELECT 1 FROM alias_history u WHERE u.undoes = h.id) ORDER BY id DESC LIMIT 1",

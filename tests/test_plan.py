@@ -3,7 +3,7 @@
 import pytest
 
 from rayft.config import TrainConfig
-from rayft.training.plan import PlanError, auto_batch_size, auto_epochs, make_plan
+from rayft.plan import PlanError, auto_batch_size, auto_epochs, make_plan
 
 
 def test_auto_epochs_follow_the_documented_rule():

@@ -23,6 +23,7 @@ from rayft import storage
 from rayft.config import ConfigError, RayftConfig
 from rayft.data.manifest import MANIFEST, Manifest
 from rayft.home import rayft_home
+from rayft.plan import PlanError, TrainPlan, make_plan
 from rayft.registry import ModelVersion, Registry, RegistryError, registry_base, verified_artifact
 from rayft.runtime import ensure_ray
 from rayft.training import report
@@ -31,7 +32,6 @@ from rayft.training.deepspeed_config import deepspeed_config
 from rayft.training.export import export_checkpoint, verify_export
 from rayft.training.faults import InjectedFault
 from rayft.training.model import check_target_modules
-from rayft.training.plan import PlanError, TrainPlan, make_plan
 from rayft.training.progress import FollowLog
 from rayft.training.run_log import LOG_NAME
 from rayft.training.worker import STATE_NAME, WorkerSpec, train_loop_per_worker

@@ -19,10 +19,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rayft.config import TrainConfig
+from rayft.plan import TrainPlan
 from rayft.training.checkpoints import weights_only_loads
 from rayft.training.faults import InjectedFault
 from rayft.training.formatting import IGNORE_INDEX, Batch, pack_examples, packed_batch, pad_batch
-from rayft.training.plan import TrainPlan
 from rayft.training.run_log import LOG_NAME, RunLog
 
 STATE_NAME = "train_state.json"
