@@ -130,14 +130,20 @@ class CleanRecords:
         except Exception as error:
             return f"<withheld: PII scrubbing failed on this record ({type(error).__name__})>"
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
-        raws = [bytes(r) for r in batch["raw"]]
+    def checked(self, raws: list[bytes]) -> list[dict]:
+        """`clean` for each raw record, then the kept ones' token counts (`n_tokens`), rejecting
+        those over data.max_tokens."""
         rows = [self.clean(raw) for raw in raws]
         ok = [r for r in rows if r["reject"] is None]
         for row, n in zip(ok, self.count_tokens(ok)):
             row["n_tokens"] = n
             if n > self.data.max_tokens:
                 row["reject"] = Reject("too_many_tokens", f"{n} tokens > data.max_tokens {self.data.max_tokens}")
+        return rows
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        raws = [bytes(r) for r in batch["raw"]]
+        rows = self.checked(raws)
         good = [r["reject"] is None for r in rows]
         columns = {
             "source": batch["source"],
