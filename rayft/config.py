@@ -159,6 +159,10 @@ class TrainConfig(Section):
         2, ge=0, description="worker-group restarts from the last checkpoint before the run fails"
     )
     tensorboard: bool = Field(False, description="also write metrics as TensorBoard events into the run folder")
+    tokens_per_second: float = Field(
+        2000, gt=0, description="training throughput measured on this base and hardware; for estimates"
+    )
+    price_per_gpu_hour: float = Field(0, ge=0, description="what one GPU-hour costs; for estimates")
 
     @field_validator("epochs", "batch_size")
     @classmethod
@@ -292,6 +296,25 @@ class EvalConfig(Section):
         return self
 
 
+class FineTuningConfig(Section):
+    """The OpenAI files and fine-tuning jobs API on the serving endpoint (docs/fine-tuning-api.md)."""
+
+    enabled: bool = Field(False, description="serve /v1/files and /v1/fine_tuning/jobs")
+    jobs_address: str | None = Field(
+        None, description="Ray Jobs API the jobs run on; default RAY_ADDRESS, else http://127.0.0.1:8265"
+    )
+    files_path: str | None = Field(None, description="uploaded files folder; default $RAYFT_HOME/files")
+    max_file_bytes: int = Field(256 * 2**20, gt=0, description="largest file one upload may be; beyond: 413")
+    max_file_records: int = Field(1_000_000, gt=0, description="most records one uploaded file may hold; beyond: 413")
+    max_rejected_fraction: float = Field(
+        0.0, ge=0, lt=1, description="share of a training file's records that may be unusable; beyond: the job fails"
+    )
+    max_running_jobs: int = Field(1, gt=0, description="jobs running on the cluster at once; the rest wait in order")
+    max_jobs_per_key: int = Field(4, gt=0, description="unfinished jobs one API key may have; beyond: 429")
+    allow_full: bool = Field(False, description="jobs may ask for full fine-tuning instead of LoRA")
+    poll_s: float = Field(1.0, gt=0, description="how often the job runner looks at its jobs")
+
+
 class ServeConfig(Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, gt=0, lt=65536)
@@ -362,6 +385,7 @@ class ServeConfig(Section):
         description="CPUs Ray reserves for each engine replica, and "
         "its compute threads on CPU; default: reserve 1, use every core of its node",
     )
+    fine_tuning: FineTuningConfig = Field(default_factory=FineTuningConfig)
 
     @field_validator("api_keys", "admin_keys")
     @classmethod

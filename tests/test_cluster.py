@@ -17,7 +17,8 @@ import pytest
 import yaml
 
 from rayft import storage
-from rayft.cli import build_parser, cmd_data_prepare, cmd_eval, cmd_serve, cmd_train, main
+from rayft.cli import build_parser, main
+from rayft.commands import cmd_data_prepare, cmd_eval, cmd_serve, cmd_train
 from rayft.config import load_config
 
 OWN_RAY_HEAD = True  # the Jobs tests run their own `ray start` head: conftest must not restart its Ray
