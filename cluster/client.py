@@ -141,3 +141,5 @@ class Cluster:
             return getattr(self.client, method)(*args, **kwargs)
         except (RuntimeError, AuthenticationError) as error:
             raise ClusterError(f"{self.address}: {error}") from None
+        except OSError as error:  # requests' ConnectionError and timeouts: the head is unreachable now
+            raise ClusterError(f"{self.address} does not answer: {error}") from None

@@ -33,13 +33,37 @@ class LoadAdapter(BaseModel):
     model: str
 
 
+class CreateFineTuningJob(BaseModel):
+    """`POST /v1/fine_tuning/jobs` (OpenAI's fields; `x_rayft.adaptation`: "lora" or "full")."""
+
+    model: str
+    training_file: str
+    validation_file: str | None = None
+    hyperparameters: dict | None = None
+    method: dict | None = None
+    suffix: str | None = None
+    seed: int | None = None
+    metadata: dict[str, str] | None = None
+    integrations: list | None = None
+    x_rayft: dict | None = None
+
+
+class FileUpload(BaseModel):
+    """`POST /v1/files` (multipart)."""
+
+    file: bytes
+    purpose: str
+
+
 ERRORS = {
     "400": "a field out of range or not served",
     "401": "no valid key",
     "403": "a user key on an admin route",
-    "404": "an unknown model",
-    "413": "a body over serve.max_request_bytes",
-    "429": "over serve.max_concurrent_requests",
+    "404": "an unknown model, file or job (or the fine-tuning API is off)",
+    "409": "a finished job cannot be cancelled",
+    "411": "an upload without Content-Length",
+    "413": "a body over serve.max_request_bytes, or a file over serve.fine_tuning's limits",
+    "429": "over serve.max_concurrent_requests, or a key's unfinished jobs at serve.fine_tuning.max_jobs_per_key",
     "503": "the engine is restarting or busy, the server is draining, or a version's files do not match the registry",
 }
 
@@ -64,6 +88,14 @@ def route(request: str | None, response: str | None) -> dict:
     return extra
 
 
+def upload_route() -> dict:
+    """`openapi_extra` for the multipart file upload."""
+    extra = route(None, None)
+    form = {"schema": ref("FileUpload"), "encoding": {"file": {"contentType": "application/octet-stream"}}}
+    extra["requestBody"] = {"required": True, "content": {"multipart/form-data": form}}
+    return extra
+
+
 def component_models() -> list[type[BaseModel]]:
     """Every model the routes name (vLLM's response models are imported here, in the replica)."""
     from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionResponse
@@ -80,6 +112,8 @@ def component_models() -> list[type[BaseModel]]:
         ModelList,
         ErrorBody,
         LoadAdapter,
+        CreateFineTuningJob,
+        FileUpload,
     ]
 
 

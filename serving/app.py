@@ -17,8 +17,12 @@ import ray
 from ray import serve
 
 from rayft import storage
-from rayft.config import RayftConfig, ServeConfig
+from rayft.config import ConfigError, RayftConfig, ServeConfig
+from rayft.home import rayft_home
 from rayft.registry import Registry, registry_base, verified_artifact
+from rayft.service.files import files_root
+from rayft.service.pipeline import ServicePaths
+from rayft.service.runner import JobRunner
 from rayft.serving.auth import KeyCheck, admin_keys, api_keys, check_exposure
 from rayft.serving.drain import DrainBoard
 from rayft.serving.engine import EngineServer
@@ -87,6 +91,40 @@ def served_base(config: RayftConfig, registry: Registry) -> ServedBase:
     return ServedBase(config.serve.base_name or default_base_name(config.model.base, ref), path, ref, weights_hash)
 
 
+def jobs_address(config: RayftConfig) -> str:
+    """The Ray Jobs API fine-tuning jobs run on: `serve.fine_tuning.jobs_address`, else the
+    dashboard of the cluster this server runs on."""
+    from ray._private.worker import get_dashboard_url
+
+    address = config.serve.fine_tuning.jobs_address or get_dashboard_url()
+    if not address:
+        raise ConfigError(
+            "serve.fine_tuning runs jobs through a Ray cluster's Jobs API, and this Ray has no dashboard: "
+            "start a head (`ray start --head`) and set RAY_ADDRESS, or set serve.fine_tuning.jobs_address"
+        )
+    return address if "://" in address else f"http://{address}"
+
+
+def fine_tuning_runner(config: RayftConfig, registry: Registry, base: ServedBase, actor: dict):
+    """The job runner's deployment and the service's folders, or (None, None) when the API is off."""
+    if not config.serve.fine_tuning.enabled:
+        return None, None
+    home = rayft_home().resolve()
+    paths = ServicePaths(
+        home=str(home),
+        registry=str(registry.path),
+        files=files_root(config.serve.fine_tuning),
+        jobs=str(home / "fine_tuning"),
+    )
+    settings = config.model_copy(deep=True)
+    settings.serve.fine_tuning.jobs_address = jobs_address(config)
+    settings.serve.api_keys, settings.serve.admin_keys = [], []  # the runner checks no keys
+    runner = JobRunner.options(ray_actor_options=actor | {"num_cpus": 0}).bind(
+        settings.model_dump(mode="json"), base.path, paths
+    )
+    return runner, paths
+
+
 def build_app(config: RayftConfig, registry_node: str | None = None, base: ServedBase | None = None):
     """The Serve application (ingress bound to one engine deployment) for `config` and its `base`
     (resolved here when not given). The ingress reads the registry's SQLite file, so with
@@ -106,11 +144,12 @@ def build_app(config: RayftConfig, registry_node: str | None = None, base: Serve
         actor["runtime_env"] = {"env_vars": direct_ingress_env(serve_config)}
     # Serve queues what is over max_ongoing_requests; headroom above the ingress's own limit makes
     # the ingress answer 429 first, and leaves room for /health, /metrics and the admin routes.
+    runner, paths = fine_tuning_runner(config, registry, base, {k: v for k, v in actor.items() if k == "resources"})
     return OpenAIServer.options(
         num_replicas=serve_config.ingress_replicas,
         ray_actor_options=actor,
         max_ongoing_requests=serve_config.max_concurrent_requests + INGRESS_HEADROOM,
-    ).bind(engine, base, serve_config, keys, str(registry.path))
+    ).bind(engine, base, serve_config, keys, str(registry.path), runner, paths)
 
 
 def start(config: RayftConfig, base: ServedBase | None = None) -> str:

@@ -67,6 +67,10 @@ class KeyCheck:
                 401, "missing or invalid admin key (send 'Authorization: Bearer <admin key>')", code="invalid_api_key"
             )
 
+    def is_admin(self, key: str | None) -> bool:
+        """Whether `key` is one of the configured admin keys (none configured: nobody is)."""
+        return bool(self.admin_keys) and known(key, self.admin_keys)
+
     def warnings(self) -> list[str]:
         """What a start-up log should say about this configuration."""
         said = []

@@ -25,8 +25,8 @@ import time
 import uuid
 import weakref
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi import Request
+from fastapi.responses import Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from ray import serve
 from ray.exceptions import RayActorError, WorkerCrashedError
@@ -35,11 +35,15 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, 
 from rayft import storage
 from rayft.config import ServeConfig
 from rayft.registry import Registry
+from rayft.service.jobs import FineTuningJobs
+from rayft.service.pipeline import ServicePaths
 from rayft.serving import api_schema
 from rayft.serving.auth import KeyCheck, bearer_key
 from rayft.serving.cache import ArtifactHashes, CachedAnswer, ResponseCache, cache_key, deterministic, tenant_of
 from rayft.serving.drain import POLL_S, DrainBoard
 from rayft.serving.errors import ApiError, parse_json
+from rayft.serving.fine_tuning_routes import FineTuningRoutes
+from rayft.serving.http_app import app
 from rayft.serving.metrics import PUBLISH_S, MetricsBoard, ServingMetrics
 from rayft.serving.routing import ModelRouter, Route, ServedBase, UnknownModel
 from rayft.serving.validation import Limits, checked, read_body
@@ -56,20 +60,6 @@ ENGINE_GONE = (
 )
 logger = logging.getLogger("ray.serve")
 
-app = FastAPI(title="rayft")
-
-
-def openapi() -> dict:
-    """FastAPI's schema of the routes, with the bodies they name (`api_schema.py`)."""
-    if app.openapi_schema is None:
-        from fastapi.openapi.utils import get_openapi
-
-        app.openapi_schema = api_schema.add_components(get_openapi(title=app.title, version="1", routes=app.routes))
-    return app.openapi_schema
-
-
-app.openapi = openapi
-
 
 def protocol():
     """vLLM's OpenAI protocol (`openai_api`), imported in the replica on first use, so the process
@@ -77,11 +67,6 @@ def protocol():
     from rayft.serving import openai_api
 
     return openai_api
-
-
-@app.exception_handler(ApiError)
-async def _api_error(_request: Request, error: ApiError) -> JSONResponse:
-    return JSONResponse(status_code=error.status, content=error.body(), headers=error.headers())
 
 
 def cache_bypassed(request: Request) -> bool:
@@ -98,10 +83,21 @@ def json_response(body: bytes, headers: dict[str, str]) -> Response:
 
 @serve.deployment(name="openai", ray_actor_options={"num_cpus": 0.25})
 @serve.ingress(app)
-class OpenAIServer:
+class OpenAIServer(FineTuningRoutes):
     """The OpenAI routes plus `/admin/adapters`, `/health` and `/metrics` (see module docstring)."""
 
-    def __init__(self, engine, base: ServedBase, serve_config: ServeConfig, keys: KeyCheck, registry_path: str):
+    def __init__(
+        self,
+        engine,
+        base: ServedBase,
+        serve_config: ServeConfig,
+        keys: KeyCheck,
+        registry_path: str,
+        runner=None,
+        paths: ServicePaths | None = None,
+    ):
+        """`runner` and `paths`: the fine-tuning job runner's handle and the service's folders, when
+        `serve.fine_tuning.enabled` (`fine_tuning_routes.py`)."""
         self.engine = engine
         self.stream_engine = engine.options(stream=True)
         self.serve = serve_config
@@ -115,6 +111,10 @@ class OpenAIServer:
         self.replica, self.drain, self.draining = context.replica_id.unique_id, DrainBoard(context.app_name), False
         loop = asyncio.get_running_loop()
         self.tasks = [loop.create_task(self.publish_metrics()), loop.create_task(self.watch_drain())]
+        self.runner = runner
+        self.jobs = (
+            FineTuningJobs.open(serve_config.fine_tuning, {base.name, base.ref} - {None}, paths) if paths else None
+        )
         self.limits: Limits | None = None  # asked of the engine on the first request
         self.in_flight = 0
         protocol()  # load vLLM's protocol now, not on the first request

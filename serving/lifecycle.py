@@ -32,6 +32,8 @@ def announce(config: RayftConfig, url: str, base: ServedBase) -> None:
             f"{config.serve.direct_port}/v1",
             flush=True,
         )
+    if config.serve.fine_tuning.enabled:
+        print(f"fine-tuning API at {url}/v1/fine_tuning/jobs and {url}/v1/files", flush=True)
     for warning in KeyCheck(api_keys(config.serve), admin_keys(config.serve)).warnings():
         print(f"warning: {warning}", flush=True)
 

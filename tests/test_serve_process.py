@@ -4,18 +4,14 @@ SIGINT to the whole process group, does the same. The process starts its own Ray
 stops the session's first (one Ray cluster at a time)."""
 
 import os
-import queue
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-import yaml
+from serve_process import ServeProcess, free_port
 
 pytestmark = [pytest.mark.ray, pytest.mark.vllm, pytest.mark.timeout(600)]
 
@@ -31,59 +27,17 @@ def no_session_ray():
     ray.shutdown()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`python -m rayft.cli serve CONFIG` in its own process group, its stdout read line by line."""
+class Server(ServeProcess):
+    """The tiny base served by a `rayft serve` process that waits up to a minute for requests in flight."""
 
     def __init__(self, tiny_model: str, folder):
-        self.port = free_port()
-        config = folder / "serve.yaml"
-        config.write_text(
-            yaml.safe_dump(
-                {
-                    "name": "proc",
-                    "model": {"base": tiny_model},
-                    "serve": {"port": self.port, "max_model_len": 1024, "shutdown_grace_s": 60},
-                }
-            )
-        )
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "rayft.cli", "serve", str(config)],
-            start_new_session=True,
-            text=True,
-            stdout=subprocess.PIPE,
-            stderr=open(folder / "stderr.log", "w"),
-            env=os.environ | {"RAYFT_API_KEYS": KEY, "PYTHONUNBUFFERED": "1"},
-        )
-        self.lines: queue.Queue = queue.Queue()
-        threading.Thread(target=lambda: [self.lines.put(line) for line in self.process.stdout], daemon=True).start()
-        try:
-            self.printed = [self.next_line(240), self.next_line(240)]
-        except queue.Empty:
-            self.kill()
-            raise
-        if not (self.printed[0].startswith("log: ") and self.printed[1].startswith("rayft serving 'tiny'")):
-            self.kill()
-            raise AssertionError(f"rayft serve printed {self.printed} first")
-
-    def next_line(self, timeout_s: float) -> str:
-        return self.lines.get(timeout=timeout_s).rstrip("\n")
-
-    def finish(self, timeout_s: float) -> int:
-        code = self.process.wait(timeout=timeout_s)
-        while not self.lines.empty():
-            self.printed.append(self.next_line(1))
-        return code
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
+        port = free_port()
+        config = {
+            "name": "proc",
+            "model": {"base": tiny_model},
+            "serve": {"port": port, "max_model_len": 1024, "shutdown_grace_s": 60},
+        }
+        super().__init__(config, folder, {"RAYFT_API_KEYS": KEY})
 
 
 def stream(url: str, started: threading.Event) -> dict:

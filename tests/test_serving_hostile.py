@@ -5,6 +5,7 @@ Shares the module-scoped server of test_serving.py."""
 
 import asyncio
 import json
+import socket
 import time
 
 import httpx
@@ -137,6 +138,33 @@ def test_a_body_over_the_limit_is_413_before_it_is_read(server):
     assert post_raw(server, json.dumps(OK).encode()).status_code == 200
 
 
+def test_uploads_need_a_length_and_fit_the_file_limit_before_they_are_read(server):
+    """A multipart upload streamed without Content-Length is a 411; one declaring more than
+    serve.fine_tuning.max_file_bytes (256 MiB) is a 413, answered from the header alone."""
+    boundary = "rayftboundary"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nfine-tune\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="t.jsonl"\r\n\r\n'
+    ).encode()
+    form = {"content-type": f"multipart/form-data; boundary={boundary}"}
+    unmeasured = httpx.post(server["url"] + "/v1/files", content=iter([head, b"{}\r\n"]), headers=AUTH | form)
+    assert unmeasured.status_code == 411 and unmeasured.json()["error"]["code"] == "length_required"
+    port = int(server["url"].rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:  # the promised body never comes
+        raw.sendall(
+            (
+                f"POST /v1/files HTTP/1.1\r\nHost: x\r\nAuthorization: {AUTH['Authorization']}\r\n"
+                f"Content-Type: {form['content-type']}\r\nContent-Length: {300 * 2**20}\r\n\r\n"
+            ).encode()
+            + head
+        )
+        answer = b""
+        while b"}}" not in answer and (chunk := raw.recv(65536)):  # the error body ends the answer
+            answer += chunk
+        answer = answer.decode()
+    assert answer.startswith("HTTP/1.1 413") and "max_file_bytes" in answer
+
+
 def test_a_prompt_longer_than_its_token_limit_can_hold_is_refused_without_tokenizing(server):
     huge = OK | {"messages": [{"role": "user", "content": "x" * 900_000}]}  # under the byte limit
     response = post_raw(server, json.dumps(huge).encode())
@@ -205,6 +233,10 @@ def test_the_schema_describes_every_request_and_response(server):
     assert components["ChatRequest"]["additionalProperties"] is False
     for name in ("CompletionRequest", "ChatCompletionResponse", "CompletionResponse", "ModelList", "ErrorBody"):
         assert name in components
+    create = schema["paths"]["/v1/fine_tuning/jobs"]["post"]["requestBody"]["content"]["application/json"]
+    assert create["schema"]["$ref"].endswith("CreateFineTuningJob") and "CreateFineTuningJob" in components
+    upload = schema["paths"]["/v1/files"]["post"]["requestBody"]["content"]["multipart/form-data"]
+    assert upload["schema"]["$ref"].endswith("FileUpload") and "FileUpload" in components
 
 
 def test_fuzzing_the_live_schema_finds_no_5xx(server):

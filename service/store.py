@@ -1,0 +1,131 @@
+"""Files, jobs and job events of the fine-tuning API, in the registry's database (`rayft.database`):
+they survive a server restart, and every replica and the job runner see the same rows.
+
+A row holds the object as JSON plus the columns queries need (owner, status, order). Lists are
+newest first, paged with an `after` cursor (an id) as OpenAI's are.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rayft.database import Database
+from rayft.home import home_path
+from rayft.service.objects import FINISHED, Event, Job, StoredFile, new_id, now
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS ft_files (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, owner TEXT NOT NULL,
+    purpose TEXT NOT NULL, body TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ft_jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, owner TEXT NOT NULL,
+    status TEXT NOT NULL, body TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ft_events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, job_id TEXT NOT NULL, body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ft_events_job ON ft_events (job_id, seq);
+"""
+
+
+class StaleJob(Exception):
+    """The job changed since it was read (cancelled meanwhile): the update was not made."""
+
+
+class ServiceStore:
+    """Rows of the fine-tuning API; safe for several processes."""
+
+    def __init__(self, path: str | Path | None = None):
+        self.db = Database(Path(path) if path else home_path("registry.db"), SCHEMA)
+
+    # files
+    def add_file(self, file: StoredFile) -> None:
+        with self.db.write() as db:
+            db.execute(
+                "INSERT INTO ft_files (id, owner, purpose, body) VALUES (?, ?, ?, ?)",
+                (file.id, file.owner, file.purpose, file.model_dump_json()),
+            )
+
+    def file(self, file_id: str) -> StoredFile | None:
+        row = self.db.reader().execute("SELECT body FROM ft_files WHERE id = ?", (file_id,)).fetchone()
+        return StoredFile.model_validate_json(row["body"]) if row else None
+
+    def files(self, owner: str | None, purpose: str | None, after: str | None, limit: int) -> tuple[list, bool]:
+        rows = self._page("ft_files", {"owner": owner, "purpose": purpose}, after, limit)
+        return [StoredFile.model_validate_json(r["body"]) for r in rows[:limit]], len(rows) > limit
+
+    def delete_file(self, file_id: str) -> None:
+        with self.db.write() as db:
+            db.execute("DELETE FROM ft_files WHERE id = ?", (file_id,))
+
+    # jobs
+    def add_job(self, job: Job) -> None:
+        with self.db.write() as db:
+            db.execute(
+                "INSERT INTO ft_jobs (id, owner, status, body) VALUES (?, ?, ?, ?)",
+                (job.id, job.owner, job.status, job.model_dump_json()),
+            )
+
+    def job(self, job_id: str) -> Job | None:
+        row = self.db.reader().execute("SELECT body FROM ft_jobs WHERE id = ?", (job_id,)).fetchone()
+        return Job.model_validate_json(row["body"]) if row else None
+
+    def jobs(self, owner: str | None, after: str | None, limit: int) -> tuple[list[Job], bool]:
+        rows = self._page("ft_jobs", {"owner": owner}, after, limit)
+        return [Job.model_validate_json(r["body"]) for r in rows[:limit]], len(rows) > limit
+
+    def jobs_in(self, *statuses: str) -> list[Job]:
+        """Jobs in these states, oldest first (the queue's order)."""
+        marks = ", ".join("?" * len(statuses))
+        rows = self.db.reader().execute(f"SELECT body FROM ft_jobs WHERE status IN ({marks}) ORDER BY seq", statuses)
+        return [Job.model_validate_json(r["body"]) for r in rows]
+
+    def unfinished_jobs(self, owner: str) -> int:
+        marks = ", ".join("?" * len(FINISHED))
+        query = f"SELECT COUNT(*) FROM ft_jobs WHERE owner = ? AND status NOT IN ({marks})"
+        return self.db.reader().execute(query, (owner, *FINISHED)).fetchone()[0]
+
+    def save_job(self, job: Job, expected_status: str | None = None) -> None:
+        """Write the job; with `expected_status`, only if it is still in that state (else StaleJob),
+        so the runner never overwrites a cancel that came in meanwhile."""
+        with self.db.write() as db:
+            if expected_status is not None:
+                row = db.execute("SELECT status FROM ft_jobs WHERE id = ?", (job.id,)).fetchone()
+                if row is None or row["status"] != expected_status:
+                    raise StaleJob(job.id)
+            db.execute(
+                "UPDATE ft_jobs SET status = ?, body = ? WHERE id = ?", (job.status, job.model_dump_json(), job.id)
+            )
+
+    # events
+    def add_event(self, job_id: str, message: str, *, level="info", kind="message", data=None) -> Event:
+        event = Event(
+            id=new_id("ftevent"), job_id=job_id, created_at=now(), level=level, message=message, type=kind, data=data
+        )
+        with self.db.write() as db:
+            db.execute(
+                "INSERT INTO ft_events (id, job_id, body) VALUES (?, ?, ?)",
+                (event.id, job_id, event.model_dump_json()),
+            )
+        return event
+
+    def events(self, job_id: str, after: str | None, limit: int) -> tuple[list[Event], bool]:
+        rows = self._page("ft_events", {"job_id": job_id}, after, limit)
+        return [Event.model_validate_json(r["body"]) for r in rows[:limit]], len(rows) > limit
+
+    def metric_events(self, job_id: str) -> list[Event]:
+        """The job's step metrics, oldest first."""
+        rows = self.db.reader().execute("SELECT body FROM ft_events WHERE job_id = ? ORDER BY seq", (job_id,))
+        return [e for e in (Event.model_validate_json(r["body"]) for r in rows) if e.type == "metrics"]
+
+    def _page(self, table: str, where: dict, after: str | None, limit: int) -> list:
+        """Up to limit + 1 rows, newest first, after the row with id `after` (none: from the newest)."""
+        clauses = [f"{column} = ?" for column, value in where.items() if value is not None]
+        values = [value for value in where.values() if value is not None]
+        if after is not None:
+            clauses.append(f"seq < COALESCE((SELECT seq FROM {table} WHERE id = ?), -1)")
+            values.append(after)
+        condition = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        query = f"SELECT body FROM {table} {condition} ORDER BY seq DESC LIMIT ?"
+        return self.db.reader().execute(query, (*values, limit + 1)).fetchall()
