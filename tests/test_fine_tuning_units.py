@@ -236,3 +236,32 @@ def test_estimate_follows_the_plan_and_prices_gpu_hours():
     assert found.trained_tokens == 80_000 and found.seconds == 80.0
     assert found.gpu_hours == round(80 / 3600 * 2, 4) and found.cost == round(80 / 3600 * 2 * 3, 2)
     assert estimate(train.model_copy(update={"use_gpu": False}), SplitConfig(), 500, 50_000).cost == 0
+
+
+def test_rayft_estimate_counts_the_configs_inputs_and_prints_the_plan(tickets_file, tiny_model, tmp_path, capsys):
+    from rayft.cli import main
+    from rayft.data.inspect import check_files
+    from rayft.estimate import Estimate
+    from rayft.plan import make_plan
+
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"name: e\nmodel: {{base: {tiny_model}}}\ndata: {{inputs: [{tickets_file}], max_tokens: 256}}\n"
+        "train: {epochs: 2, batch_size: 16, tokens_per_second: 500}\n"
+    )
+    assert main(["estimate", str(config), "--json"]) == 0
+    found = Estimate.model_validate_json(capsys.readouterr().out)
+    check = check_files([str(tickets_file)], check_config_data(config), tiny_model)
+    assert found.records == check.kept and check.rejects  # the planted bad lines are not counted
+    plan = make_plan(TrainConfig(epochs=2, batch_size=16), int(check.kept * 0.8), int(check.kept * 0.1), 0)
+    assert (found.steps, found.epochs) == (plan.total_steps, 2) and found.seconds == round(
+        found.trained_tokens / 500, 1
+    )
+    assert main(["estimate", str(config)]) == 0
+    assert f"→ {found.steps} steps over 2 epochs" in capsys.readouterr().out
+
+
+def check_config_data(path):
+    from rayft.config import load_config
+
+    return load_config(path).data
