@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rayft import storage
 from rayft.config import DataConfig
 from rayft.data.records import CleanRecords
 from rayft.data.sources import expand_inputs, file_records
@@ -61,7 +62,7 @@ def check_files(
     cleaner = CleanRecords(data, tokenizer, chat_template)
     check = DataCheck()
     for source in expand_inputs(inputs):
-        rows = file_records(source, Path(source).read_bytes())
+        rows = file_records(source, storage.read_bytes(source))
         for start in range(0, len(rows), BATCH):
             batch = rows[start : start + BATCH]
             for (line, _), row in zip(batch, cleaner.checked([raw for _, raw in batch])):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from rayft import storage
 from rayft.config import ConfigError
 
 # Records per block after reading. A file is read as one block, and one block is one task for every
@@ -39,46 +40,46 @@ def file_format(path: Path) -> str:
         ) from None
 
 
-def folder_files(path: Path) -> list[Path]:
-    """The data files of a folder: an HF `DatasetDict.save_to_disk` folder's splits in the order of
-    its dataset_dict.json (each split's Arrow files), an HF `Dataset.save_to_disk` folder's Arrow
-    files, or a plain folder's .jsonl/.json/.parquet files."""
-    if (path / "dataset_dict.json").exists():
-        splits = json.loads((path / "dataset_dict.json").read_text())["splits"]
-        return [f for name in splits for f in folder_files(path / name)]
-    if (path / "dataset_info.json").exists() or (path / "state.json").exists():
-        return sorted(path.glob("*.arrow"))
-    entries = sorted(p for p in path.iterdir() if not p.name.startswith("."))
+def folder_files(path: str) -> list[str]:
+    """The data files of a folder (local or a URI): an HF `DatasetDict.save_to_disk` folder's splits
+    in the order of its dataset_dict.json (each split's Arrow files), an HF `Dataset.save_to_disk`
+    folder's Arrow files, or a plain folder's .jsonl/.json/.parquet files."""
+    if storage.exists(storage.join(path, "dataset_dict.json")):
+        splits = json.loads(storage.read_text(storage.join(path, "dataset_dict.json")))["splits"]
+        return [f for name in splits for f in folder_files(storage.join(path, name))]
+    entries = [(name, folder) for name, folder in storage.list_entries(path) if not name.startswith(".")]
+    if any(name in ("dataset_info.json", "state.json") for name, _ in entries):
+        return [storage.join(path, name) for name, folder in entries if not folder and name.endswith(".arrow")]
     unsupported = [
-        p.name + ("/" if p.is_dir() else "")
-        for p in entries
-        if p.is_dir() or p.suffix.lower() not in (".jsonl", ".json", ".parquet")
+        name + ("/" if folder else "")
+        for name, folder in entries
+        if folder or Path(name).suffix.lower() not in (".jsonl", ".json", ".parquet")
     ]
     if unsupported:
         raise ConfigError(
             f"input folder {path} holds what rayft cannot read: {', '.join(unsupported)}; "
             "expected only .jsonl, .json and .parquet files (move the others out, or name the files)"
         )
-    return entries
+    return [storage.join(path, name) for name, _ in entries]
 
 
 def expand_inputs(inputs: list[str]) -> list[str]:
-    """Input paths as absolute file paths (folders become their data files, see `folder_files`).
-    Raises FileNotFoundError naming the first missing input or empty folder, ConfigError naming a
-    file of unknown type."""
+    """Input paths as absolute file paths or URIs (`s3://`, `gs://`; folders become their data files,
+    see `folder_files`). Raises FileNotFoundError naming the first missing input or empty folder,
+    ConfigError naming a file of unknown type."""
     if not inputs:
         raise FileNotFoundError("no input files given")
     files: list[str] = []
     for item in inputs:
-        path = Path(item).expanduser().resolve()
-        if not path.exists():
+        path = item if storage.is_remote(item) else str(Path(item).expanduser().resolve())
+        if not storage.exists(path):
             raise FileNotFoundError(f"input not found: {item}")
-        found = folder_files(path) if path.is_dir() else [path]
+        found = folder_files(path) if storage.is_dir(path) else [path]
         if not found:
             raise FileNotFoundError(f"no data files in folder {item}")
         for file in found:
-            file_format(file)
-        files += [str(p) for p in found]
+            file_format(Path(file))
+        files += found
     return files
 
 
@@ -145,22 +146,25 @@ def file_records(path: str, data: bytes) -> list[tuple[int, bytes]]:
     return _json_rows(data) if kind == "json" else _table_rows(data, kind)
 
 
-def _split_file(row: dict, index_of: dict[str, int]) -> list[dict]:
-    source = row["path"]
-    base = index_of[source] << LINE_BITS
+def _split_file(row: dict, files: list[str], index_of: dict[str, int]) -> list[dict]:
+    index = index_of[row["path"]]
+    source = files[index]
     return [
-        {"source": source, "line": n, "order": base | n, "raw": raw} for n, raw in file_records(source, row["bytes"])
+        {"source": source, "line": n, "order": index << LINE_BITS | n, "raw": raw}
+        for n, raw in file_records(source, row["bytes"])
     ]
 
 
 def read_records(inputs: list[str]):
-    """All inputs as one Ray Dataset of raw records (source, line, order, raw)."""
+    """All inputs as one Ray Dataset of raw records (source, line, order, raw). Files on object
+    storage are read by whichever node runs the read task; a reject names the file by its URI."""
     import ray
 
     files = expand_inputs(inputs)
-    index_of = {f: i for i, f in enumerate(files)}
+    # Ray Data reports an object's path without its scheme (s3://bucket/key -> bucket/key).
+    index_of = {f.split("://", 1)[-1]: i for i, f in enumerate(files)}
     raw_files = ray.data.read_binary_files(files, include_paths=True)
-    rows = raw_files.flat_map(_split_file, fn_kwargs={"index_of": index_of})
+    rows = raw_files.flat_map(_split_file, fn_kwargs={"files": files, "index_of": index_of})
     return rows.repartition(target_num_rows_per_block=RECORDS_PER_BLOCK)  # one file would be one block
 
 

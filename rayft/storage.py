@@ -47,6 +47,27 @@ def list_dirs(uri: str) -> list[str]:
     return sorted(Path(i.path).name for i in infos if i.type == pyarrow.fs.FileType.Directory)
 
 
+def list_entries(uri: str | Path) -> list[tuple[str, bool]]:
+    """(name, is_folder) of everything directly inside the folder `uri`, in name order."""
+    if not is_remote(uri):
+        return sorted((p.name, p.is_dir()) for p in Path(uri).iterdir())
+    import pyarrow.fs
+
+    fs, path = _fs(uri)
+    infos = fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
+    return sorted((Path(i.path).name, i.type == pyarrow.fs.FileType.Directory) for i in infos)
+
+
+def is_dir(uri: str | Path) -> bool:
+    """Whether a folder is at a local path or a URI."""
+    if not is_remote(uri):
+        return Path(uri).is_dir()
+    import pyarrow.fs
+
+    fs, path = _fs(uri)
+    return fs.get_file_info(path).type == pyarrow.fs.FileType.Directory
+
+
 def exists(uri: str | Path) -> bool:
     """Whether a file or folder is at a local path or a URI."""
     if not is_remote(uri):
@@ -57,13 +78,18 @@ def exists(uri: str | Path) -> bool:
     return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
 
 
-def read_text(uri: str | Path) -> str:
-    """A text file from a local path or a URI."""
+def read_bytes(uri: str | Path) -> bytes:
+    """A file's bytes from a local path or a URI."""
     if not is_remote(uri):
-        return Path(uri).read_text(encoding="utf-8")
+        return Path(uri).read_bytes()
     fs, path = _fs(uri)
     with fs.open_input_stream(path) as data:
-        return data.read().decode("utf-8")
+        return data.read()
+
+
+def read_text(uri: str | Path) -> str:
+    """A text file from a local path or a URI."""
+    return read_bytes(uri).decode("utf-8")
 
 
 def parquet_file(uri: str | Path):
