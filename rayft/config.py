@@ -134,6 +134,9 @@ class TrainConfig(Section):
     deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
     num_workers: int = Field(2, gt=0)
     cpus_per_worker: float = Field(0.5, gt=0)
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="how workers are placed on nodes (Ray placement group strategy)"
+    )
     use_gpu: bool = False
     epochs: int | Auto = "auto"
     max_steps: int | None = Field(None, gt=0, description="stop after this many optimizer steps")
@@ -370,6 +373,11 @@ class ServeConfig(Section):
     min_replicas: int = Field(1, ge=0, description="engine replicas (autoscaling lower bound)")
     max_replicas: int = Field(1, gt=0, description="engine replicas (autoscaling upper bound)")
     target_ongoing_requests: int = Field(32, gt=0, description="autoscaling target per engine replica")
+    max_engines_per_node: int | None = Field(
+        None,
+        gt=0,
+        description="engine replicas one node may hold (1: each on its own node, so losing a node loses one)",
+    )
     ingress_replicas: int = Field(1, gt=0)
     direct_port: int | None = Field(
         None,

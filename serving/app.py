@@ -48,6 +48,8 @@ def engine_options(serve_config: ServeConfig) -> dict:
             "runtime_env": {"env_vars": VLLM_ENV},
         },
     }
+    if serve_config.max_engines_per_node:
+        options["max_replicas_per_node"] = serve_config.max_engines_per_node
     if serve_config.min_replicas == serve_config.max_replicas:
         options["num_replicas"] = serve_config.max_replicas
     else:

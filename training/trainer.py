@@ -128,6 +128,7 @@ def build_trainer(config: RayftConfig, spec: WorkerSpec, datasets: dict, runs: s
             num_workers=train.num_workers,
             use_gpu=train.use_gpu,
             resources_per_worker={"CPU": train.cpus_per_worker} | ({"GPU": 1} if train.use_gpu else {}),
+            placement_strategy=train.placement_strategy,
         ),
         run_config=RunConfig(
             name=run_name,
