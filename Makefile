@@ -35,14 +35,15 @@ check: $(STAMP)
 test: check
 	$(PY) -m pytest
 
-# Only the tests that start no Ray, Serve or vLLM.
+# Only the tests that start no Ray, Serve or vLLM (so none of the multi-node ones either).
 test-fast: check
-	$(PY) -m pytest -m "not ray and not vllm"
+	$(PY) -m pytest -m "not ray and not vllm and not multinode"
 
 bench: $(STAMP)
 	$(PY) bench/data_prep.py
 	$(PY) bench/train_throughput.py
 	$(PY) bench/serve_throughput.py
+	$(PY) bench/multinode.py
 
 # Re-resolve the CPU profile in a scratch venv and write the lock file.
 lock:

@@ -1,0 +1,184 @@
+"""Several Ray nodes on one machine, all storage on a real S3-protocol server (moto's standalone
+server in this process): data prepare reads and writes `s3://`, training spreads its workers over
+two nodes, checkpoints to `s3://` and survives losing one of those nodes mid-run.
+
+The head has no CPUs, so every task and training worker runs on a worker node, and each node has
+its own RAYFT_HOME. Nothing is handed between nodes through a path: inputs, prepared splits,
+checkpoints, exports and registered artifacts are `s3://` objects. (The base model stands in for a
+hub id: a path every node has, as a cluster image would.)
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from multinode_cluster import KEY, Load, engines_on_two_nodes, live_replicas, lose_an_engine_node_under_load
+
+OWN_RAY_HEAD = True  # this module runs its own multi-node cluster (the session's Ray is stopped first)
+pytestmark = [pytest.mark.ray, pytest.mark.multinode]
+
+
+@pytest.fixture(scope="module")
+def bucket():
+    from multinode_cluster import s3_bucket
+
+    with s3_bucket() as uri:
+        yield uri
+
+
+@pytest.fixture(scope="module")
+def nodes(bucket, tmp_path_factory):
+    from multinode_cluster import local_nodes
+
+    with local_nodes(tmp_path_factory.mktemp("node_homes")) as running:
+        yield running
+
+
+def prepare_options(tiny_model):
+    from rayft.config import DataConfig
+    from rayft.data.prepare import PrepareOptions
+
+    return PrepareOptions(DataConfig(label_regex=r"Category:\s*(\w+)", max_tokens=256), tokenizer=tiny_model)
+
+
+@pytest.fixture(scope="module")
+def s3_dataset(nodes, bucket, tickets_file, tiny_model):
+    """The ticket sample uploaded as a folder of two files and prepared from `s3://` to `s3://`."""
+    from rayft import storage
+    from rayft.data.prepare import prepare_dataset
+
+    lines = tickets_file.read_text().splitlines(keepends=True)
+    storage.write_text(f"{bucket}/raw/tickets/a.jsonl", "".join(lines[:300]))
+    storage.write_text(f"{bucket}/raw/tickets/b.jsonl", "".join(lines[300:]))
+    out = f"{bucket}/datasets/tickets"
+    manifest = prepare_dataset([f"{bucket}/raw/tickets"], out, prepare_options(tiny_model), show_progress=False)
+    return out, manifest
+
+
+@pytest.mark.timeout(300)
+def test_data_prepare_reads_and_writes_s3_across_nodes_with_the_local_hash(
+    s3_dataset, tickets_file, tiny_model, tmp_path
+):
+    import json
+
+    from rayft import storage
+    from rayft.data.manifest import MANIFEST, Manifest
+    from rayft.data.prepare import prepare_dataset
+
+    out, manifest = s3_dataset
+    local_inputs = tmp_path / "tickets"
+    local_inputs.mkdir()
+    lines = tickets_file.read_text().splitlines(keepends=True)
+    (local_inputs / "a.jsonl").write_text("".join(lines[:300]))
+    (local_inputs / "b.jsonl").write_text("".join(lines[300:]))
+    local = prepare_dataset([str(local_inputs)], tmp_path / "out", prepare_options(tiny_model), show_progress=False)
+
+    assert manifest.dataset_hash == local.dataset_hash and manifest.counts == local.counts
+    assert manifest.counts.rejected > 0 and manifest.counts.kept > 0
+    written = Manifest.model_validate_json(storage.read_text(storage.join(out, MANIFEST)))
+    assert written.dataset_hash == manifest.dataset_hash
+    assert manifest.inputs == [
+        f"{out.rsplit('/', 2)[0]}/raw/tickets/a.jsonl",
+        f"{out.rsplit('/', 2)[0]}/raw/tickets/b.jsonl",
+    ]
+    rejects = [json.loads(line) for line in storage.read_text(storage.join(out, "rejects.jsonl")).splitlines()]
+    assert rejects and all(r["source"] in manifest.inputs and r["line"] >= 1 for r in rejects)
+    for split in ("train", "val", "test"):
+        assert storage.parquet_file(storage.join(out, f"{split}.parquet")).metadata.num_rows == getattr(
+            manifest.counts, split
+        )
+
+
+def wait_for_checkpoint(runs: str, step: int, timeout: float) -> str:
+    """The run folder under `runs` once Ray Train registered its checkpoint of `step` (listed in the
+    checkpoint manager's snapshot: every rank's part uploaded, so a restart resumes from it)."""
+    from rayft import storage
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for run in storage.list_dirs(runs):
+            snapshot = storage.join(runs, run, "checkpoint_manager_snapshot.json")
+            if storage.exists(snapshot) and f"step_{step:06d}" in storage.read_text(snapshot):
+                return storage.join(runs, run)
+        time.sleep(0.2)
+    raise TimeoutError(f"no registered checkpoint of step {step} in {runs} within {timeout} s")
+
+
+@pytest.mark.timeout(420)
+def test_training_spread_over_two_nodes_survives_losing_one_and_registers_from_s3(
+    nodes, bucket, s3_dataset, tiny_model
+):
+    import json
+
+    from conftest import lora_train_config
+
+    from rayft import storage
+    from rayft.config import parse_config
+    from rayft.registry import verified_artifact
+    from rayft.storage import content_hash
+    from rayft.training.trainer import train
+
+    dataset, _ = s3_dataset
+    config = lora_train_config(
+        tiny_model,
+        dataset,
+        "spread",
+        max_steps=12,
+        checkpoint_every=3,
+        eval_every=6,
+        placement_strategy="STRICT_SPREAD",
+        max_failures=2,
+        storage_path=f"{bucket}/runs",
+        export_path=f"{bucket}/models",
+    )
+    config["data"]["out"] = dataset
+    with ThreadPoolExecutor(1) as pool:
+        run = pool.submit(train, parse_config(config), show_progress=False)
+        run_dir = wait_for_checkpoint(f"{bucket}/runs/spread", step=3, timeout=240)
+        nodes.kill(nodes.workers[0])  # a worker's node dies mid-run (each worker node holds one)...
+        nodes.add_worker()  # ...and a new node joins (Ray starts nodes from the main thread only)
+        version = run.result(timeout=300)
+
+    log = [json.loads(line) for line in storage.read_text(storage.join(run_dir, "metrics.jsonl")).splitlines()]
+    resumed = [r for r in log if r.get("event") == "resumed"]
+    assert len(resumed) == 1 and resumed[0]["from_step"] >= 3
+    assert [r["step"] for r in log if "loss" in r] == list(range(1, 13))  # no step lost or counted twice
+    assert version.metrics["restarts"] == 1 and version.metrics["run_dir"] == run_dir
+    assert version.artifact_uri.startswith(f"{bucket}/models/spread/")
+    assert content_hash(version.artifact_uri) == version.weights_hash
+    assert verified_artifact(version).is_dir()  # downloaded from s3:// and checked
+
+
+@pytest.mark.vllm
+@pytest.mark.timeout(480)
+def test_engines_on_two_nodes_fetch_adapters_from_s3_and_survive_losing_a_node_under_load(
+    nodes, bucket, tiny_model, tmp_path
+):
+    from rayft import storage
+    from rayft.registry import Registry
+    from rayft.tiny import random_adapter
+
+    uri = storage.upload_dir(random_adapter(tiny_model, tmp_path / "adapter", seed=5), f"{bucket}/models/remote/1")
+    version = Registry().register("remote", "adapter", tiny_model, uri)
+    cached = f"node*/cache/artifacts/{version.weights_hash}"
+    try:
+        with engines_on_two_nodes(nodes, tiny_model) as url:
+            assert len(set(live_replicas("engine").values())) == 2  # one engine on each worker node
+            # Each engine fetches the adapter from s3:// on its first request for it, into its own
+            # node's cache, checked against the registered hash.
+            with Load(url, version.ref, KEY) as load:
+                deadline = time.monotonic() + 120
+                while time.monotonic() < deadline and len(list(nodes.homes.glob(cached))) < 2:
+                    time.sleep(0.5)
+            assert len(list(nodes.homes.glob(cached))) == 2 and set(load.statuses()) == {200}
+
+            load, killed = lose_an_engine_node_under_load(nodes, url, version.ref)
+            assert set(load.statuses()) <= {200, 503}  # no 500, no hang
+            assert all(retry for _, status, retry in load.results if status == 503)
+            after = load.statuses(after=killed + 5)
+            assert after and set(after) == {200}  # the engine left serves everything
+    finally:
+        if len(nodes.workers) < 2:
+            nodes.add_worker()
