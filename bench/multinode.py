@@ -95,6 +95,7 @@ def main() -> None:
     from rayft.data.samples import tokenizer_corpus
     from rayft.tiny import build_tiny_model
 
+    os.environ["RAYFT_QUIET"] = "1"  # workers' output stays in Ray's logs: stdout is the JSON
     with tempfile.TemporaryDirectory() as scratch:
         os.environ["RAYFT_HOME"] = str(Path(scratch) / "home")
         base = str(build_tiny_model(Path(scratch) / "tiny", tokenizer_corpus(), size="test"))
