@@ -95,15 +95,20 @@ def local_nodes(homes: Path, workers: int = 2, cpus: int = 2):
         cluster.shutdown()
 
 
-def live_replicas(deployment: str) -> dict[str, str]:
-    """Name -> node id of the live Serve replicas of one deployment of the rayft app."""
+def live_actors(class_name: str, name_prefix: str = "") -> dict[str, str]:
+    """Actor id -> node id of the live actors of a class (and a name prefix)."""
     import ray
 
     return {
-        actor["Name"]: actor["Address"]["NodeID"]
-        for actor in ray._private.state.actors().values()
-        if actor["Name"].startswith(f"SERVE_REPLICA::rayft#{deployment}#") and actor["State"] == "ALIVE"
+        actor_id: actor["Address"]["NodeID"]
+        for actor_id, actor in ray._private.state.actors().items()
+        if actor["ActorClassName"] == class_name and actor["Name"].startswith(name_prefix) and actor["State"] == "ALIVE"
     }
+
+
+def live_replicas(deployment: str) -> dict[str, str]:
+    """Actor id -> node id of the live Serve replicas of one deployment of the rayft app."""
+    return live_actors("ServeReplica:rayft:" + deployment)
 
 
 class Load:

@@ -14,7 +14,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from multinode_cluster import KEY, Load, engines_on_two_nodes, live_replicas, lose_an_engine_node_under_load
+from multinode_cluster import (
+    KEY,
+    Load,
+    engines_on_two_nodes,
+    live_actors,
+    live_replicas,
+    lose_an_engine_node_under_load,
+)
 
 OWN_RAY_HEAD = True  # this module runs its own multi-node cluster (the session's Ray is stopped first)
 pytestmark = [pytest.mark.ray, pytest.mark.multinode]
@@ -137,7 +144,9 @@ def test_training_spread_over_two_nodes_survives_losing_one_and_registers_from_s
     with ThreadPoolExecutor(1) as pool:
         run = pool.submit(train, parse_config(config), show_progress=False)
         run_dir = wait_for_checkpoint(f"{bucket}/runs/spread", step=3, timeout=240)
-        nodes.kill(nodes.workers[0])  # a worker's node dies mid-run (each worker node holds one)...
+        placed = set(live_actors("RayTrainWorker").values())
+        assert len(placed) == 2  # STRICT_SPREAD: one worker per node
+        nodes.kill(next(n for n in nodes.workers if n.node_id in placed))  # a worker's node dies mid-run...
         nodes.add_worker()  # ...and a new node joins (Ray starts nodes from the main thread only)
         version = run.result(timeout=300)
 
