@@ -1,7 +1,7 @@
 """A multi-node Ray cluster and an S3-protocol server on one machine, for tests/test_multinode.py and
 bench/multinode.py.
 
-`s3_bucket()`: moto's standalone S3 server in this process, one bucket, and the environment rayft
+`s3_bucket()`: moto's standalone S3 server in a subprocess, one bucket, and the environment rayft
 (pyarrow) and boto3 read to reach it (`AWS_ENDPOINT_URL` and credentials), as they would reach MinIO.
 `local_nodes()`: a Ray head without CPUs and worker nodes of 2 CPUs, each with its own RAYFT_HOME, joined
 by this process as `rayft` joins a cluster (`RAY_ADDRESS`); started after `s3_bucket()`, every node
@@ -11,6 +11,9 @@ inherits the storage environment.
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -34,20 +37,37 @@ def environment(values: dict[str, str]):
 
 
 @contextmanager
-def s3_bucket(name: str = "rayft-multinode"):
-    """Yields `s3://<name>` on a fresh S3-protocol server."""
+def s3_bucket(name: str = "rayft-multinode", log: Path | None = None):
+    """Yields `s3://<name>` on a fresh S3-protocol server: moto's, in its own process (its web app's
+    Flask, imported into this process, would break vLLM engines that later start here), logging to
+    `log` (default: nowhere)."""
     import boto3
-    from moto.server import ThreadedMotoServer
 
     port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
+    with open(log or os.devnull, "ab") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=out
+        )
     try:
+        wait_for_port(port, server, timeout=60)
         with environment(S3_ENV | {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}):
             boto3.client("s3").create_bucket(Bucket=name)
             yield f"s3://{name}"
     finally:
-        server.stop()
+        server.kill()
+        server.wait()
+
+
+def wait_for_port(port: int, process: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the S3 server exited with {process.returncode}")
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"the S3 server did not listen on {port} within {timeout} s")
 
 
 class Nodes:
