@@ -75,7 +75,7 @@ def node_loss(nodes, bucket: str, base: str) -> dict:
         uri = storage.upload_dir(random_adapter(base, Path(scratch) / "a", seed=5), f"{bucket}/models/remote/1")
     version = Registry().register("remote", "adapter", base, uri)
     with engines_on_two_nodes(nodes, base) as url:
-        load, killed = lose_an_engine_node_under_load(nodes, url, version.ref)
+        load, killed = lose_an_engine_node_under_load(nodes, url, version.ref, seconds=20)
     after = [(started - killed, status) for started, status, _ in sorted(load.results) if started > killed]
     failed = [t for t, status in after if status != 200]
     return {

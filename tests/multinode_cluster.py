@@ -197,7 +197,7 @@ def engines_on_two_nodes(nodes: Nodes, base: str):
         app.shutdown()
 
 
-def lose_an_engine_node_under_load(nodes: Nodes, url: str, model: str, seconds: float = 20) -> tuple[Load, float]:
+def lose_an_engine_node_under_load(nodes: Nodes, url: str, model: str, seconds: float = 10) -> tuple[Load, float]:
     """Kill the worker node of an engine that is not the ingress's while requests for `model` run;
     returns the load (its results) and when the node was killed (time.monotonic())."""
     engines = set(live_replicas("engine").values())
