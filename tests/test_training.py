@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -334,3 +336,16 @@ def test_progress_tail_reads_whole_lines_and_survives_a_rewrite(tmp_path):
     assert [r["step"] for r in tail.read_new()] == [3]
     path.write_text('{"step": 1, "loss": 2.0}\n')  # a restarted worker cut the log back to its checkpoint
     assert [r["step"] for r in tail.read_new()] == [1]
+
+
+def test_a_worker_computes_on_its_cpu_share_whatever_omp_num_threads_it_inherited():
+    """A cluster started from a shell that exported OMP_NUM_THREADS=2 hands it to every worker (Ray
+    sets it only when unset); two such workers on two cores ran LoRA steps 4x slower."""
+    code = (
+        "import torch; from rayft.training.worker import use_cpu_share; "
+        "print(torch.get_num_threads(), use_cpu_share(0.5), torch.get_num_threads(), use_cpu_share(3.0))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env={**os.environ, "OMP_NUM_THREADS": "2"}, capture_output=True, text=True
+    )
+    assert out.stdout.split() == ["2", "1", "1", "3"], out.stderr[-2000:]

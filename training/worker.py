@@ -171,6 +171,18 @@ def save_checkpoint(engine, state: TrainState, metrics: dict, spec: WorkerSpec, 
     ray.train.report(metrics)
 
 
+def use_cpu_share(cpus: float) -> int:
+    """Compute on the worker's CPU share (`train.cpus_per_worker`, floor, at least 1), whatever
+    OMP_NUM_THREADS the process inherited: Ray sets it only when it is unset, so a cluster started
+    from a shell that exported it gave every worker that many threads, and two workers on two cores
+    then spun on each other's OpenMP barriers (LoRA steps 4x slower, bench/RESULTS.md)."""
+    import torch
+
+    threads = max(1, int(cpus))
+    torch.set_num_threads(threads)
+    return threads
+
+
 def train_loop_per_worker(loop_config: dict) -> None:
     """Ray Train entry point: train, validate, checkpoint; see the module docstring."""
     import ray.train
@@ -183,6 +195,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     train, plan = spec.train, spec.plan
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
+    use_cpu_share(train.cpus_per_worker)
     torch.manual_seed(train.seed)
     lora = train.method != "full"
     model = load_model(spec.base, train)
