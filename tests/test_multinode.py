@@ -114,9 +114,12 @@ def wait_for_checkpoint(runs: str, step: int, timeout: float) -> str:
 
 
 @pytest.mark.timeout(420)
+@pytest.mark.parametrize("zero_stage", [2, 3])
 def test_training_spread_over_two_nodes_survives_losing_one_and_registers_from_s3(
-    nodes, bucket, s3_dataset, tiny_model
+    nodes, bucket, s3_dataset, tiny_model, zero_stage
 ):
+    """Each rank uploads its own part of every checkpoint (ZeRO-3: its shard of the parameters too);
+    the restarted group on a new node reads them all back from s3://."""
     import json
 
     from conftest import lora_train_config
@@ -131,7 +134,8 @@ def test_training_spread_over_two_nodes_survives_losing_one_and_registers_from_s
     config = lora_train_config(
         tiny_model,
         dataset,
-        "spread",
+        f"spread-z{zero_stage}",
+        deepspeed={"zero_stage": zero_stage},
         max_steps=12,
         checkpoint_every=3,
         eval_every=6,
@@ -143,7 +147,7 @@ def test_training_spread_over_two_nodes_survives_losing_one_and_registers_from_s
     config["data"]["out"] = dataset
     with ThreadPoolExecutor(1) as pool:
         run = pool.submit(train, parse_config(config), show_progress=False)
-        run_dir = wait_for_checkpoint(f"{bucket}/runs/spread", step=3, timeout=240)
+        run_dir = wait_for_checkpoint(f"{bucket}/runs/spread-z{zero_stage}", step=3, timeout=240)
         placed = set(live_actors("RayTrainWorker").values())
         assert len(placed) == 2  # STRICT_SPREAD: one worker per node
         nodes.kill(next(n for n in nodes.workers if n.node_id in placed))  # a worker's node dies mid-run...
@@ -155,7 +159,7 @@ def test_training_spread_over_two_nodes_survives_losing_one_and_registers_from_s
     assert len(resumed) == 1 and resumed[0]["from_step"] >= 3
     assert [r["step"] for r in log if "loss" in r] == list(range(1, 13))  # no step lost or counted twice
     assert version.metrics["restarts"] == 1 and version.metrics["run_dir"] == run_dir
-    assert version.artifact_uri.startswith(f"{bucket}/models/spread/")
+    assert version.artifact_uri.startswith(f"{bucket}/models/spread-z{zero_stage}/")
     assert content_hash(version.artifact_uri) == version.weights_hash
     assert verified_artifact(version).is_dir()  # downloaded from s3:// and checked
 
