@@ -28,6 +28,8 @@ from rayft.eval.metrics import extract_label, json_label
 from rayft.eval.prompts import few_shot_examples, forgetting_records, read_test_split
 from rayft.eval.report import build_report, markdown
 from rayft.eval.results import EvalReport, ReportFiles
+from rayft.eval.review_report import summarize
+from rayft.feedback import FeedbackStore
 from rayft.home import rayft_home
 from rayft.registry import ModelVersion, Registry, artifact_key, gated_aliases, verified_artifact
 from rayft.runtime import ensure_ray
@@ -186,8 +188,13 @@ def evaluate(config: RayftConfig, candidate: str | None = None, show_progress: b
         current,
     )
     holders = {f"{version.name}:{alias}": holder for alias, holder in current.items()}
+    human = summarize(FeedbackStore(registry.path), version)
     report = report.model_copy(
-        update={"seconds": round(time.time() - started, 1), "verdict": gate_checks(version, report, holders)}
+        update={
+            "seconds": round(time.time() - started, 1),
+            "verdict": gate_checks(version, report, holders, human),
+            "human_review": human if human.reviewers else None,
+        }
     )
     report = write_report(report, table, version, eval_config.report_path or str(rayft_home() / "eval"))
     registry.set_eval_report(version.ref, report.to_record())

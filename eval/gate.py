@@ -5,7 +5,9 @@ weights, (2) it was measured on at least `min_test_records` test records, the ca
 the base and (4) the few-shot base by at least the margin on the primary metric, (5) its answer
 rate on the forgetting set drops no more than allowed (and, when a limit is set, its perplexity
 there rises no more), and (6) it is not worse than the version the alias points at now, beyond
-`regression_tolerance`, on the same test split.
+`regression_tolerance`, on the same test split; and, when `min_human_win_rate` is set, (7) reviewers
+prefer it over that version (or the base, when the alias points at none yet) at least that often
+in at least `min_human_judgments` judgments (`review_report.py`).
 
 A check the eval could not run (no few-shot base, no forgetting set, perplexity off) is *skipped*,
 and a skipped check fails unless the eval config waives it by name (`eval.gate.waive`); waived
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 from rayft.config import GateConfig
 from rayft.eval.results import Check, EvalReport
+from rayft.eval.review_report import ReviewSummary
 from rayft.registry import ModelVersion
 
 BASELINES = {"base": "the base", "few_shot": "the few-shot base"}
@@ -132,11 +135,39 @@ def not_worse_than_current(report: EvalReport, alias: str, holder: ModelVersion 
     )
 
 
+def human_win_rate(report: EvalReport, alias: str, holder: ModelVersion | None, human: ReviewSummary | None) -> Check:
+    """Reviewers preferred the candidate over the alias's current version (the base when there is
+    none) often enough, in enough judgments (ties count as judgments, not as wins)."""
+    gate, name = report.gate, "human_win_rate"
+    other = holder.ref if holder is not None and holder.ref != report.candidate else report.base_model
+    record = human.against(other) if human else None
+    judged = record.judgments if record else 0
+    if judged < gate.min_human_judgments:
+        return Check(
+            name=name,
+            passed=False,
+            detail=f"{judged} human judgments against {other} (needs ≥ {gate.min_human_judgments}, "
+            f"eval.gate.min_human_judgments): `rayft review prepare {report.candidate}`, then review",
+        )
+    rate = record.win_rate or 0.0
+    return Check(
+        name=name,
+        passed=rate >= gate.min_human_win_rate,
+        detail=f"reviewers preferred it over {other} ({alias}) in {record.wins} of {record.wins + record.losses} "
+        f"decided judgments ({record.ties} ties): win rate {rate:.3f} (95% {record.low or 0:.3f}–"
+        f"{record.high or 0:.3f}; needs ≥ {gate.min_human_win_rate:g})",
+    )
+
+
 def gate_checks(
-    version: ModelVersion, report: EvalReport | None, holders: dict[str, ModelVersion | None] | None = None
+    version: ModelVersion,
+    report: EvalReport | None,
+    holders: dict[str, ModelVersion | None] | None = None,
+    human: ReviewSummary | None = None,
 ) -> list[Check]:
-    """Every check of the gate on `version`'s eval `report` (none fails the gate), and the comparison
-    with each of `holders` ({NAME:ALIAS: the version it points at now, or None})."""
+    """Every check of the gate on `version`'s eval `report` (none fails the gate), the comparison
+    with each of `holders` ({NAME:ALIAS: the version it points at now, or None}), and what reviewers
+    said (`human`) when the gate asks for a human win rate."""
     if report is None:
         return [
             Check(
@@ -163,4 +194,7 @@ def gate_checks(
     )
     checks += [beats(report, "base"), beats(report, "few_shot")]
     checks += forgetting_checks(report)
-    return checks + [not_worse_than_current(report, alias, holder) for alias, holder in (holders or {}).items()]
+    checks += [not_worse_than_current(report, alias, holder) for alias, holder in (holders or {}).items()]
+    if report.gate.min_human_win_rate is not None:
+        checks += [human_win_rate(report, alias, holder, human) for alias, holder in (holders or {"-": None}).items()]
+    return checks

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from rayft import storage
 from rayft.config import TASK_METRICS
+from rayft.eval.drift_features import FeatureDrift
 from rayft.eval.results import EvalReport
 
 COLORS = {"base": "#9e9e9e", "few_shot": "#64b5f6", "candidate": "#2e7d32"}
@@ -115,5 +116,20 @@ def training_curve(run_dir: str | None, path: Path) -> Path | None:
         if points:
             axis.plot(*zip(*points), label=label, marker="o" if label.startswith("val") else None)
     axis.set(xlabel="optimizer step", ylabel="loss", title=f"training run {Path(run_dir).name}")
+    axis.legend()
+    return _save(figure, path)
+
+
+def drift_shares(feature: FeatureDrift, path: Path) -> Path:
+    """One drift feature's shares per bin or category, training beside recent traffic."""
+    plt = _pyplot()
+    names = list(feature.training)
+    figure, axis = plt.subplots(figsize=(7, 3.2))
+    x = range(len(names))
+    axis.bar([i - 0.2 for i in x], [feature.training[n] for n in names], 0.4, label="training", color="#9e9e9e")
+    axis.bar([i + 0.2 for i in x], [feature.traffic.get(n, 0) for n in names], 0.4, label="traffic", color="#e65100")
+    axis.set_xticks(list(x), names, rotation=45 if len(names) > 6 else 0, ha="right", fontsize=7)
+    axis.set_ylabel("share")
+    axis.set_title(f"{feature.feature}: PSI {feature.psi:.3f}{' (drift)' if feature.drifted else ''}")
     axis.legend()
     return _save(figure, path)

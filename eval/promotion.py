@@ -1,15 +1,18 @@
 """`rayft promote NAME:VERSION --alias prod`: move an alias through the promotion gate.
 
 The version's eval report is read from the registry and checked (`gate.py`), including against the
-version the alias points at now. Any failed check refuses the move and says why; `--force --reason
-"..."` moves it anyway. Either way the move is recorded in the alias history with the actor, the
-reason, every check and which were waived.
+version the alias points at now, and against what reviewers said of it (`review_report.py`). Any
+failed check refuses the move and says why; `--force --reason "..."` moves it anyway. Either way
+the move is recorded in the alias history with the actor, the reason, every check and which were
+waived.
 """
 
 from __future__ import annotations
 
 from rayft.eval.gate import gate_checks
 from rayft.eval.results import Check, EvalReport
+from rayft.eval.review_report import summarize
+from rayft.feedback import FeedbackStore
 from rayft.registry import Alias, ModelVersion, Registry, RegistryError, parse_ref
 
 
@@ -52,7 +55,8 @@ def promote(
         raise RegistryError("--force needs --reason: say why the gate is overridden")
     version = registry.get(ref)
     target = f"{version.name}:{alias}"
-    checks = gate_checks(version, stored_report(version), {target: current_holder(registry, target)})
+    human = summarize(FeedbackStore(registry.path), version)
+    checks = gate_checks(version, stored_report(version), {target: current_holder(registry, target)}, human)
     passed = all(c.passed for c in checks)
     if not passed and not force:
         raise PromotionRefused(version.ref, target, checks)

@@ -13,6 +13,7 @@ import math
 from rayft.config import LOWER_IS_BETTER, EvalConfig
 from rayft.eval.metrics import answer_rate, perplexity, task_metrics
 from rayft.eval.results import Check, Compared, EvalReport, Forgetting
+from rayft.eval.review_report import markdown as review_markdown
 
 SAMPLES_IN_REPORT = 5
 
@@ -135,6 +136,8 @@ def markdown(report: EvalReport) -> str:
     lines += ["", "## Promotion gate", ""] + [
         f"- {'pass' if c.passed else 'FAIL'}: {c.name}: {c.detail}" for c in report.verdict
     ]
+    if report.human_review:
+        lines += ["", review_markdown(report.human_review)]
     per_class = report.metrics["candidate"].get("per_class")
     if per_class:
         lines += [

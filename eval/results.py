@@ -6,6 +6,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from rayft.config import GateConfig
+from rayft.eval.review_report import ReviewSummary
 
 
 class Check(BaseModel):
@@ -63,6 +64,7 @@ class EvalReport(BaseModel):
     decoding: dict = Field(default_factory=dict)
     samples: list[dict] = Field(default_factory=list)
     verdict: list[Check] = Field(default_factory=list)
+    human_review: ReviewSummary | None = None
     seconds: float | None = None
     files: ReportFiles | None = None
     folder: str | None = None

@@ -171,6 +171,42 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("--follow", action="store_true", help="stream until the job ends, exit with its status")
     jobs.add_parser("stop", parents=[cluster], help="stop a job and wait until it has ended").add_argument("job")
 
+    review = subcommands.add_parser("review", help="human review: items, the review page, the report").add_subparsers(
+        dest="review_command", required=True
+    )
+    prepare_review = review.add_parser("prepare", help="add review items for a version")
+    prepare_review.add_argument("ref", help="NAME:VERSION")
+    prepare_review.add_argument(
+        "--source",
+        choices=["test", "traffic"],
+        default="test",
+        help="test: its eval's answers beside another version's, judged in pairs (default); "
+        "traffic: its sampled answers, rated 1-5",
+    )
+    prepare_review.add_argument(
+        "--against", help="the other side: an alias the eval compared (default), base or few_shot"
+    )
+    prepare_review.add_argument("--limit", type=int, help="at most this many items")
+    prepare_review.add_argument("--config", help="a rayft config (for serve.traffic.path)")
+    prepare_review.set_defaults(func=commands.cmd_review_prepare)
+    serve_review = review.add_parser("serve", help="serve the review page (reviewer keys from the config)")
+    serve_review.add_argument("config")
+    serve_review.add_argument("--port", type=int)
+    serve_review.add_argument("--name", help="only items of this model name")
+    serve_review.set_defaults(func=commands.cmd_review_serve)
+    review_report = review.add_parser(
+        "report", parents=[as_json], help="win rate with its interval, reviewers, agreement; attached to the eval"
+    )
+    review_report.add_argument("ref", help="NAME:VERSION")
+    review_report.set_defaults(func=commands.cmd_review_report)
+
+    drift = subcommands.add_parser(
+        "drift", parents=[as_json], help="compare recent traffic with the training data; scores on /metrics"
+    )
+    drift.add_argument("ref", help="NAME:ALIAS (each version it serves) or NAME:VERSION")
+    drift.add_argument("--config", help="a rayft config (drift settings, serve.traffic.path)")
+    drift.set_defaults(func=commands.cmd_drift)
+
     estimate = subcommands.add_parser(
         "estimate", help="steps, tokens, time and cost of training CONFIG on its data.inputs, before any GPU is taken"
     )
@@ -184,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Commands that start Ray or load torch and vLLM: their console is kept quiet (rayft.console).
-NOISY_COMMANDS = ("data", "model", "train", "eval", "serve", "quickstart")
+NOISY_COMMANDS = ("data", "model", "train", "eval", "serve", "quickstart", "drift")
 
 
 def execute(args, errors=None) -> int:

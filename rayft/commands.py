@@ -116,8 +116,84 @@ def cmd_registry_list(args) -> int:
 
 def cmd_registry_show(args) -> int:
     from rayft import registry_tables
+    from rayft.eval.review_report import headline, summarize
+    from rayft.feedback import FeedbackStore
 
-    registry_tables.show(Registry(), args.ref, args.json)
+    registry, extra = Registry(), {}
+    if not args.ref.count(":") or args.ref.split(":")[1].isdigit():  # a version: what people and traffic said
+        version, store = registry.get(args.ref), FeedbackStore(registry.path)
+        extra = {
+            "human review": headline(summarize(store, version)),
+            "drift": next(
+                (
+                    f"PSI {d['score']:.3f}" + (" (drift)" if d["drifted"] else "")
+                    for d in store.drift_scores()
+                    if d["ref"] == version.ref and d["feature"] == "max"
+                ),
+                None,
+            ),
+        }
+    registry_tables.show(registry, args.ref, args.json, extra)
+    return 0
+
+
+def cmd_review_prepare(args) -> int:
+    from pathlib import Path
+
+    from rayft.eval.review_items import pairs_from_eval, singles_from_traffic
+    from rayft.feedback import FeedbackStore
+    from rayft.home import rayft_home
+
+    registry = Registry()
+    store = FeedbackStore(registry.path)
+    if args.source == "traffic":
+        traffic = load_config(args.config).serve.traffic.path if args.config else None
+        root = Path(traffic) if traffic else rayft_home() / "traffic"
+        prepared = singles_from_traffic(registry, store, args.ref, root, args.limit)
+        print(
+            f"{prepared.added} new single-answer items from {prepared.offered} traffic records of {prepared.candidate}"
+        )
+    else:
+        prepared = pairs_from_eval(registry, store, args.ref, args.against, args.limit)
+        print(
+            f"{prepared.added} new pairwise items ({prepared.offered} eval answers): "
+            f"{prepared.candidate} against {prepared.against}"
+        )
+    return 0
+
+
+def cmd_review_serve(args) -> int:
+    from rayft.eval.review_page import serve_review
+
+    serve_review(load_config(args.config).review, port=args.port, name=args.name)
+    return 0
+
+
+def cmd_review_report(args) -> int:
+    from rayft.eval.review_report import publish, summarize
+    from rayft.feedback import FeedbackStore
+
+    registry = Registry()
+    version = registry.get(args.ref)
+    summary = summarize(FeedbackStore(registry.path), version)
+    written = publish(registry, version, summary)
+    if args.json:
+        print(json.dumps(summary.model_dump(mode="json"), indent=2))
+    else:
+        from rayft.eval.review_report import print_summary
+
+        print_summary(summary, written)
+    return 0
+
+
+def cmd_drift(args) -> int:
+    from rayft.eval.drift import check_drift, print_drift
+
+    results = check_drift(args.ref, load_config(args.config) if args.config else None)
+    if args.json:
+        print(json.dumps([r.model_dump(mode="json") for r in results], indent=2))
+    else:
+        print_drift(results)
     return 0
 
 

@@ -14,22 +14,11 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from rayft.config_base import UNSET_VARIABLE, Auto, ConfigError, Section  # noqa: F401  (re-exported)
+from rayft.config_serve import FineTuningConfig, ServeConfig, TrafficConfig  # noqa: F401  (re-exported)
 from rayft.home import rayft_home
-from rayft.vllm_setup import LORA_RANKS
-
-Auto = Literal["auto"]
-# `${NAME}` or `$NAME` left in a string after expansion: the variable is not set.
-UNSET_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
-
-
-class ConfigError(ValueError):
-    """A config that cannot be used; the message names the file and the field."""
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
 class SplitConfig(Section):
@@ -217,6 +206,16 @@ class GateConfig(Section):
         "at now the candidate may be on the primary metric (in its units)",
     )
     min_test_records: int = Field(20, ge=1, description="fewer test records than this refuse promotion")
+    min_human_win_rate: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="reviewers must prefer the candidate over the alias's current version (or the base) at "
+        "least this often, ties left out (docs/review.md); null: not checked",
+    )
+    min_human_judgments: int = Field(
+        30, ge=1, description="pairwise judgments the human win rate needs before it counts"
+    )
     waive: list[Literal["beats_few_shot", "forgetting", "forgetting_perplexity"]] = Field(
         default_factory=list,
         description="checks that pass when the eval could not run them (a skipped check "
@@ -299,121 +298,45 @@ class EvalConfig(Section):
         return self
 
 
-class FineTuningConfig(Section):
-    """The OpenAI files and fine-tuning jobs API on the serving endpoint (docs/fine-tuning-api.md)."""
+class ReviewConfig(Section):
+    """The review page (`rayft review serve`) where experts judge answers (docs/review.md)."""
 
-    enabled: bool = Field(False, description="serve /v1/files and /v1/fine_tuning/jobs")
-    jobs_address: str | None = Field(
-        None, description="Ray Jobs API the jobs run on; default RAY_ADDRESS, else http://127.0.0.1:8265"
-    )
-    files_path: str | None = Field(None, description="uploaded files folder; default $RAYFT_HOME/files")
-    max_file_bytes: int = Field(256 * 2**20, gt=0, description="largest file one upload may be; beyond: 413")
-    max_file_records: int = Field(1_000_000, gt=0, description="most records one uploaded file may hold; beyond: 413")
-    max_rejected_fraction: float = Field(
-        0.0, ge=0, lt=1, description="share of a training file's records that may be unusable; beyond: the job fails"
-    )
-    max_running_jobs: int = Field(1, gt=0, description="jobs running on the cluster at once; the rest wait in order")
-    max_jobs_per_key: int = Field(4, gt=0, description="unfinished jobs one API key may have; beyond: 429")
-    allow_full: bool = Field(False, description="jobs may ask for full fine-tuning instead of LoRA")
-    poll_s: float = Field(1.0, gt=0, description="how often the job runner looks at its jobs")
-
-
-class ServeConfig(Section):
     host: str = "127.0.0.1"
-    port: int = Field(8000, gt=0, lt=65536)
-    adapters: list[str] = Field(default_factory=list, description="registry refs loaded at start-up")
-    max_loras: int = Field(4, gt=0, description="distinct adapters in one batch")
-    max_cpu_loras: int = Field(8, gt=0, description="adapters kept in host memory (LRU beyond)")
-    max_lora_rank: Literal[LORA_RANKS] = 16
-    max_model_len: int = Field(1024, gt=0)
-    max_num_seqs: int = Field(64, gt=0, description="sequences one engine batches together")
-    max_prompt_tokens: int = Field(4096, gt=0)
-    block_size: int | None = Field(
-        None,
-        gt=0,
-        description="KV block size (multiple of 32 on CPU); small values let short prompts hit the prefix cache",
-    )
-    base_name: str | None = Field(
-        None,
-        description="the `model` id of the base; default: its registry name, "
-        "hub id, or folder name (clients never send a path)",
-    )
-    api_keys: list[str] = Field(
-        default_factory=list,
-        description="accepted bearer keys (also RAYFT_API_KEYS, "
-        "comma-separated), e.g. ['${PROD_KEY}']; none = open, with a warning",
-    )
-    admin_keys: list[str] = Field(
-        default_factory=list,
-        description="bearer keys for /admin (also RAYFT_ADMIN_KEYS); "
-        "none = admin routes take the API keys, with a warning",
+    port: int = Field(8300, gt=0, lt=65536)
+    reviewers: dict[str, str] = Field(
+        default_factory=dict,
+        description="reviewer name → key, e.g. {ana: '${ANA_KEY}'} (also RAYFT_REVIEWER_KEYS=name=key,...)",
     )
     allow_unauthenticated: bool = Field(
-        False, description="start without API keys on a host other machines can reach (refused otherwise)"
+        False, description="serve without reviewer keys (reviewers type their name); refused otherwise"
     )
-    max_concurrent_requests: int = Field(256, gt=0, le=4096, description="in flight per ingress replica; beyond: 429")
-    max_request_bytes: int = Field(
-        1 << 20, gt=0, le=1 << 30, description="larger request bodies are refused with 413 before they are read whole"
+    judgments_per_item: int = Field(
+        2, ge=1, le=10, description="reviewers who see each item (2+: agreement between them can be measured)"
     )
-    max_json_depth: int = Field(32, gt=1, le=1000, description="request bodies nested deeper are a 400")
-    max_stop: int = Field(4, ge=0, le=64, description="stop strings a request may give")
-    share_response_cache: bool = Field(
-        False,
-        description="let every API key's requests share cached answers "
-        "(default: a cache per key, so no tenant learns what another asked)",
-    )
-    shutdown_grace_s: float = Field(
-        30,
-        ge=0,
-        le=3600,
-        description="on SIGTERM or Ctrl-C, how long requests in flight may take to finish while new ones get 503",
-    )
-    retry_after_s: int = Field(1, gt=0, description="Retry-After on 429 and 503 answers")
-    response_cache_size: int = Field(1024, ge=0, description="deterministic responses kept (LRU); 0 turns it off")
-    min_replicas: int = Field(1, ge=0, description="engine replicas (autoscaling lower bound)")
-    max_replicas: int = Field(1, gt=0, description="engine replicas (autoscaling upper bound)")
-    target_ongoing_requests: int = Field(32, gt=0, description="autoscaling target per engine replica")
-    max_engines_per_node: int | None = Field(
-        None,
-        gt=0,
-        description="engine replicas one node may hold (1: each on its own node, so losing a node loses one)",
-    )
-    ingress_replicas: int = Field(1, gt=0)
-    direct_port: int | None = Field(
-        None,
-        gt=0,
-        lt=65536,
-        description="ingress replicas also answer HTTP themselves "
-        "from this port up (Ray Serve's direct ingress), without the proxy hop",
-    )
-    use_gpu: bool = Field(False, description="each engine replica takes one GPU (vLLM's CUDA build)")
-    cpus_per_engine: int | None = Field(
-        None,
-        gt=0,
-        description="CPUs Ray reserves for each engine replica, and "
-        "its compute threads on CPU; default: reserve 1, use every core of its node",
-    )
-    fine_tuning: FineTuningConfig = Field(default_factory=FineTuningConfig)
 
-    @field_validator("api_keys", "admin_keys")
+    @field_validator("reviewers")
     @classmethod
-    def _real_keys(cls, keys: list[str]):
-        for i, key in enumerate(keys):
-            if not key.strip():
-                raise ValueError(f"key {i} is empty: an empty key would let in requests that send no key")
-            unset = UNSET_VARIABLE.search(key)
-            if unset:
-                raise ValueError(
-                    f"key {i} names the environment variable {unset.group(1) or unset.group(2)}, which "
-                    "is not set: set it, or remove the key"
-                )
-        return keys
+    def _real_keys(cls, reviewers: dict[str, str]):
+        for name, key in reviewers.items():
+            ServeConfig._real_keys([key])
+            if not name.strip():
+                raise ValueError("a reviewer's name is empty")
+        return reviewers
 
-    @model_validator(mode="after")
-    def _replica_bounds(self):
-        if self.min_replicas > self.max_replicas:
-            raise ValueError(f"min_replicas ({self.min_replicas}) is above max_replicas ({self.max_replicas})")
-        return self
+
+class DriftConfig(Section):
+    """What `rayft drift` compares and when it calls a shift drift (docs/drift.md)."""
+
+    window_days: float = Field(7, gt=0, description="recent traffic: the days before now that are compared")
+    psi_threshold: float = Field(
+        0.2, gt=0, description="a feature drifts when its population stability index reaches this"
+    )
+    p_value: float = Field(0.01, gt=0, lt=1, description="... and its two-sample test's p-value is below this")
+    min_records: int = Field(30, ge=1, description="fewer traffic records than this: not enough to tell")
+    top_tokens: int = Field(
+        50, ge=2, description="the training prompts' most frequent tokens compared (the rest pooled)"
+    )
+    report_path: str | None = Field(None, description="report folder; default $RAYFT_HOME/drift")
 
 
 class RayftConfig(Section):
@@ -425,6 +348,8 @@ class RayftConfig(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    review: ReviewConfig = Field(default_factory=ReviewConfig)
+    drift: DriftConfig = Field(default_factory=DriftConfig)
 
     def dataset_dir(self) -> str:
         """The prepared dataset folder this config reads and writes: a local path, or an `s3://`,

@@ -62,8 +62,9 @@ def list_versions(registry: Registry, name: str | None, as_json: bool) -> None:
     Console().print(table)
 
 
-def show(registry: Registry, ref: str, as_json: bool) -> None:
-    """One version with its lineage, or one alias with its targets and history."""
+def show(registry: Registry, ref: str, as_json: bool, extra: dict[str, str | None] | None = None) -> None:
+    """One version with its lineage (and `extra` rows: what reviewers and traffic said), or one
+    alias with its targets and history."""
     parsed = parse_ref(ref)
     if parsed.alias:
         show_alias(registry, ref, as_json)
@@ -71,7 +72,9 @@ def show(registry: Registry, ref: str, as_json: bool) -> None:
     version = registry.get(ref)
     aliases = aliases_by_version(registry, version.name).get(version.ref, [])
     if as_json:
-        print_json(version.to_dict() | {"aliases": aliases})
+        print_json(
+            version.to_dict() | {"aliases": aliases} | {k.replace(" ", "_"): v for k, v in (extra or {}).items()}
+        )
         return
     table = Table(title=version.ref, show_header=False)
     rows = {
@@ -87,7 +90,7 @@ def show(registry: Registry, ref: str, as_json: bool) -> None:
         "training": headline_metrics(version),
         "run": version.metrics.get("run_dir"),
         "eval report": (version.eval_report or {}).get("path"),
-    }
+    } | (extra or {})
     for key, value in rows.items():
         table.add_row(key, "" if value is None else str(value))
     Console().print(table)

@@ -11,31 +11,16 @@ start-up that any user can load and unload adapters).
 
 from __future__ import annotations
 
-import hmac
 import os
 from pathlib import Path
 
 from rayft.config import ConfigError, ServeConfig
+from rayft.keys import bearer_key, known  # noqa: F401  (bearer_key: re-exported)
 from rayft.serving.errors import ApiError
 
 API_KEYS_ENV = "RAYFT_API_KEYS"
 ADMIN_KEYS_ENV = "RAYFT_ADMIN_KEYS"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
-
-def bearer_key(authorization: str) -> str | None:
-    """The key of an `Authorization: Bearer KEY` header value, or None (an empty key is none)."""
-    scheme, _, key = authorization.partition(" ")
-    return (key.strip() or None) if scheme.lower() == "bearer" else None
-
-
-def known(key: str | None, keys: frozenset[str]) -> bool:
-    """Whether `key` is one of `keys`, comparing every key in constant time (no timing tells how
-    much of a guess was right)."""
-    if key is None:
-        return False
-    given = key.encode()
-    return any([hmac.compare_digest(given, k.encode()) for k in keys])
 
 
 class KeyCheck:

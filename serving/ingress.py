@@ -12,8 +12,9 @@ refused (503, naming the version and both hashes) before the engine sees the req
 model keeps answering. Client mistakes are 4xx with an OpenAI-style error body; an engine replica
 that dies mid-request, or whose adapter slots are all answering requests, is a 503 with
 Retry-After, never a hang. A client that hangs up cancels its request down to the engine, which
-aborts it in vLLM. `/metrics` serves every ingress replica's series (`metrics.py`);
-`/openapi.json` every route's bodies (`api_schema.py`).
+aborts it in vLLM. A configured share of chat answers is recorded, PII scrubbed, in the version's
+traffic dataset (`traffic.py`). `/metrics` serves every ingress replica's series and the drift
+scores `rayft drift` recorded (`metrics.py`); `/openapi.json` every route's bodies (`api_schema.py`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, 
 
 from rayft import storage
 from rayft.config import ServeConfig
+from rayft.feedback import FeedbackStore
 from rayft.registry import Registry
 from rayft.service.jobs import FineTuningJobs
 from rayft.service.pipeline import ServicePaths
@@ -44,8 +46,9 @@ from rayft.serving.drain import POLL_S, DrainBoard
 from rayft.serving.errors import ApiError, parse_json
 from rayft.serving.fine_tuning_routes import FineTuningRoutes
 from rayft.serving.http_app import app
-from rayft.serving.metrics import PUBLISH_S, MetricsBoard, ServingMetrics
+from rayft.serving.metrics import PUBLISH_S, MetricsBoard, ServingMetrics, drift_exposition
 from rayft.serving.routing import ModelRouter, Route, ServedBase, UnknownModel
+from rayft.serving.traffic import TrafficSampler
 from rayft.serving.validation import Limits, checked, read_body
 
 MODEL_HEADER = "x-rayft-model"
@@ -104,6 +107,8 @@ class OpenAIServer(FineTuningRoutes):
         self.router = ModelRouter(Registry(registry_path), base)
         self.keys = keys
         self.cache = ResponseCache(serve_config.response_cache_size)
+        self.traffic = TrafficSampler(serve_config.traffic)
+        self.feedback = FeedbackStore(registry_path)  # drift scores for /metrics
         self.hashes = ArtifactHashes()
         context = serve.get_replica_context()
         self.metrics = ServingMetrics(replica=context.replica_id.unique_id)
@@ -249,7 +254,8 @@ class OpenAIServer(FineTuningRoutes):
         except Exception as error:  # the GCS is unreachable: this replica's series alone
             logger.warning("rayft serve: cannot read other replicas' metrics: %s", error)
             others = []
-        return Response(self.metrics.exposition(others), media_type=CONTENT_TYPE_LATEST)
+        drift = await asyncio.to_thread(self.feedback.drift_scores)
+        return Response(self.metrics.exposition(others) + drift_exposition(drift), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/models", openapi_extra=api_schema.route(None, "ModelList"))
     async def models(self, request: Request) -> dict:
@@ -420,4 +426,7 @@ class OpenAIServer(FineTuningRoutes):
         counted.answered(kind, first)
         if key:
             self.cache.put(key, CachedAnswer(answer, request_id, created, asker))
+        if chat and self.traffic.chosen():  # scrubbed and written off the event loop
+            record = (route.served, weights, body["messages"], first["text"])
+            asyncio.get_running_loop().run_in_executor(None, self.traffic.save, *record)
         return json_response(answer, headers)

@@ -192,3 +192,18 @@ class RayKV:
 
     def delete(self, key: str) -> None:
         self.store._internal_kv_del(key, namespace=self.namespace)
+
+
+def drift_exposition(scores: list[dict]) -> bytes:
+    """The latest drift scores `rayft drift` recorded (`rayft.feedback`), per version and feature:
+    `rayft_drift_score` (population stability index; `max` is the version's score) and
+    `rayft_drift_detected` (1 when that feature drifted), for alerts."""
+    registry = CollectorRegistry()
+    score = Gauge(
+        "rayft_drift_score", "Drift of recent traffic from the training data", ["model", "feature"], registry=registry
+    )
+    detected = Gauge("rayft_drift_detected", "1 when the feature drifted", ["model", "feature"], registry=registry)
+    for row in scores:
+        score.labels(row["ref"], row["feature"]).set(row["score"])
+        detected.labels(row["ref"], row["feature"]).set(row["drifted"])
+    return generate_latest(registry)
