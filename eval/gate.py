@@ -153,7 +153,7 @@ def human_win_rate(report: EvalReport, alias: str, holder: ModelVersion | None, 
     return Check(
         name=name,
         passed=rate >= gate.min_human_win_rate,
-        detail=f"reviewers preferred it over {other} ({alias}) in {record.wins} of {record.wins + record.losses} "
+        detail=f"reviewers preferred it over {other} ({alias} now) in {record.wins} of {record.wins + record.losses} "
         f"decided judgments ({record.ties} ties): win rate {rate:.3f} (95% {record.low or 0:.3f}–"
         f"{record.high or 0:.3f}; needs ≥ {gate.min_human_win_rate:g})",
     )

@@ -5,7 +5,8 @@ small JSON API:
 
     GET  /             the page
     GET  /api/next     the next item for this reviewer: a prompt and its answers as slots A and B
-                       (random order per reviewer and item; the versions are never sent), or none
+                       (random order per reviewer and item; the versions are never sent), or none;
+                       `?source=test|traffic` and `?model=NAME` (the page passes its own query on)
     POST /api/ratings  {item, choice: A | B | tie | both_bad} or {item, score: 1-5}, optional comment
 
 Each reviewer has a key (`review.reviewers`, or `RAYFT_REVIEWER_KEYS=name=key,...`) and sends it as
@@ -88,13 +89,13 @@ def build_review_app(config: ReviewConfig, store: FeedbackStore | None = None, n
         return PAGE.read_text(encoding="utf-8")
 
     @app.get("/api/next")
-    def next_item(request: Request) -> dict:
+    def next_item(request: Request, source: Literal["test", "traffic"] | None = None, model: str | None = None) -> dict:
         try:
             who = reviewer(request)
         except HTTPException as error:
             error.detail["open"] = not keys
             raise
-        item = store.next_item(who, config.judgments_per_item, name)
+        item = store.next_item(who, config.judgments_per_item, model or name, source)
         answer = None
         if item:
             order = [0, 1] if len(item.answers) == 2 else [0]

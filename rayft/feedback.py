@@ -136,17 +136,20 @@ class FeedbackStore:
         row = self.db.reader().execute("SELECT * FROM review_items WHERE id = ?", (item_id,)).fetchone()
         return _item(row) if row else None
 
-    def next_item(self, reviewer: str, judgments_per_item: int, name: str | None = None) -> ReviewItem | None:
-        """The next item for `reviewer`: one they have not rated that fewer than `judgments_per_item`
-        reviewers have, those others started first (so items get the overlap agreement needs), then oldest."""
+    def next_item(
+        self, reviewer: str, judgments_per_item: int, name: str | None = None, source: str | None = None
+    ) -> ReviewItem | None:
+        """The next item (of `name`, from `source`) for `reviewer`: one they have not rated that fewer
+        than `judgments_per_item` reviewers have, those others started first (so items get the
+        overlap agreement needs), then oldest."""
         row = (
             self.db.reader()
             .execute(
                 "SELECT i.*, (SELECT COUNT(*) FROM ratings r WHERE r.item = i.id) AS seen FROM review_items i"
-                " WHERE (? IS NULL OR i.name = ?)"
+                " WHERE (? IS NULL OR i.name = ?) AND (? IS NULL OR i.source = ?)"
                 " AND NOT EXISTS (SELECT 1 FROM ratings r WHERE r.item = i.id AND r.reviewer = ?)"
                 " AND (SELECT COUNT(*) FROM ratings r WHERE r.item = i.id) < ? ORDER BY seen DESC, i.id LIMIT 1",
-                (name, name, reviewer, judgments_per_item),
+                (name, name, source, source, reviewer, judgments_per_item),
             )
             .fetchone()
         )
