@@ -45,6 +45,8 @@ class TrafficSampler:
         self.ner = load_detector(config.pii_detector)
         self.lock = threading.Lock()
         self.pruned_day = None
+        if self.enabled and self.root.is_dir():
+            self.prune()
 
     @property
     def enabled(self) -> bool:
