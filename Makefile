@@ -10,7 +10,7 @@ LOCK := requirements/cpu.lock.txt
 # where torch's CPU build is not on a configured index or find-links.
 PIP_ARGS ?=
 
-.PHONY: install quickstart check test test-fast bench lock clean
+.PHONY: install browser quickstart check test test-fast bench lock clean
 
 install: $(STAMP)
 
@@ -22,6 +22,14 @@ $(STAMP): $(LOCK) pyproject.toml
 	$(PY) -c "import torch, transformers, vllm, ray, deepspeed, peft"
 	touch $(STAMP)
 
+# The review page's tests drive a real headless Chromium: the system's package (Playwright's own
+# browser download needs a CDN). Installed when missing; apt-get needs root (or sudo).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  $(SUDO) apt-get install -y -q chromium >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q chromium >/dev/null; }
+
 quickstart: $(STAMP)
 	$(VENV)/bin/rayft quickstart
 
@@ -32,11 +40,11 @@ check: $(STAMP)
 	$(VENV)/bin/ruff check --quiet .
 	$(VENV)/bin/lint-imports --no-cache > $(VENV)/lint-imports.log || { cat $(VENV)/lint-imports.log; exit 1; }
 
-test: check
+test: check browser
 	$(PY) -m pytest
 
 # Only the tests that start no Ray, Serve or vLLM (so none of the multi-node ones either).
-test-fast: check
+test-fast: check browser
 	$(PY) -m pytest -m "not ray and not vllm and not multinode"
 
 bench: $(STAMP)

@@ -42,7 +42,7 @@ def server(ray_cluster, tiny_model, trained_adapter, tmp_path_factory):
     """rayft serve for the tiny base with the trained adapter, a second (random) one, and two
     versions of an adapter `ab` for alias tests; API and admin keys on, 80 requests in flight per
     replica, prompts of at most 300 tokens in a 512-token context, the ingress also answering
-    directly on its own port; the fine-tuning API's routes on."""
+    directly on its own port; the fine-tuning API's routes on; every chat answer sampled."""
     from rayft.config import parse_config
     from rayft.registry import Registry
     from rayft.serving import app
@@ -53,6 +53,7 @@ def server(ray_cluster, tiny_model, trained_adapter, tmp_path_factory):
     registry.register("other", "adapter", tiny_model, paths["other"])
     ab = [registry.register("ab", "adapter", tiny_model, paths[n]).ref for n in ("b1", "b2")]
     direct_port = free_port()
+    traffic = tmp_path_factory.mktemp("traffic")
     config = parse_config(
         {
             "name": "support",
@@ -70,6 +71,7 @@ def server(ray_cluster, tiny_model, trained_adapter, tmp_path_factory):
                 "adapters": [trained_adapter.ref],
                 # the fine-tuning routes on (for the schema and the fuzzer); no Jobs API answers there
                 "fine_tuning": {"enabled": True, "jobs_address": "http://127.0.0.1:9"},
+                "traffic": {"sample_share": 1.0, "path": str(traffic)},  # every chat answer recorded
             },
         }
     )
@@ -81,6 +83,8 @@ def server(ray_cluster, tiny_model, trained_adapter, tmp_path_factory):
         "support": trained_adapter.ref,
         "ab": ab,
         "folder": folder,
+        "traffic": traffic,
+        "config": config,
         "adapters": {trained_adapter.ref: trained_adapter.artifact_uri, "other": paths["other"]},
     }
     app.shutdown()
@@ -579,3 +583,52 @@ def test_a_killed_engine_replica_is_replaced_and_later_requests_succeed(server, 
     assert statuses[-1] == 200 and set(statuses) <= {200, 503}
     answer = response.json()["choices"][0]["message"]["content"]
     assert answer == expected(reference, server, "other", QUESTIONS[3])  # the adapter was loaded again
+
+
+def test_sampled_traffic_is_scrubbed_read_back_by_data_prepare_and_its_drift_is_on_metrics(
+    server, client, tiny_model, tmp_path
+):
+    from rayft.config import DataConfig
+    from rayft.data.prepare import PrepareOptions, prepare_dataset
+    from rayft.eval.drift import check_drift
+    from rayft.registry import Registry
+
+    version = Registry().get(server["support"])
+    asked = [
+        "Refund the double charge to jane.doe@example.com please",
+        "Call me on +1 415 555 0134, my order #12345 never arrived",
+        "My card 4111 1111 1111 1111 was charged twice",
+    ]
+    for question in asked:
+        chat(client, version.ref, question, extra_headers=BYPASS)
+    folder = server["traffic"] / version.name / str(version.version)
+    deadline = time.monotonic() + 30  # written off the event loop, after the answer
+    while (
+        time.monotonic() < deadline and sum("Refund the double" in p.read_text() for p in folder.glob("*.jsonl")) == 0
+    ):
+        time.sleep(0.2)
+    copied = tmp_path / "traffic"
+    shutil.copytree(folder, copied)
+    written = "".join(p.read_text() for p in copied.glob("*.jsonl"))
+    records = [json.loads(line) for line in written.splitlines()]
+    ours = [r for r in records if r["messages"][-2]["content"].endswith(("please", "arrived", "twice"))]
+    assert len(ours) == 3 and all(r["weights_hash"] == version.weights_hash for r in ours)
+    for secret in ("jane.doe@example.com", "415 555 0134", "4111 1111 1111 1111"):
+        assert secret not in written
+    assert all(p in " ".join(r["messages"][-2]["content"] for r in ours) for p in ("<EMAIL>", "<PHONE>", "<CARD>"))
+
+    manifest = prepare_dataset([str(copied)], tmp_path / "dataset", PrepareOptions(DataConfig(), tokenizer=tiny_model))
+    counts = manifest.counts
+    assert counts.input == len(records) and counts.kept + counts.removed() == len(records) and counts.kept >= 3
+
+    config = server["config"].model_copy(update={"drift": server["config"].drift.model_copy(update={"min_records": 3})})
+    (result,) = check_drift(version.ref, config)
+    assert result.enough and result.traffic_records == len(records)
+    metrics = httpx.get(server["url"] + "/metrics", timeout=30).text
+    exported = {
+        (s.labels["model"], s.labels["feature"]): s.value
+        for family in text_string_to_metric_families(metrics)
+        if family.name == "rayft_drift_score"
+        for s in family.samples
+    }
+    assert exported[(version.ref, "max")] == pytest.approx(result.score)
