@@ -70,13 +70,24 @@ def sample(version, records: list[dict], answer=None, weights_hash=None) -> None
 def test_the_alias_version_with_shifted_traffic_drifts_and_the_other_does_not(home, tmp_path, capsys):
     from rayft.cli import main
     from rayft.data.samples import general_chat, support_tickets
-    from rayft.feedback import FeedbackStore
+    from rayft.eval.review_items import singles_from_traffic
+    from rayft.feedback import FeedbackStore, Rating
     from rayft.serving.metrics import drift_exposition
 
     steady, shifted = home["versions"]
     sample(steady, support_tickets(200, seed=11, pii_rate=0, dup_rate=0))
     sample(shifted, general_chat(200, seed=5), answer="Category: legal\nPlease talk to a lawyer.")
     sample(shifted, support_tickets(5, seed=12), weights_hash="other bytes")  # not what is registered: left out
+    # Reviewers rated three of the shifted version's traffic answers: 1, 2 and 5.
+    store = FeedbackStore(home["registry"].path)
+    singles_from_traffic(home["registry"], store, shifted.ref, home["root"] / "home" / "traffic", limit=3)
+    for score in (1, 2, 5):
+        item = store.next_item("rev", 1, "drifty", "traffic")
+        store.rate(
+            Rating(
+                item=item.id, reviewer="rev", candidate=shifted.ref, candidate_hash=shifted.weights_hash, score=score
+            )
+        )
     assert main(["drift", "drifty:prod", "--json"]) == 0
     results = {r["ref"]: r for r in json.loads(capsys.readouterr().out)}
 
@@ -87,6 +98,8 @@ def test_the_alias_version_with_shifted_traffic_drifts_and_the_other_does_not(ho
     drifted = {f["feature"] for f in moved["features"] if f["drifted"]}
     assert moved["drifted"] and {"prompt_tokens", "prompt_token_mix", "predicted_label"} <= drifted
     assert moved["score"] > 1 > 0.2 > calm["score"]
+    human = moved["human"]
+    assert (human["traffic_rated"], human["traffic_mean_score"], human["traffic_good_share"]) == (3, 8 / 3, 1 / 3)
 
     scores = {(d["ref"], d["feature"]): d for d in FeedbackStore(home["registry"].path).drift_scores()}
     assert scores[(shifted.ref, "max")]["drifted"] == 1 and scores[(steady.ref, "max")]["drifted"] == 0

@@ -191,6 +191,8 @@ def test_two_reviewers_judge_with_the_keyboard_and_the_report_matches_hand_compu
     assert report["agreement"]["pairwise"]["alpha"] == pytest.approx(18 / 29)
     assert report["reviewers"] == {"ana": 10, "ben": 6}
     assert report["comments"] == ["ana: Clear, and it says when the replacement ships."]
+    assert main(["registry", "show", new.ref, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["human_review"].startswith(f"win rate 0.857 over {old.ref} (12-2-1)")
     attached = registry.get(new.ref).eval_report["human_review"]
     assert attached["pairwise"][0]["wins"] == 12 and (home["root"] / "eval/support/2/review.md").exists()
 
@@ -275,3 +277,33 @@ def test_a_reviewer_rates_sampled_traffic_answers_from_1_to_5_and_never_sees_the
     assert main(["review", "report", served.ref, "--json"]) == 0
     scores = json.loads(capsys.readouterr().out)["scores"]
     assert scores == {"n": 2, "mean": 3.0}
+
+
+def test_fuzzing_the_review_api_finds_no_5xx(home, tmp_path):
+    """schemathesis generates valid and invalid requests from the page's /openapi.json against an
+    app of its own (its own items, so the other tests' ratings stay as they are). No 5xx."""
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+
+    from rayft.config import ReviewConfig
+    from rayft.eval.review_items import pairs_from_eval
+    from rayft.eval.review_page import build_review_app
+    from rayft.feedback import FeedbackStore
+
+    store = FeedbackStore(tmp_path / "fuzz.db")
+    pairs_from_eval(home["registry"], store, home["new"].ref)
+    app = build_review_app(ReviewConfig(reviewers={"fuzz": "fuzz-key"}), store=store)
+    failures = []
+    with served(app, free_port()) as url:
+        schema = schemathesis.openapi.from_url(url + "/openapi.json")
+
+        def send(case) -> None:
+            response = case.call(base_url=url, headers={"Authorization": "Bearer fuzz-key"}, timeout=30)
+            if response.status_code >= 500:
+                failures.append((case.method, case.path, case.body, response.status_code, response.text[:300]))
+
+        for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):
+            settings(
+                max_examples=40, derandomize=True, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+            )(given(case=schema.as_strategy(generation_mode=mode))(send))()
+    assert not failures, failures[:5]
