@@ -139,21 +139,23 @@ def human_win_rate(report: EvalReport, alias: str, holder: ModelVersion | None, 
     """Reviewers preferred the candidate over the alias's current version (the base when there is
     none) often enough, in enough judgments (ties count as judgments, not as wins)."""
     gate, name = report.gate, "human_win_rate"
-    other = holder.ref if holder is not None and holder.ref != report.candidate else report.base_model
+    current = holder is not None and holder.ref != report.candidate
+    other = holder.ref if current else report.base_model
+    whom = f"{other} ({alias} now)" if current else f"the base {other}"
     record = human.against(other) if human else None
     judged = record.judgments if record else 0
     if judged < gate.min_human_judgments:
         return Check(
             name=name,
             passed=False,
-            detail=f"{judged} human judgments against {other} (needs ≥ {gate.min_human_judgments}, "
+            detail=f"{judged} human judgments against {whom} (needs ≥ {gate.min_human_judgments}, "
             f"eval.gate.min_human_judgments): `rayft review prepare {report.candidate}`, then review",
         )
     rate = record.win_rate or 0.0
     return Check(
         name=name,
         passed=rate >= gate.min_human_win_rate,
-        detail=f"reviewers preferred it over {other} ({alias} now) in {record.wins} of {record.wins + record.losses} "
+        detail=f"reviewers preferred it over {whom} in {record.wins} of {record.wins + record.losses} "
         f"decided judgments ({record.ties} ties): win rate {rate:.3f} (95% {record.low or 0:.3f}–"
         f"{record.high or 0:.3f}; needs ≥ {gate.min_human_win_rate:g})",
     )

@@ -223,3 +223,29 @@ def test_forgetting_perplexity_limit_when_configured(registry):
     registry.set_eval_report("support:1", ppl)
     with pytest.raises(PromotionRefused, match=r"perplexity \+420%"):
         promote(registry, "support:1", "prod")
+
+
+def test_a_human_win_rate_over_the_base_counts_when_the_alias_points_at_nothing_yet(registry):
+    from rayft.eval.review_report import Pairwise, ReviewSummary
+
+    registry.set_eval_report("support:1", report(min_human_win_rate=0.6, min_human_judgments=10))
+    version = registry.get("support:1")
+
+    def human(wins, losses, ties, against="/base"):
+        record = Pairwise(other=against, wins=wins, losses=losses, ties=ties, both_bad=0,
+                          win_rate=wins / (wins + losses), low=0.0, high=1.0)  # fmt: skip
+        return ReviewSummary(ref="support:1", weights_hash="w1", pairwise=[record], scores={}, reviewers={},
+                             agreement={}, comments=[])  # fmt: skip
+
+    def check(summary, holders=None):
+        checks = gate_checks(version, stored_report(version), holders or {"support:prod": None}, summary)
+        return next(c for c in checks if c.name == "human_win_rate")
+
+    assert check(human(7, 3, 0)).passed and "over the base /base" in check(human(7, 3, 0)).detail
+    assert not check(human(5, 4, 0)).passed  # 0.556 < 0.6
+    assert not check(human(6, 2, 1)).passed and "9 human judgments" in check(human(6, 2, 1)).detail
+    assert not check(None).passed
+    # Against the version in prod, only judgments against that version count.
+    holder = registry.get("support:2")
+    assert not check(human(7, 3, 0), {"support:prod": holder}).passed
+    assert check(human(7, 3, 0, against="support:2"), {"support:prod": holder}).passed
