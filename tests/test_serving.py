@@ -594,10 +594,10 @@ def test_sampled_traffic_is_scrubbed_read_back_by_data_prepare_and_its_drift_is_
     from rayft.registry import Registry
 
     version = Registry().get(server["support"])
-    asked = [
-        "Refund the double charge to jane.doe@example.com please",
-        "Call me on +1 415 555 0134, my order #12345 never arrived",
-        "My card 4111 1111 1111 1111 was charged twice",
+    asked = [  # [sampled] tells them from the other tests' requests
+        "[sampled] Refund the double charge to jane.doe@example.com please",
+        "[sampled] Call me on +1 415 555 0134, my order #12345 never arrived",
+        "[sampled] My card 4111 1111 1111 1111 was charged twice",
     ]
     for question in asked:
         chat(client, version.ref, question, extra_headers=BYPASS)
@@ -611,7 +611,7 @@ def test_sampled_traffic_is_scrubbed_read_back_by_data_prepare_and_its_drift_is_
     shutil.copytree(folder, copied)
     written = "".join(p.read_text() for p in copied.glob("*.jsonl"))
     records = [json.loads(line) for line in written.splitlines()]
-    ours = [r for r in records if r["messages"][-2]["content"].endswith(("please", "arrived", "twice"))]
+    ours = [r for r in records if r["messages"][-2]["content"].startswith("[sampled]")]
     assert len(ours) == 3 and all(r["weights_hash"] == version.weights_hash for r in ours)
     for secret in ("jane.doe@example.com", "415 555 0134", "4111 1111 1111 1111"):
         assert secret not in written
