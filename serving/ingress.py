@@ -40,6 +40,7 @@ from rayft.registry import Registry
 from rayft.service.jobs import FineTuningJobs
 from rayft.service.pipeline import ServicePaths
 from rayft.serving import api_schema
+from rayft.serving.admin_routes import AdapterAdminRoutes
 from rayft.serving.auth import KeyCheck, bearer_key
 from rayft.serving.cache import ArtifactHashes, CachedAnswer, ResponseCache, cache_key, deterministic, tenant_of
 from rayft.serving.drain import POLL_S, DrainBoard
@@ -86,8 +87,9 @@ def json_response(body: bytes, headers: dict[str, str]) -> Response:
 
 @serve.deployment(name="openai", ray_actor_options={"num_cpus": 0.25})
 @serve.ingress(app)
-class OpenAIServer(FineTuningRoutes):
-    """The OpenAI routes plus `/admin/adapters`, `/health` and `/metrics` (see module docstring)."""
+class OpenAIServer(FineTuningRoutes, AdapterAdminRoutes):
+    """The OpenAI routes, `/health` and `/metrics` (see module docstring), with `/admin/adapters`
+    (`admin_routes.py`) and the fine-tuning API (`fine_tuning_routes.py`) inherited."""
 
     def __init__(
         self,
@@ -270,54 +272,6 @@ class OpenAIServer(FineTuningRoutes):
     @app.post("/v1/completions", openapi_extra=api_schema.route("CompletionRequest", "CompletionResponse"))
     async def completions(self, request: Request):
         return await self.serve_completion(request, chat=False)
-
-    @app.get("/admin/adapters", openapi_extra=api_schema.route(None, None))
-    async def loaded_adapters(self, request: Request) -> dict:
-        """Loaded adapters with their requests in flight, and the engine's running requests."""
-        self.authorize(request, admin=True)
-        self.refuse_if_draining()
-        state = await self.call_engine(self.engine.state.remote())
-        return {"data": state["adapters"], "running": state["running"], "aborted": state["aborted"]}
-
-    @app.post("/admin/adapters", openapi_extra=api_schema.route("LoadAdapter", None))
-    async def load_adapter(self, request: Request) -> dict:
-        """Load the adapter a registry ref (name, name:version or alias) names, before any request."""
-        self.authorize(request, admin=True)
-        self.refuse_if_draining()
-        body = parse_json(await read_body(request, self.serve.max_request_bytes), self.serve.max_json_depth)
-        model = body.get("model")
-        if not isinstance(model, str):
-            raise ApiError(400, 'body must be {"model": "<registry ref>"}', param="model")
-        route, spec = await self.load(model)
-        return {"loaded": route.served, "digest": spec["digest"]}
-
-    async def load_adapter_by_ref(self, ref: str) -> str | None:
-        """Load an adapter through a deployment handle (`serve.adapters` at start-up); returns an
-        error message or None."""
-        try:
-            await self.load(ref)
-        except ApiError as error:
-            return error.message
-        return None
-
-    async def load(self, model: str) -> tuple[Route, dict]:
-        route = self.route(model, None)
-        spec = self.adapter_spec(route, fresh=True)  # an admin load always sees the files as they are now
-        if spec is None:
-            raise ApiError(400, f"{model!r} is the base model, not an adapter", param="model")
-        refused = await self.call_engine(self.engine.load_adapter.remote(**spec))
-        if refused:
-            raise self.engine_refusal(refused, param="model")
-        return route, spec
-
-    @app.delete("/admin/adapters/{ref}", openapi_extra=api_schema.route(None, None))
-    async def unload_adapter(self, ref: str, request: Request) -> dict:
-        self.authorize(request, admin=True)
-        self.refuse_if_draining()
-        version = self.route(ref, None).served
-        if not await self.call_engine(self.engine.unload_adapter.remote(version)):
-            raise ApiError(404, f"{version!r} is not loaded", param="model", code="model_not_loaded")
-        return {"unloaded": version}
 
     # --- answering ----------------------------------------------------------------------------
     async def call_engine(self, pending):
