@@ -50,3 +50,14 @@ class Reference:
                 pad_token_id=self.tokenizer.pad_token_id,
             )
         return out[0][len(ids) :].tolist()
+
+
+def tiny_artifact(folder, value: float):
+    """A folder holding one small safetensors file: an artifact the registry can hash and verify,
+    for tests about what is said of versions, not what they compute."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    folder.mkdir()
+    save_file({"w": np.full((2, 2), value, dtype=np.float32)}, str(folder / "adapter_model.safetensors"))
+    return str(folder)

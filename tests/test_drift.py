@@ -8,12 +8,11 @@ from __future__ import annotations
 import json
 import time
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from browser import chromium, screenshot
-from safetensors.numpy import save_file
+from reference import tiny_artifact
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -47,10 +46,11 @@ def home(tiny_model, tmp_path_factory):
         registry = Registry()
         versions = []
         for i in (1, 2):
-            folder = root / f"adapter{i}"
-            folder.mkdir()
-            save_file({"w": np.full((2, 2), i, dtype=np.float32)}, str(folder / "adapter_model.safetensors"))
-            versions.append(registry.register("drifty", "adapter", tiny_model, str(folder), config=config.model_dump()))
+            versions.append(
+                registry.register(
+                    "drifty", "adapter", tiny_model, tiny_artifact(root / f"adapter{i}", i), config=config.model_dump()
+                )
+            )
         registry.set_alias("drifty", "prod", {1: 50, 2: 50}, gated=True)
         yield {"root": root, "versions": versions, "registry": registry}
 

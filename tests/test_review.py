@@ -9,10 +9,9 @@ import math
 import socket
 
 import httpx
-import numpy as np
 import pytest
 from browser import chromium, screenshot, served
-from safetensors.numpy import save_file
+from reference import tiny_artifact
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -43,10 +42,9 @@ def home(tmp_path_factory):
         registry = Registry()
         versions = []
         for i in (1, 2):
-            folder = root / f"adapter{i}"
-            folder.mkdir()
-            save_file({"w": np.full((2, 2), i, dtype=np.float32)}, str(folder / "adapter_model.safetensors"))
-            versions.append(registry.register("support", "adapter", str(root / "base"), str(folder)))
+            versions.append(
+                registry.register("support", "adapter", str(root / "base"), tiny_artifact(root / f"adapter{i}", i))
+            )
         old, new = versions
         registry.set_alias("support", "prod", old.version, gated=True)
         report_dir = root / "eval" / "support" / "2"
