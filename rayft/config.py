@@ -17,7 +17,15 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from rayft.config_base import UNSET_VARIABLE, Auto, ConfigError, Section  # noqa: F401  (re-exported)
-from rayft.config_serve import FineTuningConfig, ServeConfig, TrafficConfig  # noqa: F401  (re-exported)
+from rayft.config_errors import format_errors
+from rayft.config_serve import (  # noqa: F401  (re-exported)
+    PROJECT_NAME,
+    FineTuningConfig,
+    ProjectConfig,
+    ProjectLimits,
+    ServeConfig,
+    TrafficConfig,
+)
 from rayft.config_watch import DriftConfig, ReviewConfig
 from rayft.home import rayft_home
 
@@ -303,6 +311,12 @@ class RayftConfig(Section):
     """A whole rayft config file."""
 
     name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="model name in the registry")
+    project: str | None = Field(
+        None,
+        pattern=PROJECT_NAME,
+        description="the project (team) that owns what this config registers; set by the fine-tuning API "
+        "for its jobs (none: the endpoint's own models, served to every key)",
+    )
     model: ModelConfig
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -327,26 +341,16 @@ def _expand(value):
     return value
 
 
-def _format_errors(source: str, error: ValidationError) -> str:
-    lines = [f"{source}: invalid config"]
-    for item in error.errors():
-        field = ".".join(str(p) for p in item["loc"]) or "(top level)"
-        secret = field.endswith("_keys")  # never echo a key into a log
-        got = f" (got {item['input']!r})" if item["type"] not in ("missing", "extra_forbidden") and not secret else ""
-        message = "unknown field" if item["type"] == "extra_forbidden" else item["msg"]
-        lines.append(f"  {field}: {message}{got}")
-    return "\n".join(lines)
-
-
 def parse_config(data: dict, source: str = "<config>") -> RayftConfig:
     """Validate a config mapping; raises ConfigError naming `source` and each bad field."""
     os.environ.setdefault("RAYFT_HOME", str(rayft_home()))
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: a config must be a YAML mapping, got {type(data).__name__}")
+    expanded = _expand(data)
     try:
-        return RayftConfig.model_validate(_expand(data))
+        return RayftConfig.model_validate(expanded)
     except ValidationError as error:
-        raise ConfigError(_format_errors(source, error)) from None
+        raise ConfigError(format_errors(source, error, expanded)) from None
 
 
 def parse_data_config(data: dict, source: str) -> DataConfig:
@@ -355,7 +359,7 @@ def parse_data_config(data: dict, source: str) -> DataConfig:
     try:
         return DataConfig.model_validate(data)
     except ValidationError as error:
-        raise ConfigError(_format_errors(source, error)) from None
+        raise ConfigError(format_errors(source, error)) from None
 
 
 def load_config(path: str | Path) -> RayftConfig:

@@ -1,14 +1,56 @@
-"""The `serve` section of the rayft config: the OpenAI endpoint, its keys and limits, the fine-tuning
-API on it, and the traffic it samples. A leaf module like `rayft.config`, which embeds it."""
+"""The `serve` section of the rayft config: the OpenAI endpoint, its keys and limits, the projects
+(teams) sharing it, the fine-tuning API on it, and the traffic it samples. A leaf module like
+`rayft.config`, which embeds it."""
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from rayft.config_base import UNSET_VARIABLE, Section
 from rayft.vllm_setup import LORA_RANKS
+
+# A project's name goes into the registry names its jobs make (`ft-<project>-<suffix>`): no '-', so
+# two projects can never make the same name.
+PROJECT_NAME = r"^[a-z0-9][a-z0-9_]{0,39}$"
+
+
+def checked_keys(keys: list[str]) -> list[str]:
+    """Keys as written in a config: none empty, none naming an unset environment variable. Errors
+    say which key by position, never what it is."""
+    for i, key in enumerate(keys):
+        if not key.strip():
+            raise ValueError(f"key {i} is empty: an empty key would let in requests that send no key")
+        unset = UNSET_VARIABLE.search(key)
+        if unset:
+            raise ValueError(
+                f"key {i} names the environment variable {unset.group(1) or unset.group(2)}, which "
+                "is not set: set it, or remove the key"
+            )
+    return keys
+
+
+class ProjectLimits(Section):
+    """What one project (team) may hold and run on the fine-tuning API; each `serve.projects` entry
+    may set its own, the rest come from `serve.fine_tuning`."""
+
+    max_file_bytes_total: int | None = Field(None, gt=0, description="bytes of files the project may keep; beyond: 413")
+    max_files: int | None = Field(None, gt=0, description="files the project may keep; beyond: 429")
+    max_running_jobs: int | None = Field(None, gt=0, description="jobs of the project running at once")
+    max_unfinished_jobs: int | None = Field(None, gt=0, description="jobs of the project not yet ended; beyond: 429")
+
+
+class ProjectConfig(ProjectLimits):
+    """A team on the endpoint: its keys, and its limits where they differ from the defaults."""
+
+    keys: list[str] = Field(..., min_length=1, description="the project's bearer keys, e.g. ['${SUPPORT_KEY}']")
+
+    @field_validator("keys")
+    @classmethod
+    def _real_keys(cls, keys: list[str]):
+        return checked_keys(keys)
 
 
 class FineTuningConfig(Section):
@@ -25,7 +67,32 @@ class FineTuningConfig(Section):
         0.0, ge=0, lt=1, description="share of a training file's records that may be unusable; beyond: the job fails"
     )
     max_running_jobs: int = Field(1, gt=0, description="jobs running on the cluster at once; the rest wait in order")
-    max_jobs_per_key: int = Field(4, gt=0, description="unfinished jobs one API key may have; beyond: 429")
+    project_limits: ProjectLimits = Field(
+        default_factory=lambda: ProjectLimits(
+            max_file_bytes_total=4 * 2**30, max_files=1000, max_running_jobs=1, max_unfinished_jobs=4
+        ),
+        description="every project's limits unless `serve.projects.NAME` sets its own",
+    )
+    file_retention_days: float | None = Field(
+        None, gt=0, description="uploads older than this are deleted (null: kept until deleted or expired)"
+    )
+    stage_cpus: float = Field(
+        2,
+        ge=0,
+        description="logical CPUs one job stage holds at once (a Ray Data task beside an eval engine); on a "
+        "smaller cluster the serving deployments reserve less to leave them",
+    )
+    stage_wait_s: float = Field(
+        5, gt=0, description="a stage's work waiting this long for resources is reported in the job's events"
+    )
+    unschedulable_timeout_s: float = Field(
+        600, gt=0, description="a stage whose work waits this long for resources fails the job"
+    )
+    on_lost_stage: Literal["fail", "resubmit"] = Field(
+        "fail",
+        description="a stage whose Ray job is gone (the head was replaced): fail the job, or run the stage "
+        "again (training resumes from its last checkpoint)",
+    )
     allow_full: bool = Field(False, description="jobs may ask for full fine-tuning instead of LoRA")
     poll_s: float = Field(1.0, gt=0, description="how often the job runner looks at its jobs")
 
@@ -118,22 +185,30 @@ class ServeConfig(Section):
         description="CPUs Ray reserves for each engine replica, and "
         "its compute threads on CPU; default: reserve 1, use every core of its node",
     )
+    projects: dict[str, ProjectConfig] = Field(
+        default_factory=dict,
+        description="teams sharing the endpoint, by name: their keys and limits; a key in no project "
+        "is a project of its own (docs/fine-tuning-api.md)",
+    )
     fine_tuning: FineTuningConfig = Field(default_factory=FineTuningConfig)
     traffic: TrafficConfig = Field(default_factory=TrafficConfig)
 
     @field_validator("api_keys", "admin_keys")
     @classmethod
     def _real_keys(cls, keys: list[str]):
-        for i, key in enumerate(keys):
-            if not key.strip():
-                raise ValueError(f"key {i} is empty: an empty key would let in requests that send no key")
-            unset = UNSET_VARIABLE.search(key)
-            if unset:
-                raise ValueError(
-                    f"key {i} names the environment variable {unset.group(1) or unset.group(2)}, which "
-                    "is not set: set it, or remove the key"
-                )
-        return keys
+        return checked_keys(keys)
+
+    @field_validator("projects")
+    @classmethod
+    def _distinct_projects(cls, projects: dict[str, ProjectConfig]):
+        owner: dict[str, str] = {}
+        for name, project in projects.items():
+            if not re.fullmatch(PROJECT_NAME, name):
+                raise ValueError(f"project name {name!r}: 1-40 lowercase letters, digits or '_', no '-'")
+            for key in project.keys:
+                if owner.setdefault(key, name) != name:
+                    raise ValueError(f"a key of project {name!r} is also a key of project {owner[key]!r}")
+        return projects
 
     @model_validator(mode="after")
     def _replica_bounds(self):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 
 from rayft.config_base import Section
-from rayft.config_serve import ServeConfig
+from rayft.config_serve import checked_keys
 
 
 class ReviewConfig(Section):
@@ -29,9 +29,12 @@ class ReviewConfig(Section):
     @classmethod
     def _real_keys(cls, reviewers: dict[str, str]):
         for name, key in reviewers.items():
-            ServeConfig._real_keys([key])
             if not name.strip():
                 raise ValueError("a reviewer's name is empty")
+            try:
+                checked_keys([key])
+            except ValueError as error:  # say whose key, never what it is
+                raise ValueError(f"reviewer {name!r}: {str(error).removeprefix('key 0 ')}") from None
         return reviewers
 
 

@@ -18,13 +18,20 @@ class Database:
     """One SQLite file with a schema (CREATE ... IF NOT EXISTS statements) applied on open; pickles
     as its path and schema, so it can travel to Ray workers and Serve replicas."""
 
-    def __init__(self, path: str | Path, schema: str):
+    def __init__(self, path: str | Path, schema: str, added_columns: dict[str, dict[str, str]] | None = None):
+        """`added_columns`: table → {column: declaration} for columns added after the table was
+        first created; a file made by an older rayft gets them (ALTER TABLE) on open."""
         self.path, self.schema = Path(path), schema
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         with self.connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(schema)
+            for table, columns in (added_columns or {}).items():
+                present = {row["name"] for row in db.execute(f"PRAGMA table_info({table})")}
+                for column, declaration in columns.items():
+                    if column not in present:
+                        db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
     def __getstate__(self) -> dict:
         return {"path": self.path, "schema": self.schema}

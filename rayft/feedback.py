@@ -20,7 +20,7 @@ from rayft.home import home_path
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS review_items (
     id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, candidate TEXT NOT NULL, source TEXT NOT NULL,
-    prompt TEXT NOT NULL, answers TEXT NOT NULL, reference TEXT, created_at REAL NOT NULL,
+    prompt TEXT NOT NULL, answers TEXT NOT NULL, reference TEXT, created_at REAL NOT NULL, project TEXT,
     UNIQUE (candidate, source, prompt, answers)
 );
 CREATE TABLE IF NOT EXISTS ratings (
@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS drift_scores (
     report TEXT, created_at REAL NOT NULL, PRIMARY KEY (ref, feature)
 );
 """
+ADDED_COLUMNS = {"review_items": {"project": "TEXT"}}  # stores made before projects existed
 
 # A pairwise verdict, said of the candidate: it won, the other won, a tie, or both answers are bad.
 VERDICTS = ("candidate", "other", "tie", "both_bad")
@@ -65,6 +66,7 @@ class ReviewItem:
     answers: list[Answer]
     reference: str | None = None
     created_at: float = 0.0
+    project: str | None = None  # whose data the prompt is (`rayft.projects`); None: the endpoint's own
 
     @property
     def pairwise(self) -> bool:
@@ -95,6 +97,7 @@ def _item(row) -> ReviewItem:
         answers=[Answer(**a) for a in json.loads(row["answers"])],
         reference=row["reference"],
         created_at=row["created_at"],
+        project=row["project"],
     )
 
 
@@ -106,19 +109,24 @@ class FeedbackStore:
     """Review items, ratings and drift scores; safe for several processes at once (`rayft.database`)."""
 
     def __init__(self, path: str | Path | None = None):
-        self.db = Database(Path(path) if path else home_path("registry.db"), SCHEMA)
+        self.db = Database(Path(path) if path else home_path("registry.db"), SCHEMA, ADDED_COLUMNS)
 
     def add_items(
-        self, name: str, candidate: str, source: str, items: list[tuple[list[dict], list[Answer], str | None]]
+        self,
+        name: str,
+        candidate: str,
+        source: str,
+        items: list[tuple[list[dict], list[Answer], str | None]],
+        project: str | None = None,
     ) -> int:
-        """Add (prompt, answers, reference) items for `candidate`; an item already there is kept
-        once. Returns how many are new."""
+        """Add (prompt, answers, reference) items for `candidate`, of `project`; an item already there
+        is kept once. Returns how many are new."""
         now, added = time.time(), 0
         with self.db.write() as db:
             for prompt, answers, reference in items:
                 cursor = db.execute(
                     "INSERT OR IGNORE INTO review_items (name, candidate, source, prompt, answers, reference,"
-                    " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    " created_at, project) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         name,
                         candidate,
@@ -127,6 +135,7 @@ class FeedbackStore:
                         json.dumps([a.__dict__ for a in answers], ensure_ascii=False, sort_keys=True),
                         reference,
                         now,
+                        project,
                     ),
                 )
                 added += cursor.rowcount
@@ -137,19 +146,24 @@ class FeedbackStore:
         return _item(row) if row else None
 
     def next_item(
-        self, reviewer: str, judgments_per_item: int, name: str | None = None, source: str | None = None
+        self,
+        reviewer: str,
+        judgments_per_item: int,
+        name: str | None = None,
+        source: str | None = None,
+        project: str | None = None,
     ) -> ReviewItem | None:
-        """The next item (of `name`, from `source`) for `reviewer`: one they have not rated that fewer
-        than `judgments_per_item` reviewers have, those others started first (so items get the
-        overlap agreement needs), then oldest."""
+        """The next item (of `name`, from `source`, of `project`) for `reviewer`: one they have not
+        rated that fewer than `judgments_per_item` reviewers have, those others started first (so
+        items get the overlap agreement needs), then oldest."""
         row = (
             self.db.reader()
             .execute(
                 "SELECT i.*, (SELECT COUNT(*) FROM ratings r WHERE r.item = i.id) AS seen FROM review_items i"
-                " WHERE (? IS NULL OR i.name = ?) AND (? IS NULL OR i.source = ?)"
+                " WHERE (? IS NULL OR i.name = ?) AND (? IS NULL OR i.source = ?) AND (? IS NULL OR i.project = ?)"
                 " AND NOT EXISTS (SELECT 1 FROM ratings r WHERE r.item = i.id AND r.reviewer = ?)"
                 " AND (SELECT COUNT(*) FROM ratings r WHERE r.item = i.id) < ? ORDER BY seen DESC, i.id LIMIT 1",
-                (name, name, source, source, reviewer, judgments_per_item),
+                (name, name, source, source, project, project, reviewer, judgments_per_item),
             )
             .fetchone()
         )

@@ -22,7 +22,6 @@ use can check the bytes (`verified_artifact`). Gated aliases (`RAYFT_GATED_ALIAS
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import time
 from pathlib import Path
@@ -32,9 +31,12 @@ from rayft.database import Database
 from rayft.home import home_path
 from rayft.registry_records import (  # noqa: F401  (re-exported: the registry's public records)
     ALIAS_PATTERN,
+    DEFAULT_GATED_ALIASES,
+    GATED_ALIASES_ENV,
     JSON_COLUMNS,
     NAME_PATTERN,
     NAME_RULE,
+    PICKLE_SUFFIXES,
     REGISTRY_PREFIX,
     Alias,
     AliasChange,
@@ -42,10 +44,14 @@ from rayft.registry_records import (  # noqa: F401  (re-exported: the registry's
     Ref,
     RegistryError,
     alias_weights,
+    artifact_key,
+    check_safe_format,
     current_code_revision,
     decode_targets,
     encode_targets,
+    gated_aliases,
     parse_ref,
+    project_label,
     row_to_change,
     row_to_version,
 )
@@ -55,7 +61,7 @@ CREATE TABLE IF NOT EXISTS versions (
     name TEXT NOT NULL, version INTEGER NOT NULL, kind TEXT NOT NULL, base_model TEXT NOT NULL,
     artifact_uri TEXT NOT NULL, weights_hash TEXT, dataset_hash TEXT, config TEXT NOT NULL DEFAULT '{}',
     metrics TEXT NOT NULL DEFAULT '{}', eval_report TEXT, parent TEXT, code_revision TEXT,
-    created_at REAL NOT NULL, PRIMARY KEY (name, version)
+    created_at REAL NOT NULL, project TEXT, PRIMARY KEY (name, version)
 );
 CREATE TABLE IF NOT EXISTS deleted_versions (
     name TEXT NOT NULL, version INTEGER NOT NULL, artifact_uri TEXT NOT NULL, deleted_at REAL NOT NULL,
@@ -72,36 +78,7 @@ CREATE TABLE IF NOT EXISTS alias_history (
 );
 """
 
-GATED_ALIASES_ENV = "RAYFT_GATED_ALIASES"
-DEFAULT_GATED_ALIASES = ("prod",)
-# Files a loader may unpickle (running code from whoever wrote them); artifacts hold safetensors instead.
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-
-
-def gated_aliases() -> tuple[str, ...]:
-    """Aliases only the promotion gate (or a forced, reasoned move) may change: `RAYFT_GATED_ALIASES`
-    (comma-separated; empty for none), default `prod`."""
-    value = os.environ.get(GATED_ALIASES_ENV)
-    if value is None:
-        return DEFAULT_GATED_ALIASES
-    return tuple(a.strip() for a in value.split(",") if a.strip())
-
-
-def artifact_key(uri: str) -> str:
-    """An artifact location in one spelling: an absolute local path, or the URI without a trailing '/'."""
-    return str(uri).rstrip("/") if storage.is_remote(uri) else str(Path(uri).expanduser().resolve())
-
-
-def check_safe_format(uri: str) -> None:
-    """Refuse an artifact that holds pickle files, naming them."""
-    pickled = [name for name in storage.file_names(uri) if name.lower().endswith(PICKLE_SUFFIXES)]
-    if pickled:
-        raise RegistryError(
-            f"{uri} holds pickle files ({', '.join(pickled)}), which run code when loaded; save the weights as "
-            "safetensors (e.g. `model.save_pretrained(folder, safe_serialization=True)`) and register that folder"
-        )
-
-
+ADDED_COLUMNS = {"versions": {"project": "TEXT"}}  # registries made before projects existed
 # An alias's versions with their weights, primary first; the one query behind alias lookups.
 ALIAS_ROWS = (
     "SELECT v.*, a.weight FROM alias_targets a JOIN versions v ON v.name = a.name AND v.version = a.version"
@@ -113,7 +90,7 @@ class Registry:
     """A SQLite-backed registry; safe for several processes writing at once."""
 
     def __init__(self, path: str | Path | None = None):
-        self.db = Database(Path(path) if path else home_path("registry.db"), SCHEMA)
+        self.db = Database(Path(path) if path else home_path("registry.db"), SCHEMA, ADDED_COLUMNS)
         self.path = self.db.path
 
     # versions
@@ -131,11 +108,13 @@ class Registry:
         metrics: dict | None = None,
         parent: str | None = None,
         code_revision: str | None = None,
+        project: str | None = None,
     ) -> ModelVersion:
         """Add the next version of `name` and return it. Version numbers are never reused, even after
         a delete. The artifact must be a folder (local or a URI) no other version was registered from
         and hold no pickle files. `weights_hash` defaults to its content hash, and `code_revision` to
-        the code doing the registering (see `current_code_revision()`)."""
+        the code doing the registering (see `current_code_revision()`). `project`: the team that owns
+        the name (every version of a name has the same one; None: the endpoint's own models)."""
         if kind not in ("adapter", "full"):
             raise RegistryError(f"kind must be 'adapter' or 'full', got {kind!r}")
         if not NAME_PATTERN.fullmatch(name):
@@ -157,6 +136,11 @@ class Registry:
                         f"{artifact_uri} already holds {row['name']}:{row['version']} ({row['state']}): a version's "
                         "artifact never changes, so a new version needs a folder of its own"
                     )
+            owner = db.execute("SELECT project FROM versions WHERE name = ? LIMIT 1", (name,)).fetchone()
+            if owner is not None and owner["project"] != project:
+                raise RegistryError(
+                    f"{name!r} belongs to {project_label(owner['project'])}, not {project_label(project)}"
+                )
             (latest,) = db.execute(
                 "SELECT COALESCE(MAX(version), 0) FROM (SELECT version FROM versions WHERE name = ?"
                 " UNION ALL SELECT version FROM deleted_versions WHERE name = ?)",
@@ -175,6 +159,7 @@ class Registry:
                 parent=parent,
                 code_revision=revision,
                 created_at=time.time(),
+                project=project,
             )
             row = version.to_dict()
             row.pop("ref")

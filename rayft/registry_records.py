@@ -1,6 +1,7 @@
-"""The registry's records: model versions, aliases and their history, refs, and how rows map to them.
+"""The registry's records: model versions, aliases and their history, refs, how rows map to them,
+and the checks an artifact and an alias move pass before any row is written.
 
-Pure data and parsing, no database access (that is `rayft.registry`, which re-exports these). A
+No database access (that is `rayft.registry`, which re-exports these). A
 leaf like the registry: it imports no stage.
 """
 
@@ -9,11 +10,14 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import re
 import sqlite3
 import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from rayft import storage
 
 REGISTRY_PREFIX = "registry:"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -43,6 +47,7 @@ class ModelVersion:
     parent: str | None = None
     code_revision: str | None = None
     created_at: float = 0.0
+    project: str | None = None  # the team that owns it (`serve.projects`); None: the endpoint's own
 
     @property
     def ref(self) -> str:
@@ -184,3 +189,37 @@ def alias_weights(targets: int | dict[int, float]) -> dict[int, float]:
             raise RegistryError(f"alias target {version}: weight must be a number > 0, got {weight!r}")
         weights[version] = float(weight)
     return weights
+
+
+GATED_ALIASES_ENV = "RAYFT_GATED_ALIASES"
+DEFAULT_GATED_ALIASES = ("prod",)
+# Files a loader may unpickle (running code from whoever wrote them); artifacts hold safetensors instead.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+
+def gated_aliases() -> tuple[str, ...]:
+    """Aliases only the promotion gate (or a forced, reasoned move) may change: `RAYFT_GATED_ALIASES`
+    (comma-separated; empty for none), default `prod`."""
+    value = os.environ.get(GATED_ALIASES_ENV)
+    if value is None:
+        return DEFAULT_GATED_ALIASES
+    return tuple(a.strip() for a in value.split(",") if a.strip())
+
+
+def project_label(project: str | None) -> str:
+    return f"project {project!r}" if project else "no project"
+
+
+def artifact_key(uri: str) -> str:
+    """An artifact location in one spelling: an absolute local path, or the URI without a trailing '/'."""
+    return str(uri).rstrip("/") if storage.is_remote(uri) else str(Path(uri).expanduser().resolve())
+
+
+def check_safe_format(uri: str) -> None:
+    """Refuse an artifact that holds pickle files, naming them."""
+    pickled = [name for name in storage.file_names(uri) if name.lower().endswith(PICKLE_SUFFIXES)]
+    if pickled:
+        raise RegistryError(
+            f"{uri} holds pickle files ({', '.join(pickled)}), which run code when loaded; save the weights as "
+            "safetensors (e.g. `model.save_pretrained(folder, safe_serialization=True)`) and register that folder"
+        )

@@ -268,5 +268,6 @@ def train(config: RayftConfig, resume: bool = False, show_progress: bool = True)
         config=config.model_dump(),
         metrics=metrics,
         parent=parent_version(registry, base_ref, run_dir),
+        project=config.project,
     )
     return version
