@@ -29,6 +29,10 @@ class ClusterError(RuntimeError):
     """A cluster or job request that cannot be done; the message says which address or job, and why."""
 
 
+class JobGone(ClusterError):
+    """The cluster answers but does not know the job (it ran on a head since replaced)."""
+
+
 def resolve_address(address: str | None) -> str:
     """The Jobs API (dashboard) URL: `--address`, else `RAY_ADDRESS`, else the local head."""
     address = (address or os.environ.get("RAY_ADDRESS") or LOCAL_HEAD).rstrip("/")
@@ -140,6 +144,8 @@ class Cluster:
         try:
             return getattr(self.client, method)(*args, **kwargs)
         except (RuntimeError, AuthenticationError) as error:
+            if "status code 404" in str(error) and "does not exist" in str(error):  # the Jobs API's answer
+                raise JobGone(f"{self.address}: {error}") from None
             raise ClusterError(f"{self.address}: {error}") from None
         except OSError as error:  # requests' ConnectionError and timeouts: the head is unreachable now
             raise ClusterError(f"{self.address} does not answer: {error}") from None

@@ -1,16 +1,17 @@
-"""The fine-tuning API's objects, shaped as OpenAI's (files, jobs, events, checkpoints), and the
-create request checked field by field.
+"""The fine-tuning API's objects, shaped as OpenAI's published schemas have them (`OpenAIFile`,
+`FineTuningJob`, `FineTuningJobEvent`, `FineTuningJobCheckpoint` and their lists; checked against
+OpenAI's OpenAPI document in tests/test_conformance.py).
 
-A job's stored record (`Job`) holds what the API shows plus what the runner needs (the stage it is
-in, the Ray job running it, the registry name it registers); `Job.api()` is the OpenAI object, with
-rayft's own fields under `x_rayft`.
+A job's stored record (`Job`) holds what the API shows plus what the job machine needs (the stage
+it is in, the Ray job running it, the registry name it registers, how long its work has waited for
+resources); `Job.api()` is the OpenAI object, with rayft's own fields under `x_rayft`.
 """
 
 from __future__ import annotations
 
-import re
 import secrets
 import time
+from enum import Enum
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -18,10 +19,40 @@ from pydantic import BaseModel, Field
 from rayft.estimate import Estimate
 
 FINE_TUNE, RESULTS = "fine-tune", "fine-tune-results"
-STATUSES = ("validating_files", "queued", "running", "succeeded", "failed", "cancelled")
-FINISHED = ("succeeded", "failed", "cancelled")
-SUFFIX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")
 PROMOTE_KEY = "promote_to"  # metadata naming the alias a job promotes its model to when the gate passes
+
+
+class JobStatus(str, Enum):
+    """OpenAI's job statuses."""
+
+    VALIDATING = "validating_files"
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+FINISHED = tuple(s for s in JobStatus if s.finished)
+
+
+class Stage(str, Enum):
+    """Where a job is in its pipeline: validation and the gate run in the job machine, the rest as
+    Ray jobs (`pipeline.py`)."""
+
+    VALIDATE = "validate"
+    DATA = "data"
+    TRAIN = "train"
+    EVAL = "eval"
+    GATE = "gate"
+
+    @property
+    def on_cluster(self) -> bool:
+        return self in (Stage.DATA, Stage.TRAIN, Stage.EVAL)
 
 
 class ServiceError(Exception):
@@ -42,15 +73,16 @@ def now() -> int:
 
 class StoredFile(BaseModel):
     id: str
-    owner: str
+    project: str
     filename: str
     purpose: str
     bytes: int
     path: str
     created_at: int
+    expires_at: int | None = None
 
     def api(self) -> dict:
-        return {
+        shown = {
             "id": self.id,
             "object": "file",
             "bytes": self.bytes,
@@ -58,9 +90,8 @@ class StoredFile(BaseModel):
             "filename": self.filename,
             "purpose": self.purpose,
             "status": "processed",
-            "status_details": None,
-            "expires_at": None,
         }
+        return shown | ({"expires_at": self.expires_at} if self.expires_at is not None else {})
 
 
 class JobError(BaseModel):
@@ -70,7 +101,7 @@ class JobError(BaseModel):
 
 
 class Hyperparameters(BaseModel):
-    """As asked (numbers or "auto"); a running job shows the numbers its plan resolved."""
+    """As asked (numbers or "auto")."""
 
     n_epochs: int | Literal["auto"] = "auto"
     batch_size: int | Literal["auto"] = "auto"
@@ -79,9 +110,9 @@ class Hyperparameters(BaseModel):
 
 class Job(BaseModel):
     id: str
-    owner: str
+    project: str
     created_at: int
-    status: str = "validating_files"
+    status: JobStatus = JobStatus.VALIDATING
     model: str  # the base, as the server names it
     training_file: str
     validation_file: str | None = None
@@ -98,9 +129,13 @@ class Job(BaseModel):
     trained_tokens: int | None = None
     estimate: Estimate | None = None
     estimated_finish: int | None = None
-    stage: str | None = None  # validate, data, train, eval, gate
+    stage: Stage | None = Stage.VALIDATE
     ray_job: str | None = None  # the Ray job running the stage
+    stage_args: list[str] = Field(default_factory=list)  # what the stage's command was given
     started_at: int | None = None
+    waiting_since: float | None = None  # when the stage's work was first seen waiting for resources
+    waiting_reported: bool = False
+    resubmits: int = 0  # times a lost stage was run again (serve.fine_tuning.on_lost_stage)
 
     def api(self) -> dict:
         hyper = self.hyperparameters.model_dump()
@@ -111,8 +146,8 @@ class Job(BaseModel):
             "finished_at": self.finished_at,
             "model": self.model,
             "fine_tuned_model": self.fine_tuned_model,
-            "organization_id": "rayft",
-            "status": self.status,
+            "organization_id": self.project,
+            "status": self.status.value,
             "training_file": self.training_file,
             "validation_file": self.validation_file,
             "hyperparameters": hyper,
@@ -127,7 +162,7 @@ class Job(BaseModel):
             "user_provided_suffix": self.suffix,
             "x_rayft": {
                 "adaptation": self.adaptation,
-                "stage": self.stage,
+                "stage": self.stage.value if self.stage else None,
                 "ray_job": self.ray_job,
                 "registry_name": self.name,
                 "estimate": self.estimate.model_dump() if self.estimate else None,
@@ -145,15 +180,15 @@ class Event(BaseModel):
     data: dict | None = None
 
     def api(self) -> dict:
-        return {
+        shown = {
             "id": self.id,
             "object": "fine_tuning.job.event",
             "created_at": self.created_at,
             "level": self.level,
             "message": self.message,
             "type": self.type,
-            "data": self.data,
         }
+        return shown | ({"data": self.data} if self.data is not None else {})
 
 
 def checkpoint_api(job: Job, step: int, metrics: dict) -> dict:
@@ -165,9 +200,14 @@ def checkpoint_api(job: Job, step: int, metrics: dict) -> dict:
         "fine_tuned_model_checkpoint": job.fine_tuned_model,
         "fine_tuning_job_id": job.id,
         "step_number": step,
-        "metrics": {"step": step} | metrics,
+        "metrics": {"step": float(step)} | metrics,
     }
 
 
-def page(items: list[dict], has_more: bool) -> dict:
-    return {"object": "list", "data": items, "has_more": has_more}
+def page(items: list[dict], has_more: bool, ids: bool = False) -> dict:
+    """A list object; with `ids`, the first and last ids as OpenAI's files list has them (empty
+    strings for an empty page: the schema wants strings)."""
+    shown = {"object": "list", "data": items, "has_more": has_more}
+    if ids:
+        shown |= {"first_id": items[0]["id"] if items else "", "last_id": items[-1]["id"] if items else ""}
+    return shown

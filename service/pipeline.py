@@ -9,8 +9,9 @@ gate      (in the runner) promotion to `metadata.promote_to` when the gate passe
 
 Each Ray stage runs with a config written for the job (`job_config`): the server's own `data`,
 `train` and `eval` sections as the template, the job's files, hyperparameters, seed and adaptation
-over them, and a registry name per suffix (`ft-<suffix>`), so the jobs of one suffix are versions
-of one model and an alias on it compares each new one with the one it would replace.
+over them, and a registry name per project and suffix (`ft-<project>-<suffix>`), owned by the job's
+project, so the jobs of one suffix are versions of one model and an alias on it compares each new
+one with the one it would replace.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ def job_config(server: RayftConfig, job: Job, inputs: list[str], paths: ServiceP
         train["learning_rate"] = auto_learning_rate(job.adaptation) * hyper.learning_rate_multiplier
     return RayftConfig(
         name=job.name,
+        project=job.project,
         model=ModelConfig(base=server.model.base, chat_template=server.model.chat_template),
         data=server.data.model_copy(update={"inputs": inputs, "out": str(paths.dataset(job)), "seed": job.seed}),
         train=server.train.model_copy(update=train),

@@ -1,0 +1,123 @@
+"""What a Ray job's work is waiting for: its tasks, actors and placement groups Ray has not yet
+scheduled, with what each needs, read from the cluster's state API (the dashboard).
+
+A job is *stuck* when something of it waits for resources it cannot get now (more than is free)
+and nothing of it that holds resources runs (no plain task running, no actor alive that holds CPUs
+or GPUs): then no finishing task of its own will free what it waits for. A job whose Ray Data stage
+queues more tasks than fit, while others run, is busy, not stuck; a task waiting for its worker
+process to start is not stuck either. The fine-tuning service reports a stuck stage in the job's
+events and fails it after a timeout (`service/machine.py`).
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass
+
+from rayft.cluster.client import Cluster, ClusterError
+
+WAITING_TASK, WAITING_ACTOR, WAITING_GROUP = "PENDING_NODE_ASSIGNMENT", "PENDING_CREATION", "PENDING"
+HELD = ("CPU", "GPU")
+
+
+@dataclass(frozen=True)
+class Demand:
+    """Work of one kind waiting for resources: what it is, how many, what each needs."""
+
+    what: str
+    count: int
+    needs: dict[str, float]
+
+    def describe(self) -> str:
+        needs = ", ".join(f"{k} {v:g}" for k, v in sorted(self.needs.items()) if v) or "no resources"
+        return f"{self.count} × {self.what} ({needs} each)"
+
+
+@dataclass(frozen=True)
+class Stuck:
+    """A job's work that waits while nothing of it runs, beside what the cluster has."""
+
+    demands: list[Demand]
+    free: dict[str, float]
+    total: dict[str, float]
+
+    def describe(self) -> str:
+        held = ", ".join(f"{k} {self.free.get(k, 0):g} of {v:g}" for k, v in sorted(self.total.items()) if k in HELD)
+        return f"needs {'; '.join(d.describe() for d in self.demands)}; free now: {held or 'unknown'}"
+
+
+def state_list(cluster: Cluster, kind: str, filters: list[tuple[str, str, str]]) -> list[dict]:
+    """One list of Ray's state API (`tasks`, `actors`, `placement_groups`), filtered, with details."""
+    query = [("limit", 1000), ("detail", "true")]
+    for key, predicate, value in filters:
+        query += [("filter_keys", key), ("filter_predicates", predicate), ("filter_values", value)]
+    url = f"{cluster.address}/api/v0/{kind}?{urllib.parse.urlencode(query)}"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=cluster.headers), timeout=10) as response:
+            return json.loads(response.read())["data"]["result"]["result"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ClusterError(f"{cluster.address}: the state API did not list {kind}: {error}") from None
+
+
+def holds_resources(required: dict | None) -> bool:
+    return any((required or {}).get(name, 0) > 0 for name in HELD)
+
+
+def in_placement_group(required: dict | None) -> bool:
+    """Whether the work runs in a placement group's bundle (`CPU_group_<id>`): the group holds its
+    resources already, or waits itself (and is reported as the group)."""
+    return any("_group_" in name for name in required or {})
+
+
+def stuck_work(cluster: Cluster, submission_id: str) -> list[Demand]:
+    """The demands of a submitted job's work that waits while nothing of it runs (empty when it
+    runs, or when its driver has not connected yet)."""
+    job_id = cluster.call("get_job_info", submission_id).job_id
+    if not job_id:
+        return []
+    in_job = ("job_id", "=", job_id)
+    running = state_list(cluster, "tasks", [in_job, ("state", "=", "RUNNING")])
+    actors = state_list(cluster, "actors", [in_job])
+    if any(t.get("type") == "NORMAL_TASK" for t in running) or any(
+        a.get("state") == "ALIVE" and holds_resources(a.get("required_resources")) for a in actors
+    ):
+        return []
+    kinds: Counter = Counter()
+    needs: dict[str, dict] = {}
+    for task in state_list(cluster, "tasks", [in_job, ("state", "=", WAITING_TASK)]):
+        if in_placement_group(task.get("required_resources")):
+            continue
+        what = f"task {task.get('func_or_class_name') or task.get('name')}"
+        kinds[what] += 1
+        needs[what] = task.get("required_resources") or {}
+    for actor in actors:
+        if actor.get("state") == WAITING_ACTOR and not in_placement_group(actor.get("required_resources")):
+            what = f"actor {actor.get('class_name')}"
+            kinds[what] += 1
+            needs[what] = actor.get("required_resources") or {}
+    groups = state_list(cluster, "placement_groups", [("creator_job_id", "=", job_id), ("state", "=", WAITING_GROUP)])
+    for group in groups:
+        bundles = group.get("bundles") or []
+        what = f"placement group of {len(bundles)} bundles (all of it)"
+        kinds[what] += 1
+        units = [b.get("unit_resources") or {} for b in bundles]
+        needs[what] = {k: sum(u.get(k, 0) for u in units) for k in set().union(*units)}
+    return [Demand(what, count, {k: float(v) for k, v in needs[what].items()}) for what, count in kinds.items()]
+
+
+def fits(demand: Demand, free: dict[str, float]) -> bool:
+    """Whether one unit of `demand` fits in what is free now (a task then waits for a worker to
+    start, not for resources)."""
+    return all(free.get(name, 0.0) + 1e-9 >= amount for name, amount in demand.needs.items() if amount > 0)
+
+
+def cluster_resources() -> tuple[dict[str, float], dict[str, float]]:
+    """(free, total) resources of the cluster this process is connected to; empty when it is not."""
+    import ray
+
+    if not ray.is_initialized():
+        return {}, {}
+    return ray.available_resources(), ray.cluster_resources()
