@@ -96,7 +96,7 @@ def pairs_from_eval(
             Answer(other.ref, other.weights_hash, row[column]),
         ]
         items.append((shown_prompt(row["prompt"]), answers, row.get("answer")))
-    added = store.add_items(version.name, version.ref, "test", items)
+    added = store.add_items(version.name, version.ref, "test", items, project=version.project)
     return PreparedItems(version.ref, other.ref, "test", added, len(items))
 
 
@@ -120,13 +120,16 @@ def singles_from_traffic(
     ]
     if limit and len(records) > limit:
         records = random.Random(seed).sample(records, limit)
-    items = [
-        (
-            shown_prompt(r["messages"][:-1]),
-            [Answer(version.ref, version.weights_hash, r["messages"][-1]["content"])],
-            None,
-        )
-        for r in records
-    ]
-    added = store.add_items(version.name, version.ref, "traffic", items)
-    return PreparedItems(version.ref, None, "traffic", added, len(items))
+    added = 0
+    for project in sorted({r.get("project") for r in records}, key=str):  # each record is its asker's project's
+        items = [
+            (
+                shown_prompt(r["messages"][:-1]),
+                [Answer(version.ref, version.weights_hash, r["messages"][-1]["content"])],
+                None,
+            )
+            for r in records
+            if r.get("project") == project
+        ]
+        added += store.add_items(version.name, version.ref, "traffic", items, project=project)
+    return PreparedItems(version.ref, None, "traffic", added, len(records))

@@ -49,10 +49,13 @@ class RatingBody(BaseModel):
 def reviewer_keys(config: ReviewConfig) -> dict[str, str]:
     """key → reviewer name, from the config and `RAYFT_REVIEWER_KEYS` (name=key,name=key)."""
     keys = {key: name for name, key in config.reviewers.items()}
-    for entry in filter(None, (e.strip() for e in os.environ.get(REVIEWER_KEYS_ENV, "").split(","))):
+    entries = [e.strip() for e in os.environ.get(REVIEWER_KEYS_ENV, "").split(",")]
+    for position, entry in enumerate(entries, 1):
+        if not entry:
+            continue
         name, _, key = entry.partition("=")
-        if not (name.strip() and key.strip()):
-            raise ConfigError(f"{REVIEWER_KEYS_ENV}: {entry.split('=')[0]!r}... is not name=key")
+        if not (name.strip() and key.strip()):  # the entry may be a bare key: never echo it
+            raise ConfigError(f"{REVIEWER_KEYS_ENV}: entry {position} is not name=key")
         keys[key.strip()] = name.strip()
     if not keys and not config.allow_unauthenticated:
         raise ConfigError(
@@ -66,8 +69,11 @@ def refuse(status: int, message: str, param: str | None = None):
     raise HTTPException(status, {"message": message, "param": param})
 
 
-def build_review_app(config: ReviewConfig, store: FeedbackStore | None = None, name: str | None = None) -> FastAPI:
-    """The review page and its API for the items of `name` (all names when None)."""
+def build_review_app(
+    config: ReviewConfig, store: FeedbackStore | None = None, name: str | None = None, project: str | None = None
+) -> FastAPI:
+    """The review page and its API for the items of `name` and `project` (all when None): a team's
+    experts see their project's items only."""
     keys, store = reviewer_keys(config), store or FeedbackStore()
     shown: dict[tuple[str, int], bool] = {}  # (reviewer, item) → answers swapped on screen
     lock = threading.Lock()
@@ -95,7 +101,7 @@ def build_review_app(config: ReviewConfig, store: FeedbackStore | None = None, n
         except HTTPException as error:
             error.detail["open"] = not keys
             raise
-        item = store.next_item(who, config.judgments_per_item, model or name, source)
+        item = store.next_item(who, config.judgments_per_item, model or name, source, project)
         answer = None
         if item:
             order = [0, 1] if len(item.answers) == 2 else [0]
@@ -115,7 +121,7 @@ def build_review_app(config: ReviewConfig, store: FeedbackStore | None = None, n
     def rate(body: RatingBody, request: Request) -> dict:
         who = reviewer(request)
         item = store.item(body.item)
-        if item is None:
+        if item is None or (project is not None and item.project != project):  # another project's: none
             refuse(404, f"no review item {body.item}", "item")
         if item.pairwise and body.choice is None:
             refuse(422, "this item compares two answers: give choice (A, B, tie or both_bad)", "choice")
@@ -153,10 +159,12 @@ def build_review_app(config: ReviewConfig, store: FeedbackStore | None = None, n
     return app
 
 
-def serve_review(config: ReviewConfig, port: int | None = None, name: str | None = None) -> None:
+def serve_review(
+    config: ReviewConfig, port: int | None = None, name: str | None = None, project: str | None = None
+) -> None:
     """Serve the review page until Ctrl-C."""
     import uvicorn
 
-    app = build_review_app(config, name=name)
+    app = build_review_app(config, name=name, project=project)
     print(f"review page: http://{config.host}:{port or config.port}/", flush=True)
     uvicorn.run(app, host=config.host, port=port or config.port, log_level="warning")

@@ -193,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve_review.add_argument("config")
     serve_review.add_argument("--port", type=int)
     serve_review.add_argument("--name", help="only items of this model name")
+    serve_review.add_argument("--project", help="only items of this project (serve.projects)")
     serve_review.set_defaults(func=commands.cmd_review_serve)
     review_report = review.add_parser(
         "report", parents=[as_json], help="win rate with its interval, reviewers, agreement; attached to the eval"

@@ -165,7 +165,7 @@ def cmd_review_prepare(args) -> int:
 def cmd_review_serve(args) -> int:
     from rayft.eval.review_page import serve_review
 
-    serve_review(load_config(args.config).review, port=args.port, name=args.name)
+    serve_review(load_config(args.config).review, port=args.port, name=args.name, project=args.project)
     return 0
 
 

@@ -79,6 +79,7 @@ def show(registry: Registry, ref: str, as_json: bool, extra: dict[str, str | Non
     table = Table(title=version.ref, show_header=False)
     rows = {
         "kind": version.kind,
+        "project": version.project or "(the endpoint's own)",
         "aliases": ", ".join(aliases),
         "base model": version.base_model,
         "artifact": version.artifact_uri,

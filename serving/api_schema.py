@@ -1,15 +1,19 @@
 """What `/openapi.json` says: every route's request and response bodies, so schema-driven clients
 and fuzzers see the contract the ingress enforces.
 
-The routes read their bodies themselves (size limit, nesting limit, then `validation.py`), so FastAPI
-cannot infer them; each route names its bodies here by model, and `openapi()` adds the models'
-JSON schemas: the request models of `validation.py`, vLLM's own response models, and the error body
-every refusal has.
+The routes read their bodies themselves (size limit, nesting limit, then `validation.py` or the
+fine-tuning service's request models), so FastAPI cannot infer them; each route names its bodies
+here by model, and `openapi()` adds the models' JSON schemas: the request models the routes check
+against, vLLM's own response models, and the error body every refusal has. Query and path
+parameters are declared on the routes themselves; a bad one is a 400 (`http_app.py`), so FastAPI's
+own 422 is taken out of the schema.
 """
 
 from __future__ import annotations
 
 from pydantic import BaseModel
+
+from rayft.service.requests import FileUploadForm
 
 COMPONENTS = "#/components/schemas/{model}"
 
@@ -33,26 +37,10 @@ class LoadAdapter(BaseModel):
     model: str
 
 
-class CreateFineTuningJob(BaseModel):
-    """`POST /v1/fine_tuning/jobs` (OpenAI's fields; `x_rayft.adaptation`: "lora" or "full")."""
-
-    model: str
-    training_file: str
-    validation_file: str | None = None
-    hyperparameters: dict | None = None
-    method: dict | None = None
-    suffix: str | None = None
-    seed: int | None = None
-    metadata: dict[str, str] | None = None
-    integrations: list | None = None
-    x_rayft: dict | None = None
-
-
-class FileUpload(BaseModel):
-    """`POST /v1/files` (multipart)."""
+class FileUpload(FileUploadForm):
+    """`POST /v1/files` (multipart): the file and the form fields the route checks."""
 
     file: bytes
-    purpose: str
 
 
 ERRORS = {
@@ -60,10 +48,10 @@ ERRORS = {
     "401": "no valid key",
     "403": "a user key on an admin route",
     "404": "an unknown model, file or job (or the fine-tuning API is off)",
-    "409": "a finished job cannot be cancelled",
+    "409": "a finished job cannot be cancelled; a file a job still reads cannot be deleted",
     "411": "an upload without Content-Length",
-    "413": "a body over serve.max_request_bytes, or a file over serve.fine_tuning's limits",
-    "429": "over serve.max_concurrent_requests, or a key's unfinished jobs at serve.fine_tuning.max_jobs_per_key",
+    "413": "a body over serve.max_request_bytes, or a file over serve.fine_tuning's limits or its project's bytes",
+    "429": "over serve.max_concurrent_requests, or a project at its files or unfinished jobs limit",
     "503": "the engine is restarting or busy, the server is draining, or a version's files do not match the registry",
 }
 
@@ -102,6 +90,7 @@ def component_models() -> list[type[BaseModel]]:
     from vllm.entrypoints.openai.completion.protocol import CompletionResponse
     from vllm.entrypoints.serve.engine.protocol import ModelList
 
+    from rayft.service.requests import CreateFineTuningJobRequest
     from rayft.serving.validation import ChatRequest, CompletionRequest
 
     return [
@@ -112,14 +101,20 @@ def component_models() -> list[type[BaseModel]]:
         ModelList,
         ErrorBody,
         LoadAdapter,
-        CreateFineTuningJob,
+        CreateFineTuningJobRequest,
         FileUpload,
     ]
 
 
 def add_components(schema: dict) -> dict:
-    """FastAPI's generated schema with the named models' JSON schemas in `components.schemas`."""
+    """FastAPI's generated schema with the named models' JSON schemas in `components.schemas`, and
+    without FastAPI's 422 (a bad parameter is a 400 with the error body)."""
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            operation.get("responses", {}).pop("422", None)
     schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+    for unused in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(unused, None)
     for model in component_models():
         generated = model.model_json_schema(ref_template=COMPONENTS, mode="validation")
         schemas.update(generated.pop("$defs", {}))

@@ -1,8 +1,10 @@
 """`rayft serve`: one OpenAI-compatible endpoint for a base model and all its adapters, on Ray Serve.
 
 setup   resolve the base (a path, hub id or `registry:NAME`) and its served name once, the API and
-        admin keys (`auth.py`), and two deployments: the OpenAI ingress (`ingress.py`) and the vLLM
-        engine (`engine.py`), whose replica count or autoscaling bounds come from the config
+        admin keys (`auth.py`) and the projects' (`rayft.projects`), and two deployments: the OpenAI
+        ingress (`ingress.py`) and the vLLM engine (`engine.py`), whose replica count or
+        autoscaling bounds come from the config; with the fine-tuning API on, the job runner too,
+        and CPU reservations that leave a job's stages room on a small cluster (`reservations`)
 run     Ray Serve on `serve.host:serve.port`; adapters named in `serve.adapters` are loaded before
         the call returns, every other one on first use
 report  `rayft serve` prints the URL and the served names, then runs until SIGTERM or Ctrl-C and
@@ -11,6 +13,7 @@ report  `rayft serve` prints the URL and the served names, then runs until SIGTE
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import ray
@@ -19,6 +22,7 @@ from ray import serve
 from rayft import storage
 from rayft.config import ConfigError, RayftConfig, ServeConfig
 from rayft.home import rayft_home
+from rayft.projects import ProjectDirectory
 from rayft.registry import Registry, registry_base, verified_artifact
 from rayft.service.files import files_root
 from rayft.service.pipeline import ServicePaths
@@ -34,16 +38,54 @@ APP_NAME = "rayft"
 DIRECT_PORTS = 4  # direct-ingress ports per ingress replica (see direct_ingress_env)
 DIRECT_DRAIN_S = 2  # how long a stopping ingress replica keeps its direct port open (Serve's default: 30 s)
 INGRESS_HEADROOM = 32
+INGRESS_CPUS = 0.25
 
 
-def engine_options(serve_config: ServeConfig) -> dict:
-    """Ray Serve options of the engine deployment: a fixed replica count, or autoscaling bounds."""
+@dataclass(frozen=True)
+class Reservations:
+    """Logical CPUs Ray reserves for each engine and ingress replica, and why when they were cut."""
+
+    engine: float
+    ingress: float
+    note: str | None = None
+
+
+def reservations(serve_config: ServeConfig, cluster_cpus: float | None) -> Reservations:
+    """What the serving deployments reserve. With the fine-tuning API on, the jobs it starts need
+    `serve.fine_tuning.stage_cpus` logical CPUs free (a stage's Ray Data task beside an eval
+    engine): on a cluster too small for both, the deployments' default reservations shrink to leave
+    them (they are bookkeeping for Ray's scheduler: the engine still computes on every core), and a
+    `cpus_per_engine` set by hand is kept, with a note that stages will wait."""
+    engine, ingress = float(serve_config.cpus_per_engine or 1), INGRESS_CPUS
+    wanted = engine * serve_config.max_replicas + ingress * serve_config.ingress_replicas
+    stage = serve_config.fine_tuning.stage_cpus
+    if not serve_config.fine_tuning.enabled or cluster_cpus is None or cluster_cpus - wanted >= stage:
+        return Reservations(engine, ingress)
+    if serve_config.cpus_per_engine is not None:
+        return Reservations(
+            engine,
+            ingress,
+            f"the cluster has {cluster_cpus:g} logical CPUs and serving reserves {wanted:g}: fine-tuning jobs' "
+            f"stages need {stage:g} (serve.fine_tuning.stage_cpus) and will wait; lower serve.cpus_per_engine",
+        )
+    share = max(cluster_cpus - stage, 0) / wanted
+    return Reservations(
+        round(engine * share, 3),
+        round(ingress * share, 3),
+        f"the cluster has {cluster_cpus:g} logical CPUs: serving reserves {wanted * share:g} of them and leaves "
+        f"{min(stage, cluster_cpus):g} to fine-tuning jobs' stages (serve.fine_tuning.stage_cpus)",
+    )
+
+
+def engine_options(serve_config: ServeConfig, cpus: float | None = None) -> dict:
+    """Ray Serve options of the engine deployment: a fixed replica count, or autoscaling bounds;
+    `cpus`: what each replica reserves (default `cpus_per_engine`, else 1)."""
     options = {
         "name": "engine",
         "max_ongoing_requests": serve_config.max_num_seqs * 2,
         "health_check_period_s": 10,
         "ray_actor_options": {
-            "num_cpus": serve_config.cpus_per_engine or 1,
+            "num_cpus": (serve_config.cpus_per_engine or 1) if cpus is None else cpus,
             "num_gpus": 1 if serve_config.use_gpu else 0,
             "runtime_env": {"env_vars": VLLM_ENV},
         },
@@ -107,8 +149,11 @@ def jobs_address(config: RayftConfig) -> str:
     return address if "://" in address else f"http://{address}"
 
 
-def fine_tuning_runner(config: RayftConfig, registry: Registry, base: ServedBase, actor: dict):
-    """The job runner's deployment and the service's folders, or (None, None) when the API is off."""
+def fine_tuning_runner(
+    config: RayftConfig, registry: Registry, base: ServedBase, projects: ProjectDirectory, actor: dict
+):
+    """The job runner's deployment and the service's folders, or (None, None) when the API is off.
+    The runner gets the config and the projects' limits without any key: it checks none."""
     if not config.serve.fine_tuning.enabled:
         return None, None
     home = rayft_home().resolve()
@@ -120,38 +165,48 @@ def fine_tuning_runner(config: RayftConfig, registry: Registry, base: ServedBase
     )
     settings = config.model_copy(deep=True)
     settings.serve.fine_tuning.jobs_address = jobs_address(config)
-    settings.serve.api_keys, settings.serve.admin_keys = [], []  # the runner checks no keys
+    settings.serve.api_keys, settings.serve.admin_keys, settings.serve.projects = [], [], {}
+    settings.review.reviewers = {}
     runner = JobRunner.options(ray_actor_options=actor | {"num_cpus": 0}).bind(
-        settings.model_dump(mode="json"), base.path, paths
+        settings.model_dump(mode="json"), base.path, paths, projects.without_keys()
     )
     return runner, paths
 
 
-def build_app(config: RayftConfig, registry_node: str | None = None, base: ServedBase | None = None):
+def build_app(
+    config: RayftConfig,
+    registry_node: str | None = None,
+    base: ServedBase | None = None,
+    cluster_cpus: float | None = None,
+):
     """The Serve application (ingress bound to one engine deployment) for `config` and its `base`
-    (resolved here when not given). The ingress reads the registry's SQLite file, so with
-    `registry_node` (an IP) it is placed on that node."""
+    (resolved here when not given), reserving CPUs as `reservations` says for a cluster of
+    `cluster_cpus`. The ingress reads the registry's SQLite file, so with `registry_node` (an IP)
+    it is placed on that node."""
     serve_config = config.serve
     check_exposure(serve_config)
     registry = Registry()
     base = base or served_base(config, registry)
-    engine = serve.deployment(EngineServer, **engine_options(serve_config)).bind(
+    cpus = reservations(serve_config, cluster_cpus)
+    engine = serve.deployment(EngineServer, **engine_options(serve_config, cpus.engine)).bind(
         base.path, base.weights_hash, base.ref, config.model.chat_template, serve_config.model_dump()
     )
-    keys = KeyCheck(api_keys(serve_config), admin_keys(serve_config))
-    actor: dict = {"num_cpus": 0.25}
+    projects = ProjectDirectory.of(serve_config.projects, serve_config.fine_tuning)
+    keys = KeyCheck(api_keys(serve_config) + projects.all_keys(), admin_keys(serve_config))
+    actor: dict = {"num_cpus": cpus.ingress}
     if registry_node:
         actor["resources"] = {f"node:{registry_node}": 0.001}
     if serve_config.direct_port is not None:
         actor["runtime_env"] = {"env_vars": direct_ingress_env(serve_config)}
     # Serve queues what is over max_ongoing_requests; headroom above the ingress's own limit makes
     # the ingress answer 429 first, and leaves room for /health, /metrics and the admin routes.
-    runner, paths = fine_tuning_runner(config, registry, base, {k: v for k, v in actor.items() if k == "resources"})
+    placement = {k: v for k, v in actor.items() if k == "resources"}
+    runner, paths = fine_tuning_runner(config, registry, base, projects, placement)
     return OpenAIServer.options(
         num_replicas=serve_config.ingress_replicas,
         ray_actor_options=actor,
         max_ongoing_requests=serve_config.max_concurrent_requests + INGRESS_HEADROOM,
-    ).bind(engine, base, serve_config, keys, str(registry.path), runner, paths)
+    ).bind(engine, base, serve_config, keys, projects, str(registry.path), runner, paths)
 
 
 def start(config: RayftConfig, base: ServedBase | None = None) -> str:
@@ -166,7 +221,8 @@ def start(config: RayftConfig, base: ServedBase | None = None) -> str:
         http_options={"host": config.serve.host, "port": config.serve.port},
         controller_options={"runtime_env": {"env_vars": direct}} if direct else None,
     )
-    app = build_app(config, registry_node=ray.util.get_node_ip_address(), base=base)  # this process's registry
+    cpus = ray.cluster_resources().get("CPU")
+    app = build_app(config, registry_node=ray.util.get_node_ip_address(), base=base, cluster_cpus=cpus)
     handle = serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
     for ref in config.serve.adapters:
         response = handle.load_adapter_by_ref.remote(ref).result()

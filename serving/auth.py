@@ -1,7 +1,8 @@
 """Who may call what: API keys for the OpenAI routes, admin keys for `/admin/adapters`, where the
 keys come from, and where a server without keys may listen.
 
-Keys come from the config, `RAYFT_API_KEYS` / `RAYFT_ADMIN_KEYS` and the files `*_FILE` names. With
+Keys come from the config (`serve.api_keys`, `serve.admin_keys`, and each project's
+`serve.projects.NAME.keys`), `RAYFT_API_KEYS` / `RAYFT_ADMIN_KEYS` and the files `*_FILE` names. With
 no API keys the OpenAI routes are open, and only a loopback host may be served so unless the config
 says `serve.allow_unauthenticated`. With admin keys, the admin routes take only them: a valid API key
 that is not an admin key is a 403, no key or an unknown one a 401; an admin key is accepted on the
@@ -97,7 +98,8 @@ def admin_keys(serve_config: ServeConfig) -> list[str]:
 
 def check_exposure(serve_config: ServeConfig) -> None:
     """Refuse to listen where other machines can reach without keys, unless the config says so."""
-    if serve_config.host not in LOOPBACK and not api_keys(serve_config) and not serve_config.allow_unauthenticated:
+    keyed = api_keys(serve_config) or serve_config.projects
+    if serve_config.host not in LOOPBACK and not keyed and not serve_config.allow_unauthenticated:
         raise ConfigError(
             f"serve.host {serve_config.host} can be reached from other machines and no API keys are set "
             "(serve.api_keys or RAYFT_API_KEYS): anyone could use every model and, without admin "

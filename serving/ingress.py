@@ -1,10 +1,12 @@
 """The OpenAI ingress deployment: auth, limits, model routing, the response cache, metrics.
 
-Per request: check the API key (401; admin routes want an admin key, 403 for a user key: `auth.py`)
-→ admit it under the replica's concurrency limit (429 with Retry-After; 503 while draining) → read
-the body up to `serve.max_request_bytes` (413) → check every field at the edge (`validation.py`,
-400 naming the field) and parse it with vLLM's protocol models → resolve `model` through the
-registry (404; aliases and traffic splits included) → answer from the response cache, or stream the
+Per request: check the API key and find the caller's project (401; admin routes want an admin key,
+403 for a user key: `auth.py`, `guard.py`) → admit it under the replica's concurrency limit (429
+with Retry-After; 503 while draining) → read the body up to `serve.max_request_bytes` (413) →
+check every field at the edge (`validation.py`, 400 naming the field) and parse it with vLLM's
+protocol models → resolve `model` through the registry for the caller (404 for what does not exist
+and for another project's models; aliases and traffic splits included) → answer from the response
+cache, or stream the
 engine's output back as an OpenAI response or SSE chunks. Every answer names the exact version
 served in `x-rayft-model`, its weights hash in `x-rayft-weights-hash`, and the cache result in
 `x-rayft-cache`. An adapter whose local files no longer hash to what the registry recorded is
@@ -15,6 +17,8 @@ Retry-After, never a hang. A client that hangs up cancels its request down to th
 aborts it in vLLM. A configured share of chat answers is recorded, PII scrubbed, in the version's
 traffic dataset (`traffic.py`). `/metrics` serves every ingress replica's series and the drift
 scores `rayft drift` recorded (`metrics.py`); `/openapi.json` every route's bodies (`api_schema.py`).
+The fine-tuning API and the admin routes are routers of the same app (`fine_tuning_routes.py`,
+`admin_routes.py`), included here, before Serve takes the app.
 """
 
 from __future__ import annotations
@@ -36,16 +40,17 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, 
 from rayft import storage
 from rayft.config import ServeConfig
 from rayft.feedback import FeedbackStore
+from rayft.projects import Caller, ProjectDirectory
 from rayft.registry import Registry
 from rayft.service.jobs import FineTuningJobs
 from rayft.service.pipeline import ServicePaths
-from rayft.serving import api_schema
-from rayft.serving.admin_routes import AdapterAdminRoutes
-from rayft.serving.auth import KeyCheck, bearer_key
+from rayft.serving import admin_routes, api_schema, fine_tuning_routes
+from rayft.serving.auth import KeyCheck
 from rayft.serving.cache import ArtifactHashes, CachedAnswer, ResponseCache, cache_key, deterministic, tenant_of
 from rayft.serving.drain import POLL_S, DrainBoard
 from rayft.serving.errors import ApiError, parse_json
-from rayft.serving.fine_tuning_routes import FineTuningRoutes
+from rayft.serving.fine_tuning_routes import FineTuningService
+from rayft.serving.guard import Guard
 from rayft.serving.http_app import app
 from rayft.serving.metrics import PUBLISH_S, MetricsBoard, ServingMetrics, drift_exposition
 from rayft.serving.routing import ModelRouter, Route, ServedBase, UnknownModel
@@ -85,11 +90,16 @@ def json_response(body: bytes, headers: dict[str, str]) -> Response:
     return Response(body, media_type="application/json", headers=headers)
 
 
+# Serve freezes the app when it decorates the class: the routers join it first.
+app.include_router(fine_tuning_routes.router)
+app.include_router(admin_routes.router)
+
+
 @serve.deployment(name="openai", ray_actor_options={"num_cpus": 0.25})
 @serve.ingress(app)
-class OpenAIServer(FineTuningRoutes, AdapterAdminRoutes):
-    """The OpenAI routes, `/health` and `/metrics` (see module docstring), with `/admin/adapters`
-    (`admin_routes.py`) and the fine-tuning API (`fine_tuning_routes.py`) inherited."""
+class OpenAIServer:
+    """The OpenAI routes, `/health` and `/metrics` (see module docstring); the routers reach this
+    instance's `guard`, `fine_tuning`, `load` and `route` through their dependencies."""
 
     def __init__(
         self,
@@ -97,6 +107,7 @@ class OpenAIServer(FineTuningRoutes, AdapterAdminRoutes):
         base: ServedBase,
         serve_config: ServeConfig,
         keys: KeyCheck,
+        projects: ProjectDirectory,
         registry_path: str,
         runner=None,
         paths: ServicePaths | None = None,
@@ -107,25 +118,27 @@ class OpenAIServer(FineTuningRoutes, AdapterAdminRoutes):
         self.stream_engine = engine.options(stream=True)
         self.serve = serve_config
         self.router = ModelRouter(Registry(registry_path), base)
-        self.keys = keys
         self.cache = ResponseCache(serve_config.response_cache_size)
         self.traffic = TrafficSampler(serve_config.traffic)
         self.feedback = FeedbackStore(registry_path)  # drift scores for /metrics
         self.hashes = ArtifactHashes()
         context = serve.get_replica_context()
         self.metrics = ServingMetrics(replica=context.replica_id.unique_id)
+        self.guard = Guard(serve_config, keys, projects, self.metrics)
         self.board = MetricsBoard(context.app_name, context.replica_id.unique_id)
-        self.replica, self.drain, self.draining = context.replica_id.unique_id, DrainBoard(context.app_name), False
+        self.replica, self.drain = context.replica_id.unique_id, DrainBoard(context.app_name)
         loop = asyncio.get_running_loop()
         self.tasks = [loop.create_task(self.publish_metrics()), loop.create_task(self.watch_drain())]
-        self.runner = runner
-        self.jobs = (
-            FineTuningJobs.open(serve_config.fine_tuning, {base.name, base.ref} - {None}, paths) if paths else None
-        )
+        self.fine_tuning = None
+        if paths:
+            bases = {base.name, base.ref} - {None}
+            jobs = FineTuningJobs.open(serve_config.fine_tuning, bases, paths, projects)
+            self.fine_tuning = FineTuningService(
+                jobs, runner, serve_config.max_request_bytes, serve_config.max_json_depth
+            )
         self.limits: Limits | None = None  # asked of the engine on the first request
-        self.in_flight = 0
         protocol()  # load vLLM's protocol now, not on the first request
-        for warning in self.keys.warnings():
+        for warning in keys.warnings():
             logger.warning("rayft serve: %s", warning)
 
     async def publish_metrics(self) -> None:
@@ -142,9 +155,9 @@ class OpenAIServer(FineTuningRoutes, AdapterAdminRoutes):
         still in flight (`drain.py`)."""
         while True:
             try:
-                self.draining = self.draining or await asyncio.to_thread(self.drain.requested)
-                if self.draining:
-                    await asyncio.to_thread(self.drain.report, self.replica, self.in_flight)
+                self.guard.draining = self.guard.draining or await asyncio.to_thread(self.drain.requested)
+                if self.guard.draining:
+                    await asyncio.to_thread(self.drain.report, self.replica, self.guard.in_flight)
             except Exception as error:  # the GCS is briefly unreachable: look again next period
                 logger.warning("rayft serve: cannot read the drain flag: %s", error)
             await asyncio.sleep(POLL_S)
@@ -155,52 +168,33 @@ class OpenAIServer(FineTuningRoutes, AdapterAdminRoutes):
         with contextlib.suppress(Exception):  # Ray already gone: readers drop the stale snapshot
             self.board.withdraw()
 
-    # --- guards -------------------------------------------------------------------------------
-    def authorize(self, request: Request, admin: bool = False) -> str | None:
-        """The request's key, once it may use the route (401/403 otherwise)."""
-        key = bearer_key(request.headers.get("authorization", ""))
+    # --- routing -------------------------------------------------------------------------------
+    def route(self, model: str, user: str | None, caller: Caller) -> Route:
         try:
-            if admin:
-                self.keys.admin(key)
-            else:
-                self.keys.user(key)
-        except ApiError as error:
-            self.metrics.failed(None, error.status)
-            raise
-        return key
-
-    def refuse_if_draining(self) -> None:
-        if self.draining:
-            self.metrics.failed(None, 503)
-            raise ApiError(
-                503,
-                "this server is shutting down; retry shortly (another replica will answer)",
-                code="shutting_down",
-                retry_after=self.serve.retry_after_s,
-            )
-
-    def admit(self) -> None:
-        self.refuse_if_draining()
-        if self.in_flight >= self.serve.max_concurrent_requests:
-            self.metrics.failed(None, 429)
-            raise ApiError(
-                429,
-                f"this replica is answering {self.in_flight} requests, its limit; retry shortly",
-                code="too_many_requests",
-                retry_after=self.serve.retry_after_s,
-            )
-        self.in_flight += 1
-        self.metrics.in_flight.set(self.in_flight)
-
-    def release(self) -> None:
-        self.in_flight -= 1
-        self.metrics.in_flight.set(self.in_flight)
-
-    def route(self, model: str, user: str | None) -> Route:
-        try:
-            return self.router.resolve(model, user)
+            return self.router.resolve(model, user, caller)
         except UnknownModel as error:
             raise ApiError(404, str(error), param="model", code="model_not_found") from None
+
+    async def load(self, model: str, caller: Caller) -> tuple[Route, dict]:
+        """Load the adapter `model` names for `caller` (`POST /admin/adapters`); its files are
+        checked against the registered hash as they are now."""
+        route = self.route(model, None, caller)
+        spec = self.adapter_spec(route, fresh=True)
+        if spec is None:
+            raise ApiError(400, f"{model!r} is the base model, not an adapter", param="model")
+        refused = await self.call_engine(self.engine.load_adapter.remote(**spec))
+        if refused:
+            raise self.engine_refusal(refused, param="model")
+        return route, spec
+
+    async def load_adapter_by_ref(self, ref: str) -> str | None:
+        """Load an adapter through a deployment handle (`serve.adapters` at start-up: the
+        operator's, whatever project owns it); returns an error message or None."""
+        try:
+            await self.load(ref, Caller("", admin=True))
+        except ApiError as error:
+            return error.message
+        return None
 
     def adapter_spec(self, route: Route, fresh: bool = False) -> dict | None:
         """What the engine needs to load the route's adapter: its ref, URI and registered weights
@@ -246,7 +240,7 @@ class OpenAIServer(FineTuningRoutes, AdapterAdminRoutes):
     @app.get("/health")
     async def health(self) -> dict:
         """ok, or a 503 while draining, so load balancers stop sending requests here."""
-        self.refuse_if_draining()
+        self.guard.refuse_if_draining()
         return {"status": "ok"}
 
     @app.get("/metrics")
@@ -261,9 +255,10 @@ class OpenAIServer(FineTuningRoutes, AdapterAdminRoutes):
 
     @app.get("/v1/models", openapi_extra=api_schema.route(None, "ModelList"))
     async def models(self, request: Request) -> dict:
-        self.authorize(request)
-        self.refuse_if_draining()
-        return protocol().model_list(self.router.base.name, self.router.model_cards(), self.serve.max_model_len)
+        caller = self.guard.caller(request)
+        self.guard.refuse_if_draining()
+        cards = self.router.model_cards(caller)
+        return protocol().model_list(self.router.base.name, cards, self.serve.max_model_len)
 
     @app.post("/v1/chat/completions", openapi_extra=api_schema.route("ChatRequest", "ChatCompletionResponse"))
     async def chat_completions(self, request: Request):
@@ -298,17 +293,20 @@ class OpenAIServer(FineTuningRoutes, AdapterAdminRoutes):
     async def serve_completion(self, request: Request, chat: bool):
         """A chat or text completion: guards, the body read and checked, the model routed, then
         the answer (`cached_or_generated`)."""
-        key = self.authorize(request)
-        self.admit()
+        key = self.guard.authorize(request)
+        caller = self.guard.projects.caller(key, self.guard.keys.is_admin(key))
+        self.guard.admit()
         route, streaming = None, False
         try:
             raw = await read_body(request, self.serve.max_request_bytes)
             body = parse_json(raw, self.serve.max_json_depth)
             edge = checked(body, chat, await self.request_limits())
             parsed = protocol().parse_chat(body) if chat else protocol().parse_completion(body)
-            route = self.route(edge.model, edge.user)
+            route = self.route(edge.model, edge.user, caller)
             tenant = "shared" if self.serve.share_response_cache else tenant_of(key)
-            response = await self.cached_or_generated(request, body, parsed, route, chat, tenant_of(key), tenant)
+            response = await self.cached_or_generated(
+                request, body, parsed, route, chat, tenant_of(key), tenant, caller.project
+            )
             streaming = isinstance(response, StreamingResponse)
             return response
         except ApiError as error:
@@ -319,13 +317,13 @@ class OpenAIServer(FineTuningRoutes, AdapterAdminRoutes):
             raise
         finally:
             if not streaming:
-                self.release()
+                self.guard.release()
 
     async def cached_or_generated(
-        self, request: Request, body: dict, parsed, route: Route, chat: bool, asker: str, tenant: str
+        self, request: Request, body: dict, parsed, route: Route, chat: bool, asker: str, tenant: str, project: str
     ):
-        """Answer a checked request for `asker` from the cache of `tenant` (itself, or everyone's
-        when the cache is shared), or from the engine."""
+        """Answer a checked request for `asker` (its key's tenant, of `project`) from the cache of
+        `tenant` (itself, or everyone's when the cache is shared), or from the engine."""
         kind = "chat" if chat else "completion"
         adapter = self.adapter_spec(route)
         counted = self.metrics.model(route.served)
@@ -362,7 +360,7 @@ class OpenAIServer(FineTuningRoutes, AdapterAdminRoutes):
                 if not finished:
                     finished.append(final)
                     counted.answered(kind, final)
-                    self.release()
+                    self.guard.release()
 
             events = protocol().sse_events(first, outputs, request_id, parsed.model, chat, include_usage, done)
             weakref.finalize(events, done, first)
@@ -381,6 +379,6 @@ class OpenAIServer(FineTuningRoutes, AdapterAdminRoutes):
         if key:
             self.cache.put(key, CachedAnswer(answer, request_id, created, asker))
         if chat and self.traffic.chosen():  # scrubbed and written off the event loop
-            record = (route.served, weights, body["messages"], first["text"])
+            record = (route.served, weights, body["messages"], first["text"], project)
             asyncio.get_running_loop().run_in_executor(None, self.traffic.save, *record)
         return json_response(answer, headers)

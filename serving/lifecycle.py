@@ -15,7 +15,7 @@ import time
 
 from rayft.config import RayftConfig
 from rayft.registry import Registry
-from rayft.serving.app import APP_NAME, served_base, shutdown, start
+from rayft.serving.app import APP_NAME, reservations, served_base, shutdown, start
 from rayft.serving.auth import KeyCheck, admin_keys, api_keys
 from rayft.serving.drain import DrainBoard
 from rayft.serving.routing import ServedBase
@@ -24,7 +24,10 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def announce(config: RayftConfig, url: str, base: ServedBase) -> None:
-    """Where the server answers, what it serves, and what its key setup allows."""
+    """Where the server answers, what it serves, what its key setup allows, and what it left the
+    cluster's jobs."""
+    import ray
+
     print(f"rayft serving {base.name!r} ({base.path}) and its adapters at {url}/v1", flush=True)
     if config.serve.direct_port is not None:
         print(
@@ -34,8 +37,12 @@ def announce(config: RayftConfig, url: str, base: ServedBase) -> None:
         )
     if config.serve.fine_tuning.enabled:
         print(f"fine-tuning API at {url}/v1/fine_tuning/jobs and {url}/v1/files", flush=True)
-    for warning in KeyCheck(api_keys(config.serve), admin_keys(config.serve)).warnings():
+    project_keys = [key for project in config.serve.projects.values() for key in project.keys]
+    for warning in KeyCheck(api_keys(config.serve) + project_keys, admin_keys(config.serve)).warnings():
         print(f"warning: {warning}", flush=True)
+    note = reservations(config.serve, ray.cluster_resources().get("CPU")).note
+    if note:
+        print(f"note: {note}", flush=True)
 
 
 def wait_for_stop_signal() -> str:

@@ -80,6 +80,18 @@ def usage(prompt_tokens: int, completion_tokens: int) -> UsageInfo:
     )
 
 
+def openai_json(response, choice: dict, message: dict | None = None) -> str:
+    """A vLLM response model as compact JSON without its unset fields, except those OpenAI's schema
+    wants present even when null (`choice`'s and its `message`'s keys, with their defaults)."""
+    body = response.model_dump(mode="json", exclude_none=True)
+    for shown in body["choices"]:
+        for key, value in choice.items():
+            shown.setdefault(key, value)
+        for key, value in (message or {}).items():
+            shown["message"].setdefault(key, value)
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+
+
 def chat_response(
     request_id: str, created: int, model: str, text: str, finish: str | None, prompt_tokens: int, completion_tokens: int
 ) -> bytes:
@@ -95,7 +107,7 @@ def chat_response(
             )
         ],
     )
-    return response.model_dump_json(exclude_none=True).encode()
+    return openai_json(response, choice={"logprobs": None}, message={"content": None, "refusal": None}).encode()
 
 
 def chat_chunk(
@@ -117,7 +129,7 @@ def chat_chunk(
         ]
     )
     chunk = ChatCompletionStreamResponse(id=request_id, created=created, model=model, choices=choices, usage=usage_info)
-    return f"data: {chunk.model_dump_json(exclude_none=True)}\n\n"
+    return f"data: {openai_json(chunk, choice={'finish_reason': None})}\n\n"
 
 
 def completion_response(
@@ -131,7 +143,7 @@ def completion_response(
         usage=usage(prompt_tokens, completion_tokens),
         choices=[CompletionResponseChoice(index=0, text=text, finish_reason=finish)],
     )
-    return response.model_dump_json(exclude_none=True).encode()
+    return openai_json(response, choice={"logprobs": None}).encode()
 
 
 def completion_chunk(
@@ -139,7 +151,7 @@ def completion_chunk(
 ) -> str:
     choices = [] if usage_info else [CompletionResponseStreamChoice(index=0, text=text, finish_reason=finish)]
     chunk = CompletionStreamResponse(id=request_id, created=created, model=model, choices=choices, usage=usage_info)
-    return f"data: {chunk.model_dump_json(exclude_none=True)}\n\n"
+    return f"data: {openai_json(chunk, choice={'finish_reason': None, 'logprobs': None})}\n\n"
 
 
 def model_list(base: str, ids: list[tuple[str, dict]], max_model_len: int) -> dict:

@@ -4,7 +4,9 @@ Names resolve through the registry on every request (a read of the local SQLite 
 version, an alias re-pointed by `rayft promote`/`rayft registry alias`, or a rollback is served from
 the next request on, without a restart. An alias with a traffic split (e.g. 90/10) picks a version
 per request in proportion to the weights; with a `user` field the pick is sticky for that user.
-Requests name models, never paths: anything that is not the base or a registry ref is a 404.
+Requests name models, never paths: anything that is not the base or a registry ref is a 404. A
+caller sees the base, the endpoint's own adapters (registered with no project) and its project's
+(`rayft.projects`); another project's model or alias is a 404 exactly like one that does not exist.
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from rayft.projects import Caller
 from rayft.registry import ModelVersion, Registry, RegistryError
+
+EVERYONE = Caller("", admin=True)  # start-up loads (`serve.adapters`): the operator's
 
 
 class UnknownModel(LookupError):
@@ -90,8 +95,9 @@ class ModelRouter:
     def __init__(self, registry: Registry, base: ServedBase):
         self.registry, self.base = registry, base
 
-    def resolve(self, model: str, user: str | None = None) -> Route:
-        """The route for `model`; raises UnknownModel when it is not served here."""
+    def resolve(self, model: str, user: str | None = None, caller: Caller = EVERYONE) -> Route:
+        """The route for `model`, for `caller`; raises UnknownModel when it is not served here or
+        is not the caller's to see."""
         if model in (self.base.name, self.base.ref):
             return Route(served=self.base.name)
         try:
@@ -99,6 +105,8 @@ class ModelRouter:
             version = self.registry.get(model) if targets is None else self.pick(model, targets, user)
         except RegistryError:
             raise UnknownModel(f"model {model!r} does not exist") from None
+        if not caller.sees(version.project):  # every version of a name has the name's project
+            raise UnknownModel(f"model {model!r} does not exist")
         if version.kind == "full" and version.artifact_uri == self.base.path:
             return Route(served=self.base.name)
         if version.kind != "adapter" or version.base_model != self.base.path:
@@ -113,10 +121,10 @@ class ModelRouter:
             return targets[0][0]
         return pick_weighted(targets, sticky_fraction(alias, user) if user else random.random())
 
-    def model_cards(self) -> list[tuple[str, dict]]:
-        """(id, extra card fields) for the base, every adapter version of it, each adapter name
-        (its latest version) and each alias whose versions are all served here. Every card that
-        stands for one version carries its weights hash and gate verdict."""
+    def model_cards(self, caller: Caller = EVERYONE) -> list[tuple[str, dict]]:
+        """(id, extra card fields) for the base, every adapter version of it `caller` sees, each
+        adapter name (its latest version) and each alias whose versions are all served here. Every
+        card that stands for one version carries its weights hash and gate verdict."""
         base = self.registry.get(self.base.ref) if self.base.ref else None
         cards: list[tuple[str, dict]] = [
             (self.base.name, {"weights_hash": self.base.weights_hash, "gate": gate_verdict(base)})
@@ -124,7 +132,7 @@ class ModelRouter:
         latest: dict[str, ModelVersion] = {}
         served: dict[str, ModelVersion] = {}
         for version in self.registry.list():
-            if version.kind == "adapter" and version.base_model == self.base.path:
+            if version.kind == "adapter" and version.base_model == self.base.path and caller.sees(version.project):
                 cards.append((version.ref, provenance(version)))
                 latest[version.name] = served[version.ref] = version
         cards += [(name, {"resolves_to": v.ref} | provenance(v)) for name, v in sorted(latest.items())]

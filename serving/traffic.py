@@ -3,7 +3,8 @@
 `serve.traffic.sample_share` of the chat completions a version answers are written to its traffic
 dataset, `<serve.traffic.path>/<NAME>/<VERSION>/<YYYY-MM-DD>.jsonl` (the base under `<base name>/base`):
 one chat record per line, the request's turns plus the answer as the assistant's turn, with the
-version's ref and weights hash and the time. Every text is scrubbed with the data stage's PII
+version's ref and weights hash, the project of the caller who asked (`rayft.projects`: the record
+is that project's data) and the time. Every text is scrubbed with the data stage's PII
 scrubber (`rayft.data.pii.scrub`, and `serve.traffic.pii_detector` when set) before anything is
 written, so raw PII never reaches the disk. Day files older than `retention_days` are deleted as
 new records arrive (and at start). `rayft data prepare` reads a version's folder back as a dataset;
@@ -59,14 +60,24 @@ class TrafficSampler:
     def scrubbed(self, text: str) -> str:
         return scrub(text, self.ner)[0]
 
-    def record(self, served: str, weights_hash: str | None, messages: list[dict], answer: str, now=None) -> Path:
-        """Append one scrubbed record for `served` (a registry ref or the base name); returns its file."""
+    def record(
+        self,
+        served: str,
+        weights_hash: str | None,
+        messages: list[dict],
+        answer: str,
+        project: str | None = None,
+        now: float | None = None,
+    ) -> Path:
+        """Append one scrubbed record for `served` (a registry ref or the base name), asked by a
+        caller of `project`; returns its file."""
         now = time.time() if now is None else now
         turns = [{"role": m["role"], "content": self.scrubbed(content_text(m.get("content")))} for m in messages]
         line = {
             "messages": turns + [{"role": "assistant", "content": self.scrubbed(answer)}],
             "model": served,
             "weights_hash": weights_hash,
+            "project": project,
             "sampled_at": datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="seconds"),
         }
         day = datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%d")
@@ -80,10 +91,10 @@ class TrafficSampler:
                 self.pruned_day = day
         return path
 
-    def save(self, served: str, weights_hash: str | None, messages: list[dict], answer: str) -> None:
+    def save(self, served: str, weights_hash: str | None, messages: list[dict], answer: str, project: str) -> None:
         """`record`, for a worker thread of the ingress: a failure is logged, never raised."""
         try:
-            self.record(served, weights_hash, messages, answer)
+            self.record(served, weights_hash, messages, answer, project)
         except Exception as error:  # a full disk must not fail the request that was already answered
             logger.warning("rayft serve: traffic record for %s not written: %s", served, error)
 

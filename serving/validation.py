@@ -16,6 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from rayft.refusals import first_refusal
 from rayft.serving.errors import ApiError
 
 INT64 = 2**63 - 1
@@ -146,14 +147,8 @@ def checked(body: dict, chat: bool, limits: Limits) -> ChatRequest | CompletionR
     try:
         request = model.model_validate(body, context={"limits": limits})
     except ValidationError as error:
-        first = error.errors()[0]
-        param = ".".join(str(p) for p in first["loc"]) or None
-        message = first["msg"].removeprefix("Value error, ")
-        if first["type"] == "extra_forbidden":
-            message = "not a field this server accepts (see /openapi.json)"
-        elif first["type"] == "missing":
-            message = "is required"
-        raise ApiError(400, f"{param}: {message}" if param else message, param=param) from None
+        param, message = first_refusal(error)
+        raise ApiError(400, message, param=param) from None
     characters = sum(len(m.content) for m in request.messages) if chat else len(request.prompt)
     if limits.max_prompt_chars is not None and characters > limits.max_prompt_chars:
         raise ApiError(
