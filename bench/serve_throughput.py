@@ -4,7 +4,8 @@ transformers+peft, and the HTTP endpoint (start-up, mixed traffic, response-cach
     python bench/serve_throughput.py                 # everything (about 20 minutes on 2 cores)
     python bench/serve_throughput.py --part engine   # issue 8: ops plugin off/on, peft baselines
     python bench/serve_throughput.py --part http     # issue 5: rayft serve over HTTP
-    python bench/serve_throughput.py --part limits   # issue 18: small requests beside refused 2 MB ones
+    python bench/serve_throughput.py --part limits   # issue 18: small requests beside refused 2 MB ones;
+                                                     # what refusing a 60 MB body costs (issue 27)
 
 Model: `rayft.tiny` size `bench` (hidden 512, intermediate 1376, 8 layers, 8 heads, fp32, random
 weights) with 8 random LoRA adapters (r=16 on q/k/v/o). Workload: 64 prompts × 64 greedy tokens with
@@ -414,10 +415,27 @@ def limits_part(base: str, folder: Path) -> dict:
             sender.join()
         return statistics.quantiles(times, n=100)[98]
 
+    def refusal_seconds(streamed: bool) -> float:
+        """How long a 60 MB body takes to be refused: from its Content-Length, or streamed without one
+        (refused once serve.max_request_bytes are in)."""
+        big = json.dumps({"model": "base", "prompt": "x" * 60_000_000, "max_tokens": 16}).encode()
+        body = (big[i : i + (1 << 16)] for i in range(0, len(big), 1 << 16)) if streamed else big
+        begun = time.perf_counter()
+        status = httpx.post(
+            f"{url}/v1/completions", content=body, headers={"content-type": "application/json"}, timeout=120
+        ).status_code
+        assert status == 413, status
+        return time.perf_counter() - begun
+
     conditions = [(name, rate) for rate in BIG_PROMPT_RATES for name in refused_bodies]
     try:
         _wait_for_first_token(url, "base", started)
         small(30)  # warm-up
+        one_small = statistics.median(small(20))
+        refusals = {
+            "60mb_declared_over_small": statistics.median(refusal_seconds(False) for _ in range(3)) / one_small,
+            "60mb_streamed_over_small": statistics.median(refusal_seconds(True) for _ in range(3)) / one_small,
+        }
         rounds = []
         for r in range(3):
             quiet = p99_beside(None)
@@ -430,7 +448,12 @@ def limits_part(base: str, folder: Path) -> dict:
     finally:
         _stop_server(server, url)
     ratios = {k: statistics.median(r[k] for r in rounds) for k in rounds[0] if k.startswith("ratio")}
-    return {"rounds": rounds, "refused_by_status": statuses, "median_ratios_p99_over_quiet": ratios}
+    return {
+        "rounds": rounds,
+        "refused_by_status": statuses,
+        "median_ratios_p99_over_quiet": ratios,
+        "refusal_time_ratios": refusals,
+    }
 
 
 def main() -> None:

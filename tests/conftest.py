@@ -1,8 +1,12 @@
-"""Shared fixtures: a tiny offline model, one local Ray cluster per session, prepared sample data.
+"""Shared fixtures: a tiny offline model, one local Ray cluster per session, prepared sample data,
+the shared Serve app (`serving_app.py`).
 
-Only one Ray cluster runs at a time: `ray_cluster` starts it once for the session, and the Jobs
-tests (which need their own `ray start` head) shut it down first. Every test that starts Ray, Serve
-or vLLM runs under pytest-timeout (pyproject sets a default; heavy tests set their own).
+Only one Ray cluster runs at a time: `ray_cluster` starts it once for the session; modules that run
+their own (a `ray start` head, several nodes: OWN_RAY_HEAD = True, or marked multinode) run last,
+and stop it first (`session_ray.stop_session_ray`). Tests are marked `ray` / `vllm` by what they use
+(the `ray_cluster` fixture, directly or through another; the shared Serve app), so `make test-fast`
+keeps every pure test of any module. Every test that starts Ray, Serve or vLLM runs under
+pytest-timeout (pyproject sets a default; heavy tests set their own).
 """
 
 from __future__ import annotations
@@ -15,6 +19,30 @@ import pytest
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+pytest_plugins = ["serving_app"]
+
+
+def run_order(item) -> tuple[int, bool]:
+    """0: tests that start nothing; 1: tests on the session's Ray, those of the shared Serve app last
+    (nothing after them replaces or stops it); 2: modules with their own head; 3: several nodes. The
+    session's Ray then starts once, and stops once."""
+    if item.get_closest_marker("multinode"):
+        return 3, False
+    if getattr(item.module, "OWN_RAY_HEAD", False):
+        return 2, False
+    on_ray = bool(item.get_closest_marker("ray") or item.get_closest_marker("vllm"))
+    return int(on_ray), on_ray and "server" in item.fixturenames
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "ray_cluster" in item.fixturenames:
+            item.add_marker(pytest.mark.ray)
+        if "server" in item.fixturenames and not getattr(item.module, "OWN_RAY_HEAD", False):
+            item.add_marker(pytest.mark.vllm)
+    items.sort(key=run_order)  # stable: each group keeps the files' order
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -43,7 +71,9 @@ def ray_cluster():
 
     ensure_ray()
     yield ray
-    ray.shutdown()
+    from session_ray import stop_session_ray
+
+    stop_session_ray()
 
 
 @pytest.fixture(autouse=True)

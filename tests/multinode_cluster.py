@@ -94,10 +94,11 @@ class Nodes:
 def local_nodes(homes: Path, workers: int = 2, cpus: int = 2):
     import ray
     from ray.cluster_utils import Cluster
+    from session_ray import stop_session_ray
 
     from rayft.runtime import ensure_ray
 
-    ray.shutdown()
+    stop_session_ray()
     cluster = Cluster(
         initialize_head=True,
         head_node_args={"num_cpus": 0, "include_dashboard": False, "env_vars": {"RAYFT_HOME": str(homes / "head")}},

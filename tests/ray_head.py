@@ -176,9 +176,9 @@ def stop_head(head: Head) -> set[int]:
 def running_head(**options):
     """A head for the duration of the block; the session's in-process Ray is shut down first
     (one Ray cluster at a time), and the head is stopped however the block ends."""
-    import ray
+    from session_ray import stop_session_ray
 
-    ray.shutdown()
+    stop_session_ray()
     head = start_head(**options)
     try:
         yield head

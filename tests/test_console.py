@@ -21,9 +21,9 @@ OWN_RAY_HEAD = True  # conftest: do not restart the session's Ray for this modul
 
 @pytest.fixture
 def no_session_ray():
-    import ray
+    from session_ray import stop_session_ray
 
-    ray.shutdown()
+    stop_session_ray()
 
 
 def rayft(*args: str, home: Path) -> subprocess.CompletedProcess:

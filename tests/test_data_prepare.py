@@ -14,7 +14,7 @@ from rayft.config import DataConfig
 from rayft.data.dedup import dedup_text, shingles
 from rayft.data.prepare import PrepareOptions, prepare_dataset, shuffles_as_tasks
 
-pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
+pytestmark = pytest.mark.timeout(600)  # `ray`: marked per test by conftest (the ray_cluster fixture)
 
 WORDS = [f"{a}{b}" for a in ("alpha", "beta", "gamma", "delta", "omega", "sigma") for b in range(60)]
 CATEGORIES = ["billing", "shipping", "refund"]

@@ -30,9 +30,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def home(tmp_path_factory):
-    """A RAYFT_HOME of its own: support:1 in prod, support:2 evaluated beside it (answers.jsonl)."""
+    """A RAYFT_HOME of each test's own (no test depends on what another rated): support:1 in prod,
+    support:2 evaluated beside it (answers.jsonl)."""
     from rayft.eval.results import Compared, EvalReport
     from rayft.registry import Registry
 
@@ -80,7 +81,7 @@ def home(tmp_path_factory):
         yield {"root": root, "old": old, "new": new, "registry": registry}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def page_url(home):
     from rayft.config import ReviewConfig
     from rayft.eval.review_page import build_review_app

@@ -22,9 +22,9 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 
 @pytest.fixture(scope="module", autouse=True)
 def no_session_ray():
-    import ray
+    from session_ray import stop_session_ray
 
-    ray.shutdown()
+    stop_session_ray()
 
 
 class Server(ServeProcess):

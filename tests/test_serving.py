@@ -1,9 +1,9 @@
-"""The Serve app over real HTTP on 127.0.0.1 with a real vLLM engine, called with the `openai` client."""
+"""The Serve app over real HTTP on 127.0.0.1 with a real vLLM engine, called with the `openai` client
+(the session's shared app: `serving_app.py`)."""
 
 import asyncio
 import json
 import shutil
-import socket
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -13,111 +13,11 @@ import httpx
 import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from reference import Reference, random_adapter
+from reference import random_adapter
+from serving_app import ADMIN, ADMIN_KEY, AUTH, BYPASS, KEY, QUESTIONS, chat, expected, post_chat
 from templates import CONVERSATION, NO_SYSTEM, save_with_template
 
 pytestmark = [pytest.mark.ray, pytest.mark.vllm, pytest.mark.timeout(900)]
-
-KEY = "test-key"
-ADMIN_KEY = "test-admin-key"
-AUTH = {"Authorization": f"Bearer {KEY}"}
-ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
-BYPASS = {"x-rayft-cache": "bypass"}
-QUESTIONS = [
-    "I was charged twice for my Pro plan",
-    "My package for order #12345 never arrived",
-    "The router app crashes when I open the dashboard",
-    "Please delete my account",
-]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server(ray_cluster, tiny_model, trained_adapter, tmp_path_factory):
-    """rayft serve for the tiny base with the trained adapter, a second (random) one, and two
-    versions of an adapter `ab` for alias tests; API and admin keys on, 80 requests in flight per
-    replica, prompts of at most 300 tokens in a 512-token context, the ingress also answering
-    directly on its own port; the fine-tuning API's routes on; every chat answer sampled."""
-    from rayft.config import parse_config
-    from rayft.registry import Registry
-    from rayft.serving import app
-
-    folder = tmp_path_factory.mktemp("adapters")
-    paths = {name: random_adapter(tiny_model, folder / name, seed=i) for i, name in enumerate(["other", "b1", "b2"], 1)}
-    registry = Registry()
-    registry.register("other", "adapter", tiny_model, paths["other"])
-    ab = [registry.register("ab", "adapter", tiny_model, paths[n]).ref for n in ("b1", "b2")]
-    direct_port = free_port()
-    traffic = tmp_path_factory.mktemp("traffic")
-    config = parse_config(
-        {
-            "name": "support",
-            "model": {"base": tiny_model},
-            "serve": {
-                "port": free_port(),
-                "direct_port": direct_port,
-                "max_loras": 2,
-                "max_cpu_loras": 4,
-                "max_model_len": 512,
-                "api_keys": [KEY],
-                "admin_keys": [ADMIN_KEY],
-                "max_concurrent_requests": 80,
-                "max_prompt_tokens": 300,
-                "adapters": [trained_adapter.ref],
-                # the fine-tuning routes on (for the schema and the fuzzer); no Jobs API answers there
-                "fine_tuning": {"enabled": True, "jobs_address": "http://127.0.0.1:9"},
-                "traffic": {"sample_share": 1.0, "path": str(traffic)},  # every chat answer recorded
-            },
-        }
-    )
-    url = app.start(config)
-    yield {
-        "url": url,
-        "direct": f"http://127.0.0.1:{direct_port}",
-        "base": tiny_model,
-        "support": trained_adapter.ref,
-        "ab": ab,
-        "folder": folder,
-        "traffic": traffic,
-        "config": config,
-        "adapters": {trained_adapter.ref: trained_adapter.artifact_uri, "other": paths["other"]},
-    }
-    app.shutdown()
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    return openai.OpenAI(base_url=server["url"] + "/v1", api_key=KEY, max_retries=0)
-
-
-@pytest.fixture(scope="module")
-def reference(server):
-    return Reference(server["base"])
-
-
-def chat(client, model, question, **extra):
-    return client.chat.completions.create(
-        model=model, messages=[{"role": "user", "content": question}], max_tokens=8, temperature=0, **extra
-    )
-
-
-def expected(reference, server, model, question):
-    return reference.chat([{"role": "user", "content": question}], server["adapters"].get(model))
-
-
-def post_chat(server, model, question="hi", headers=None, **extra):
-    body = {
-        "model": model,
-        "messages": [{"role": "user", "content": question}],
-        "max_tokens": 4,
-        "temperature": 0,
-    } | extra
-    return httpx.post(server["url"] + "/v1/chat/completions", json=body, headers=AUTH | (headers or {}), timeout=120)
 
 
 def test_models_lists_base_adapters_versions_and_aliases_with_their_provenance(client, server):

@@ -1,7 +1,7 @@
 """The serving app against a hostile client, over real HTTP to a real Serve app and vLLM engine: every
 malformed request is a 4xx naming the field, big bodies are refused before they are read, a client
 that hangs up frees its engine slot, no tenant sees another's cache, and the schema tells the truth.
-Shares the module-scoped server of test_serving.py."""
+Shares the session's one Serve app with test_serving.py (`serving_app.py`)."""
 
 import asyncio
 import json
@@ -10,7 +10,7 @@ import time
 
 import httpx
 import pytest
-from test_serving import ADMIN, AUTH, KEY, client, post_chat, reference, server  # noqa: F401  (fixtures)
+from serving_app import ADMIN, AUTH, post_chat
 
 pytestmark = [pytest.mark.ray, pytest.mark.vllm, pytest.mark.timeout(900)]
 
@@ -117,9 +117,9 @@ def test_a_template_that_refuses_a_role_is_a_400_and_the_engine_is_unharmed(serv
 
 def test_a_body_over_the_limit_is_413_before_it_is_read(server):
     """60 MB: refused from its Content-Length; the same streamed without a length: refused once
-    the first megabyte is in (serve.max_request_bytes, 1 MiB by default)."""
+    the first megabyte is in (serve.max_request_bytes, 1 MiB by default). How long a refusal takes
+    is measured in bench/serve_throughput.py --part limits."""
     big = json.dumps(OK | {"messages": [{"role": "user", "content": "x" * 60_000_000}]}).encode()
-    started = time.monotonic()
     declared = post_raw(server, big)
     assert declared.status_code == 413 and "serve.max_request_bytes" in declared.json()["error"]["message"]
 
@@ -134,7 +134,6 @@ def test_a_body_over_the_limit_is_413_before_it_is_read(server):
         headers=AUTH | {"content-type": "application/json"},
     )
     assert streamed.status_code == 413
-    assert time.monotonic() - started < 60
     assert post_raw(server, json.dumps(OK).encode()).status_code == 200
 
 

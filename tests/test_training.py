@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
+pytestmark = pytest.mark.timeout(900)  # `ray`: marked per test by conftest (the ray_cluster fixture)
 
 
 def test_lora_run_lowers_loss_and_registers_lineage(trained_adapter, tickets_dataset):
