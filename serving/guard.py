@@ -36,10 +36,14 @@ class Guard:
             raise
         return key
 
-    def caller(self, request: Request, admin: bool = False) -> Caller:
-        """Who the request comes from: its key's project, and whether it is an admin key."""
+    def identify(self, request: Request, admin: bool = False) -> tuple[str | None, Caller]:
+        """The request's key (once it may use the route) and who it is: its project, and whether it
+        is an admin key."""
         key = self.authorize(request, admin)
-        return self.projects.caller(key, self.keys.is_admin(key))
+        return key, self.projects.caller(key, self.keys.is_admin(key))
+
+    def caller(self, request: Request, admin: bool = False) -> Caller:
+        return self.identify(request, admin)[1]
 
     def refuse_if_draining(self) -> None:
         if self.draining:

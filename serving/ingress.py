@@ -293,8 +293,7 @@ class OpenAIServer:
     async def serve_completion(self, request: Request, chat: bool):
         """A chat or text completion: guards, the body read and checked, the model routed, then
         the answer (`cached_or_generated`)."""
-        key = self.guard.authorize(request)
-        caller = self.guard.projects.caller(key, self.guard.keys.is_admin(key))
+        key, caller = self.guard.identify(request)
         self.guard.admit()
         route, streaming = None, False
         try:

@@ -19,8 +19,6 @@ from pathlib import Path
 from rayft.projects import Caller
 from rayft.registry import ModelVersion, Registry, RegistryError
 
-EVERYONE = Caller("", admin=True)  # start-up loads (`serve.adapters`): the operator's
-
 
 class UnknownModel(LookupError):
     """The request's `model` is not served here; the message says why."""
@@ -95,7 +93,7 @@ class ModelRouter:
     def __init__(self, registry: Registry, base: ServedBase):
         self.registry, self.base = registry, base
 
-    def resolve(self, model: str, user: str | None = None, caller: Caller = EVERYONE) -> Route:
+    def resolve(self, model: str, user: str | None, caller: Caller) -> Route:
         """The route for `model`, for `caller`; raises UnknownModel when it is not served here or
         is not the caller's to see."""
         if model in (self.base.name, self.base.ref):
@@ -121,7 +119,7 @@ class ModelRouter:
             return targets[0][0]
         return pick_weighted(targets, sticky_fraction(alias, user) if user else random.random())
 
-    def model_cards(self, caller: Caller = EVERYONE) -> list[tuple[str, dict]]:
+    def model_cards(self, caller: Caller) -> list[tuple[str, dict]]:
         """(id, extra card fields) for the base, every adapter version of it `caller` sees, each
         adapter name (its latest version) and each alias whose versions are all served here. Every
         card that stands for one version carries its weights hash and gate verdict."""

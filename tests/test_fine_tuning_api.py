@@ -114,7 +114,7 @@ class Service:
     def client(self, who: str = "support") -> openai.OpenAI:
         return openai.OpenAI(base_url=self.process.url + "/v1", api_key=KEYS[who], max_retries=0, timeout=60)
 
-    def raw(self, method: str, route: str, who: str = "support", json_body=None, **values) -> httpx.Response:
+    def raw(self, method: str, route: str, who: str = "support", json_body=None, form=None, **values) -> httpx.Response:
         """`route` (OpenAI's path template) called over the wire with `values` in its path; a 2xx JSON
         body checked against OpenAI's schema for the route, an error against its error body (and kept
         for the secrets check)."""
@@ -124,6 +124,8 @@ class Service:
             headers={"Authorization": f"Bearer {KEYS[who]}"},
             params={k: v for k, v in values.items() if f"{{{k}}}" not in route},
             json=json_body,
+            files=form and {"file": form.pop("file")},
+            data=form,
             timeout=60,
         )
         if response.status_code >= 400:
@@ -218,7 +220,7 @@ def test_a_projects_job_runs_to_succeeded_on_a_small_head_and_no_other_project_s
         legal.fine_tuning.jobs.create(model="tiny", training_file=uploaded.id)
     assert borrowed.value.body["param"] == "training_file"
     assert legal.fine_tuning.jobs.list().data == [] and legal.files.list().data == []
-    assert job.id in [j.id for j in admin.fine_tuning.jobs.list(limit=50).data]  # the admin sees both
+    assert job.id in [j.id for j in admin.fine_tuning.jobs.list(limit=50).data]  # the admin sees it
     with pytest.raises(openai.ConflictError):
         support.files.delete(uploaded.id)  # a job still reads it
 
@@ -267,11 +269,14 @@ def test_a_projects_job_runs_to_succeeded_on_a_small_head_and_no_other_project_s
     )  # fmt: skip
     assert theirs.model_extra["x_rayft"]["registry_name"] == "ft-legal-support"
     legal.fine_tuning.jobs.cancel(theirs.id)
+    assert {job.id, theirs.id} <= {j.id for j in admin.fine_tuning.jobs.list(limit=50).data}  # and both projects'
     assert service.registry().get("ft-support-support:prod").ref == model
 
     # Every route's answer, as it goes over the wire, is the OpenAI object (checked in `raw`).
     job_route = "/v1/fine_tuning/jobs/{fine_tuning_job_id}"
     service.raw("GET", "/v1/files", limit=5)
+    line = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]})
+    service.raw("POST", "/v1/files", who="legal", form={"file": ("one.jsonl", line.encode()), "purpose": "fine-tune"})
     service.raw("GET", "/v1/files/{file_id}", file_id=uploaded.id)
     service.raw("GET", "/v1/files/{file_id}/content", file_id=uploaded.id)
     service.raw("GET", "/v1/fine_tuning/jobs", limit=5)

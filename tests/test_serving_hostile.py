@@ -233,7 +233,10 @@ def test_the_schema_describes_every_request_and_response(server):
     for name in ("CompletionRequest", "ChatCompletionResponse", "CompletionResponse", "ModelList", "ErrorBody"):
         assert name in components
     create = schema["paths"]["/v1/fine_tuning/jobs"]["post"]["requestBody"]["content"]["application/json"]
-    assert create["schema"]["$ref"].endswith("CreateFineTuningJob") and "CreateFineTuningJob" in components
+    assert create["schema"]["$ref"].endswith("CreateFineTuningJobRequest")
+    assert components["CreateFineTuningJobRequest"]["additionalProperties"] is False  # the strict model itself
+    limit = next(p for p in schema["paths"]["/v1/files"]["get"]["parameters"] if p["name"] == "limit")
+    assert (limit["in"], limit["schema"]["minimum"], limit["schema"]["maximum"]) == ("query", 1, 100)
     upload = schema["paths"]["/v1/files"]["post"]["requestBody"]["content"]["multipart/form-data"]
     assert upload["schema"]["$ref"].endswith("FileUpload") and "FileUpload" in components
 
