@@ -31,8 +31,15 @@ MAX_PARTNERS = 32  # per bucket: each record is compared with at most this many 
 
 
 def dedup_text(messages: list[dict]) -> str:
-    """The text compared for near duplicates: every non-system turn."""
-    return "\n".join(m["content"] for m in messages if m["role"] != "system")
+    """The text compared for near duplicates: the conversation, every non-system turn with the
+    calls it makes; not the system prompt or the tool list, which hundreds of distinct requests
+    may share."""
+    parts = []
+    for m in messages:
+        if m["role"] != "system":
+            parts.append(m["content"] or "")
+            parts += [f"{c['function']['name']} {c['function']['arguments']}" for c in m.get("tool_calls") or []]
+    return "\n".join(p for p in parts if p)
 
 
 def shingles(text: str) -> list[str]:

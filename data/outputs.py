@@ -19,10 +19,28 @@ from rayft.data.manifest import Counts
 from rayft.data.records import NO_LABEL
 
 SPLITS = ("train", "val", "test")
-MESSAGE_TYPE = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string()), ("weight", pa.int8())]))
+CALL_TYPE = pa.struct(
+    [
+        ("id", pa.string()),
+        ("type", pa.string()),
+        ("function", pa.struct([("name", pa.string()), ("arguments", pa.string())])),
+    ]
+)
+MESSAGE_TYPE = pa.list_(
+    pa.struct(
+        [
+            ("role", pa.string()),
+            ("content", pa.string()),  # null on an assistant turn that only calls tools
+            ("weight", pa.int8()),
+            ("tool_calls", pa.list_(CALL_TYPE)),
+            ("tool_call_id", pa.string()),
+        ]
+    )
+)
 SPLIT_SCHEMA = pa.schema(
     [
         ("messages", MESSAGE_TYPE),
+        ("tools", pa.string()),  # the record's tools as OpenAI's JSON (a JSON Schema each); null: none
         ("label", pa.string()),
         ("n_tokens", pa.int32()),
         ("source", pa.string()),
@@ -52,12 +70,13 @@ def write_rejects(removed, path: Path) -> dict[str, int]:
     return dict(sorted(reasons.items()))
 
 
-def row_identity(messages_json: str, label: str | None) -> bytes:
-    """What a written row contributes to the dataset hash: its messages (roles, contents and
-    per-message weights, as validated) and its label. Provenance (source, line) is left out, so the
-    same records read from a renamed file are the same version, and so is n_tokens, which the
-    messages and the tokenizer determine."""
-    return f"{json.dumps(label)}\t{messages_json}\n".encode()
+def row_identity(messages_json: str, label: str | None, tools_json: str = "") -> bytes:
+    """What a written row contributes to the dataset hash: its messages (roles, contents, tool
+    calls and per-message weights, as validated), its tools and its label. Provenance (source,
+    line) is left out, so the same records read from a renamed file are the same version, and so is
+    n_tokens, which the messages and the tokenizer determine."""
+    tools = f"\t{tools_json}" if tools_json else ""  # a record without tools hashes as it always did
+    return f"{json.dumps(label)}\t{messages_json}{tools}\n".encode()
 
 
 def write_splits(assigned, out_dir: Path) -> tuple[dict[str, int], str, dict]:
@@ -67,17 +86,21 @@ def write_splits(assigned, out_dir: Path) -> tuple[dict[str, int], str, dict]:
     counts = {name: 0 for name in SPLITS}
     labels: dict[str, dict] = {name: {} for name in SPLITS}
     lengths: dict[str, list] = {name: [] for name in SPLITS}
+    calls = {"records_with_tools": 0, "double_encoded_arguments": 0}
     writers = {name: pq.ParquetWriter(out_dir / f"{name}.parquet", SPLIT_SCHEMA) for name in SPLITS}
     try:
         for batch in assigned.sort("order").iter_batches(batch_format="pandas", batch_size=4096):
             for name, part in batch.groupby("split"):
                 labels_out = [None if x == NO_LABEL else x for x in part["label"]]
-                for text, label in zip(part["messages"], labels_out):
-                    digests[name].update(row_identity(text, label))
+                for text, label, tools in zip(part["messages"], labels_out, part["tools"]):
+                    digests[name].update(row_identity(text, label, tools))
+                calls["records_with_tools"] += int((part["tools"] != "").sum())
+                calls["double_encoded_arguments"] += int(part["double_encoded"].sum())
                 writers[name].write_table(
                     pa.table(
                         {
                             "messages": pa.array([json.loads(m) for m in part["messages"]], MESSAGE_TYPE),
+                            "tools": pa.array([t or None for t in part["tools"]], pa.string()),
                             "label": pa.array(labels_out, pa.string()),
                             "n_tokens": pa.array(part["n_tokens"], pa.int32()),
                             "source": pa.array(part["source"], pa.string()),
@@ -97,7 +120,7 @@ def write_splits(assigned, out_dir: Path) -> tuple[dict[str, int], str, dict]:
     stats = {
         "labels": {k: dict(sorted(v.items())) for k, v in labels.items() if set(v) - {NO_LABEL}},
         "tokens": {k: length_stats(v) for k, v in lengths.items()},
-    }
+    } | ({"tool_calls": calls} if calls["records_with_tools"] else {})
     return counts, digest.hexdigest(), stats | {"_lengths": lengths}
 
 
@@ -132,6 +155,12 @@ def warnings_for(counts: Counts, stats: dict, min_class: int, min_records: int, 
     for label, n in sorted(totals.items()):
         if n < min_class:
             warnings.append(f"class {label!r} has only {n} examples (fewer than {min_class})")
+    twice = stats.get("tool_calls", {}).get("double_encoded_arguments", 0)
+    if twice:
+        warnings.append(
+            f"double_encoded_arguments: {twice} tool calls' arguments are a JSON string holding JSON (encoded "
+            "twice); the model will learn to answer so. Decode them once in the file if that is not intended"
+        )
     return warnings
 
 

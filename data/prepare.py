@@ -150,7 +150,7 @@ def prepare_into(files: list[str], out_dir: Path, options: PrepareOptions, show_
         advance(STAGES[3])
 
         fractions = data.split.model_dump()
-        stratified = kept.with_column("stratum", col("label"))
+        stratified = kept.with_column("stratum", col("label" if data.stratify_by == "label" else "called_tools"))
         assigned = split.assign_splits(stratified, fractions, data.seed).materialize()
         advance(STAGES[4])
 

@@ -16,18 +16,33 @@ from functools import lru_cache
 
 import numpy as np
 
+from rayft.chat import arguments_object, render, tool_template
 from rayft.config import DataConfig
 from rayft.data import pii
 from rayft.data.dedup import dedup_text, signatures
-from rayft.data.validate import Reject, decode_line, normalise
+from rayft.data.validate import Reject, decode_line, normalise_record
 
 NO_LABEL = "__all__"
 
 
-def text_hash(messages: list[dict]) -> str:
-    """Hash of a conversation's normalised text (case and whitespace folded): exact duplicates."""
-    text = "\n".join(f"{m['role']}: {' '.join(m['content'].lower().split())}" for m in messages)
+def text_hash(messages: list[dict], tools: list[dict] | None = None) -> str:
+    """Hash of a whole record's normalised text (case and whitespace folded), its tool calls
+    (arguments as parsed JSON, call ids left out) and the tools it declares: exact duplicates."""
+    text = "\n".join(f"{m['role']}: {' '.join((m['content'] or '').lower().split())}" for m in messages)
+    calls = [
+        [{"name": c["function"]["name"], "arguments": arguments_object(c["function"])} for c in m["tool_calls"]]
+        for m in messages
+        if m.get("tool_calls")
+    ]
+    if calls or tools:  # records without tools hash as they always did
+        text += "\n" + json.dumps([calls, tools], sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def called_tools(messages: list[dict]) -> str:
+    """The names of the tools a record's assistant turns call, sorted and joined (the split can
+    stratify on them)."""
+    return ",".join(sorted({c["function"]["name"] for m in messages for c in m.get("tool_calls") or []}))
 
 
 def label_from_json(answer: str, path: str) -> str:
@@ -47,7 +62,7 @@ class CleanRecords:
         self.data = data
         self.label_regex = re.compile(data.label_regex) if data.label_regex else None
         self.ner = pii.load_detector(data.pii_detector)
-        self.tokenizer = None
+        self.tokenizer, self.tools_template = None, None
         if tokenizer:
             from transformers import AutoTokenizer
 
@@ -62,9 +77,9 @@ class CleanRecords:
                 raise Reject("missing_label", f"record has no label field {self.data.label_field!r}")
             return str(value)
         if self.data.label_json:
-            return label_from_json(messages[-1]["content"], self.data.label_json)
+            return label_from_json(messages[-1]["content"] or "", self.data.label_json)
         if self.label_regex:
-            match = self.label_regex.search(messages[-1]["content"])
+            match = self.label_regex.search(messages[-1]["content"] or "")
             if not match:
                 raise Reject("missing_label", f"label_regex {self.label_regex.pattern!r} does not match the answer")
             return match.group(1)
@@ -76,25 +91,40 @@ class CleanRecords:
         counts: dict[str, int] = {}
         scrubbed = []
         for message in messages:
-            content, found = pii.scrub(message["content"], self.ner)
-            for kind, n in found.items():
-                counts[kind] = counts.get(kind, 0) + n
-            scrubbed.append(message | {"content": content})
+            texts = [message["content"] or ""] + [c["function"]["arguments"] for c in message.get("tool_calls") or []]
+            cleaned = []
+            for text in texts:
+                clean, found = pii.scrub(text, self.ner)
+                cleaned.append(clean)
+                for kind, n in found.items():
+                    counts[kind] = counts.get(kind, 0) + n
+            copy = message | {"content": cleaned[0] if message["content"] is not None else None}
+            if message.get("tool_calls"):
+                copy["tool_calls"] = [
+                    c | {"function": c["function"] | {"arguments": arguments}}
+                    for c, arguments in zip(message["tool_calls"], cleaned[1:])
+                ]
+            scrubbed.append(copy)
         return scrubbed, counts
 
-    def rendered(self, conversation: list[dict]) -> str | None:
-        """The conversation through the model's chat template (None without a tokenizer)."""
+    def rendered(self, conversation: list[dict], tools: list[dict] | None = None) -> str | None:
+        """The conversation and its tools through the model's chat template (None without a
+        tokenizer); one with tools or calls through the template training will use for it
+        (`rayft.chat.tool_template`: rayft's own when the model's writes no tools)."""
         if self.tokenizer is None:
             return None
+        calls = tools or any(m.get("tool_calls") for m in conversation)
         try:
-            return self.tokenizer.apply_chat_template(conversation, tokenize=False)
+            if calls and self.tools_template is None:
+                self.tools_template = tool_template(self.tokenizer) or self.tokenizer.chat_template
+            return render(self.tokenizer, conversation, self.tools_template if calls else None, tools=tools)
         except Exception as error:  # jinja2's TemplateError, or the template's raise_exception()
             raise Reject("template_error", f"the chat template cannot render this record: {error}") from None
 
     def count_tokens(self, rows: list[dict]) -> list[int]:
         """Tokens per valid row: the rendered texts tokenized in one batch, or words without a tokenizer."""
         if self.tokenizer is None:
-            return [sum(len(m["content"].split()) for m in r["messages"]) for r in rows]
+            return [sum(len(dedup_text([m]).split()) for m in r["messages"]) for r in rows]
         if not rows:  # the tokenizer cannot take an empty batch
             return []
         return [len(ids) for ids in self.tokenizer([r["text"] for r in rows], add_special_tokens=False)["input_ids"]]
@@ -103,13 +133,15 @@ class CleanRecords:
         row = {"pii": {}}
         try:
             record = decode_line(raw)
-            messages = normalise(record, self.data.format)
-            label = self.label_of(record, messages)
-            messages, row["pii"] = self.scrub_messages(messages)  # counted even when the record is dropped
+            checked = normalise_record(record, self.data.format)
+            label = self.label_of(record, checked.messages)
+            messages, row["pii"] = self.scrub_messages(checked.messages)  # counted even when dropped
             if row["pii"] and self.data.pii == "drop":
                 kinds = ", ".join(f"{n} {k}" for k, n in sorted(row["pii"].items()))
                 raise Reject("contains_pii", f"record contains PII ({kinds}) and data.pii is 'drop'")
-            return row | {"messages": messages, "label": label, "text": self.rendered(messages), "reject": None}
+            text = self.rendered(messages, checked.tools)
+            kept = {"messages": messages, "tools": checked.tools, "double_encoded": checked.double_encoded}
+            return row | kept | {"label": label, "text": text, "reject": None}
         except Reject as reject:
             return row | {"messages": None, "label": "", "reject": reject}
         except Exception as error:  # any other failure is this record's, not the batch's
@@ -156,7 +188,12 @@ class CleanRecords:
             "messages": [json.dumps(r["messages"], ensure_ascii=False) if g else "" for g, r in zip(good, rows)],
             "label": [r["label"] for r in rows],
             "n_tokens": [r.get("n_tokens", 0) for r in rows],
-            "text_hash": [text_hash(r["messages"]) if g else "" for g, r in zip(good, rows)],
+            "text_hash": [text_hash(r["messages"], r["tools"]) if g else "" for g, r in zip(good, rows)],
+            "tools": [
+                json.dumps(r["tools"], ensure_ascii=False) if g and r["tools"] else "" for g, r in zip(good, rows)
+            ],
+            "called_tools": [called_tools(r["messages"]) if g else "" for g, r in zip(good, rows)],
+            "double_encoded": [r.get("double_encoded", 0) for r in rows],
         }
         texts = [dedup_text(r["messages"]) if g else "" for g, r in zip(good, rows)]
         columns["minhash"] = signatures(texts, self.data.num_perm, self.data.seed)

@@ -339,7 +339,11 @@ def write_jsonl(records: list[dict], path: str | Path) -> Path:
 
 
 def tokenizer_corpus(seed: int = 0) -> Iterator[str]:
-    """Text the tiny tokenizer is trained on: both sample sets plus the chat roles."""
+    """Text the tiny tokenizer is trained on: both sample sets plus the chat roles, and the tool
+    set's JSON (tool lists and calls), as a real tokenizer has seen JSON."""
+    from rayft.data.tool_samples import tool_corpus
+
     for record in support_tickets(3000, seed) + general_chat(3000, seed):
         for message in record["messages"]:
             yield f"{message['role']}\n{message['content']}"
+    yield from tool_corpus(seed)

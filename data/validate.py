@@ -9,15 +9,21 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from rayft.data.reject import Reject
+from rayft.data.tools import check_calls, declared_tools
+
 ROLES = ("system", "user", "assistant", "tool")
+LEGACY_ROLES = ("function",)  # OpenAI's older function-calling format: read as tool turns
 
 
 @dataclass
-class Reject(Exception):
-    """Why a record cannot be used: a stable `reason` code and a human `message`."""
+class Normalised:
+    """A validated record: its messages, the tools it declares (OpenAI's `tools`, or the older
+    `functions` as tools), and how many of its calls' arguments were JSON strings holding JSON."""
 
-    reason: str
-    message: str
+    messages: list[dict]
+    tools: list[dict] | None = None
+    double_encoded: int = 0
 
 
 def decode_line(raw: bytes) -> object:
@@ -35,15 +41,20 @@ def decode_line(raw: bytes) -> object:
 
 
 def _check_message(i: int, message: object) -> dict:
+    """One message's role, content and weight; its tool calls are checked with the whole record
+    (`tools.check_calls`). An assistant turn that only calls tools has no content (None)."""
     if not isinstance(message, dict):
         raise Reject("message_not_an_object", f"messages[{i}] must be an object, got {type(message).__name__}")
     role = message.get("role")
-    if role not in ROLES:
+    if role not in ROLES + LEGACY_ROLES:
         raise Reject("unknown_role", f"messages[{i}].role is {role!r}; expected one of {', '.join(ROLES)}")
     content = message.get("content")
-    if not isinstance(content, str):
+    calls_only = role == "assistant" and bool(message.get("tool_calls") or message.get("function_call"))
+    if calls_only and (content is None or (isinstance(content, str) and not content.strip())):
+        content = None
+    elif not isinstance(content, str):
         raise Reject("non_string_content", f"messages[{i}].content must be a string, got {type(content).__name__}")
-    if not content.strip():
+    elif not content.strip():
         raise Reject("empty_content", f"messages[{i}].content is empty")
     weight = message.get("weight")
     if weight is not None and weight not in (0, 1):
@@ -55,7 +66,13 @@ def _check_message(i: int, message: object) -> dict:
 
 
 def messages_from_chat(record: object) -> list[dict]:
-    """Validate a chat record (`{"messages": [...]}`) and return its normalised messages."""
+    """Validate a chat record (`{"messages": [...]}`, tools and tool calls included) and return its
+    normalised messages."""
+    return chat_record(record).messages
+
+
+def chat_record(record: object) -> Normalised:
+    """A chat record's normalised messages and tools, with its tool calls checked (`tools.py`)."""
     if not isinstance(record, dict):
         raise Reject("not_an_object", f"a record must be a JSON object, got {type(record).__name__}")
     if "messages" not in record:
@@ -66,11 +83,13 @@ def messages_from_chat(record: object) -> list[dict]:
     if not messages:
         raise Reject("empty_messages", "'messages' is empty")
     checked = [_check_message(i, m) for i, m in enumerate(messages)]
+    tools = declared_tools(record)
+    double_encoded = check_calls(messages, checked, tools, record.get("parallel_tool_calls"))
     if not any(m["role"] == "assistant" for m in checked):
         raise Reject("no_assistant_turn", "no assistant message to learn from")
     if checked[-1]["role"] != "assistant":
         raise Reject("last_turn_not_assistant", f"the last message is from {checked[-1]['role']!r}, not the assistant")
-    return checked
+    return Normalised(checked, tools, double_encoded)
 
 
 def messages_from_prompt_completion(record: object) -> list[dict]:
@@ -101,12 +120,17 @@ def detect_format(record: object) -> str:
 RECORD_FORMATS = ("auto", "messages", "prompt_completion")
 
 
-def normalise(record: object, fmt: str = "auto") -> list[dict]:
-    """A record of `fmt` ('auto': told by its fields, 'messages' or 'prompt_completion') as
-    validated messages. The format is the record's shape, not its container (JSONL, Parquet, ...)."""
+def normalise_record(record: object, fmt: str = "auto") -> Normalised:
+    """A record of `fmt` ('auto': told by its fields, 'messages' or 'prompt_completion') as validated
+    messages (and tools). The format is the record's shape, not its container (JSONL, Parquet, ...)."""
     if fmt not in RECORD_FORMATS:
         raise ValueError(f"record format must be one of {', '.join(RECORD_FORMATS)}, got {fmt!r}")
     fmt = detect_format(record) if fmt == "auto" else fmt
     if fmt == "prompt_completion":
-        return messages_from_prompt_completion(record)
-    return messages_from_chat(record)
+        return Normalised(messages_from_prompt_completion(record))
+    return chat_record(record)
+
+
+def normalise(record: object, fmt: str = "auto") -> list[dict]:
+    """`normalise_record`'s messages."""
+    return normalise_record(record, fmt).messages

@@ -66,6 +66,9 @@ class DataConfig(Section):
         0.8, gt=0, le=1, description="val/test records this similar to a train record are dropped"
     )
     num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations")
+    stratify_by: Literal["label", "called_tool"] = Field(
+        "label", description="what the split keeps in proportion: the label, or the tools a record calls"
+    )
     warn_min_class: int = Field(50, ge=0, description="warn when a class has fewer examples")
     warn_min_records: int = Field(200, ge=0, description="warn when the kept set is smaller")
 

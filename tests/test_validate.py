@@ -184,6 +184,8 @@ def test_every_line_becomes_one_kept_or_rejected_row_and_nothing_raises(cleaners
             if status == "ok":
                 kept = json.loads(messages)
                 assert reason == "" and kept[-1]["role"] == "assistant"
-                assert all(isinstance(m["content"], str) and m["content"].strip() for m in kept)
+                assert all(
+                    (isinstance(m["content"], str) and m["content"].strip()) or m.get("tool_calls") for m in kept
+                )
             else:
                 assert status == "rejected" and reason

@@ -7,6 +7,7 @@ runs in the same cluster skip the transformers import and the tokenizer load.
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
 
@@ -34,7 +35,11 @@ def tokenize_batch(batch: pa.Table, tokenizer_path: str, chat_template: str | No
     from rayft.training.formatting import tokenize_conversation
 
     tokenizer = load_tokenizer(tokenizer_path, chat_template)
-    rows = [tokenize_conversation(tokenizer, m, max_seq_len) for m in _messages(batch)]
+    tools = batch.column("tools").to_pylist() if "tools" in batch.schema.names else [None] * batch.num_rows
+    rows = [
+        tokenize_conversation(tokenizer, m, max_seq_len, json.loads(t) if t else None)
+        for m, t in zip(_messages(batch), tools)
+    ]
     return {
         "split": [Path(p).stem for p in batch.column("path").to_pylist()],
         "input_ids": [r["input_ids"] for r in rows],
@@ -63,7 +68,8 @@ def tokenized_splits(
     for path in paths:
         if not storage.exists(path):
             raise FileNotFoundError(f"{path} not found: run `rayft data prepare` first")
-    rows = ray.data.read_parquet(paths, include_paths=True).select_columns(["messages", "path"])
+    rows = ray.data.read_parquet(paths, include_paths=True)
+    rows = rows.select_columns(["messages", "path"] + (["tools"] if "tools" in rows.schema().names else []))
     tokens = (
         rows.map_batches(
             tokenize_batch,

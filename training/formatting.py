@@ -5,7 +5,9 @@ rendering eval and serving use; the tokenizer carries `model.chat_template` when
 assistant turn's character span is found by rendering the conversation up to that turn (works for
 any template whose renders are prefix-stable, which Llama, Qwen, Mistral and ChatML templates are),
 and tokens inside those spans get labels; everything else gets -100. A message with `weight: 0` is
-not learned.
+not learned. A record's tools are rendered with it (the template writes them where it wants, most
+into the system turn); an assistant turn that calls tools is learned, call included, and a `tool`
+turn (a tool's result) never is.
 
 Packing joins examples into rows of at most `max_seq_len` tokens with position ids restarting at
 each example, so attention stays inside each example (transformers detects packed rows from the
@@ -25,15 +27,17 @@ class TemplateError(ValueError):
     """The chat template cannot be used for assistant-only loss."""
 
 
-def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
+def assistant_spans(
+    tokenizer, messages: list[dict], tools: list[dict] | None = None
+) -> tuple[str, list[tuple[int, int]]]:
     """The rendered conversation and the character spans of the assistant turns to learn."""
-    text = render(tokenizer, messages)
+    text = render(tokenizer, messages, tools=tools)
     spans = []
     for i, message in enumerate(messages):
         if message["role"] != "assistant" or message.get("weight") == 0:
             continue
-        prefix = render(tokenizer, messages[:i], generation_prompt=True)
-        upto = render(tokenizer, messages[: i + 1])
+        prefix = render(tokenizer, messages[:i], generation_prompt=True, tools=tools)
+        upto = render(tokenizer, messages[: i + 1], tools=tools)
         if not (text.startswith(upto) and upto.startswith(prefix)):
             raise TemplateError(
                 "the chat template renders a conversation differently from its prefix; "
@@ -44,9 +48,11 @@ def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[in
     return text, spans
 
 
-def tokenize_conversation(tokenizer, messages: list[dict], max_seq_len: int) -> dict[str, list[int]]:
+def tokenize_conversation(
+    tokenizer, messages: list[dict], max_seq_len: int, tools: list[dict] | None = None
+) -> dict[str, list[int]]:
     """`input_ids` and `labels` (-100 outside assistant turns), truncated to `max_seq_len`."""
-    text, spans = assistant_spans(tokenizer, messages)
+    text, spans = assistant_spans(tokenizer, messages, tools)
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     labels = []
     for token_id, (start, _end) in zip(encoded["input_ids"], encoded["offset_mapping"]):

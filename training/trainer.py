@@ -20,6 +20,7 @@ import uuid
 from pathlib import Path
 
 from rayft import storage
+from rayft.chat import tool_template
 from rayft.config import ConfigError, RayftConfig
 from rayft.data.manifest import MANIFEST, Manifest
 from rayft.home import rayft_home
@@ -103,11 +104,12 @@ def run_location(config: RayftConfig, resume: bool) -> tuple[str, str]:
     return runs, f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def tokenized_datasets(config: RayftConfig, base: str) -> tuple[dict, TrainPlan]:
-    """Train (and val, when present) token rows on Ray Data, and the plan they allow."""
+def tokenized_datasets(config: RayftConfig, base: str, template: str | None) -> tuple[dict, TrainPlan]:
+    """Train (and val, when present) token rows on Ray Data, rendered with `template` (None: the
+    base tokenizer's), and the plan they allow."""
     dataset_dir = config.dataset_dir()
     splits = ["train"] + (["val"] if storage.exists(storage.join(dataset_dir, "val.parquet")) else [])
-    datasets = tokenized_splits(dataset_dir, splits, base, config.model.chat_template, config.train.max_seq_len)
+    datasets = tokenized_splits(dataset_dir, splits, base, template, config.train.max_seq_len)
     n_val = datasets["val"].count() if "val" in datasets else 0
     if "val" in datasets and n_val == 0:
         del datasets["val"]
@@ -205,8 +207,12 @@ def train(config: RayftConfig, resume: bool = False, show_progress: bool = True)
     check_config(config, base)
     tokenizer = load_tokenizer(base, config.model.chat_template)
     manifest = Manifest.model_validate_json(storage.read_text(storage.join(config.dataset_dir(), MANIFEST)))
+    template = config.model.chat_template
+    if manifest.stats.get("tool_calls"):  # a base whose template writes no tools gets rayft's (rayft.chat)
+        template = tool_template(tokenizer, template)
+        tokenizer.chat_template = template or tokenizer.chat_template  # exported with the version
     ensure_ray()
-    datasets, plan = tokenized_datasets(config, base)
+    datasets, plan = tokenized_datasets(config, base, template)
     runs, run_name = run_location(config, resume)
     run_dir = storage.join(runs, run_name)
     resumed_from = latest_checkpoint_step(run_dir) if resume else None
