@@ -167,6 +167,7 @@ def evaluate(config: RayftConfig, candidate: str | None = None, show_progress: b
         max_model_len=eval_config.max_model_len or config.serve.max_model_len,
         generate=eval_config.task != "perplexity",
         score=eval_config.perplexity,
+        tool_parser=config.model.tool_parser,
     )
 
     # run

@@ -9,8 +9,14 @@ variant's sets greedily, and scores each reference answer from the prompt log-pr
 of prompt + answer (one prefill, no sampling): the same prompts and the same decoding for every
 variant. Each engine call carries one variant only, so base and adapter rows never share a batch.
 
-Columns added per variant: `output:<v>` (text), `nll:<v>` (summed negative log-likelihood of the
-answer tokens), `tokens:<v>` (how many), `shots:<v>` (examples that fit); None where not applicable.
+A row with tools is rendered with them, through the template that writes tools (the version's own;
+for the base, rayft's default when its template has none: `rayft.chat.tool_template`), and its
+output is the calls read back with the configured tool parser (`rayft.tool_calls`, as JSON); it is
+not scored.
+
+Columns added per variant: `output:<v>` (text, or a tool row's read calls), `nll:<v>` (summed
+negative log-likelihood of the answer tokens), `tokens:<v>` (how many), `shots:<v>` (examples that
+fit); None where not applicable.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from rayft import chat, storage
 from rayft.config import EvalConfig
 from rayft.eval.prompts import with_examples
 from rayft.registry import ModelVersion, verified_artifact
+from rayft.tool_calls import DEFAULT_PARSER, CallReader
 from rayft.vllm_setup import VLLM_ENV, engine_dtype, supported_lora_rank
 
 COLUMN_TYPES = {"output": pa.string(), "nll": pa.float64(), "tokens": pa.int64(), "shots": pa.int64()}
@@ -60,6 +67,7 @@ class Decoding:
     max_model_len: int
     generate: bool = True  # False: score only (task perplexity); forgetting rows are always generated
     score: bool = True
+    tool_parser: str = DEFAULT_PARSER
 
 
 def adapter_rank(path: str) -> int:
@@ -93,20 +101,30 @@ class EvalEngine:
         self.lora = {name: LoRARequest(name, i, path) for i, (name, path) in enumerate(sorted(adapters.items()), 1)}
         self.greedy = {s: SamplingParams(temperature=0.0, max_tokens=n) for s, n in decoding.max_new_tokens.items()}
         self.scoring = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=0, detokenize=False)
+        self.readers: dict[str, CallReader] = {}
 
-    def render(self, messages: list[dict], template: str | None, generation_prompt: bool) -> str:
-        return chat.render(self.tokenizer, messages, template, generation_prompt)
+    def render(self, messages: list[dict], template: str | None, generation_prompt: bool, tools=None) -> str:
+        return chat.render(self.tokenizer, messages, template, generation_prompt, tools)
+
+    def read_calls(self, text: str, tools_json: str) -> str:
+        """A tool row's output: the calls the text makes, read with the configured parser."""
+        if tools_json not in self.readers:
+            self.readers[tools_json] = CallReader(self.decoding.tool_parser, self.tokenizer, json.loads(tools_json))
+        return self.readers[tools_json].read(text).to_json()
 
     def ids(self, text: str) -> list[int]:
         return chat.token_ids(self.tokenizer, text)
 
-    def prompt(self, messages: list[dict], variant: Variant, room: int) -> tuple[int, list[dict], str, list[int]]:
+    def prompt(
+        self, messages: list[dict], variant: Variant, room: int, tools: list[dict] | None = None
+    ) -> tuple[int, list[dict], str, list[int]]:
         """How many of the variant's examples leave `room` tokens of context (the last ones dropped
         first), the conversation with them, rendered as the generation prompt, and its ids."""
         examples = variant.few_shot
+        template = chat.tool_template(self.tokenizer, variant.template) if tools else variant.template
         for shots in range(len(examples), -1, -1):
             shown = with_examples(messages, examples[:shots])
-            text = self.render(shown, variant.template, True)
+            text = self.render(shown, template, True, tools)
             ids = self.ids(text)
             if len(ids) + room <= self.decoding.max_model_len:
                 break
@@ -120,7 +138,9 @@ class EvalEngine:
             return None
         return self.ids(full[len(prompt_text) : len(full.rstrip())])
 
-    def requests(self, variant: Variant, sets: list[str], prompts: list[str], answers: list[str], shots: list):
+    def requests(
+        self, variant: Variant, sets: list[str], prompts: list[str], answers: list[str], shots: list, tools: list[str]
+    ):
         """The engine requests of one variant: (row, kind, answer start, prompt, sampling) for a
         greedy answer ("output") and a scored reference answer ("nll") per row it answers."""
         out = []
@@ -128,19 +148,22 @@ class EvalEngine:
             if row_set not in variant.sets:
                 continue
             max_new = self.decoding.max_new_tokens[row_set]
-            shots[row], shown, text, ids = self.prompt(json.loads(prompt), variant, max_new)
+            listed = json.loads(tools[row]) if tools[row] else None
+            shots[row], shown, text, ids = self.prompt(json.loads(prompt), variant, max_new, listed)
             if (self.decoding.generate or row_set != "test") and len(ids) + max_new <= self.decoding.max_model_len:
                 out.append((row, "output", None, ids, self.greedy[row_set]))
-            answer_ids = self.answer_ids(shown, variant.template, text, answer) if self.decoding.score else None
+            scored = self.decoding.score and not listed  # a call is compared, not scored
+            answer_ids = self.answer_ids(shown, variant.template, text, answer) if scored else None
             if answer_ids and len(ids) + len(answer_ids) < self.decoding.max_model_len:
                 out.append((row, "nll", len(ids), ids + answer_ids, self.scoring))
         return out
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         sets, prompts, answers = (batch.column(c).to_pylist() for c in ("set", "prompt", "answer"))
+        tools = batch.column("tools").to_pylist() if "tools" in batch.schema.names else [""] * len(sets)
         for variant in self.variants:
             columns = {key: [None] * len(sets) for key in COLUMN_TYPES}
-            requests = self.requests(variant, sets, prompts, answers, columns["shots"])
+            requests = self.requests(variant, sets, prompts, answers, columns["shots"], tools)
             outputs = (
                 self.llm.generate(
                     [{"prompt_token_ids": r[3]} for r in requests],
@@ -153,7 +176,8 @@ class EvalEngine:
             )
             for (row, kind, start, _, _), output in zip(requests, outputs):
                 if kind == "output":
-                    columns["output"][row] = output.outputs[0].text
+                    text = output.outputs[0].text
+                    columns["output"][row] = self.read_calls(text, tools[row]) if tools[row] else text
                 else:
                     tokens, logprobs = output.prompt_token_ids[start:], output.prompt_logprobs[start:]
                     columns["nll"][row] = -sum(lp[t].logprob for t, lp in zip(tokens, logprobs))

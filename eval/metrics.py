@@ -13,6 +13,7 @@ import math
 import re
 
 from rayft.config import EvalConfig
+from rayft.tool_calls import ReadCalls
 
 NO_LABEL = "(none)"  # the confusion-matrix column for outputs with no label in them
 
@@ -223,6 +224,43 @@ def answer_rate(outputs: list[str | None], expected: list[str]) -> float:
     return sum(contains_answer(o, e) for o, e in zip(outputs, expected)) / len(expected) if expected else 0.0
 
 
+def tool_call_metrics(outputs: list[str | None], answers: list[str]) -> dict:
+    """Over the rows that ask for a call (the answer is `[{"name", "arguments"}]`; each output the
+    calls read back, `rayft.tool_calls.ReadCalls`): the share that picked the expected tool first
+    (a call whose JSON does not parse still says which tool it meant), whose arguments equal the
+    expected ones as parsed JSON, whose calls parse with object arguments (of those that tried to
+    call), and that answered with text, trying no call, where a call was due."""
+    _check_lengths(outputs, answers)
+    rows = [(ReadCalls.from_json(o), json.loads(a)) for o, a in zip(outputs, answers) if a and a.startswith("[")]
+    if not rows:
+        return {name: 0.0 for name in ("tool_name_accuracy", "arguments_exact_match", "arguments_json_valid")} | {
+            "text_instead_of_call": 0.0
+        }
+    named = [read.chosen_tool == want[0]["name"] for read, want in rows]
+    exact = [
+        ok and bool(read.calls) and _arguments(read.calls[0]["arguments"]) == _arguments(want[0]["arguments"])
+        for ok, (read, want) in zip(named, rows)
+    ]
+    tried = [read for read, _ in rows if read.attempted]
+    valid = [
+        bool(read.calls) and all(isinstance(_arguments(c["arguments"]), dict) for c in read.calls) for read in tried
+    ]
+    return {
+        "tool_name_accuracy": sum(named) / len(rows),
+        "arguments_exact_match": sum(exact) / len(rows),
+        "arguments_json_valid": sum(map(bool, valid)) / len(tried) if tried else 0.0,
+        "text_instead_of_call": sum(not read.attempted for read, _ in rows) / len(rows),
+    }
+
+
+def _arguments(text: str):
+    """A call's arguments as parsed JSON (None when they are not JSON)."""
+    try:
+        return json.loads(text) if isinstance(text, str) else text
+    except json.JSONDecodeError:
+        return None
+
+
 def task_metrics(config: EvalConfig, outputs: list[str | None], answers: list[str]) -> dict:
     """The metrics of `config.task` (perplexity is scored separately, from log-likelihoods)."""
     if config.task == "classification":
@@ -233,4 +271,6 @@ def task_metrics(config: EvalConfig, outputs: list[str | None], answers: list[st
         return generation_metrics(outputs, answers)
     if config.task == "structured":
         return structured_metrics(outputs, config.json_schema)
+    if config.task == "tool_call":
+        return tool_call_metrics(outputs, answers)
     return {}

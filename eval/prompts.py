@@ -1,9 +1,11 @@
 """What the models are asked: the test split, the forgetting set and the few-shot examples.
 
 Every record becomes a row with `set` ("test" or "forgetting"), `prompt` (the conversation without
-its last assistant answer, as JSON), `answer` (that reference answer) and `expected` (the forgetting
-set's key answer; "" for test rows). The few-shot base sees the same prompts with k training
-examples placed as earlier turns of the conversation.
+its last assistant answer, as JSON), `answer` (that reference answer), `expected` (the forgetting
+set's key answer; "" for test rows) and `tools` (the record's tools as JSON; "" for none). A record
+that calls tools is asked for its first call: the prompt is the conversation before that turn, the
+answer the calls it makes (`[{"name", "arguments"}]` as JSON). The few-shot base sees the same
+prompts with k training examples placed as earlier turns of the conversation.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import pyarrow as pa
 
 from rayft import storage
 
-ROW_COLUMNS = ("set", "prompt", "answer", "expected")
+ROW_COLUMNS = ("set", "prompt", "answer", "expected", "tools")
 
 
 def _clean(conversation: list[dict]) -> list[dict]:
@@ -26,13 +28,30 @@ def _clean(conversation: list[dict]) -> list[dict]:
 
 
 def split_prompt(batch: pa.Table) -> dict[str, list]:
-    """Ray Data UDF: conversations to eval rows (prompt = all turns but the last assistant answer)."""
+    """Ray Data UDF: conversations to eval rows (prompt = all turns but the last assistant answer,
+    or those before the first call)."""
     prompts, answers = [], []
     for conversation in batch.column("messages").to_pylist():
         messages = _clean(conversation)
-        prompts.append(json.dumps(messages[:-1], ensure_ascii=False))
-        answers.append(messages[-1]["content"])
-    return {"set": ["test"] * len(prompts), "prompt": prompts, "answer": answers, "expected": [""] * len(prompts)}
+        calling = next((i for i, m in enumerate(messages) if m.get("tool_calls")), None)
+        if calling is None:
+            prompts.append(json.dumps(messages[:-1], ensure_ascii=False))
+            answers.append(messages[-1]["content"])
+        else:
+            calls = [
+                {"name": c["function"]["name"], "arguments": c["function"]["arguments"]}
+                for c in messages[calling]["tool_calls"]
+            ]
+            prompts.append(json.dumps(messages[:calling], ensure_ascii=False))
+            answers.append(json.dumps(calls, ensure_ascii=False))
+    tools = batch.column("tools").to_pylist() if "tools" in batch.schema.names else [None] * len(prompts)
+    return {
+        "set": ["test"] * len(prompts),
+        "prompt": prompts,
+        "answer": answers,
+        "expected": [""] * len(prompts),
+        "tools": [t or "" for t in tools],
+    }
 
 
 def read_test_split(dataset_dir: str, limit: int | None):
@@ -42,7 +61,8 @@ def read_test_split(dataset_dir: str, limit: int | None):
     path = storage.join(dataset_dir, "test.parquet")
     if not storage.exists(path):
         raise FileNotFoundError(f"{path} not found: run `rayft data prepare` first")
-    rows = ray.data.read_parquet(path).select_columns(["messages"])
+    rows = ray.data.read_parquet(path)
+    rows = rows.select_columns(["messages"] + (["tools"] if "tools" in rows.schema().names else []))
     if limit:
         rows = rows.limit(limit)
     return rows.map_batches(split_prompt, batch_format="pyarrow")
@@ -78,6 +98,7 @@ def forgetting_records(path: str | None) -> list[dict]:
                 "prompt": json.dumps(messages[:-1], ensure_ascii=False),
                 "answer": messages[-1]["content"],
                 "expected": expected,
+                "tools": "",
             }
         )
     if not rows:

@@ -106,6 +106,12 @@ class DataConfig(Section):
 class ModelConfig(Section):
     base: str = Field(..., description="base model: a local folder or a hub id")
     chat_template: str | None = Field(None, description="override the tokenizer's chat template (Jinja)")
+    tool_parser: str = Field(
+        "hermes",
+        pattern=r"^[a-z0-9_]+$",
+        description="vLLM tool parser that reads calls back from this base's (and its versions') text; "
+        "recorded with every version",
+    )
 
 
 class LoraConfig(Section):
@@ -190,8 +196,9 @@ TASK_METRICS = {
     "generation": ("rouge_l", "bleu", "chrf"),
     "structured": ("schema_valid_rate", "json_parse_rate"),
     "perplexity": ("perplexity",),
+    "tool_call": ("tool_name_accuracy", "arguments_exact_match", "arguments_json_valid", "text_instead_of_call"),
 }
-LOWER_IS_BETTER = ("perplexity", "nll")
+LOWER_IS_BETTER = ("perplexity", "nll", "text_instead_of_call")
 
 
 class GateConfig(Section):
@@ -236,7 +243,9 @@ class GateConfig(Section):
 
 
 class EvalConfig(Section):
-    task: Literal["classification", "extraction", "generation", "structured", "perplexity"] = "classification"
+    task: Literal["classification", "extraction", "generation", "structured", "perplexity", "tool_call"] = (
+        "classification"
+    )
     label_regex: str | None = Field(
         r"Category:\s*(\w+)", description="classification: regex with one group that extracts the label"
     )

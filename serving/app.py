@@ -189,7 +189,12 @@ def build_app(
     base = base or served_base(config, registry)
     cpus = reservations(serve_config, cluster_cpus)
     engine = serve.deployment(EngineServer, **engine_options(serve_config, cpus.engine)).bind(
-        base.path, base.weights_hash, base.ref, config.model.chat_template, serve_config.model_dump()
+        base.path,
+        base.weights_hash,
+        base.ref,
+        config.model.chat_template,
+        serve_config.model_dump(),
+        config.model.tool_parser,
     )
     projects = ProjectDirectory.of(serve_config.projects, serve_config.fine_tuning)
     keys = KeyCheck(api_keys(serve_config) + projects.all_keys(), admin_keys(serve_config))

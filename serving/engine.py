@@ -8,7 +8,9 @@ chat template stored in its artifact (the one it was trained with), the base's w
 `max_cpu_loras` that never evicts an adapter requests are still using (`adapters.py`); a bad or
 altered adapter is refused with a message before it reaches vLLM's scheduler, where it would fail
 the whole engine. A replacement replica (after a crash) starts empty and loads adapters again on
-first use.
+first use. Tools and `tool_choice` (`tool_use.py`) and `response_format` are enforced by vLLM's
+structured-output backend (xgrammar), for the base and adapters in the same batch; a schema it cannot
+compile is a 400 naming `response_format`.
 """
 
 from __future__ import annotations
@@ -19,20 +21,30 @@ import os
 from rayft import chat, storage
 from rayft.config import ServeConfig
 from rayft.serving.adapters import Adapter, AdapterError, AdapterSlots, AllSlotsBusy, check_adapter
+from rayft.serving.tool_use import prompt_template, read_answer, tool_use
 from rayft.vllm_setup import VLLM_ENV, engine_dtype, on_cpu
 
 
 class EngineServer:
     """Ray Serve deployment body (see `app.build_app`): vLLM AsyncLLM plus its adapters."""
 
-    def __init__(self, base: str, base_hash: str | None, base_ref: str | None, chat_template: str | None, serve: dict):
+    def __init__(
+        self,
+        base: str,
+        base_hash: str | None,
+        base_ref: str | None,
+        chat_template: str | None,
+        serve: dict,
+        tool_parser: str = "hermes",
+    ):
         for key, value in VLLM_ENV.items():
             os.environ.setdefault(key, value)
         self.serve = ServeConfig.model_validate(serve)
-        self.base_template = chat_template
+        self.base_template, self.tool_parser = chat_template, tool_parser
         base = str(storage.verified_dir(base, base_hash if base_ref else None, base_ref))
         if not self.serve.use_gpu:
             use_cpu_threads(self.serve.cpus_per_engine or len(os.sched_getaffinity(0)))
+        from vllm.config import StructuredOutputsConfig
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -50,6 +62,7 @@ class EngineServer:
             max_num_seqs=self.serve.max_num_seqs,
             disable_log_stats=True,
             seed=0,
+            structured_outputs_config=StructuredOutputsConfig(backend="xgrammar", disable_any_whitespace=True),
         )
         self.engine = AsyncLLM.from_engine_args(args, stat_loggers=[quiet_stats()])
         self.tokenizer = self.engine.get_tokenizer()
@@ -124,12 +137,13 @@ class EngineServer:
             "aborted": self.aborted,
         }
 
-    def prompt_ids(self, request, template: str | None) -> list[int]:
-        """A chat request's generation prompt rendered with `template` (`rayft.chat`, as in training
-        and eval), or a completion's prompt as it is."""
+    def prompt_ids(self, request, template: str | None, tools: list[dict] | None = None) -> list[int]:
+        """A chat request's generation prompt (with its tools) rendered with `template`
+        (`rayft.chat`, as in training and eval), or a completion's prompt as it is."""
         if hasattr(request, "messages"):
-            messages = [{"role": m["role"], "content": m["content"]} for m in request.messages]
-            return chat.prompt_ids(self.tokenizer, messages, template)
+            kept = ("role", "content", "tool_calls", "tool_call_id")
+            messages = [{k: m[k] for k in kept if m.get(k) is not None} for m in request.messages]
+            return chat.prompt_ids(self.tokenizer, messages, template, tools)
         return chat.token_ids(self.tokenizer, request.prompt)
 
     def check_lengths(self, ids: list[int], request) -> tuple[int, str | None]:
@@ -153,6 +167,7 @@ class EngineServer:
         """Yield vLLM's outputs for one request (deltas when streaming, else only the final one),
         counting it in flight on its adapter until the last; or yield one {'error', 'status'} dict
         when the engine cannot take it."""
+        from vllm.exceptions import VLLMValidationError
         from vllm.lora.request import LoRARequest
 
         from rayft.serving.openai_api import sampling_params
@@ -168,7 +183,9 @@ class EngineServer:
         template = loaded.chat_template if loaded and loaded.chat_template else self.base_template
         with self.slots.in_use(loaded):  # taken with no await since ensure_adapter: it cannot be evicted
             try:  # tokenized on a worker thread: a long prompt does not hold up other requests' steps
-                ids = await asyncio.to_thread(self.prompt_ids, request, template)
+                use = tool_use(request, self.tokenizer, self.tool_parser, self.engine.model_config)
+                template = prompt_template(self.tokenizer, template, use)
+                ids = await asyncio.to_thread(self.prompt_ids, request, template, use.tools if use else None)
             except Exception as error:  # the chat template refused the conversation (a role, say)
                 yield {
                     "error": f"messages: the model's chat template cannot render them: {error}",
@@ -185,7 +202,9 @@ class EngineServer:
                 async for output in self.engine.generate(
                     {"prompt_token_ids": ids}, params, request_id, lora_request=lora
                 ):
-                    yield output
+                    yield output, use
+            except VLLMValidationError as error:  # e.g. a JSON schema the grammar backend cannot compile
+                yield {"error": str(error), "status": 400, "param": error.parameter or "response_format"}
             except (asyncio.CancelledError, GeneratorExit):  # the client hung up: vLLM aborts the request
                 self.aborted += 1
                 raise
@@ -195,16 +214,21 @@ class EngineServer:
         async for output in self.outputs(request, adapter, request_id, stream=False):
             if isinstance(output, dict):
                 return output
-            final = output
-        return answer_item(final, final.outputs[0].text, len(final.outputs[0].token_ids))
+            final, use = output
+        return answer_item(final, final.outputs[0].text, len(final.outputs[0].token_ids), use, request)
 
     async def stream(self, request, adapter: dict | None, request_id: str):
-        """Yield the answer as delta items (see `answer_item`), or one {'error', 'status'} item."""
+        """Yield the answer as delta items (see `answer_item`), or one {'error', 'status'} item. An
+        answer that may call tools is read whole, then sent as one item with its calls."""
+        if getattr(request, "tools", None) and request.tool_choice != "none":
+            yield await self.complete(request, adapter, request_id)
+            return
         tokens = 0
         async for output in self.outputs(request, adapter, request_id, stream=True):
             if isinstance(output, dict):
                 yield output
                 return
+            output, _ = output
             tokens += len(output.outputs[0].token_ids)
             yield answer_item(output, output.outputs[0].text, tokens)
 
@@ -227,15 +251,17 @@ def refusal(error: Exception) -> dict:
     return {"error": str(error), "status": 400, "code": "invalid_adapter", "retry": False}
 
 
-def answer_item(output, text: str, completion_tokens: int) -> dict:
-    """{'text', 'finish', 'prompt_tokens', 'completion_tokens'}, plus the engine's 'ttft' and
-    'tpot' (seconds) once the request is finished."""
+def answer_item(output, text: str, completion_tokens: int, use=None, request=None) -> dict:
+    """{'text', 'finish', 'prompt_tokens', 'completion_tokens'} (and 'tool_calls' when the answer
+    calls tools), plus the engine's 'ttft' and 'tpot' (seconds) once the request is finished."""
+    finish = output.outputs[0].finish_reason
+    text, calls, finish = read_answer(text, finish, use, request) if use else (text, [], finish)
     item = {
         "text": text,
-        "finish": output.outputs[0].finish_reason,
+        "finish": finish,
         "prompt_tokens": len(output.prompt_token_ids),
         "completion_tokens": completion_tokens,
-    }
+    } | ({"tool_calls": calls} if calls else {})
     stats = output.metrics
     if output.finished and stats is not None:
         item["ttft"] = stats.first_token_latency

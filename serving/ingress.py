@@ -365,6 +365,7 @@ class OpenAIServer:
             weakref.finalize(events, done, first)
             return StreamingResponse(events, media_type="text/event-stream", headers=headers)
         build = protocol().chat_response if chat else protocol().completion_response
+        calls = {"tool_calls": first.get("tool_calls")} if chat else {}
         answer = build(
             request_id,
             created,
@@ -373,11 +374,12 @@ class OpenAIServer:
             first["finish"],
             first["prompt_tokens"],
             first["completion_tokens"],
+            **calls,
         )
         counted.answered(kind, first)
         if key:
             self.cache.put(key, CachedAnswer(answer, request_id, created, asker))
-        if chat and self.traffic.chosen():  # scrubbed and written off the event loop
+        if chat and not body.get("tools") and self.traffic.chosen():  # scrubbed and written off the event loop
             record = (route.served, weights, body["messages"], first["text"], project)
             asyncio.get_running_loop().run_in_executor(None, self.traffic.save, *record)
         return json_response(answer, headers)

@@ -14,7 +14,13 @@ import time
 import warnings
 
 from pydantic import ValidationError
-from vllm.entrypoints.generate.base.protocol import DeltaMessage
+from vllm.entrypoints.generate.base.protocol import (
+    DeltaFunctionCall,
+    DeltaMessage,
+    DeltaToolCall,
+    FunctionCall,
+    ToolCall,
+)
 from vllm.entrypoints.openai.chat_completion.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -92,20 +98,28 @@ def openai_json(response, choice: dict, message: dict | None = None) -> str:
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
 
 
+def tool_calls_of(calls: list[dict] | None) -> list[ToolCall]:
+    return [ToolCall(id=c["id"], type="function", function=FunctionCall(**c["function"])) for c in calls or []]
+
+
 def chat_response(
-    request_id: str, created: int, model: str, text: str, finish: str | None, prompt_tokens: int, completion_tokens: int
+    request_id: str,
+    created: int,
+    model: str,
+    text: str | None,
+    finish: str | None,
+    prompt_tokens: int,
+    completion_tokens: int,
+    tool_calls: list[dict] | None = None,
 ) -> bytes:
-    """A whole chat completion as the JSON bytes sent (and cached)."""
+    """A whole chat completion as the JSON bytes sent (and cached), with its tool calls."""
+    message = ChatMessage(role="assistant", content=text, tool_calls=tool_calls_of(tool_calls))
     response = ChatCompletionResponse(
         id=request_id,
         created=created,
         model=model,
         usage=usage(prompt_tokens, completion_tokens),
-        choices=[
-            ChatCompletionResponseChoice(
-                index=0, message=ChatMessage(role="assistant", content=text), finish_reason=finish
-            )
-        ],
+        choices=[ChatCompletionResponseChoice(index=0, message=message, finish_reason=finish)],
     )
     return openai_json(response, choice={"logprobs": None}, message={"content": None, "refusal": None}).encode()
 
@@ -118,16 +132,14 @@ def chat_chunk(
     finish: str | None,
     role: bool = False,
     usage_info: UsageInfo | None = None,
+    tool_calls: list[dict] | None = None,
 ) -> str:
-    choices = (
-        []
-        if usage_info
-        else [
-            ChatCompletionResponseStreamChoice(
-                index=0, delta=DeltaMessage(role="assistant" if role else None, content=text), finish_reason=finish
-            )
-        ]
-    )
+    deltas = [
+        DeltaToolCall(index=i, id=c["id"], type="function", function=DeltaFunctionCall(**c["function"]))
+        for i, c in enumerate(tool_calls or [])
+    ]
+    delta = DeltaMessage(role="assistant" if role else None, content=text, tool_calls=deltas)
+    choices = [] if usage_info else [ChatCompletionResponseStreamChoice(index=0, delta=delta, finish_reason=finish)]
     chunk = ChatCompletionStreamResponse(id=request_id, created=created, model=model, choices=choices, usage=usage_info)
     return f"data: {openai_json(chunk, choice={'finish_reason': None})}\n\n"
 
@@ -186,7 +198,9 @@ async def sse_events(first: dict, rest, request_id: str, model: str, chat: bool,
         async for item in _prepend(first, rest):
             last = item
             if chat:
-                yield chat_chunk(request_id, model, created, item["text"], item["finish"])
+                yield chat_chunk(
+                    request_id, model, created, item["text"], item["finish"], tool_calls=item.get("tool_calls")
+                )
             else:
                 yield completion_chunk(request_id, model, created, item["text"], item["finish"])
         if include_usage:

@@ -14,13 +14,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from rayft.refusals import first_refusal
 from rayft.serving.errors import ApiError
 
 INT64 = 2**63 - 1
-ROLES = ("system", "developer", "user", "assistant")
+ROLES = ("system", "developer", "user", "assistant", "tool")
+NAME = r"^[A-Za-z0-9_-]{1,64}$"
 
 
 class Limits(BaseModel):
@@ -97,18 +100,149 @@ class Sampling(BaseModel):
         return least
 
 
-class Message(BaseModel):
+def json_schema(schema: dict | None) -> dict | None:
+    """`schema`, refused (ValueError) unless it is a valid JSON Schema."""
+    if schema is not None:
+        try:
+            Draft202012Validator.check_schema(schema)
+        except SchemaError as error:
+            raise ValueError(f"not a JSON Schema: {error.message}") from None
+    return schema
+
+
+class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    role: Literal[ROLES] = Field(description="system, developer, user or assistant")
-    content: str
+
+class FunctionSpec(Strict):
+    name: str = Field(pattern=NAME)
+    description: str | None = Field(None, max_length=4096)
+    parameters: dict | None = Field(None, description="a JSON Schema of the arguments")
+    strict: bool | None = None
+
+    _schema = field_validator("parameters")(json_schema)
+
+
+class ToolSpec(Strict):
+    type: Literal["function"]
+    function: FunctionSpec
+
+
+class ChosenFunction(Strict):
+    name: str = Field(pattern=NAME)
+
+
+class NamedToolChoice(Strict):
+    type: Literal["function"]
+    function: ChosenFunction
+
+
+class CallFunction(Strict):
+    name: str = Field(pattern=NAME)
+    arguments: str = Field(max_length=1 << 20, description="the arguments object, as a JSON string")
+
+
+class ToolCall(Strict):
+    id: str = Field(min_length=1, max_length=256)
+    type: Literal["function"] = "function"
+    function: CallFunction
+
+
+class JsonSchemaFormat(Strict):
+    name: str = Field(pattern=NAME)
+    description: str | None = None
+    schema_: dict | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+    _schema = field_validator("schema_")(json_schema)
+
+
+class ResponseFormat(Strict):
+    """`text`, `json_object` (any JSON object) or `json_schema` (an object of that schema), enforced
+    while sampling by vLLM's structured-output backend."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_with_its_type(self):
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("json_schema is given with type 'json_schema', and only then")
+        return self
+
+
+class Message(Strict):
+    role: Literal[ROLES] = Field(description="system, developer, user, assistant or tool")
+    tool_calls: list[ToolCall] | None = Field(None, max_length=128, description="an assistant turn's calls")
+    tool_call_id: str | None = Field(
+        None, min_length=1, max_length=256, validate_default=True, description="the call a tool turn answers"
+    )
+    content: str | None = Field(
+        None, validate_default=True, description="none only on an assistant turn that calls tools"
+    )
     name: str | None = Field(None, max_length=64)
+
+    @field_validator("tool_calls")
+    @classmethod
+    def _calls_by_the_assistant(cls, calls, info: ValidationInfo):
+        if calls is not None and info.data.get("role") != "assistant":
+            raise ValueError("only an assistant turn calls tools")
+        return calls
+
+    @field_validator("tool_call_id")
+    @classmethod
+    def _answers_a_call(cls, call_id, info: ValidationInfo):
+        if (info.data.get("role") == "tool") != (call_id is not None):
+            raise ValueError("a tool turn answers one call: given on tool turns, and only there")
+        return call_id
+
+    @field_validator("content")
+    @classmethod
+    def _content_unless_calling(cls, content, info: ValidationInfo):
+        if content is None and not (info.data.get("role") == "assistant" and info.data.get("tool_calls")):
+            raise ValueError("is required (only an assistant turn that calls tools may leave it out)")
+        return content
 
 
 class ChatRequest(Sampling):
     """`POST /v1/chat/completions`."""
 
     messages: list[Message] = Field(min_length=1, max_length=1000)
+    tools: list[ToolSpec] | None = Field(None, min_length=1, max_length=128)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+
+    @field_validator("tool_choice", mode="before")
+    @classmethod
+    def _choice_shape(cls, choice):
+        """One message for any shape that is neither of the two (a union names each member)."""
+        if choice is None or choice in ("none", "auto", "required"):
+            return choice
+        try:
+            return NamedToolChoice.model_validate(choice)
+        except ValidationError:
+            raise ValueError(
+                '\'none\', \'auto\', \'required\' or {"type": "function", "function": {"name": ...}}'
+            ) from None
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _choice_among_tools(cls, choice, info: ValidationInfo):
+        tools = info.data.get("tools") or []
+        if choice not in (None, "none") and not tools:
+            raise ValueError("a tool_choice needs tools")
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in {t.function.name for t in tools}:
+            raise ValueError(f"{choice.function.name!r} is not one of the request's tools")
+        return choice
+
+    @field_validator("response_format")
+    @classmethod
+    def _one_constraint(cls, fmt, info: ValidationInfo):
+        forced = info.data.get("tool_choice") not in (None, "none", "auto")
+        if fmt is not None and fmt.type != "text" and forced:
+            raise ValueError("cannot be combined with a tool_choice that forces a call (required or a function)")
+        return fmt
 
 
 class CompletionRequest(Sampling):
@@ -149,7 +283,11 @@ def checked(body: dict, chat: bool, limits: Limits) -> ChatRequest | CompletionR
     except ValidationError as error:
         param, message = first_refusal(error)
         raise ApiError(400, message, param=param) from None
-    characters = sum(len(m.content) for m in request.messages) if chat else len(request.prompt)
+    characters = (
+        sum(len(m.content or "") + sum(len(c.function.arguments) for c in m.tool_calls or []) for m in request.messages)
+        if chat
+        else len(request.prompt)
+    )
     if limits.max_prompt_chars is not None and characters > limits.max_prompt_chars:
         raise ApiError(
             400,

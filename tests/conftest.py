@@ -144,3 +144,44 @@ def trained_adapter(ray_cluster, tiny_model, tickets_dataset, tmp_path_factory) 
     from rayft.training.trainer import train
 
     return train(parse_config(lora_train_config(tiny_model, tickets_dataset, "support")))
+
+
+@pytest.fixture(scope="session")
+def tool_dataset(ray_cluster, tiny_model, tmp_path_factory) -> Path:
+    """The function-calling sample (OpenAI's format, with its planted bad lines) prepared by `rayft
+    data prepare`, stratified on the called tool."""
+    from rayft.config import DataConfig
+    from rayft.data.prepare import PrepareOptions, prepare_dataset
+    from rayft.data.tool_samples import write_tool_calls
+
+    folder = tmp_path_factory.mktemp("tools")
+    path = write_tool_calls(folder / "tools.jsonl", 400, seed=1)
+    data = DataConfig(max_tokens=1024, stratify_by="called_tool", near_dup_threshold=None)
+    prepare_dataset([str(path)], folder / "ds", PrepareOptions(data, tokenizer=tiny_model), show_progress=False)
+    return folder / "ds"
+
+
+def tool_train_config(base: str, dataset: Path, name: str) -> dict:
+    """A LoRA on the function-calling sample: enough steps for the tiny model to write calls."""
+    config = lora_train_config(
+        base,
+        dataset,
+        name,
+        max_steps=200,
+        epochs=30,
+        batch_size=16,
+        max_seq_len=512,
+        eval_every=200,
+        checkpoint_every=200,
+    )
+    eval_settings = {"task": "tool_call", "limit": 30, "few_shot": 0, "forgetting": False, "perplexity": False}
+    return config | {"eval": eval_settings | {"max_new_tokens": 64}, "serve": {"max_model_len": 1024}}
+
+
+@pytest.fixture(scope="session")
+def tool_adapter(ray_cluster, tiny_model, tool_dataset):
+    """A LoRA adapter trained by `rayft train` on the function-calling sample, as registered."""
+    from rayft.config import parse_config
+    from rayft.training.trainer import train
+
+    return train(parse_config(tool_train_config(tiny_model, tool_dataset, "tools")), show_progress=False)

@@ -34,7 +34,7 @@ def free_port() -> int:
 def server(ray_cluster, tiny_model, trained_adapter, tmp_path_factory):
     """rayft serve for the tiny base with the trained adapter, a second (random) one, and two
     versions of an adapter `ab` for alias tests; API and admin keys on, 80 requests in flight per
-    replica, prompts of at most 300 tokens in a 512-token context, the ingress also answering
+    replica, prompts of at most 400 tokens (tools rendered) in a 512-token context, the ingress also answering
     directly on its own port; the fine-tuning API's routes on; every chat answer sampled."""
     from rayft.config import parse_config
     from rayft.registry import Registry
@@ -60,7 +60,7 @@ def server(ray_cluster, tiny_model, trained_adapter, tmp_path_factory):
                 "api_keys": [KEY],
                 "admin_keys": [ADMIN_KEY],
                 "max_concurrent_requests": 80,
-                "max_prompt_tokens": 300,
+                "max_prompt_tokens": 400,
                 "adapters": [trained_adapter.ref],
                 # the fine-tuning routes on (for the schema and the fuzzer); no Jobs API answers there
                 "fine_tuning": {"enabled": True, "jobs_address": "http://127.0.0.1:9"},

@@ -338,8 +338,8 @@ def test_adapters_in_use_are_never_evicted_and_a_full_engine_is_a_503(server, tm
         ),
         (json.dumps({"model": "support", "messages": [{"role": "user", "content": "hi " * 600}]}).encode(), "tokens"),
         (
-            json.dumps({"model": "support", "messages": [{"role": "user", "content": "hi " * 175}]}).encode(),
-            "the limit is 300 (serve.max_prompt_tokens)",
+            json.dumps({"model": "support", "messages": [{"role": "user", "content": "hi " * 230}]}).encode(),
+            "the limit is 400 (serve.max_prompt_tokens)",
         ),  # fits the context, not the prompt limit
         (
             json.dumps(
@@ -432,7 +432,7 @@ def test_metrics_are_per_adapter_and_cover_every_ingress_replica(server):
     post_chat(server, "other", "metrics")
     post_chat(server, "other", "metrics")  # a cache hit
     post_chat(server, "tiny", "metrics")
-    assert post_chat(server, "other", "hi " * 175).status_code == 400  # over max_prompt_tokens
+    assert post_chat(server, "other", "hi " * 230).status_code == 400  # over max_prompt_tokens
     assert post_chat(server, "no-such-model").status_code == 404
     assert post_chat(server, "other", headers={"Authorization": "Bearer wrong"}).status_code == 401
     elsewhere = ServingMetrics(replica="elsewhere")

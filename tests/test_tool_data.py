@@ -8,6 +8,7 @@ accounted for and the split stratified on the called tool."""
 import copy
 import json
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 
 from rayft.config import DataConfig
 from rayft.data.records import CleanRecords, text_hash
-from rayft.data.tool_samples import TOOLS, tool_conversations, write_tool_calls
+from rayft.data.tool_samples import TOOLS, tool_conversations
 from rayft.data.validate import Reject, normalise_record
 
 GOOD = tool_conversations(1, seed=4, answered_share=1.0)[0]
@@ -202,37 +203,92 @@ def test_any_tool_record_is_kept_or_rejected_never_an_error(tools, calls, answer
     assert called <= {t["function"]["name"] for t in checked.tools or []}
 
 
+def test_the_loss_covers_the_call_and_the_answer_never_the_tool_result(tiny_model):
+    from transformers import AutoTokenizer
+
+    from rayft.chat import DEFAULT_TOOL_TEMPLATE, renders_tools, tool_template
+    from rayft.training.formatting import tokenize_conversation
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    assert not renders_tools(tokenizer) and tool_template(tokenizer) == DEFAULT_TOOL_TEMPLATE  # the tiny base has none
+    tokenizer.chat_template = DEFAULT_TOOL_TEMPLATE
+    checked = normalise_record(GOOD)
+    row = tokenize_conversation(tokenizer, checked.messages, 2048, checked.tools)
+    learned = tokenizer.decode([t for t, label in zip(row["input_ids"], row["labels"]) if label != -100])
+    call = call_of(GOOD)["function"]
+    assert learned.startswith("<tool_call>") and f'"name": "{call["name"]}"' in learned
+    assert learned.endswith(GOOD["messages"][-1]["content"] + "<|im_end|>")
+    assert GOOD["messages"][3]["content"] not in learned  # the tool's result is read, not learned
+    assert "get_order_status" in tokenizer.decode(row["input_ids"])  # the tools are in the prompt
+
+
 @pytest.mark.timeout(300)
-def test_a_function_calling_file_is_prepared_with_every_line_accounted_for(ray_cluster, tiny_model, tmp_path):
+def test_a_function_calling_file_is_prepared_with_every_line_accounted_for(tool_dataset):
     import pyarrow.parquet as pq
 
-    from rayft.data.prepare import PrepareOptions, prepare_dataset
+    from rayft.data.manifest import MANIFEST, Manifest
 
-    path = write_tool_calls(tmp_path / "tools.jsonl", 240, seed=2)
-    options = PrepareOptions(
-        DataConfig(max_tokens=1024, stratify_by="called_tool", near_dup_threshold=None), tokenizer=tiny_model
-    )
-    manifest = prepare_dataset([str(path)], tmp_path / "ds", options, show_progress=False)
-    lines = len(path.read_text().splitlines())
+    manifest = Manifest.model_validate_json((tool_dataset / MANIFEST).read_text())
+    lines = len(Path(manifest.inputs[0]).read_text().splitlines())
     assert manifest.counts.input == lines == manifest.counts.kept + manifest.counts.removed()
     assert manifest.rejects_by_reason == {"invalid_tool_arguments": 1, "orphan_tool_message": 1, "unknown_tool": 1}
     assert manifest.stats["tool_calls"]["double_encoded_arguments"] == 1
     assert any(w.startswith("double_encoded_arguments: 1") for w in manifest.warnings)
-    rejects = [json.loads(line) for line in (tmp_path / "ds" / "rejects.jsonl").read_text().splitlines()]
-    assert {(r["source"].endswith("tools.jsonl"), r["reason"]) for r in rejects} >= {(True, "unknown_tool")}
+    rejects = [json.loads(line) for line in (tool_dataset / "rejects.jsonl").read_text().splitlines()]
+    assert {r["reason"] for r in rejects if r["source"].endswith("tools.jsonl")} >= {
+        "unknown_tool",
+        "orphan_tool_message",
+    }
     called: dict[str, Counter] = {}
     for split in ("train", "val", "test"):
-        table = pq.read_table(tmp_path / "ds" / f"{split}.parquet").to_pylist()
+        table = pq.read_table(tool_dataset / f"{split}.parquet").to_pylist()
         assert all(json.loads(r["tools"]) == TOOLS for r in table)
         called[split] = Counter(
             c["function"]["name"] for r in table for m in r["messages"] for c in m["tool_calls"] or []
         )
     for name in ("get_order_status", "open_ticket", "escalate"):  # every tool in every split, in proportion
         assert called["val"][name] > 0 and called["test"][name] > 0
-        assert (
-            abs(
-                called["test"][name] / sum(called["test"].values())
-                - called["train"][name] / sum(called["train"].values())
-            )
-            < 0.15
-        )
+        share = {split: called[split][name] / sum(called[split].values()) for split in called}
+        assert abs(share["test"] - share["train"]) < 0.15
+
+
+@pytest.mark.timeout(600)
+def test_a_lora_on_tool_calls_beats_the_base_on_tool_name_accuracy(tool_adapter, tiny_model, tool_dataset):
+    from conftest import tool_train_config
+
+    from rayft.chat import DEFAULT_TOOL_TEMPLATE, artifact_template
+    from rayft.config import parse_config
+    from rayft.eval.evaluate import evaluate
+
+    assert artifact_template(tool_adapter.artifact_uri) == DEFAULT_TOOL_TEMPLATE  # recorded with the version
+    assert tool_adapter.config["model"]["tool_parser"] == "hermes"
+    report = evaluate(
+        parse_config(tool_train_config(tiny_model, tool_dataset, "tools")), tool_adapter.ref, show_progress=False
+    )
+    base, candidate = report.metrics["base"], report.metrics["candidate"]
+    assert report.primary_metric == "tool_name_accuracy"
+    assert candidate["tool_name_accuracy"] > base["tool_name_accuracy"]
+    assert candidate["text_instead_of_call"] < base["text_instead_of_call"] == 1.0
+    beats = next(c for c in report.verdict if c.name == "beats_base")
+    assert beats.passed, beats.detail
+
+
+def test_tool_call_metrics_against_hand_counted_answers():
+    from rayft.eval.metrics import tool_call_metrics
+    from rayft.tool_calls import ReadCalls
+
+    want = json.dumps([{"name": "escalate", "arguments": '{"reason": "legal"}'}])
+    outputs = [
+        ReadCalls(None, [{"name": "escalate", "arguments": '{"reason": "legal"}'}], True),  # right, exact
+        ReadCalls(None, [{"name": "escalate", "arguments": '{"reason": "angry"}'}], True),  # right tool, other args
+        ReadCalls("<tool_call>{...", [], True, "escalate"),  # right tool, arguments that do not parse
+        ReadCalls(None, [{"name": "open_ticket", "arguments": "{}"}], True),  # wrong tool
+        ReadCalls("I will ask a colleague.", [], False),  # text where a call was due
+    ]
+    found = tool_call_metrics([o.to_json() for o in outputs] + ["plain text answer"], [want] * 5 + ["It shipped."])
+    assert found == {  # over the five rows that ask for a call; the sixth asks for text
+        "tool_name_accuracy": 3 / 5,
+        "arguments_exact_match": 1 / 5,
+        "arguments_json_valid": 3 / 4,  # of the four that tried to call
+        "text_instead_of_call": 1 / 5,
+    }
