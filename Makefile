@@ -51,6 +51,7 @@ bench: $(STAMP)
 	$(PY) bench/data_prep.py
 	$(PY) bench/train_throughput.py
 	$(PY) bench/serve_throughput.py
+	$(PY) bench/serve_structured.py
 	$(PY) bench/multinode.py
 
 # Re-resolve the CPU profile in a scratch venv and write the lock file.

@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     data = subcommands.add_parser("data", help="dataset preparation").add_subparsers(dest="data_command", required=True)
     sample = data.add_parser("sample", help="write a synthetic sample dataset")
     sample.add_argument("--out", required=True)
-    sample.add_argument("--kind", default="tickets", choices=["tickets", "general"])
+    sample.add_argument("--kind", default="tickets", choices=["tickets", "general", "tools"])
     sample.add_argument("--n", type=int, default=2000)
     sample.add_argument("--seed", type=int, default=0)
     sample.set_defaults(func=commands.cmd_data_sample)
@@ -216,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     estimate.set_defaults(func=commands.cmd_estimate)
     quickstart = subcommands.add_parser("quickstart", help="run the whole path on the embedded sample")
     quickstart.add_argument("--port", type=int, default=8000)
+    quickstart.add_argument(
+        "--with", dest="extras", action="append", choices=["tools"], default=[], help="also a tool-calling adapter"
+    )
     quickstart.set_defaults(func=commands.cmd_quickstart)
     return parser
 

@@ -26,6 +26,10 @@ def cmd_data_sample(args) -> int:
 
     if args.kind == "tickets":
         path = samples.write_support_tickets(args.out, n=args.n, seed=args.seed)
+    elif args.kind == "tools":  # OpenAI's function-calling format
+        from rayft.data.tool_samples import write_tool_calls
+
+        path = write_tool_calls(args.out, n=args.n, seed=args.seed)
     else:
         path = samples.write_jsonl(samples.general_chat(args.n, args.seed), args.out)
     print(f"{args.kind} sample written to {path}")
@@ -308,7 +312,7 @@ def cmd_jobs(args) -> int:
 def cmd_quickstart(args) -> int:
     from rayft.quickstart import run_quickstart
 
-    run_quickstart(port=args.port)
+    run_quickstart(port=args.port, extras=tuple(args.extras))
     return 0
 
 

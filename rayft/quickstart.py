@@ -2,7 +2,9 @@
 
 setup   sample data and a tiny random Llama model with its tokenizer, under $RAYFT_HOME/quickstart
 run     data prepare → full fine-tune of the base on general chat → LoRA on support tickets →
-        eval base vs adapter → serve both over HTTP and ask each one question
+        eval base vs adapter → serve both over HTTP and ask each one question; with `--with tools`
+        also a LoRA on a function-calling set (OpenAI's format), evaluated on tool-name accuracy
+        and asked to call a tool over HTTP
 report  a summary table, the same summary as JSON in $RAYFT_HOME/quickstart/summary.json, shutdown
 """
 
@@ -19,9 +21,10 @@ from rich.table import Table
 from rayft.config import RayftConfig, load_config
 from rayft.data.manifest import Manifest
 from rayft.home import rayft_home
-from rayft.registry import ModelVersion
+from rayft.registry import ModelVersion, Registry
 
 QUESTION = "Hello, I was charged twice for my Pro subscription this month. Please help as soon as possible."
+TOOL_QUESTION = "Where is my order 48213?"
 
 
 def packaged_config(name: str) -> RayftConfig:
@@ -71,6 +74,43 @@ def _system_prompt() -> str:
     return SUPPORT_SYSTEM_PROMPT
 
 
+def ask_with_tools(url: str, model: str, question: str) -> dict:
+    """One chat completion with the tool set's tools and `tool_choice: required` (the call enforced
+    while sampling, so its arguments parse): the call it makes."""
+    import httpx
+
+    from rayft.data.tool_samples import SYSTEM, TOOLS
+
+    body = {
+        "model": model,
+        "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}],
+        "tools": TOOLS,
+        "tool_choice": "required",
+        "parallel_tool_calls": False,
+        "max_tokens": 64,
+        "temperature": 0,
+    }
+    response = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120)
+    response.raise_for_status()
+    message = response.json()["choices"][0]["message"]
+    return {"tool_calls": [c["function"] for c in message.get("tool_calls") or []], "content": message.get("content")}
+
+
+def tool_adapter(folder: Path) -> tuple[ModelVersion, dict]:
+    """The tool-calling LoRA on the quickstart base: data, training, eval; its version and eval."""
+    from rayft.data.tool_samples import write_tool_calls
+    from rayft.eval.evaluate import evaluate
+    from rayft.training.trainer import train
+
+    config = packaged_config("quickstart-tools.yaml")
+    write_tool_calls(folder / "tools.jsonl", n=400, seed=0)
+    prepare(config, Registry().get(config.model.base.removeprefix("registry:")).artifact_uri)
+    version = train(config)
+    report = evaluate(config, candidate=version.ref)
+    accuracy = {v: report.metrics[v]["tool_name_accuracy"] for v in ("base", "candidate")}
+    return version, {"base": accuracy["base"], "adapter": accuracy["candidate"], "n": report.n}
+
+
 def print_summary(summary: dict) -> None:
     table = Table(title="rayft quickstart", show_header=False)
     data = summary["data"]
@@ -89,14 +129,19 @@ def print_summary(summary: dict) -> None:
     table.add_row(
         "category accuracy", f"base {accuracy['base']:.3f} → adapter {accuracy['adapter']:.3f} (n={accuracy['n']})"
     )
+    if "tools_eval" in summary:
+        tools = summary["tools_eval"]
+        table.add_row(
+            "tool-name accuracy", f"base {tools['base']:.3f} → tool adapter {tools['adapter']:.3f} (n={tools['n']})"
+        )
     for who, answer in summary["served"].items():
         table.add_row(f"served answer: {who}", repr(answer))
     table.add_row("time", f"{summary['seconds']:.0f} s")
     Console().print(table)
 
 
-def run_quickstart(port: int = 8000) -> dict:
-    """Run every stage on the sample and return the summary."""
+def run_quickstart(port: int = 8000, extras: tuple[str, ...] = ()) -> dict:
+    """Run every stage on the sample (and the `extras` asked for: "tools") and return the summary."""
     from rayft.eval.evaluate import evaluate
     from rayft.serving import app
     from rayft.training.trainer import train
@@ -114,9 +159,12 @@ def run_quickstart(port: int = 8000) -> dict:
     manifest = prepare(adapter_config, base.artifact_uri)
     adapter = train(adapter_config)
     report = evaluate(adapter_config, candidate=adapter.ref)
+    tools = tool_adapter(folder) if "tools" in extras else None
     url = app.start(adapter_config)
     try:
         served = {"base": ask(url, base.name, QUESTION), "adapter": ask(url, adapter.ref, QUESTION)}
+        if tools:
+            served["tool adapter (tool_choice required)"] = ask_with_tools(url, tools[0].ref, TOOL_QUESTION)
     finally:
         app.shutdown()
 
@@ -133,6 +181,7 @@ def run_quickstart(port: int = 8000) -> dict:
         },
         "served": served,
         "question": QUESTION,
+        **({"tools_eval": tools[1], "tool_adapter_training": _run_summary(tools[0])} if tools else {}),
         "seconds": time.time() - started,
     }
     (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
