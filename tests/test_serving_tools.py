@@ -70,37 +70,39 @@ def served(server, tool_adapter) -> list[str]:
     return ["tiny", server["support"], "other", tool_adapter.ref]
 
 
-def test_required_and_named_tool_choice_always_parse_for_the_base_and_adapters_in_one_batch(server, served):
+def test_required_and_named_tool_choice_always_parse_for_the_base_and_adapters_in_one_batch(client, served):
     jobs = [
         (m, choice) for m in served for choice in ("required", {"type": "function", "function": {"name": "escalate"}})
     ]
-    with ThreadPoolExecutor(len(jobs)) as pool:  # in flight together: vLLM batches them
-        answers = list(
-            pool.map(
-                lambda job: ask(
-                    server, job[0], "Where is order 12345?", tools=TOOLS, tool_choice=job[1], parallel_tool_calls=False
-                ),
-                jobs,
-            )
+
+    def call(job):  # the official client, as users call it
+        model, choice = job
+        return client.chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": "Where is order 12345?"}],
+            tools=TOOLS,
+            tool_choice=choice,
+            parallel_tool_calls=False,
+            max_tokens=64,
+            temperature=0,
+            extra_headers=BYPASS,
         )
-    for (model, choice), response in zip(jobs, answers):
-        assert response.status_code == 200, (model, response.text)
-        answer = response.json()
+
+    with ThreadPoolExecutor(len(jobs)) as pool:  # in flight together: vLLM batches them
+        answers = list(pool.map(call, jobs))
+    for (model, choice), completion in zip(jobs, answers):
+        answer = completion.model_dump(exclude_unset=True)
         assert_conforms("CreateChatCompletionResponse", answer)
         calls = calls_of(answer)
         assert calls and all(valid_call(c) for c in calls), (model, answer)
+        finish = answer["choices"][0]["finish_reason"]
         if choice == "required":
-            assert answer["choices"][0]["finish_reason"] == "tool_calls"
+            assert finish == "tool_calls"
         else:  # a named function: that one, and OpenAI's finish_reason for it
-            assert [c["function"]["name"] for c in calls] == ["escalate"] and answer["choices"][0][
-                "finish_reason"
-            ] == "stop"
+            assert [c["function"]["name"] for c in calls] == ["escalate"] and finish == "stop"
 
 
-def test_streamed_tool_calls_come_as_openai_chunks(server, served):
-    import openai
-
-    client = openai.OpenAI(base_url=server["url"] + "/v1", api_key=AUTH["Authorization"].split()[1], max_retries=0)
+def test_streamed_tool_calls_come_as_openai_chunks(client, served):
     for model in (served[0], served[-1]):
         stream = client.chat.completions.create(
             model=model,
