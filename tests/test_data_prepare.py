@@ -348,7 +348,7 @@ def test_unsupported_files_in_an_input_folder_are_an_error_listing_them(tmp_path
 
 
 KABOOM_TEMPLATE = (
-    "{% for m in messages %}{% if m['role'] == 'tool' %}{{ raise_exception('no tool role here') }}"
+    "{% for m in messages %}{% if 'TEMPLATE-BOOM' in m['content'] %}{{ raise_exception('refused by the template') }}"
     "{% endif %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
 )
 
@@ -364,10 +364,7 @@ def test_json_arrays_and_records_that_break_a_step_end_as_rejects_with_source_an
     array.write_text(json.dumps(records[:3], indent=2)[:-1].rstrip() + ',\n  {"messages": [oops\n]')
     lines = [
         json.dumps(records[3]),
-        json.dumps(
-            records[4]
-            | {"messages": records[4]["messages"][:2] + [{"role": "tool", "content": "x"}] + records[4]["messages"][2:]}
-        ),
+        json.dumps(chat(4, extra=" TEMPLATE-BOOM")),
         json.dumps(chat(5, extra=" KABOOM")),
         "[" * 100_000 + "]" * 100_000,
         json.dumps(records[5]),
@@ -390,7 +387,7 @@ def test_json_arrays_and_records_that_break_a_step_end_as_rejects_with_source_an
     assert rejects[("array.json", starts[3])]["reason"] == "invalid_json"
     assert (
         rejects[("lines.jsonl", 2)]["reason"] == "template_error"
-        and "no tool role" in rejects[("lines.jsonl", 2)]["message"]
+        and "refused by the template" in rejects[("lines.jsonl", 2)]["message"]
     )
     kaboom = rejects[("lines.jsonl", 3)]
     assert kaboom["reason"] == "record_error" and "the NER model failed" in kaboom["message"]
