@@ -42,6 +42,13 @@ def dedup_text(messages: list[dict]) -> str:
     return "\n".join(p for p in parts if p)
 
 
+def compared_text(messages: list[dict], prompt_only: bool = False) -> str:
+    """`dedup_text` of what near-duplicate and leakage detection compare: the conversation, or with
+    `prompt_only` (preference pairs, whose last message is the preferred reply) the prompt alone, so
+    the same prompt is one record and never straddles the splits."""
+    return dedup_text(messages[:-1] if prompt_only else messages)
+
+
 def shingles(text: str) -> list[str]:
     words = re.findall(r"\w+", text.lower())
     if len(words) <= SHINGLE_WORDS:
@@ -195,12 +202,12 @@ def _record_rows(records: pd.DataFrame, partitions: int) -> pd.DataFrame:
     )
 
 
-def _attach_texts(group: pd.DataFrame, partitions: int) -> pd.DataFrame:
+def _attach_texts(group: pd.DataFrame, partitions: int, prompt_only: bool) -> pd.DataFrame:
     """One order partition: each distinct request gets its record's compared text, keyed for the
     next step by its pair's partition (so both ends of a pair meet there)."""
     records = group[group["a"] < 0].set_index("order")["messages"]
     requests = group[group["a"] >= 0].drop_duplicates(["order", "a", "b"])
-    texts = [dedup_text(json.loads(records[o])) for o in requests["order"]]
+    texts = [compared_text(json.loads(records[o]), prompt_only) for o in requests["order"]]
     a = requests["a"].to_numpy(np.int64)
     return pd.DataFrame(
         {
@@ -225,9 +232,10 @@ def _similar_pairs(group: pd.DataFrame, threshold: float) -> pd.DataFrame:
     return pd.DataFrame({"a": both["a"][keep], "b": both["b"][keep], "similarity": similarity[keep]})
 
 
-def verified_pairs(rows, pairs, threshold: float) -> list[tuple[int, int, float]]:
+def verified_pairs(rows, pairs, threshold: float, prompt_only: bool = False) -> list[tuple[int, int, float]]:
     """Candidate pairs whose Jaccard similarity reaches `threshold`, with the similarity. It is
-    computed exactly from the two records' 3-gram sets, not estimated from the signatures: at 128
+    computed exactly from the two records' 3-gram sets (of their prompts alone with `prompt_only`:
+    preference pairs, see `compared_text`), not estimated from the signatures: at 128
     permutations the estimate's standard error is ~0.035, which near the threshold both misses true
     duplicates and removes records that are not (bench/RESULTS.md).
 
@@ -245,7 +253,9 @@ def verified_pairs(rows, pairs, threshold: float) -> list[tuple[int, int, float]
     ends = (
         records.union(requests)
         .groupby("key")
-        .map_groups(_attach_texts, fn_kwargs={"partitions": partitions}, batch_format="pandas")
+        .map_groups(
+            _attach_texts, fn_kwargs={"partitions": partitions, "prompt_only": prompt_only}, batch_format="pandas"
+        )
     )
     similar = ends.groupby("key").map_groups(_similar_pairs, fn_kwargs={"threshold": threshold}, batch_format="pandas")
     frames = [f for f in similar.iter_batches(batch_format="pandas", batch_size=None) if len(f)]

@@ -1,6 +1,7 @@
 """Checking data files in one process, without Ray: every record validated as `rayft data prepare`
-validates it (`records.CleanRecords`), each reject named by file, line and reason, the kept records'
-tokens counted. The fine-tuning API checks an uploaded file this way before it queues a job, and
+validates it (`records.CleanRecords`; a dataset mixing SFT records and preference pairs keeps the more
+numerous kind, `preference.winning_kind`), each reject named by file, line and reason, the kept
+records' tokens counted. The fine-tuning API checks an uploaded file this way before it queues a job, and
 `rayft estimate` counts what a run would train on.
 """
 
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from rayft import storage
 from rayft.config import DataConfig
+from rayft.data.preference import KINDS, mixed_kinds, winning_kind
 from rayft.data.records import CleanRecords
 from rayft.data.sources import expand_inputs, file_records
 
@@ -34,9 +36,10 @@ class RejectedRecord:
 
 @dataclass
 class DataCheck:
-    """What a set of files holds: records, the ones kept, their tokens (rendered with the chat
-    template), and every reject."""
+    """What a set of files holds: records, the ones kept and their kind ('sft' or 'preference'),
+    their tokens (rendered with the chat template; a pair's longer conversation), and every reject."""
 
+    kind: str = "sft"
     records: int = 0
     kept: int = 0
     tokens: int = 0
@@ -60,16 +63,20 @@ def check_files(
     """Validate and count every record of `inputs` (files or folders) as data prepare would, before
     deduplication and splitting."""
     cleaner = CleanRecords(data, tokenizer, chat_template)
-    check = DataCheck()
+    outcomes = []  # (source, line, reject, kind, tokens) of every record
     for source in expand_inputs(inputs):
         rows = file_records(source, storage.read_bytes(source))
         for start in range(0, len(rows), BATCH):
             batch = rows[start : start + BATCH]
             for (line, _), row in zip(batch, cleaner.checked([raw for _, raw in batch])):
-                check.records += 1
-                if row["reject"] is None:
-                    check.kept += 1
-                    check.tokens += row["n_tokens"]
-                else:
-                    check.rejects.append(RejectedRecord(source, line, row["reject"].reason, row["reject"].message))
+                outcomes.append((source, line, row["reject"], row.get("kind"), row.get("n_tokens", 0)))
+    found = {kind: sum(1 for *_, reject, k, _ in outcomes if reject is None and k == kind) for kind in KINDS}
+    check = DataCheck(kind=winning_kind(found), records=len(outcomes))
+    for source, line, reject, kind, tokens in outcomes:
+        if reject is None and kind == check.kind:
+            check.kept += 1
+            check.tokens += tokens
+        else:
+            reject = reject or mixed_kinds(found, check.kind)
+            check.rejects.append(RejectedRecord(source, line, reject.reason, reject.message))
     return check

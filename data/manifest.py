@@ -3,6 +3,8 @@ and what training reads back (its `dataset_hash` becomes the version's dataset l
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel
 
 MANIFEST = "manifest.json"  # written last: a dataset folder without it is incomplete
@@ -32,9 +34,11 @@ class PiiFindings(BaseModel):
 
 
 class Manifest(BaseModel):
-    """One dataset version: its content hash, the counts, and how it was made."""
+    """One dataset version: its content hash, what kind of records it holds (chat records for SFT,
+    or preference pairs, which also carry an SFT example each), the counts, and how it was made."""
 
     dataset_hash: str
+    kind: Literal["sft", "preference"] = "sft"  # manifests written before pairs existed hold SFT records
     counts: Counts
     rejects_by_reason: dict[str, int]
     pii: PiiFindings

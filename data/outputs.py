@@ -2,7 +2,8 @@
 
 Splits are written in input order from a streaming iterator, so memory stays bounded, and the
 dataset hash is computed over what is written (each split's rows in order: messages with their
-weights, and labels): the same records and config give the same hash whatever the cluster size.
+weights, a preference pair's rejected reply, and labels): the same records and config give the
+same hash whatever the cluster size.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ MESSAGE_TYPE = pa.list_(
 )
 SPLIT_SCHEMA = pa.schema(
     [
-        ("messages", MESSAGE_TYPE),
+        ("messages", MESSAGE_TYPE),  # a preference pair's: the prompt, then the preferred reply
+        ("rejected", MESSAGE_TYPE),  # a preference pair's one non-preferred reply; null for other records
         ("tools", pa.string()),  # the record's tools as OpenAI's JSON (a JSON Schema each); null: none
         ("label", pa.string()),
         ("n_tokens", pa.int32()),
@@ -70,13 +72,14 @@ def write_rejects(removed, path: Path) -> dict[str, int]:
     return dict(sorted(reasons.items()))
 
 
-def row_identity(messages_json: str, label: str | None, tools_json: str = "") -> bytes:
+def row_identity(messages_json: str, label: str | None, tools_json: str = "", rejected_json: str = "") -> bytes:
     """What a written row contributes to the dataset hash: its messages (roles, contents, tool
-    calls and per-message weights, as validated), its tools and its label. Provenance (source,
-    line) is left out, so the same records read from a renamed file are the same version, and so is
-    n_tokens, which the messages and the tokenizer determine."""
+    calls and per-message weights, as validated), a preference pair's rejected reply, its tools and
+    its label. Provenance (source, line) is left out, so the same records read from a renamed file
+    are the same version, and so is n_tokens, which the messages and the tokenizer determine."""
     tools = f"\t{tools_json}" if tools_json else ""  # a record without tools hashes as it always did
-    return f"{json.dumps(label)}\t{messages_json}{tools}\n".encode()
+    rejected = f"\trejected\t{rejected_json}" if rejected_json else ""  # and so does one that is no pair
+    return f"{json.dumps(label)}\t{messages_json}{tools}{rejected}\n".encode()
 
 
 def write_splits(assigned, out_dir: Path) -> tuple[dict[str, int], str, dict]:
@@ -92,14 +95,17 @@ def write_splits(assigned, out_dir: Path) -> tuple[dict[str, int], str, dict]:
         for batch in assigned.sort("order").iter_batches(batch_format="pandas", batch_size=4096):
             for name, part in batch.groupby("split"):
                 labels_out = [None if x == NO_LABEL else x for x in part["label"]]
-                for text, label, tools in zip(part["messages"], labels_out, part["tools"]):
-                    digests[name].update(row_identity(text, label, tools))
+                for text, label, tools, rejected in zip(part["messages"], labels_out, part["tools"], part["rejected"]):
+                    digests[name].update(row_identity(text, label, tools, rejected))
                 calls["records_with_tools"] += int((part["tools"] != "").sum())
                 calls["double_encoded_arguments"] += int(part["double_encoded"].sum())
                 writers[name].write_table(
                     pa.table(
                         {
                             "messages": pa.array([json.loads(m) for m in part["messages"]], MESSAGE_TYPE),
+                            "rejected": pa.array(
+                                [json.loads(r) if r else None for r in part["rejected"]], MESSAGE_TYPE
+                            ),
                             "tools": pa.array([t or None for t in part["tools"]], pa.string()),
                             "label": pa.array(labels_out, pa.string()),
                             "n_tokens": pa.array(part["n_tokens"], pa.int32()),

@@ -1,8 +1,9 @@
 """`rayft data prepare`: raw files in, clean versioned train/val/test splits out, nothing lost.
 
 setup   resolve inputs (JSONL, Parquet, HF dataset folders) and options, start Ray
-run     validate + scrub PII → drop exact duplicates → drop near duplicates (MinHash LSH) →
-        split (seeded, stratified) → drop val/test records that leak from train
+run     validate + scrub PII → keep one kind of record (SFT or preference pairs) → drop exact
+        duplicates → drop near duplicates (MinHash LSH; a pair's prompt) → split (seeded,
+        stratified) → drop val/test records that leak from train
 report  write the splits, `rejects.jsonl` (every removed record with its reason), the manifest
         (counts, PII counts, stats, a content hash) and a token-length histogram
 
@@ -23,7 +24,8 @@ from rayft import storage
 from rayft.config import DataConfig
 from rayft.data import dedup, outputs, pii, sources, split
 from rayft.data.manifest import MANIFEST, Counts, Manifest, PiiFindings
-from rayft.data.records import clean_batch, pii_found
+from rayft.data.preference import reject_other_kind, stored_record, winning_kind
+from rayft.data.records import clean_batch, kinds_found, pii_found
 from rayft.runtime import ensure_ray
 
 STAGES = ["validate and scrub", "exact duplicates", "near duplicates", "split", "leakage", "write"]
@@ -86,13 +88,13 @@ def removed_rows(cleaned, removed: dict[int, tuple[str, int, float]], files: lis
                 continue
             reason, original, similarity = removed[int(order)]
             where = sources.locate(original, files)
-            out["reason"][i], out["record"][i] = reason, batch["messages"][i]
+            out["reason"][i], out["record"][i] = reason, stored_record(batch["messages"][i], batch["rejected"][i])
             out["message"][i] = f"{reason.replace('_', ' ')} of {where['source']}:{where['line']}"
             out["duplicate_of"][i], out["similarity"][i] = json.dumps(where), similarity
         return out
 
     wanted = (col("status") == "rejected") | col("order").is_in(list(removed))
-    columns = ["order", "source", "line", "reason", "message", "record", "messages"]
+    columns = ["order", "source", "line", "reason", "message", "record", "messages", "rejected"]
     return cleaned.filter(expr=wanted).select_columns(columns).map_batches(describe, batch_format="numpy")
 
 
@@ -135,7 +137,13 @@ def prepare_into(files: list[str], out_dir: Path, options: PrepareOptions, show_
             )
             .materialize()
         )
+        found = kinds_found(cleaned)
+        kind = winning_kind(found)
+        if len([n for n in found.values() if n]) > 1:
+            fn_kwargs = {"kind": kind, "found": found}
+            cleaned = cleaned.map_batches(reject_other_kind, fn_kwargs=fn_kwargs, batch_format="numpy").materialize()
         valid = cleaned.filter(expr=col("status") == "ok")
+        prompts_only = kind == "preference"  # near duplicates and leaks compare pairs by their prompt
         advance(STAGES[1])
 
         exact = dedup.exact_duplicates(valid) if data.dedup else {}
@@ -145,7 +153,7 @@ def prepare_into(files: list[str], out_dir: Path, options: PrepareOptions, show_
         near = {}
         if data.near_dup_threshold:
             pairs = dedup.candidate_pairs(unique, data.near_dup_threshold, data.num_perm, False, salt=0)
-            near = dedup.keep_first(dedup.verified_pairs(unique, pairs, data.near_dup_threshold))
+            near = dedup.keep_first(dedup.verified_pairs(unique, pairs, data.near_dup_threshold, prompts_only))
         kept = drop_orders(unique, near)
         advance(STAGES[3])
 
@@ -157,7 +165,8 @@ def prepare_into(files: list[str], out_dir: Path, options: PrepareOptions, show_
         leaked = {}
         if data.leak_threshold:
             pairs = dedup.candidate_pairs(assigned, data.leak_threshold, data.num_perm, True, salt=data.seed + 1)
-            for train_order, other, similarity in dedup.verified_pairs(assigned, pairs, data.leak_threshold):
+            verified = dedup.verified_pairs(assigned, pairs, data.leak_threshold, prompts_only)
+            for train_order, other, similarity in verified:
                 if similarity >= leaked.get(other, (0, 0.0))[1]:
                     leaked[other] = (train_order, similarity)
         final = drop_orders(assigned, leaked)
@@ -186,6 +195,7 @@ def prepare_into(files: list[str], out_dir: Path, options: PrepareOptions, show_
         raise RuntimeError(f"records lost: read {tally.input}, accounted for {tally.kept + tally.removed()}")
     manifest = Manifest(
         dataset_hash=dataset_hash,
+        kind=kind,
         counts=tally,
         rejects_by_reason={r: n for r, n in reasons.items() if r not in special},
         pii=PiiFindings(mode=data.pii, found=pii_found(cleaned)),

@@ -1,6 +1,7 @@
 """The per-record Ray Data step: raw record → validated, PII-scrubbed, labelled, measured row.
 
-Every output row is either `ok` (with its messages, label, token count and content hashes) or
+Every output row is either `ok` (with its messages, a preference pair's rejected reply, label, kind,
+token count and content hashes) or
 `rejected` (with a stable reason code, a message, and the raw record, scrubbed of PII unless PII
 handling is off, so the reject file never leaks what the outputs do not). A record that makes any
 step raise (the chat template, an NER detector, anything unforeseen) is rejected with the error as
@@ -19,19 +20,27 @@ import numpy as np
 from rayft.chat import arguments_object, render, tool_template
 from rayft.config import DataConfig
 from rayft.data import pii
-from rayft.data.dedup import dedup_text, signatures
+from rayft.data.dedup import compared_text, dedup_text, signatures
 from rayft.data.validate import Reject, decode_line, normalise_record
 
 NO_LABEL = "__all__"
 
 
-def text_hash(messages: list[dict], tools: list[dict] | None = None) -> str:
+def folded_text(messages: list[dict]) -> str:
+    """Messages as 'role: content' lines, case and whitespace folded."""
+    return "\n".join(f"{m['role']}: {' '.join((m['content'] or '').lower().split())}" for m in messages)
+
+
+def text_hash(messages: list[dict], tools: list[dict] | None = None, rejected: list[dict] | None = None) -> str:
     """Hash of a whole record's normalised text (case and whitespace folded), its tool calls
-    (arguments as parsed JSON, call ids left out) and the tools it declares: exact duplicates."""
-    text = "\n".join(f"{m['role']}: {' '.join((m['content'] or '').lower().split())}" for m in messages)
+    (arguments as parsed JSON, call ids left out), the tools it declares and a preference pair's
+    rejected reply: exact duplicates."""
+    text = folded_text(messages)
+    if rejected:  # other records hash as they always did
+        text += "\nrejected " + folded_text(rejected)
     calls = [
         [{"name": c["function"]["name"], "arguments": arguments_object(c["function"])} for c in m["tool_calls"]]
-        for m in messages
+        for m in messages + (rejected or [])
         if m.get("tool_calls")
     ]
     if calls or tools:  # records without tools hash as they always did
@@ -122,12 +131,15 @@ class CleanRecords:
             raise Reject("template_error", f"the chat template cannot render this record: {error}") from None
 
     def count_tokens(self, rows: list[dict]) -> list[int]:
-        """Tokens per valid row: the rendered texts tokenized in one batch, or words without a tokenizer."""
+        """Tokens per valid row: the rendered texts tokenized in one batch, or words without a
+        tokenizer; for a preference pair, its longer conversation (prompt and either reply)."""
         if self.tokenizer is None:
-            return [sum(len(dedup_text([m]).split()) for m in r["messages"]) for r in rows]
-        if not rows:  # the tokenizer cannot take an empty batch
+            return [max(sum(len(dedup_text([m]).split()) for m in c) for c in conversations(r)) for r in rows]
+        texts = [text for r in rows for text in r["texts"]]
+        if not texts:  # the tokenizer cannot take an empty batch
             return []
-        return [len(ids) for ids in self.tokenizer([r["text"] for r in rows], add_special_tokens=False)["input_ids"]]
+        lengths = iter(len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"])
+        return [max(next(lengths) for _ in r["texts"]) for r in rows]
 
     def clean(self, raw: bytes) -> dict:
         row = {"pii": {}}
@@ -135,13 +147,21 @@ class CleanRecords:
             record = decode_line(raw)
             checked = normalise_record(record, self.data.format)
             label = self.label_of(record, checked.messages)
-            messages, row["pii"] = self.scrub_messages(checked.messages)  # counted even when dropped
+            # A pair's both replies scrubbed with its prompt; counted even when dropped.
+            scrubbed, row["pii"] = self.scrub_messages(checked.messages + (checked.rejected or []))
             if row["pii"] and self.data.pii == "drop":
                 kinds = ", ".join(f"{n} {k}" for k, n in sorted(row["pii"].items()))
                 raise Reject("contains_pii", f"record contains PII ({kinds}) and data.pii is 'drop'")
-            text = self.rendered(messages, checked.tools)
-            kept = {"messages": messages, "tools": checked.tools, "double_encoded": checked.double_encoded}
-            return row | kept | {"label": label, "text": text, "reject": None}
+            n = len(checked.messages)
+            kept = {
+                "messages": scrubbed[:n],
+                "rejected": scrubbed[n:] if checked.rejected is not None else None,
+                "kind": checked.kind,
+                "tools": checked.tools,
+                "double_encoded": checked.double_encoded,
+            }
+            texts = [self.rendered(c, checked.tools) for c in conversations(kept)]
+            return row | kept | {"label": label, "texts": texts, "reject": None}
         except Reject as reject:
             return row | {"messages": None, "label": "", "reject": reject}
         except Exception as error:  # any other failure is this record's, not the batch's
@@ -177,6 +197,7 @@ class CleanRecords:
         raws = [bytes(r) for r in batch["raw"]]
         rows = self.checked(raws)
         good = [r["reject"] is None for r in rows]
+        hashes = [text_hash(r["messages"], r["tools"], r["rejected"]) if g else "" for g, r in zip(good, rows)]
         columns = {
             "source": batch["source"],
             "line": batch["line"],
@@ -186,20 +207,37 @@ class CleanRecords:
             "message": ["" if g else r["reject"].message for g, r in zip(good, rows)],
             "record": ["" if g else self.reject_text(raw) for g, raw in zip(good, raws)],
             "messages": [json.dumps(r["messages"], ensure_ascii=False) if g else "" for g, r in zip(good, rows)],
+            "rejected": [
+                json.dumps(r["rejected"], ensure_ascii=False) if g and r["rejected"] else "" for g, r in zip(good, rows)
+            ],
+            "kind": [r["kind"] if g else "" for g, r in zip(good, rows)],
             "label": [r["label"] for r in rows],
             "n_tokens": [r.get("n_tokens", 0) for r in rows],
-            "text_hash": [text_hash(r["messages"], r["tools"]) if g else "" for g, r in zip(good, rows)],
+            "text_hash": hashes,
+            # What the split orders records by: a pair's prompt (pairs sharing one sit together).
+            "split_key": [
+                text_hash(r["messages"][:-1], r["tools"]) if g and r["rejected"] else h
+                for g, r, h in zip(good, rows, hashes)
+            ],
             "tools": [
                 json.dumps(r["tools"], ensure_ascii=False) if g and r["tools"] else "" for g, r in zip(good, rows)
             ],
             "called_tools": [called_tools(r["messages"]) if g else "" for g, r in zip(good, rows)],
             "double_encoded": [r.get("double_encoded", 0) for r in rows],
         }
-        texts = [dedup_text(r["messages"]) if g else "" for g, r in zip(good, rows)]
+        texts = [compared_text(r["messages"], r["rejected"] is not None) if g else "" for g, r in zip(good, rows)]
         columns["minhash"] = signatures(texts, self.data.num_perm, self.data.seed)
         # One JSON column, not one column per kind: an NER detector may report kinds of its own.
         columns["pii"] = [json.dumps(r["pii"], sort_keys=True) if r["pii"] else "" for r in rows]
         return columns
+
+
+def conversations(row: dict) -> list[list[dict]]:
+    """A kept row's conversations as training sees them: its messages, and for a preference pair
+    also the prompt with the rejected reply."""
+    if row["rejected"] is None:
+        return [row["messages"]]
+    return [row["messages"], row["messages"][:-1] + row["rejected"]]
 
 
 @lru_cache(maxsize=4)
@@ -222,6 +260,22 @@ def _pii_totals(batch: dict[str, np.ndarray]) -> dict[str, list]:
         for kind, n in (json.loads(found) if found else {}).items():
             totals[kind] = totals.get(kind, 0) + n
     return {"pii": [json.dumps(totals)]}
+
+
+def _kind_totals(batch: dict[str, np.ndarray]) -> dict[str, list]:
+    kinds = [kind for kind, status in zip(batch["kind"], batch["status"]) if status == "ok"]
+    return {"kinds": [json.dumps({kind: kinds.count(kind) for kind in set(kinds)})]}
+
+
+def kinds_found(cleaned) -> dict[str, int]:
+    """How many valid records of each kind ('sft', 'preference') the cleaned rows hold, counted
+    per block on the cluster."""
+    totals: dict[str, int] = {}
+    blocks = cleaned.select_columns(["kind", "status"]).map_batches(_kind_totals, batch_format="numpy", batch_size=None)
+    for row in blocks.iter_rows():
+        for kind, n in json.loads(row["kinds"]).items():
+            totals[kind] = totals.get(kind, 0) + n
+    return dict(sorted(totals.items()))
 
 
 def pii_found(cleaned) -> dict[str, int]:

@@ -1,7 +1,8 @@
 """Seeded, deterministic, stratified train/val/test assignment.
 
 Within each label group (all records form one group when no label is configured) records are
-ordered by a seeded hash of their content, then cut at the configured fractions. The same records
+ordered by a seeded hash of their content (`split_key`: a preference pair's prompt alone, so pairs
+sharing a prompt sit together), then cut at the configured fractions. The same records
 and seed always give the same split, whatever the input order or the number of Ray workers, and
 each class keeps its proportions to within one record.
 """
@@ -22,13 +23,13 @@ def split_sizes(n: int, fractions: dict[str, float]) -> dict[str, int]:
     return {"val": val, "test": test, "train": n - val - test}
 
 
-def _seeded_key(text_hash: str, seed: int) -> str:
-    return hashlib.sha256(f"{seed}:{text_hash}".encode()).hexdigest()
+def _seeded_key(split_key: str, seed: int) -> str:
+    return hashlib.sha256(f"{seed}:{split_key}".encode()).hexdigest()
 
 
 def assign_group(group: pd.DataFrame, fractions: dict[str, float], seed: int) -> pd.DataFrame:
     """Add a `split` column to one label group (a Ray Data map_groups function)."""
-    keys = group["text_hash"].map(lambda h: _seeded_key(h, seed))
+    keys = group["split_key"].map(lambda h: _seeded_key(h, seed))
     group = group.assign(_key=keys).sort_values(["_key", "order"]).drop(columns="_key")
     sizes = split_sizes(len(group), fractions)
     names = ["val"] * sizes["val"] + ["test"] * sizes["test"] + ["train"] * sizes["train"]

@@ -1,4 +1,5 @@
 """Record validation: turn one raw input record into chat `messages`, or a reject with a reason.
+Preference pairs (`preference.py`) are chat validation applied to each side.
 
 Pure functions with no Ray in them; `prepare.py` runs them over Ray Data batches. Every reason is a
 stable code (for scripts) plus a human message (for people); see docs/data.md for the list.
@@ -19,11 +20,19 @@ LEGACY_ROLES = ("function",)  # OpenAI's older function-calling format: read as 
 @dataclass
 class Normalised:
     """A validated record: its messages, the tools it declares (OpenAI's `tools`, or the older
-    `functions` as tools), and how many of its calls' arguments were JSON strings holding JSON."""
+    `functions` as tools), and how many of its calls' arguments were JSON strings holding JSON. A
+    preference pair's messages are the prompt and the preferred reply; `rejected` holds the one
+    non-preferred reply (None for every other record)."""
 
     messages: list[dict]
     tools: list[dict] | None = None
     double_encoded: int = 0
+    rejected: list[dict] | None = None
+
+    @property
+    def kind(self) -> str:
+        """'preference' for a pair, 'sft' for every other record."""
+        return "sft" if self.rejected is None else "preference"
 
 
 def decode_line(raw: bytes) -> object:
@@ -110,24 +119,36 @@ def messages_from_prompt_completion(record: object) -> list[dict]:
     ]
 
 
+# A record with any of these fields and no `messages` is a preference pair: OpenAI's
+# (`preferred_output`, `non_preferred_output`) or prompt/chosen/rejected.
+PREFERENCE_FIELDS = ("preferred_output", "non_preferred_output", "chosen", "rejected")
+
+
 def detect_format(record: object) -> str:
-    """'messages' or 'prompt_completion', judged from a record's fields."""
-    if isinstance(record, dict) and ("prompt" in record or "completion" in record) and "messages" not in record:
-        return "prompt_completion"
-    return "messages"
+    """'messages', 'prompt_completion' or 'preference', judged from a record's fields."""
+    if not isinstance(record, dict) or "messages" in record:
+        return "messages"
+    if any(name in record for name in PREFERENCE_FIELDS):
+        return "preference"
+    return "prompt_completion" if "prompt" in record or "completion" in record else "messages"
 
 
-RECORD_FORMATS = ("auto", "messages", "prompt_completion")
+RECORD_FORMATS = ("auto", "messages", "prompt_completion", "preference")
 
 
 def normalise_record(record: object, fmt: str = "auto") -> Normalised:
-    """A record of `fmt` ('auto': told by its fields, 'messages' or 'prompt_completion') as validated
-    messages (and tools). The format is the record's shape, not its container (JSONL, Parquet, ...)."""
+    """A record of `fmt` ('auto': told by its fields, 'messages', 'prompt_completion' or
+    'preference') as validated messages (and tools, and a pair's non-preferred reply). The format is
+    the record's shape, not its container (JSONL, Parquet, ...)."""
     if fmt not in RECORD_FORMATS:
         raise ValueError(f"record format must be one of {', '.join(RECORD_FORMATS)}, got {fmt!r}")
     fmt = detect_format(record) if fmt == "auto" else fmt
     if fmt == "prompt_completion":
         return Normalised(messages_from_prompt_completion(record))
+    if fmt == "preference":
+        from rayft.data.preference import preference_record  # it builds on this module's chat validation
+
+        return preference_record(record)
     return chat_record(record)
 
 

@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     data = subcommands.add_parser("data", help="dataset preparation").add_subparsers(dest="data_command", required=True)
     sample = data.add_parser("sample", help="write a synthetic sample dataset")
     sample.add_argument("--out", required=True)
-    sample.add_argument("--kind", default="tickets", choices=["tickets", "general", "tools"])
+    sample.add_argument("--kind", default="tickets", choices=["tickets", "general", "tools", "preference"])
     sample.add_argument("--n", type=int, default=2000)
     sample.add_argument("--seed", type=int, default=0)
     sample.set_defaults(func=commands.cmd_data_sample)
@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--tokenizer", help="tokenizer (model folder or hub id) for token limits and stats")
     prepare.add_argument(
         "--format",
-        choices=["auto", "messages", "prompt_completion"],
+        choices=["auto", "messages", "prompt_completion", "preference"],
         help="record format (default auto: told per record); the container comes from each file",
     )
     prepare.add_argument("--label-field")
@@ -200,6 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     review_report.add_argument("ref", help="NAME:VERSION")
     review_report.set_defaults(func=commands.cmd_review_report)
+    export = review.add_parser(
+        "export-preferences",
+        help="reviewers' pairwise judgments as a preference file in OpenAI's DPO format (one pair per item)",
+    )
+    export.add_argument("ref", help="NAME:VERSION")
+    export.add_argument("--out", required=True, help="the JSONL file to write")
+    export.set_defaults(func=commands.cmd_review_export_preferences)
 
     drift = subcommands.add_parser(
         "drift", parents=[as_json], help="compare recent traffic with the training data; scores on /metrics"
@@ -217,7 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
     quickstart = subcommands.add_parser("quickstart", help="run the whole path on the embedded sample")
     quickstart.add_argument("--port", type=int, default=8000)
     quickstart.add_argument(
-        "--with", dest="extras", action="append", choices=["tools"], default=[], help="also a tool-calling adapter"
+        "--with",
+        dest="extras",
+        action="append",
+        choices=["tools", "dpo"],
+        default=[],
+        help="also a tool-calling adapter (tools), or DPO continuing the ticket adapter on preference pairs (dpo)",
     )
     quickstart.set_defaults(func=commands.cmd_quickstart)
     return parser

@@ -30,6 +30,10 @@ def cmd_data_sample(args) -> int:
         from rayft.data.tool_samples import write_tool_calls
 
         path = write_tool_calls(args.out, n=args.n, seed=args.seed)
+    elif args.kind == "preference":  # OpenAI's DPO format
+        from rayft.data.preference_samples import write_preference_pairs
+
+        path = write_preference_pairs(args.out, n=args.n, seed=args.seed)
     else:
         path = samples.write_jsonl(samples.general_chat(args.n, args.seed), args.out)
     print(f"{args.kind} sample written to {path}")
@@ -187,6 +191,20 @@ def cmd_review_report(args) -> int:
         from rayft.eval.review_report import print_summary
 
         print_summary(summary, written)
+    return 0
+
+
+def cmd_review_export_preferences(args) -> int:
+    from rayft.eval.review_export import export_preferences
+    from rayft.feedback import FeedbackStore
+
+    registry = Registry()
+    exported = export_preferences(FeedbackStore(registry.path), registry.get(args.ref), args.out)
+    even = f"; {exported.split_evenly} items left out, their judgments split evenly" if exported.split_evenly else ""
+    print(
+        f"{exported.pairs} preference pairs from {exported.judgments} judgments of {exported.items} items "
+        f"written to {exported.path}{even}"
+    )
     return 0
 
 
