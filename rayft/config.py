@@ -26,6 +26,7 @@ from rayft.config_serve import (  # noqa: F401  (re-exported)
     ServeConfig,
     TrafficConfig,
 )
+from rayft.config_train import DeepSpeedConfig, DpoConfig, LoraConfig, TrainConfig  # noqa: F401  (re-exported)
 from rayft.config_watch import DriftConfig, ReviewConfig
 from rayft.home import rayft_home
 
@@ -45,7 +46,7 @@ class SplitConfig(Section):
 class DataConfig(Section):
     inputs: list[str] = Field(default_factory=list, description="JSONL/Parquet files or HF dataset folders")
     out: str | None = Field(None, description="prepared dataset folder; default $RAYFT_HOME/datasets/<name>")
-    format: Literal["auto", "messages", "prompt_completion"] = Field(
+    format: Literal["auto", "messages", "prompt_completion", "preference"] = Field(
         "auto", description="record format (auto: told per record); the container comes from each file"
     )
     split: SplitConfig = Field(default_factory=SplitConfig)
@@ -78,7 +79,7 @@ class DataConfig(Section):
         if value in ("jsonl", "parquet", "hf", "arrow"):
             raise ValueError(
                 f"{value!r} is a container, not a record format: the container is always taken "
-                "from each input's file name or folder; give auto, messages or prompt_completion"
+                "from each input's file name or folder; give auto, messages, prompt_completion or preference"
             )
         return value
 
@@ -114,81 +115,6 @@ class ModelConfig(Section):
     )
 
 
-class LoraConfig(Section):
-    r: int = Field(16, gt=0)
-    alpha: int = Field(32, gt=0)
-    dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: Literal["all-linear"] | list[str] = "all-linear"
-
-
-class DeepSpeedConfig(Section):
-    zero_stage: Literal[2, 3] = 2
-    offload_optimizer: bool = False
-    offload_params: bool = False
-    override: dict | None = Field(None, description="raw DeepSpeed JSON merged over the generated config")
-
-    @model_validator(mode="after")
-    def _param_offload_needs_zero3(self):
-        if self.offload_params and self.zero_stage != 3:
-            raise ValueError("offload_params needs zero_stage 3")
-        return self
-
-
-class TrainConfig(Section):
-    dataset: str | None = Field(None, description="prepared dataset folder; default data.out")
-    method: Literal["lora", "full", "qlora"] = "lora"
-    lora: LoraConfig = Field(default_factory=LoraConfig)
-    deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
-    num_workers: int = Field(2, gt=0)
-    cpus_per_worker: float = Field(0.5, gt=0)
-    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
-        "PACK", description="how workers are placed on nodes (Ray placement group strategy)"
-    )
-    use_gpu: bool = False
-    epochs: int | Auto = "auto"
-    max_steps: int | None = Field(None, gt=0, description="stop after this many optimizer steps")
-    batch_size: int | Auto = "auto"
-    grad_accum: int = Field(1, gt=0)
-    learning_rate: float | Auto = "auto"
-    scheduler: Literal["cosine", "linear", "constant"] = "cosine"
-    warmup_ratio: float = Field(0.05, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
-    max_grad_norm: float = Field(1.0, gt=0)
-    max_seq_len: int = Field(512, gt=8)
-    packing: bool = False
-    seed: int = 0
-    eval_every: int = Field(50, gt=0, description="validation every N optimizer steps")
-    early_stopping_patience: int | None = Field(None, gt=0)
-    checkpoint_every: int = Field(100, gt=0)
-    keep_checkpoints: int = Field(2, gt=0)
-    storage_path: str | None = Field(None, description="runs folder (local, s3:// or gs://); default $RAYFT_HOME/runs")
-    export_path: str | None = Field(
-        None, description="exports folder (local, s3:// or gs://); default $RAYFT_HOME/models"
-    )
-    max_failures: int = Field(
-        2, ge=0, description="worker-group restarts from the last checkpoint before the run fails"
-    )
-    tensorboard: bool = Field(False, description="also write metrics as TensorBoard events into the run folder")
-    tokens_per_second: float = Field(
-        2000, gt=0, description="training throughput measured on this base and hardware; for estimates"
-    )
-    price_per_gpu_hour: float = Field(0, ge=0, description="what one GPU-hour costs; for estimates")
-
-    @field_validator("epochs", "batch_size")
-    @classmethod
-    def _positive_or_auto(cls, value):
-        if value != "auto" and value <= 0:
-            raise ValueError("must be a positive integer or 'auto'")
-        return value
-
-    @field_validator("learning_rate")
-    @classmethod
-    def _positive_lr(cls, value):
-        if value != "auto" and value <= 0:
-            raise ValueError("must be a positive number or 'auto'")
-        return value
-
-
 # Metrics each eval task reports, the first being its default primary metric (the one the gate compares).
 TASK_METRICS = {
     "classification": ("accuracy", "macro_f1"),
@@ -197,6 +123,7 @@ TASK_METRICS = {
     "structured": ("schema_valid_rate", "json_parse_rate"),
     "perplexity": ("perplexity",),
     "tool_call": ("tool_name_accuracy", "arguments_exact_match", "arguments_json_valid", "text_instead_of_call"),
+    "preference": ("preference_accuracy", "reward_margin"),
 }
 LOWER_IS_BETTER = ("perplexity", "nll", "text_instead_of_call")
 
@@ -225,6 +152,11 @@ class GateConfig(Section):
         "at now the candidate may be on the primary metric (in its units)",
     )
     min_test_records: int = Field(20, ge=1, description="fewer test records than this refuse promotion")
+    parent_margin: float | None = Field(
+        0.0,
+        description="a version that continues another (train.init_from) must beat that parent by at least "
+        "this much on the primary metric (negative: may be this much worse); null: not checked",
+    )
     min_human_win_rate: float | None = Field(
         None,
         ge=0,
@@ -243,9 +175,9 @@ class GateConfig(Section):
 
 
 class EvalConfig(Section):
-    task: Literal["classification", "extraction", "generation", "structured", "perplexity", "tool_call"] = (
-        "classification"
-    )
+    task: Literal[
+        "classification", "extraction", "generation", "structured", "perplexity", "tool_call", "preference"
+    ] = "classification"
     label_regex: str | None = Field(
         r"Category:\s*(\w+)", description="classification: regex with one group that extracts the label"
     )

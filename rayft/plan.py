@@ -35,8 +35,12 @@ def auto_batch_size(n: int) -> int:
     return min(64, max(8, 2 ** round(math.log2(max(n / 200, 1)))))
 
 
-def auto_learning_rate(method: str) -> float:
-    return 2e-5 if method == "full" else 2e-4
+def auto_learning_rate(train: TrainConfig) -> float:
+    """Common starting points: supervised 2e-4 (LoRA) or 2e-5 (full); DPO, which only nudges a
+    model that already answers, 5e-6 (LoRA) or 5e-7 (full)."""
+    if train.objective == "dpo":
+        return 5e-6 if train.adapter else 5e-7
+    return 2e-4 if train.adapter else 2e-5
 
 
 @dataclass
@@ -80,7 +84,7 @@ def make_plan(train: TrainConfig, n_train: int, n_val: int, train_tokens: int) -
     if train.max_steps:
         total = min(total, train.max_steps) if train.epochs != "auto" else train.max_steps
         epochs = max(epochs, math.ceil(total / steps_per_epoch))
-    lr = auto_learning_rate(train.method) if train.learning_rate == "auto" else train.learning_rate
+    lr = auto_learning_rate(train) if train.learning_rate == "auto" else train.learning_rate
     return TrainPlan(
         epochs=epochs,
         global_batch=batch,

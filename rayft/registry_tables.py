@@ -62,6 +62,24 @@ def list_versions(registry: Registry, name: str | None, as_json: bool) -> None:
     Console().print(table)
 
 
+def lineage(registry: Registry, version: ModelVersion) -> list[str]:
+    """The version, the version it continued, and so on back to the base the chain started from,
+    each version with how it was trained (`rayft registry show`)."""
+    chain, seen, current = [], set(), version
+    while current.ref not in seen:
+        seen.add(current.ref)
+        chain.append(f"{current.ref} ({current.config.get('train', {}).get('method', current.kind)})")
+        if not current.parent:
+            chain.append(current.base_model)
+            break
+        try:
+            current = registry.get(current.parent)
+        except RegistryError:  # a parent no longer registered: named as it was recorded
+            chain.append(current.parent)
+            break
+    return chain
+
+
 def show(registry: Registry, ref: str, as_json: bool, extra: dict[str, str | None] | None = None) -> None:
     """One version with its lineage (and `extra` rows: what reviewers and traffic said), or one
     alias with its targets and history."""
@@ -73,7 +91,9 @@ def show(registry: Registry, ref: str, as_json: bool, extra: dict[str, str | Non
     aliases = aliases_by_version(registry, version.name).get(version.ref, [])
     if as_json:
         print_json(
-            version.to_dict() | {"aliases": aliases} | {k.replace(" ", "_"): v for k, v in (extra or {}).items()}
+            version.to_dict()
+            | {"aliases": aliases, "lineage": lineage(registry, version)}
+            | {k.replace(" ", "_"): v for k, v in (extra or {}).items()}
         )
         return
     table = Table(title=version.ref, show_header=False)
@@ -86,6 +106,7 @@ def show(registry: Registry, ref: str, as_json: bool, extra: dict[str, str | Non
         "weights hash": version.weights_hash,
         "dataset hash": version.dataset_hash,
         "parent": version.parent,
+        "lineage": " ← ".join(lineage(registry, version)),
         "code revision": version.code_revision,
         "created": _when(version.created_at),
         "training": headline_metrics(version),

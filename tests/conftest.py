@@ -147,6 +147,21 @@ def trained_adapter(ray_cluster, tiny_model, tickets_dataset, tmp_path_factory) 
 
 
 @pytest.fixture(scope="session")
+def preference_dataset(ray_cluster, tiny_model, tmp_path_factory) -> Path:
+    """The preference sample (OpenAI's DPO format, with its planted bad lines) prepared by `rayft
+    data prepare`: ticket prompts, the right triage preferred over a wrong one."""
+    from rayft.config import DataConfig
+    from rayft.data.preference_samples import write_preference_pairs
+    from rayft.data.prepare import PrepareOptions, prepare_dataset
+
+    folder = tmp_path_factory.mktemp("preference")
+    path = write_preference_pairs(folder / "pairs.jsonl", 240, seed=2)
+    data = DataConfig(split={"train": 0.8, "val": 0.1, "test": 0.1})
+    prepare_dataset([str(path)], folder / "ds", PrepareOptions(data, tokenizer=tiny_model), show_progress=False)
+    return folder / "ds"
+
+
+@pytest.fixture(scope="session")
 def tool_dataset(ray_cluster, tiny_model, tmp_path_factory) -> Path:
     """The function-calling sample (OpenAI's format, with its planted bad lines) prepared by `rayft
     data prepare`, stratified on the called tool."""

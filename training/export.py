@@ -69,7 +69,7 @@ def export_checkpoint(checkpoint_dir: str, base: str, train: TrainConfig, tokeni
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    adapter = train.method != "full"
+    adapter = train.adapter
     state = training_weights(checkpoint_dir, adapter)
     config = AutoConfig.from_pretrained(base)
     if adapter:

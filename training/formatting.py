@@ -61,6 +61,22 @@ def tokenize_conversation(
     return {"input_ids": encoded["input_ids"][:max_seq_len], "labels": labels[:max_seq_len]}
 
 
+def tokenize_pair(
+    tokenizer, messages: list[dict], rejected: dict, max_seq_len: int, tools: list[dict] | None = None
+) -> dict[str, list[int]]:
+    """A preference pair (`messages` ending in the chosen reply, `rejected` the other reply to the
+    same prompt) as two token rows where only the final reply is learned."""
+    prompt = [m | {"weight": 0} if m["role"] == "assistant" else m for m in messages[:-1]]
+    chosen = tokenize_conversation(tokenizer, prompt + messages[-1:], max_seq_len, tools)
+    other = tokenize_conversation(tokenizer, prompt + [rejected], max_seq_len, tools)
+    return {
+        "chosen_input_ids": chosen["input_ids"],
+        "chosen_labels": chosen["labels"],
+        "rejected_input_ids": other["input_ids"],
+        "rejected_labels": other["labels"],
+    }
+
+
 @dataclass
 class Batch:
     """A micro-batch ready for the model's forward."""
@@ -69,6 +85,7 @@ class Batch:
     labels: list[list[int]]
     position_ids: list[list[int]]
     attention_mask: list[list[int]] | None  # None for packed rows
+    reference_logps: list[float] | None = None  # pairs only, when computed before training
 
 
 def pad_batch(examples: list[dict], pad_id: int) -> Batch:
@@ -82,6 +99,17 @@ def pad_batch(examples: list[dict], pad_id: int) -> Batch:
         positions.append(list(range(n)) + [0] * pad)
         mask.append([1] * n + [0] * pad)
     return Batch(ids, labels, positions, mask)
+
+
+def pair_batch(pairs: list[dict], pad_id: int) -> Batch:
+    """Preference pairs as one padded batch: every chosen row, then every rejected row (`dpo.py`)."""
+    rows = [{"input_ids": p["chosen_input_ids"], "labels": p["chosen_labels"]} for p in pairs]
+    rows += [{"input_ids": p["rejected_input_ids"], "labels": p["rejected_labels"]} for p in pairs]
+    batch = pad_batch(rows, pad_id)
+    if pairs and "ref_chosen_logps" in pairs[0]:
+        batch.reference_logps = [float(p["ref_chosen_logps"]) for p in pairs]
+        batch.reference_logps += [float(p["ref_rejected_logps"]) for p in pairs]
+    return batch
 
 
 def pack_examples(examples: list[dict], max_seq_len: int) -> list[dict]:

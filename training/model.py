@@ -38,8 +38,15 @@ def check_target_modules(base: str, lora: LoraConfig) -> None:
         )
 
 
-def load_model(base: str, train: TrainConfig):
-    """The model to train, with LoRA adapters attached for lora/qlora; caches off for training."""
+def is_adapter_folder(path: str) -> bool:
+    from pathlib import Path
+
+    return (Path(path) / "adapter_config.json").exists()
+
+
+def _starting_weights(base: str, train: TrainConfig, init_from: str | None):
+    """The model training starts from: the base, a registered full version (`init_from`), or the base
+    with a registered adapter merged in when every weight is trained; caches off for training."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -53,15 +60,35 @@ def load_model(base: str, train: TrainConfig):
             bnb_4bit_compute_dtype=torch.bfloat16,
             bnb_4bit_use_double_quant=True,
         )
-    model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
+    continues_adapter = init_from is not None and is_adapter_folder(init_from)
+    model = AutoModelForCausalLM.from_pretrained(init_from if init_from and not continues_adapter else base, **kwargs)
     model.config.use_cache = False
-    if train.method == "full":
+    if continues_adapter and not train.adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, init_from).merge_and_unload()
+    return model
+
+
+def load_model(base: str, train: TrainConfig, init_from: str | None = None):
+    """The model to train: every weight (full), or a LoRA adapter on the frozen base, new or
+    continuing the registered adapter `init_from` (which, for DPO, is also kept as the frozen
+    `reference` adapter, `dpo.py`)."""
+    model = _starting_weights(base, train, init_from)
+    if not train.adapter:
         return model
     from peft import LoraConfig as PeftLoraConfig
-    from peft import get_peft_model, prepare_model_for_kbit_training
+    from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
 
     if train.method == "qlora":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if init_from and is_adapter_folder(init_from):
+        from rayft.training.dpo import REFERENCE_ADAPTER
+
+        model = PeftModel.from_pretrained(model, init_from, is_trainable=True)
+        if train.objective == "dpo" and not train.dpo.precompute_reference:
+            model.load_adapter(init_from, adapter_name=REFERENCE_ADAPTER, is_trainable=False)
+        return model
     lora = train.lora
     return get_peft_model(
         model,
@@ -73,6 +100,33 @@ def load_model(base: str, train: TrainConfig):
             task_type="CAUSAL_LM",
         ),
     )
+
+
+def frozen_start(base: str, train: TrainConfig, init_from: str | None):
+    """The model training starts from, frozen for inference: DPO's reference."""
+    model = _starting_weights(base, train, init_from)
+    if init_from and is_adapter_folder(init_from) and train.adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, init_from)
+    return model.eval().requires_grad_(False)
+
+
+def load_reference(base: str, train: TrainConfig, init_from: str | None, ds_config: dict):
+    """DPO with full fine-tuning: a frozen copy of the starting model, partitioned like the policy
+    under ZeRO-3 (an engine without optimizer), whole otherwise. None where no copy is needed:
+    supervised training, LoRA (`dpo.reference_weights`), reference log-probs computed beforehand."""
+    if train.objective != "dpo" or train.adapter or train.dpo.precompute_reference:
+        return None
+    model = frozen_start(base, train, init_from)
+    if ds_config["zero_optimization"]["stage"] != 3:
+        return model
+    import deepspeed
+
+    config = {k: v for k, v in ds_config.items() if k not in ("gradient_accumulation_steps", "gradient_clipping")}
+    engine, *_ = deepspeed.initialize(model=model, config=config)
+    engine.eval()  # DeepSpeed's eval() returns None
+    return engine
 
 
 def build_engine(model, train: TrainConfig, ds_config: dict, learning_rate: float, warmup: int, total: int):

@@ -28,12 +28,14 @@ from rayft.plan import PlanError, TrainPlan, make_plan
 from rayft.registry import ModelVersion, Registry, RegistryError, registry_base, verified_artifact
 from rayft.runtime import ensure_ray
 from rayft.training import report
+from rayft.training.continuation import continued_lora, starting_point
 from rayft.training.data import load_tokenizer, tokenized_splits
 from rayft.training.deepspeed_config import deepspeed_config
 from rayft.training.export import export_checkpoint, verify_export
 from rayft.training.faults import InjectedFault
 from rayft.training.model import check_target_modules
 from rayft.training.progress import FollowLog
+from rayft.training.reference import with_reference_logps
 from rayft.training.run_log import LOG_NAME
 from rayft.training.worker import STATE_NAME, WorkerSpec, train_loop_per_worker
 
@@ -51,7 +53,9 @@ def check_config(config: RayftConfig, base: str) -> None:
             "train.method: qlora quantizes the base to 4 bits with bitsandbytes, which needs a GPU; "
             "set train.use_gpu: true on a GPU cluster, or use method: lora on CPU"
         )
-    if train.method != "full":
+    if train.objective == "dpo" and train.packing:
+        raise ConfigError("train.packing: DPO compares whole replies pair by pair; set packing: false")
+    if train.adapter and not train.init_from:
         try:
             check_target_modules(base, train.lora)
         except ValueError as error:
@@ -62,6 +66,12 @@ def check_config(config: RayftConfig, base: str) -> None:
         raise ConfigError(
             f"train.dataset: {config.dataset_dir()} has no {MANIFEST}, so its version is unknown: it was "
             "not written by `rayft data prepare`, or its preparation did not finish"
+        )
+    manifest = Manifest.model_validate_json(storage.read_text(storage.join(config.dataset_dir(), MANIFEST)))
+    if train.objective == "dpo" and manifest.kind != "preference":
+        raise ConfigError(
+            f"train.method: dpo learns from preference pairs, and {config.dataset_dir()} holds {manifest.kind} "
+            "records: prepare a preference file (docs/data.md)"
         )
     check_data_size(config)
 
@@ -106,10 +116,11 @@ def run_location(config: RayftConfig, resume: bool) -> tuple[str, str]:
 
 def tokenized_datasets(config: RayftConfig, base: str, template: str | None) -> tuple[dict, TrainPlan]:
     """Train (and val, when present) token rows on Ray Data, rendered with `template` (None: the
-    base tokenizer's), and the plan they allow."""
+    base tokenizer's), and the plan they allow; pairs of rows for DPO."""
     dataset_dir = config.dataset_dir()
     splits = ["train"] + (["val"] if storage.exists(storage.join(dataset_dir, "val.parquet")) else [])
-    datasets = tokenized_splits(dataset_dir, splits, base, template, config.train.max_seq_len)
+    pairs = config.train.objective == "dpo"
+    datasets = tokenized_splits(dataset_dir, splits, base, template, config.train.max_seq_len, pairs)
     n_val = datasets["val"].count() if "val" in datasets else 0
     if "val" in datasets and n_val == 0:
         del datasets["val"]
@@ -137,7 +148,7 @@ def build_trainer(config: RayftConfig, spec: WorkerSpec, datasets: dict, runs: s
             storage_path=runs,
             failure_config=FailureConfig(max_failures=train.max_failures),
             checkpoint_config=CheckpointConfig(
-                num_to_keep=train.keep_checkpoints,
+                num_to_keep=None if train.epoch_checkpoints else train.keep_checkpoints,
                 checkpoint_score_attribute="val_loss",
                 checkpoint_score_order="min",
             ),
@@ -184,12 +195,13 @@ def latest_checkpoint_step(run_dir: str) -> int | None:
     return max(steps, default=None)
 
 
-def parent_version(registry: Registry, base_ref: str | None, run_dir: str) -> str | None:
-    """The version this one continues: an earlier export of the same run, else a registry base."""
+def parent_version(registry: Registry, start: str | None, run_dir: str) -> str | None:
+    """The version this one continues: an earlier export of the same run, else `start` (the version
+    of `train.init_from`, or a registry base)."""
     for version in reversed(registry.list()):
         if version.metrics.get("run_dir") == run_dir:
             return version.ref
-    return base_ref
+    return start
 
 
 def train(config: RayftConfig, resume: bool = False, show_progress: bool = True) -> ModelVersion:
@@ -204,6 +216,9 @@ def train(config: RayftConfig, resume: bool = False, show_progress: bool = True)
     except (RegistryError, storage.ArtifactMismatch) as error:
         raise ConfigError(f"model.base: {error}") from None
     base_uri, base_ref = (base_version.artifact_uri, base_version.ref) if base_version else (base, None)
+    start = starting_point(config, registry, base_uri)
+    if start and start.adapter and config.train.adapter:  # the adapter continues with its own shape
+        config = config.model_copy(update={"train": config.train.model_copy(update={"lora": continued_lora(start)})})
     check_config(config, base)
     tokenizer = load_tokenizer(base, config.model.chat_template)
     manifest = Manifest.model_validate_json(storage.read_text(storage.join(config.dataset_dir(), MANIFEST)))
@@ -213,6 +228,10 @@ def train(config: RayftConfig, resume: bool = False, show_progress: bool = True)
         tokenizer.chat_template = template or tokenizer.chat_template  # exported with the version
     ensure_ray()
     datasets, plan = tokenized_datasets(config, base, template)
+    if config.train.objective == "dpo" and config.train.dpo.precompute_reference:
+        datasets = with_reference_logps(
+            datasets, base, config.train, start.folder if start else None, tokenizer.pad_token_id
+        )
     runs, run_name = run_location(config, resume)
     run_dir = storage.join(runs, run_name)
     resumed_from = latest_checkpoint_step(run_dir) if resume else None
@@ -224,6 +243,7 @@ def train(config: RayftConfig, resume: bool = False, show_progress: bool = True)
         ds_config=deepspeed_config(config.train, plan.micro_batch, config.train.use_gpu),
         pad_id=tokenizer.pad_token_id,
         scratch_dir=str(scratch),
+        init_from=start.folder if start else None,
         fault=InjectedFault.from_environment(scratch),
         tensorboard_dir=str(scratch / "tensorboard") if config.train.tensorboard else None,
     )
@@ -273,7 +293,38 @@ def train(config: RayftConfig, resume: bool = False, show_progress: bool = True)
         dataset_hash=manifest.dataset_hash,
         config=config.model_dump(),
         metrics=metrics,
-        parent=parent_version(registry, base_ref, run_dir),
+        parent=parent_version(registry, start.version.ref if start else base_ref, run_dir),
         project=config.project,
     )
+    if config.train.epoch_checkpoints:
+        register_epoch_ends(result, version, config, base, tokenizer, run_name, registry)
     return version
+
+
+def register_epoch_ends(result, final: ModelVersion, config: RayftConfig, base: str, tokenizer, run_name, registry):
+    """Each of the last `train.epoch_checkpoints` epochs' end states as a version of the run's name
+    (its parent the final version's parent), aliased `ckpt-step-<step>` so it is served by name.
+    The state the final version was exported from is not exported twice: its alias names it."""
+    ends: dict[int, tuple[int, object, dict]] = {}
+    for checkpoint, metrics in result.best_checkpoints:
+        epoch, step = metrics.get("epoch"), metrics.get("step")
+        if epoch is not None and (epoch not in ends or step > ends[epoch][0]):
+            ends[epoch] = (step, checkpoint, metrics)
+    for epoch in sorted(ends)[-config.train.epoch_checkpoints :]:
+        step, checkpoint, metrics = ends[epoch]
+        version = final
+        if step != final.metrics.get("exported_step"):
+            exported, _ = export_and_verify(checkpoint, base, config, tokenizer, run_name)
+            version = registry.register(
+                config.name,
+                exported["kind"],
+                final.base_model,
+                exported["path"],
+                weights_hash=exported["weights_hash"],
+                dataset_hash=final.dataset_hash,
+                config=final.config,
+                metrics={k: v for k, v in metrics.items() if isinstance(v, int | float)} | {"checkpoint_of": final.ref},
+                parent=final.parent,
+                project=final.project,
+            )
+        registry.set_alias(config.name, f"ckpt-step-{step}", version.version, reason=f"epoch {epoch + 1} of {run_name}")

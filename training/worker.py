@@ -1,8 +1,11 @@
 """The per-worker training loop that Ray Train runs on every worker (one process per rank).
 
-setup   load the model (LoRA attached), wrap it in DeepSpeed, restore the latest checkpoint
-run     micro-batches from this worker's Ray Data shard → forward/backward/step; validation every
-        `eval_every` steps; early stopping; DeepSpeed checkpoints reported to Ray Train
+setup   load the model (LoRA attached, or continuing a registered version), wrap it in DeepSpeed,
+        pick the objective (`objectives.py`: supervised, or DPO with its reference), restore the
+        latest checkpoint
+run     micro-batches from this worker's Ray Data shard → the objective's loss → backward/step;
+        validation every `eval_every` steps; early stopping; DeepSpeed checkpoints reported to Ray
+        Train (and one at each epoch's end with `epoch_checkpoints`)
 report  rank 0 writes one JSON line per optimizer step to `metrics.jsonl` (`run_log.py`), carried in
         checkpoints
 
@@ -22,7 +25,7 @@ from rayft.config import TrainConfig
 from rayft.plan import TrainPlan
 from rayft.training.checkpoints import weights_only_loads
 from rayft.training.faults import InjectedFault
-from rayft.training.formatting import IGNORE_INDEX, Batch, pack_examples, packed_batch, pad_batch
+from rayft.training.objectives import all_reduce, learned_tokens, objective_for, synced
 from rayft.training.run_log import LOG_NAME, RunLog
 
 STATE_NAME = "train_state.json"
@@ -38,6 +41,7 @@ class WorkerSpec:
     ds_config: dict
     pad_id: int
     scratch_dir: str  # node-local folder for checkpoints before Ray uploads them
+    init_from: str | None = None  # the verified folder of the registered version training continues
     fault: InjectedFault | None = None  # test hook: the last rank exits once at a step
     tensorboard_dir: str | None = None
 
@@ -57,91 +61,24 @@ class TrainState:
 
 @dataclass
 class StepStats:
-    losses: list = field(default_factory=list)
+    values: dict = field(default_factory=dict)  # per micro-batch: loss (and DPO's reward statistics)
+    micro_batches: int = 0
     label_tokens: int = 0
     tokens: int = 0
     started: float = field(default_factory=time.perf_counter)
 
-
-def _all_reduce(values: list[float], op: str = "sum") -> list[float]:
-    import torch
-    import torch.distributed as dist
-
-    tensor = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(tensor, op=dist.ReduceOp.MIN if op == "min" else dist.ReduceOp.SUM)
-    return tensor.tolist()
+    def add(self, values: dict) -> None:
+        for key, value in values.items():
+            self.values[key] = self.values.get(key, 0.0) + value
+        self.micro_batches += 1
 
 
-def synced(batches):
-    """Yield batches while every rank still has one; stop on all ranks together."""
-    iterator = iter(batches)
-    while True:
-        batch = next(iterator, None)
-        if _all_reduce([0.0 if batch is None else 1.0], op="min")[0] == 0.0:
-            return
-        yield batch
-
-
-def _examples(batch: dict) -> list[dict]:
-    return [
-        {"input_ids": list(ids), "labels": list(labels)} for ids, labels in zip(batch["input_ids"], batch["labels"])
-    ]
-
-
-def micro_batches(shard, train: TrainConfig, micro: int, pad_id: int, seed: int):
-    """This worker's micro-batches for one epoch (padded, or packed rows with restarting positions)."""
-    chunk = micro * 16 if train.packing else micro
-    rows = shard.iter_batches(
-        batch_size=chunk,
-        batch_format="numpy",
-        local_shuffle_buffer_size=max(64, 4 * chunk),
-        local_shuffle_seed=seed,
-        drop_last=False,
-    )
-    for batch in rows:
-        examples = _examples(batch)
-        if not train.packing:
-            yield pad_batch(examples, pad_id)
-            continue
-        packed = pack_examples(examples, train.max_seq_len)
-        for i in range(0, len(packed), micro):
-            yield packed_batch(packed[i : i + micro], pad_id)
-
-
-def to_model_inputs(batch: Batch) -> dict:
-    import torch
-
-    inputs = {
-        "input_ids": torch.tensor(batch.input_ids),
-        "labels": torch.tensor(batch.labels),
-        "position_ids": torch.tensor(batch.position_ids),
-        "use_cache": False,  # required for packed rows to stay isolated (see module docstring)
-    }
-    if batch.attention_mask is not None:
-        inputs["attention_mask"] = torch.tensor(batch.attention_mask)
-    return inputs
-
-
-def _label_count(batch: Batch) -> int:
-    return int(sum(1 for row in batch.labels for x in row[1:] if x != IGNORE_INDEX))
-
-
-def validation_loss(engine, shard, train: TrainConfig, micro: int, pad_id: int) -> float | None:
-    """Token-weighted mean loss over the whole validation split (all ranks together)."""
-    import torch
-
-    if shard is None:
-        return None
+def validate(engine, objective, shard, micro: int) -> dict:
+    """The objective's validation metrics over the whole split (all ranks together)."""
     engine.eval()
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for batch in synced(micro_batches(shard, train, micro, pad_id, seed=0)):
-            n = _label_count(batch)
-            total += float(engine(**to_model_inputs(batch)).loss) * n
-            count += n
+    metrics = objective.validate(engine, shard, micro)
     engine.train()
-    total, count = _all_reduce([total, float(count)])
-    return total / count if count else None
+    return metrics
 
 
 def save_checkpoint(engine, state: TrainState, metrics: dict, spec: WorkerSpec, log: RunLog, rank: int, lora: bool):
@@ -188,7 +125,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     import ray.train
     import torch
 
-    from rayft.training.model import build_engine, load_model
+    from rayft.training.model import build_engine, load_model, load_reference
 
     # setup
     spec: WorkerSpec = loop_config["spec"]
@@ -197,11 +134,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     use_cpu_share(train.cpus_per_worker)
     torch.manual_seed(train.seed)
-    lora = train.method != "full"
-    model = load_model(spec.base, train)
+    lora = train.adapter
+    model = load_model(spec.base, train, spec.init_from)
     engine, scheduler = build_engine(
         model, train, spec.ds_config, plan.learning_rate, plan.warmup_steps, plan.total_steps
     )
+    objective = objective_for(train, spec.pad_id, load_reference(spec.base, train, spec.init_from, spec.ds_config))
     state = TrainState()
     log = RunLog(Path(spec.scratch_dir) / f"log-rank{rank}" / LOG_NAME, rank == 0, spec.tensorboard_dir)
     checkpoint = ray.train.get_checkpoint()
@@ -221,16 +159,16 @@ def train_loop_per_worker(loop_config: dict) -> None:
     # run
     stats, saved_step = StepStats(), state.step
     while state.step < total and not state.stopped_early and state.epoch < plan.epochs:
-        batches = synced(micro_batches(train_shard, train, micro, spec.pad_id, seed=train.seed + state.epoch))
+        batches = synced(objective.micro_batches(train_shard, micro, seed=train.seed + state.epoch))
         for index, batch in enumerate(batches, start=1):
             if index <= state.batches_in_epoch:
                 continue  # consumed before the checkpoint we resumed from
-            loss = engine(**to_model_inputs(batch)).loss
+            loss, values = objective.loss(engine, batch)
             engine.backward(loss)
             boundary = engine.is_gradient_accumulation_boundary()
             engine.step()
-            stats.losses.append(loss.item())
-            stats.label_tokens += _label_count(batch)
+            stats.add(values)
+            stats.label_tokens += learned_tokens(batch)
             stats.tokens += sum(1 for row in batch.input_ids for t in row if t != spec.pad_id)
             state.batches_in_epoch = index
             if not boundary:
@@ -238,13 +176,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
             state.step += 1
             if spec.fault:
                 spec.fault.maybe_exit(state.step, rank, world)
-            loss_sum, n, tokens = _all_reduce([sum(stats.losses), len(stats.losses), stats.tokens])
+            names = sorted(stats.values)
+            *sums, n, tokens = all_reduce([stats.values[k] for k in names] + [stats.micro_batches, stats.tokens])
             elapsed = time.perf_counter() - stats.started
             grad_norm = engine.get_global_grad_norm()
-            record = {
-                "step": state.step,
-                "epoch": state.epoch,
-                "loss": loss_sum / n,
+            record = {"step": state.step, "epoch": state.epoch} | {k: v / n for k, v in zip(names, sums)}
+            record |= {
                 "lr": scheduler.get_last_lr()[0],
                 "grad_norm": float(grad_norm) if grad_norm is not None else None,
                 "tokens_per_s": tokens / elapsed if elapsed > 0 else 0.0,
@@ -252,7 +189,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
             stats = StepStats()
             at_checkpoint = state.step % train.checkpoint_every == 0 or state.step >= total
             if val_shard is not None and (state.step % train.eval_every == 0 or at_checkpoint):
-                record["val_loss"] = state.last_val_loss = validation_loss(engine, val_shard, train, micro, spec.pad_id)
+                record |= validate(engine, objective, val_shard, micro)
+                state.last_val_loss = record.get("val_loss")
                 _track_early_stopping(state, train)
             log.write(record)
             if at_checkpoint or state.stopped_early:
@@ -264,17 +202,26 @@ def train_loop_per_worker(loop_config: dict) -> None:
             if state.step >= total or state.stopped_early:
                 break
         else:
+            if train.epoch_checkpoints and state.step != saved_step:  # each epoch's end is a checkpoint
+                save_where_it_ended(engine, objective, val_shard, micro, state, spec, log, rank)
+                saved_step = state.step
             state.epoch += 1
             state.batches_in_epoch = 0
 
     # report: the data ran out before the planned step count; checkpoint where it ended
     if state.step != saved_step:
-        if val_shard is not None:
-            state.last_val_loss = validation_loss(engine, val_shard, train, micro, spec.pad_id)
-        metrics = {"step": state.step, "stopped_early": state.stopped_early}
-        metrics["val_loss"] = state.last_val_loss if state.last_val_loss is not None else float("nan")
-        save_checkpoint(engine, state, metrics, spec, log, rank, lora)
+        save_where_it_ended(engine, objective, val_shard, micro, state, spec, log, rank)
     log.close()
+
+
+def save_where_it_ended(engine, objective, val_shard, micro: int, state: TrainState, spec: WorkerSpec, log, rank: int):
+    """A checkpoint after the last step of an epoch (or of the data), validated first."""
+    metrics = {"step": state.step, "epoch": state.epoch, "stopped_early": state.stopped_early}
+    if val_shard is not None:
+        metrics |= validate(engine, objective, val_shard, micro)
+        state.last_val_loss = metrics.get("val_loss")
+    metrics["val_loss"] = state.last_val_loss if state.last_val_loss is not None else float("nan")
+    save_checkpoint(engine, state, metrics, spec, log, rank, spec.train.adapter)
 
 
 def _track_early_stopping(state: TrainState, train: TrainConfig) -> None:
