@@ -1,10 +1,11 @@
-"""`rayft eval`: a registered version against its base, its base shown few-shot examples, and the
-version in production, on the test split, plus a forgetting check, with a report, plots and the
-promotion gate's verdict.
+"""`rayft eval`: a registered version against its base, its base shown few-shot examples, the
+version it continues (its parent) and the version in production, on the test split, plus a
+forgetting check, with a report, plots and the promotion gate's verdict.
 
-setup   resolve the candidate in the registry, its base, and the versions its gated aliases (`prod`)
-        point at now; the test split (Ray Data) and the forgetting set as rows; k few-shot examples
-        from the training split; which variants each engine answers
+setup   resolve the candidate in the registry, its base, its parent, and the versions its gated
+        aliases (`prod`) point at now; the test split (Ray Data; preference pairs are scored on
+        both replies) and the forgetting set as rows; k few-shot examples from the training split;
+        which variants each engine answers
 run     vLLM engines in a Ray Data actor pool answer and score every row for each variant (an adapter
         shares its base's engine; a full model gets its own); every registry version is verified
         against its weights hash before it is loaded; a progress bar follows the rows
@@ -20,18 +21,18 @@ import time
 from functools import partial
 
 from rayft import storage
-from rayft.config import RayftConfig
+from rayft.config import ConfigError, RayftConfig
 from rayft.eval import plots
 from rayft.eval.gate import gate_checks
-from rayft.eval.generate import Decoding, Variant, answer_with_engines
-from rayft.eval.metrics import extract_label, json_label
-from rayft.eval.prompts import few_shot_examples, forgetting_records, read_test_split
-from rayft.eval.report import build_report, markdown
+from rayft.eval.generate import COLUMN_TYPES, Decoding, Variant, answer_with_engines
+from rayft.eval.metrics import SCORED_TASKS, extract_label, json_label
+from rayft.eval.prompts import few_shot_examples, forgetting_records, holds_pairs, read_test_split
+from rayft.eval.report import build_report, markdown, plotted_margins
 from rayft.eval.results import EvalReport, ReportFiles
 from rayft.eval.review_report import summarize
 from rayft.feedback import FeedbackStore
 from rayft.home import rayft_home
-from rayft.registry import ModelVersion, Registry, artifact_key, gated_aliases, verified_artifact
+from rayft.registry import ModelVersion, Registry, RegistryError, artifact_key, gated_aliases, verified_artifact
 from rayft.runtime import ensure_ray
 
 FORGETTING_MAX_NEW_TOKENS = 32  # the forgetting set's answers are short sentences
@@ -47,14 +48,33 @@ def current_versions(registry: Registry, version: ModelVersion) -> dict[str, Mod
     }
 
 
+def continued_version(registry: Registry, version: ModelVersion) -> ModelVersion | None:
+    """The registered version the candidate continues (`train.init_from`, or an earlier export of
+    its run), whatever its name: its parent, unless that is its base (a registry base is a parent
+    too, and `beats_base` already compares it) or no longer in the registry."""
+    if not version.parent:
+        return None
+    try:
+        parent = registry.get(version.parent)
+    except RegistryError:
+        return None
+    return None if artifact_key(parent.artifact_uri) == artifact_key(version.base_model) else parent
+
+
 def plan_engines(
-    version: ModelVersion, current: list[ModelVersion], examples: list, forgetting: bool, template: str | None, base_of
+    version: ModelVersion,
+    current: list[ModelVersion],
+    examples: list,
+    forgetting: bool,
+    template: str | None,
+    base_of,
+    parent: ModelVersion | None = None,
 ) -> list[tuple[str | ModelVersion, list[Variant]]]:
     """[(model, variants)] per engine. The candidate's base answers as itself and few-shot (with
-    `template`, the config's chat template), and hosts an adapter candidate; every version in
-    `current` answers the test rows too, an adapter on its base's engine. A full version gets an
-    engine of its own. `base_of(uri)` is the engine model for a base path: its registry version, or
-    the path itself."""
+    `template`, the config's chat template), and hosts an adapter candidate; the `parent` (as
+    variant "parent") and every version in `current` (named by its ref) answer the test rows too,
+    an adapter on its base's engine. A full version gets an engine of its own. `base_of(uri)` is
+    the engine model for a base path: its registry version, or the path itself."""
     engines: dict[str, tuple[str | ModelVersion, list[Variant]]] = {}
 
     def engine(model: str | ModelVersion) -> list[Variant]:
@@ -73,6 +93,8 @@ def plan_engines(
         + ([Variant("few_shot", few_shot=examples, template=template)] if examples else [])
     )
     place(version, Variant("candidate", sets=sets, template=template))
+    if parent:
+        place(parent, Variant("parent", template=template))
     for holder in current:
         place(holder, Variant(holder.ref, template=template))
     return list(engines.values())
@@ -85,6 +107,12 @@ def check_local_artifacts(engines: list[tuple[str | ModelVersion, list[Variant]]
         for version in [model] + [v.adapter for v in variants]:
             if isinstance(version, ModelVersion) and not storage.is_remote(version.artifact_uri):
                 verified_artifact(version)
+
+
+def with_answers_of(table, source: str, name: str):
+    """The answered rows with variant `source`'s columns also under `name`: one version answered
+    once in two roles (a parent that is also in production)."""
+    return table.assign(**{f"{key}:{name}": table[f"{key}:{source}"] for key in COLUMN_TYPES})
 
 
 def collect(rows, total: int, title: str, show_progress: bool):
@@ -115,6 +143,9 @@ def write_report(report: EvalReport, table, version: ModelVersion, root: str) ->
         drawn = {
             "metrics": plots.metric_bars(report, out / "metrics.png"),
             "confusion": plots.confusion_matrices(report, out / "confusion.png"),
+            "margins": plots.margin_histograms(
+                plotted_margins(table, report), f"preference-pair margins, {report.candidate}", out / "margins.png"
+            ),
             "training": plots.training_curve(version.metrics.get("run_dir"), out / "training_loss.png"),
         }
         files = ReportFiles(
@@ -137,8 +168,14 @@ def evaluate(config: RayftConfig, candidate: str | None = None, show_progress: b
     registry = Registry()
     version = registry.get(candidate or config.name)
     current = current_versions(registry, version)
-    ensure_ray()
+    parent = continued_version(registry, version)
     dataset_dir = config.dataset_dir()
+    if eval_config.task == "preference" and not holds_pairs(dataset_dir):
+        raise ConfigError(
+            f"eval.task: preference scores preference pairs, and the test split of {dataset_dir} holds none: "
+            "prepare a preference file (docs/data.md)"
+        )
+    ensure_ray()
     rows = read_test_split(dataset_dir, eval_config.limit)
     forgetting = forgetting_records(eval_config.forgetting_set) if eval_config.forgetting else []
     if forgetting:
@@ -153,19 +190,21 @@ def evaluate(config: RayftConfig, candidate: str | None = None, show_progress: b
         else None
     )
     examples = few_shot_examples(dataset_dir, eval_config.few_shot, eval_config.seed, label)
+    in_production = {v.ref: v for v in current.values()}
     engines = plan_engines(
         version,
-        list({v.ref: v for v in current.values()}.values()),
+        [v for ref, v in in_production.items() if not (parent and ref == parent.ref)],  # the parent answers once
         examples,
         eval_config.forgetting,
         config.model.chat_template,
         lambda uri: registry.find_by_artifact(uri) or uri,
+        parent,
     )
     check_local_artifacts(engines)
     decoding = Decoding(
         max_new_tokens={"test": eval_config.max_new_tokens, "forgetting": FORGETTING_MAX_NEW_TOKENS},
         max_model_len=eval_config.max_model_len or config.serve.max_model_len,
-        generate=eval_config.task != "perplexity",
+        generate=eval_config.task not in SCORED_TASKS,
         score=eval_config.perplexity,
         tool_parser=config.model.tool_parser,
     )
@@ -175,10 +214,12 @@ def evaluate(config: RayftConfig, candidate: str | None = None, show_progress: b
     answered = answer_with_engines(rows, engines, decoding, eval_config)
     total = count_test_rows(dataset_dir, eval_config.limit) + len(forgetting)
     table = collect(answered, total, f"eval {version.ref}", show_progress)
+    if parent and parent.ref in in_production:
+        table = with_answers_of(table, "parent", parent.ref)
 
     # report
-    holders = [v.name for _, stage in engines for v in stage if v.name not in ("base", "few_shot", "candidate")]
-    variants = ["base"] + (["few_shot"] if examples else []) + ["candidate"] + holders
+    variants = ["base"] + (["few_shot"] if examples else []) + ["candidate"] + (["parent"] if parent else [])
+    variants += list(in_production)
     report = build_report(
         table,
         version,
@@ -187,6 +228,7 @@ def evaluate(config: RayftConfig, candidate: str | None = None, show_progress: b
         examples,
         {"temperature": 0.0, "max_new_tokens": decoding.max_new_tokens},
         current,
+        parent,
     )
     holders = {f"{version.name}:{alias}": holder for alias, holder in current.items()}
     human = summarize(FeedbackStore(registry.path), version)

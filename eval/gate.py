@@ -2,12 +2,13 @@
 
 On a version's eval report (`EvalReport`) the gate checks that (1) the report is about these exact
 weights, (2) it was measured on at least `min_test_records` test records, the candidate beats (3)
-the base and (4) the few-shot base by at least the margin on the primary metric, (5) its answer
-rate on the forgetting set drops no more than allowed (and, when a limit is set, its perplexity
-there rises no more), and (6) it is not worse than the version the alias points at now, beyond
-`regression_tolerance`, on the same test split; and, when `min_human_win_rate` is set, (7) reviewers
-prefer it over that version (or the base, when the alias points at none yet) at least that often
-in at least `min_human_judgments` judgments (`review_report.py`).
+the base and (4) the few-shot base by at least the margin on the primary metric, (5) it beats the
+version it continues (its parent, when that is not its base) by at least `parent_margin`, (6) its
+answer rate on the forgetting set drops no more than allowed (and, when a limit is set, its
+perplexity there rises no more), and (7) it is not worse than the version the alias points at now,
+beyond `regression_tolerance`, on the same test split; and, when `min_human_win_rate` is set, (8)
+reviewers prefer it over that version (or the base, when the alias points at none yet) at least
+that often in at least `min_human_judgments` judgments (`review_report.py`).
 
 A check the eval could not run (no few-shot base, no forgetting set, perplexity off) is *skipped*,
 and a skipped check fails unless the eval config waives it by name (`eval.gate.waive`); waived
@@ -57,6 +58,30 @@ def beats(report: EvalReport, baseline: str) -> Check:
         passed=better >= margin and better > 0,
         detail=f"{primary} {candidate:.4g} vs {BASELINES[baseline]} {other:.4g}: "
         f"{'better' if better > 0 else 'not better'} by {better:+.4g} (needs > 0 and ≥ {margin:g})",
+    )
+
+
+def beats_parent(report: EvalReport, version: ModelVersion) -> Check:
+    """The candidate is better than the version it continues (measured beside it in the eval) by at
+    least `parent_margin` (negative: may be that much worse); a pass when it continues none other
+    than its base, or when the margin is null."""
+    name, margin, primary = "beats_parent", report.gate.parent_margin, report.primary_metric
+    if margin is None:
+        return Check(name=name, passed=True, detail="not checked: eval.gate.parent_margin is null")
+    if report.parent is None:
+        whom = f"its parent {version.parent} is its base (beats_base compares it), or no longer registered"
+        return Check(name=name, passed=True, detail=f"no parent to beat: {whom if version.parent else 'it has none'}")
+    candidate, other = report.primary("candidate"), report.primary("parent")
+    if candidate is None or other is None:
+        return Check(
+            name=name, passed=False, detail=f"{primary} was not measured for the candidate and {report.parent.ref}"
+        )
+    better = gain(report, candidate, other)
+    return Check(
+        name=name,
+        passed=better >= margin,
+        detail=f"{primary} {candidate:.4g} vs its parent {report.parent.ref} {other:.4g}: "
+        f"{'better' if better > 0 else 'not better'} by {better:+.4g} (needs ≥ {margin:+g}, eval.gate.parent_margin)",
     )
 
 
@@ -194,7 +219,7 @@ def gate_checks(
             detail=f"{report.n} test records (needs ≥ {report.gate.min_test_records}, eval.gate.min_test_records)",
         )
     )
-    checks += [beats(report, "base"), beats(report, "few_shot")]
+    checks += [beats(report, "base"), beats(report, "few_shot"), beats_parent(report, version)]
     checks += forgetting_checks(report)
     checks += [not_worse_than_current(report, alias, holder) for alias, holder in (holders or {}).items()]
     if report.gate.min_human_win_rate is not None:

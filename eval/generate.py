@@ -12,10 +12,15 @@ variant. Each engine call carries one variant only, so base and adapter rows nev
 A row with tools is rendered with them, through the template that writes tools (the version's own;
 for the base, rayft's default when its template has none: `rayft.chat.tool_template`), and its
 output is the calls read back with the configured tool parser (`rayft.tool_calls`, as JSON); it is
-not scored.
+not scored, unless it is a preference pair.
+
+A preference pair's two replies are both scored after the prompt, whatever the settings (the pair
+metrics need them; `metrics.preference_metrics`): the tokens the template renders for each whole
+assistant message, calls included, as training's DPO loss sees them.
 
 Columns added per variant: `output:<v>` (text, or a tool row's read calls), `nll:<v>` (summed
-negative log-likelihood of the answer tokens), `tokens:<v>` (how many), `shots:<v>` (examples that
+negative log-likelihood of the answer tokens; a pair's preferred reply), `tokens:<v>` (how many),
+`nll_rejected:<v>` and `tokens_rejected:<v>` (a pair's other reply), `shots:<v>` (examples that
 fit); None where not applicable.
 """
 
@@ -30,12 +35,20 @@ import pyarrow as pa
 
 from rayft import chat, storage
 from rayft.config import EvalConfig
-from rayft.eval.prompts import with_examples
+from rayft.eval.prompts import ROW_COLUMNS, with_examples
 from rayft.registry import ModelVersion, verified_artifact
 from rayft.tool_calls import DEFAULT_PARSER, CallReader
 from rayft.vllm_setup import VLLM_ENV, engine_dtype, supported_lora_rank
 
-COLUMN_TYPES = {"output": pa.string(), "nll": pa.float64(), "tokens": pa.int64(), "shots": pa.int64()}
+COLUMN_TYPES = {
+    "output": pa.string(),
+    "nll": pa.float64(),
+    "tokens": pa.int64(),
+    "nll_rejected": pa.float64(),
+    "tokens_rejected": pa.int64(),
+    "shots": pa.int64(),
+}
+TOKEN_COLUMNS = {"nll": "tokens", "nll_rejected": "tokens_rejected"}  # a scored reply's NLL and its length
 
 
 @dataclass
@@ -65,8 +78,8 @@ class Decoding:
 
     max_new_tokens: dict[str, int]
     max_model_len: int
-    generate: bool = True  # False: score only (task perplexity); forgetting rows are always generated
-    score: bool = True
+    generate: bool = True  # False: score only (tasks perplexity, preference); forgetting rows are always generated
+    score: bool = True  # score reference answers (a preference pair's replies are always scored)
     tool_parser: str = DEFAULT_PARSER
 
 
@@ -115,55 +128,68 @@ class EvalEngine:
     def ids(self, text: str) -> list[int]:
         return chat.token_ids(self.tokenizer, text)
 
+    def template(self, variant: Variant, tools: list[dict] | None) -> str | None:
+        """The template a variant renders a row with: one that writes tools when the row has some."""
+        return chat.tool_template(self.tokenizer, variant.template) if tools else variant.template
+
     def prompt(
         self, messages: list[dict], variant: Variant, room: int, tools: list[dict] | None = None
     ) -> tuple[int, list[dict], str, list[int]]:
         """How many of the variant's examples leave `room` tokens of context (the last ones dropped
         first), the conversation with them, rendered as the generation prompt, and its ids."""
         examples = variant.few_shot
-        template = chat.tool_template(self.tokenizer, variant.template) if tools else variant.template
         for shots in range(len(examples), -1, -1):
             shown = with_examples(messages, examples[:shots])
-            text = self.render(shown, template, True, tools)
+            text = self.render(shown, self.template(variant, tools), True, tools)
             ids = self.ids(text)
             if len(ids) + room <= self.decoding.max_model_len:
                 break
         return shots, shown, text, ids
 
-    def answer_ids(self, messages: list[dict], template: str | None, prompt_text: str, answer: str) -> list[int] | None:
-        """The answer's tokens as the template renders them after the prompt, end-of-turn token
+    def reply_ids(
+        self, messages: list[dict], template: str | None, prompt_text: str, reply: dict, tools: list[dict] | None
+    ) -> list[int] | None:
+        """The reply's tokens as the template renders them after the prompt, end-of-turn token
         included (what training learns); None when the template does not extend the prompt."""
-        full = self.render(messages + [{"role": "assistant", "content": answer}], template, False)
+        full = self.render(messages + [reply], template, False, tools)
         if not full.startswith(prompt_text):
             return None
         return self.ids(full[len(prompt_text) : len(full.rstrip())])
 
-    def requests(
-        self, variant: Variant, sets: list[str], prompts: list[str], answers: list[str], shots: list, tools: list[str]
-    ):
+    def scored_replies(self, row: dict, tools: list[dict] | None) -> list[tuple[str, dict]]:
+        """(column, assistant message) of the replies scored after a row's prompt: a pair's preferred
+        ("nll") and other ("nll_rejected") replies; else the reference answer, when scoring is on
+        and the row has no tools (a call is compared, not scored)."""
+        if row["rejected"]:
+            return [("nll", json.loads(row["chosen"])), ("nll_rejected", json.loads(row["rejected"]))]
+        if self.decoding.score and not tools:
+            return [("nll", {"role": "assistant", "content": row["answer"]})]
+        return []
+
+    def requests(self, variant: Variant, rows: list[dict], shots: list):
         """The engine requests of one variant: (row, kind, answer start, prompt, sampling) for a
-        greedy answer ("output") and a scored reference answer ("nll") per row it answers."""
+        greedy answer ("output") and each scored reply ("nll", "nll_rejected") per row it answers."""
         out = []
-        for row, (row_set, prompt, answer) in enumerate(zip(sets, prompts, answers)):
-            if row_set not in variant.sets:
+        for index, row in enumerate(rows):
+            if row["set"] not in variant.sets:
                 continue
-            max_new = self.decoding.max_new_tokens[row_set]
-            listed = json.loads(tools[row]) if tools[row] else None
-            shots[row], shown, text, ids = self.prompt(json.loads(prompt), variant, max_new, listed)
-            if (self.decoding.generate or row_set != "test") and len(ids) + max_new <= self.decoding.max_model_len:
-                out.append((row, "output", None, ids, self.greedy[row_set]))
-            scored = self.decoding.score and not listed  # a call is compared, not scored
-            answer_ids = self.answer_ids(shown, variant.template, text, answer) if scored else None
-            if answer_ids and len(ids) + len(answer_ids) < self.decoding.max_model_len:
-                out.append((row, "nll", len(ids), ids + answer_ids, self.scoring))
+            max_new = self.decoding.max_new_tokens[row["set"]]
+            tools = json.loads(row["tools"]) if row["tools"] else None
+            shots[index], shown, text, ids = self.prompt(json.loads(row["prompt"]), variant, max_new, tools)
+            if (self.decoding.generate or row["set"] != "test") and len(ids) + max_new <= self.decoding.max_model_len:
+                out.append((index, "output", None, ids, self.greedy[row["set"]]))
+            for kind, reply in self.scored_replies(row, tools):
+                reply_ids = self.reply_ids(shown, self.template(variant, tools), text, reply, tools)
+                if reply_ids and len(ids) + len(reply_ids) < self.decoding.max_model_len:
+                    out.append((index, kind, len(ids), ids + reply_ids, self.scoring))
         return out
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        sets, prompts, answers = (batch.column(c).to_pylist() for c in ("set", "prompt", "answer"))
-        tools = batch.column("tools").to_pylist() if "tools" in batch.schema.names else [""] * len(sets)
+        present = [c for c in ROW_COLUMNS if c in batch.schema.names]
+        rows = [{c: "" for c in ROW_COLUMNS} | row for row in batch.select(present).to_pylist()]
         for variant in self.variants:
-            columns = {key: [None] * len(sets) for key in COLUMN_TYPES}
-            requests = self.requests(variant, sets, prompts, answers, columns["shots"], tools)
+            columns = {key: [None] * len(rows) for key in COLUMN_TYPES}
+            requests = self.requests(variant, rows, columns["shots"])
             outputs = (
                 self.llm.generate(
                     [{"prompt_token_ids": r[3]} for r in requests],
@@ -174,14 +200,15 @@ class EvalEngine:
                 if requests
                 else []
             )
-            for (row, kind, start, _, _), output in zip(requests, outputs):
+            for (index, kind, start, _, _), output in zip(requests, outputs):
                 if kind == "output":
                     text = output.outputs[0].text
-                    columns["output"][row] = self.read_calls(text, tools[row]) if tools[row] else text
+                    tools = rows[index]["tools"]
+                    columns["output"][index] = self.read_calls(text, tools) if tools else text
                 else:
                     tokens, logprobs = output.prompt_token_ids[start:], output.prompt_logprobs[start:]
-                    columns["nll"][row] = -sum(lp[t].logprob for t, lp in zip(tokens, logprobs))
-                    columns["tokens"][row] = len(tokens)
+                    columns[kind][index] = -sum(lp[t].logprob for t, lp in zip(tokens, logprobs))
+                    columns[TOKEN_COLUMNS[kind]][index] = len(tokens)
             for key, values in columns.items():
                 batch = batch.append_column(f"{key}:{variant.name}", pa.array(values, type=COLUMN_TYPES[key]))
         return batch

@@ -1,9 +1,10 @@
 """Metrics on generated outputs against references. Pure functions; no model, no Ray.
 
 One function per task type (`classification_metrics`, `extraction_metrics`, `generation_metrics`,
-`structured_metrics`), `perplexity` from teacher-forced log-likelihoods, and `answer_rate` for the
-forgetting set. `task_metrics` picks the right one from the eval config. A missing output (None or
-empty) is always scored as wrong, never skipped.
+`structured_metrics`), `perplexity` from teacher-forced log-likelihoods, `preference_metrics` on
+preference pairs from the log-likelihoods of both replies, and `answer_rate` for the forgetting set.
+`task_metrics` picks the right one from the eval config. A missing output (None or empty) is always
+scored as wrong, never skipped.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import re
 from rayft.config import EvalConfig
 from rayft.tool_calls import ReadCalls
 
+SCORED_TASKS = ("perplexity", "preference")  # measured from likelihoods alone: nothing is generated
 NO_LABEL = "(none)"  # the confusion-matrix column for outputs with no label in them
 
 
@@ -211,6 +213,34 @@ def perplexity(nll_sums: list[float | None], token_counts: list[int | None]) -> 
         return {"perplexity": None, "nll": None, "scored_tokens": 0, "unscored": len(nll_sums)}
     nll = sum(s for s, _ in pairs) / tokens
     return {"perplexity": math.exp(nll), "nll": nll, "scored_tokens": tokens, "unscored": len(nll_sums) - len(pairs)}
+
+
+# preference pairs
+
+
+def pair_margins(chosen_nll: list[float | None], rejected_nll: list[float | None]) -> list[float | None]:
+    """Per pair, log p(chosen) − log p(rejected) after the prompt (each the sum over the reply's
+    tokens, so rejected NLL − chosen NLL); None where either reply could not be scored."""
+    _check_lengths(chosen_nll, rejected_nll)
+    return [None if c is None or r is None else r - c for c, r in zip(chosen_nll, rejected_nll)]
+
+
+def preference_metrics(margins: list[float | None], base_margins: list[float | None]) -> dict:
+    """A model's pair margins (`pair_margins`) against the base's on the same pairs:
+    `preference_accuracy`, the share of pairs where the chosen reply is the more likely (a pair that
+    could not be scored counts as wrong); `reward_margin`, the mean over pairs scored for both of
+    margin − base margin, i.e. DPO's implicit reward margin with the base as the reference and
+    β = 1 (the base's own is 0); `mean_margin`, the mean margin itself; and the pair counts."""
+    _check_lengths(margins, base_margins)
+    scored = [m for m in margins if m is not None]
+    both = [(m, b) for m, b in zip(margins, base_margins) if m is not None and b is not None]
+    return {
+        "preference_accuracy": sum(m > 0 for m in scored) / len(margins) if margins else 0.0,
+        "reward_margin": sum(m - b for m, b in both) / len(both) if both else None,
+        "mean_margin": sum(scored) / len(scored) if scored else None,
+        "scored_pairs": len(scored),
+        "unscored_pairs": len(margins) - len(scored),
+    }
 
 
 def contains_answer(output: str | None, expected: str) -> bool:

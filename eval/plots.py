@@ -1,4 +1,5 @@
-"""The eval report's PNG plots: metric bars per variant, confusion matrices, the training loss curve."""
+"""The eval report's PNG plots: metric bars per variant, confusion matrices, the distribution of
+preference-pair margins, the training loss curve."""
 
 from __future__ import annotations
 
@@ -30,9 +31,10 @@ def _save(figure, path: Path) -> Path:
 
 
 def metric_panels(report: EvalReport) -> list[tuple[str, dict]]:
-    """[(metric, {variant: value})] for the metric bars: the task's metrics and perplexity (once,
-    also for task perplexity), then the forgetting set's answer rate; metrics no variant has are left out."""
-    names = dict.fromkeys(TASK_METRICS[report.task] + ("perplexity",))
+    """[(metric, {variant: value})] for the metric bars: the task's metrics, the pair metrics (on
+    preference pairs, whatever the task) and perplexity (each once), then the forgetting set's answer
+    rate; metrics no variant has are left out."""
+    names = dict.fromkeys(TASK_METRICS[report.task] + TASK_METRICS["preference"] + ("perplexity",))
     panels = [(name, {v: m.get(name) for v, m in report.metrics.items()}) for name in names]
     if report.forgetting:
         panels.append(
@@ -81,6 +83,26 @@ def confusion_matrices(report: EvalReport, path: Path) -> Path | None:
         axis.set_title(variant, fontsize=9)
         axis.set_xlabel("predicted", fontsize=8)
         axis.set_ylabel("reference", fontsize=8)
+    return _save(figure, path)
+
+
+def margin_histograms(margins: dict[str, list[float]], title: str, path: Path) -> Path | None:
+    """Overlaid histograms of log p(chosen) − log p(rejected) per pair, one per model (same bins),
+    with the line where the two replies are equally likely; None when there are no pairs."""
+    if not any(margins.values()):
+        return None
+    import numpy as np
+
+    plt = _pyplot()
+    values = np.concatenate([np.asarray(m, dtype=float) for m in margins.values()])
+    bins = np.histogram_bin_edges(values, bins=min(30, max(5, len(values) // 3)))
+    figure, axis = plt.subplots(figsize=(6.4, 3.6))
+    for label, series in margins.items():
+        color = COLORS.get(label.split(" ")[0], "#7b1fa2")  # a compared version is headed "REF (role)"
+        axis.hist(series, bins=bins, histtype="step", linewidth=1.8, color=color, label=f"{label} (n={len(series)})")
+    axis.axvline(0, color="#444", linestyle="--", linewidth=1)
+    axis.set(xlabel="log p(chosen) − log p(rejected)", ylabel="pairs", title=title)
+    axis.legend(fontsize=8)
     return _save(figure, path)
 
 

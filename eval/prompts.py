@@ -2,10 +2,13 @@
 
 Every record becomes a row with `set` ("test" or "forgetting"), `prompt` (the conversation without
 its last assistant answer, as JSON), `answer` (that reference answer), `expected` (the forgetting
-set's key answer; "" for test rows) and `tools` (the record's tools as JSON; "" for none). A record
-that calls tools is asked for its first call: the prompt is the conversation before that turn, the
-answer the calls it makes (`[{"name", "arguments"}]` as JSON). The few-shot base sees the same
-prompts with k training examples placed as earlier turns of the conversation.
+set's key answer; "" for test rows), `tools` (the record's tools as JSON; "" for none), and `chosen`
+and `rejected` (a preference pair's two replies to the prompt, each the whole assistant message as
+JSON; "" for a record that is no pair). A record that calls tools is asked for its first call: the
+prompt is the conversation before that turn, the answer the calls it makes (`[{"name", "arguments"}]`
+as JSON). A pair is asked its last turn: the prompt is every turn before the preferred reply, the
+answer that reply (its calls, as above, when it makes some). The few-shot base sees the same prompts
+with k training examples placed as earlier turns of the conversation.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import pyarrow as pa
 
 from rayft import storage
 
-ROW_COLUMNS = ("set", "prompt", "answer", "expected", "tools")
+ROW_COLUMNS = ("set", "prompt", "answer", "expected", "tools", "chosen", "rejected")
 
 
 def _clean(conversation: list[dict]) -> list[dict]:
@@ -27,31 +30,33 @@ def _clean(conversation: list[dict]) -> list[dict]:
     return [{k: v for k, v in m.items() if v is not None} for m in conversation]
 
 
+def answer_text(message: dict) -> str:
+    """An assistant turn as the reference answer: its calls (`[{"name", "arguments"}]` as JSON) when
+    it makes some, else its text."""
+    if not message.get("tool_calls"):
+        return message["content"]
+    calls = [{"name": c["function"]["name"], "arguments": c["function"]["arguments"]} for c in message["tool_calls"]]
+    return json.dumps(calls, ensure_ascii=False)
+
+
+def _column(batch: pa.Table, name: str) -> list:
+    return batch.column(name).to_pylist() if name in batch.schema.names else [None] * batch.num_rows
+
+
 def split_prompt(batch: pa.Table) -> dict[str, list]:
     """Ray Data UDF: conversations to eval rows (prompt = all turns but the last assistant answer,
-    or those before the first call)."""
-    prompts, answers = [], []
-    for conversation in batch.column("messages").to_pylist():
+    or those before the first call; a pair's: all turns but its preferred reply)."""
+    out = {name: [] for name in ("prompt", "answer", "chosen", "rejected")}
+    for conversation, rejected in zip(_column(batch, "messages"), _column(batch, "rejected")):
         messages = _clean(conversation)
         calling = next((i for i, m in enumerate(messages) if m.get("tool_calls")), None)
-        if calling is None:
-            prompts.append(json.dumps(messages[:-1], ensure_ascii=False))
-            answers.append(messages[-1]["content"])
-        else:
-            calls = [
-                {"name": c["function"]["name"], "arguments": c["function"]["arguments"]}
-                for c in messages[calling]["tool_calls"]
-            ]
-            prompts.append(json.dumps(messages[:calling], ensure_ascii=False))
-            answers.append(json.dumps(calls, ensure_ascii=False))
-    tools = batch.column("tools").to_pylist() if "tools" in batch.schema.names else [None] * len(prompts)
-    return {
-        "set": ["test"] * len(prompts),
-        "prompt": prompts,
-        "answer": answers,
-        "expected": [""] * len(prompts),
-        "tools": [t or "" for t in tools],
-    }
+        asked = len(messages) - 1 if rejected or calling is None else calling
+        out["prompt"].append(json.dumps(messages[:asked], ensure_ascii=False))
+        out["answer"].append(answer_text(messages[asked]))
+        out["chosen"].append(json.dumps(messages[-1], ensure_ascii=False) if rejected else "")
+        out["rejected"].append(json.dumps(_clean(rejected)[0], ensure_ascii=False) if rejected else "")
+    n = batch.num_rows
+    return {"set": ["test"] * n, **out, "expected": [""] * n, "tools": [t or "" for t in _column(batch, "tools")]}
 
 
 def read_test_split(dataset_dir: str, limit: int | None):
@@ -62,10 +67,21 @@ def read_test_split(dataset_dir: str, limit: int | None):
     if not storage.exists(path):
         raise FileNotFoundError(f"{path} not found: run `rayft data prepare` first")
     rows = ray.data.read_parquet(path)
-    rows = rows.select_columns(["messages"] + (["tools"] if "tools" in rows.schema().names else []))
+    rows = rows.select_columns(["messages"] + [c for c in ("tools", "rejected") if c in rows.schema().names])
     if limit:
         rows = rows.limit(limit)
     return rows.map_batches(split_prompt, batch_format="pyarrow")
+
+
+def holds_pairs(dataset_dir: str) -> bool:
+    """Whether the prepared test split holds preference pairs (rows with a rejected reply)."""
+    path = storage.join(dataset_dir, "test.parquet")
+    if not storage.exists(path):
+        return False
+    file = storage.parquet_file(path)
+    if "rejected" not in file.schema_arrow.names:
+        return False
+    return file.read(columns=["rejected"]).column("rejected").null_count < file.metadata.num_rows
 
 
 def forgetting_records(path: str | None) -> list[dict]:
@@ -99,6 +115,8 @@ def forgetting_records(path: str | None) -> list[dict]:
                 "answer": messages[-1]["content"],
                 "expected": expected,
                 "tools": "",
+                "chosen": "",
+                "rejected": "",
             }
         )
     if not rows:

@@ -1,5 +1,6 @@
-"""An eval's answers turned into the report (`EvalReport`): metrics per variant, forgetting, samples;
-and the report for people: report.md, the terminal table, the gate's checks as a table.
+"""An eval's answers turned into the report (`EvalReport`): metrics per variant (with the pair metrics
+whenever the test rows are preference pairs, whatever the task), forgetting, samples; and the report
+for people: report.md, the terminal table, the gate's checks as a table.
 
 `report.json` is the whole report (also stored with the version in the registry); `report.md` is
 the same for people, with the plots next to it.
@@ -11,7 +12,8 @@ import json
 import math
 
 from rayft.config import LOWER_IS_BETTER, EvalConfig
-from rayft.eval.metrics import answer_rate, perplexity, task_metrics
+from rayft.eval.metrics import SCORED_TASKS, answer_rate, pair_margins, perplexity, preference_metrics, task_metrics
+from rayft.eval.prompts import answer_text
 from rayft.eval.results import Check, Compared, EvalReport, Forgetting
 from rayft.eval.review_report import markdown as review_markdown
 
@@ -23,13 +25,27 @@ def _values(frame, column: str) -> list:
     return [None if isinstance(x, float) and math.isnan(x) else x for x in frame[column].tolist()]
 
 
+def preference_pairs(test):
+    """The test rows that are preference pairs."""
+    return test[test["rejected"] != ""]
+
+
+def variant_margins(pairs, variant: str) -> list[float | None]:
+    """log p(chosen) − log p(rejected) of each pair for `variant` (None: not scored)."""
+    return pair_margins(_values(pairs, f"nll:{variant}"), _values(pairs, f"nll_rejected:{variant}"))
+
+
 def variant_metrics(test, variant: str, config: EvalConfig) -> dict:
-    """The task's metrics (and perplexity) of one variant on the test rows."""
+    """The task's metrics, the pair metrics on preference pairs, and perplexity (of the preferred
+    replies on pairs) of one variant on the test rows."""
     metrics = (
         {}
-        if config.task == "perplexity"
+        if config.task in SCORED_TASKS
         else task_metrics(config, _values(test, f"output:{variant}"), test["answer"].tolist())
     )
+    pairs = preference_pairs(test)
+    if not pairs.empty:
+        metrics |= preference_metrics(variant_margins(pairs, variant), variant_margins(pairs, "base"))
     if config.perplexity:
         metrics |= perplexity(_values(test, f"nll:{variant}"), _values(test, f"tokens:{variant}"))
     if variant == "few_shot":
@@ -56,17 +72,39 @@ def forgetting_summary(rows, config: EvalConfig) -> Forgetting | None:
     )
 
 
+def sample(row: dict, variants: list[str]) -> dict:
+    """One test row for the report: prompt, reference and each variant's output; for a pair also
+    the other reply and each variant's margin."""
+    shown = {"prompt": json.loads(row["prompt"])[-1]["content"], "reference": row["answer"]}
+    shown |= {v: row[f"output:{v}"] for v in variants}
+    if row["rejected"]:
+        margins = pair_margins(
+            [_number_or_none(row[f"nll:{v}"]) for v in variants],
+            [_number_or_none(row[f"nll_rejected:{v}"]) for v in variants],
+        )
+        shown |= {"rejected": answer_text(json.loads(row["rejected"])), "margins": dict(zip(variants, margins))}
+    return shown
+
+
+def _number_or_none(value):
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+
 def build_report(
-    table, version, config: EvalConfig, variants: list[str], examples: list, decoding: dict, current: dict | None = None
+    table,
+    version,
+    config: EvalConfig,
+    variants: list[str],
+    examples: list,
+    decoding: dict,
+    current: dict | None = None,
+    parent=None,
 ) -> EvalReport:
     """The report of one eval run from its answered rows (a pandas frame). `current` maps each gated
-    alias to the version it pointed at, answered as the variant named by that version's ref."""
+    alias to the version it pointed at, answered as the variant named by that version's ref, and
+    `parent` is the version the candidate continues (or None), answered as variant "parent"."""
     test = table[table["set"] == "test"]
-    samples = [
-        {"prompt": json.loads(row["prompt"])[-1]["content"], "reference": row["answer"]}
-        | {v: row[f"output:{v}"] for v in variants}
-        for row in test.head(SAMPLES_IN_REPORT).to_dict("records")
-    ]
+    samples = [sample(row, variants) for row in test.head(SAMPLES_IN_REPORT).to_dict("records")]
     return EvalReport(
         candidate=version.ref,
         kind=version.kind,
@@ -82,6 +120,7 @@ def build_report(
         forgetting=forgetting_summary(table[table["set"] == "forgetting"], config) if config.forgetting else None,
         gate=config.gate,
         compared={alias: Compared(ref=v.ref, weights_hash=v.weights_hash) for alias, v in (current or {}).items()},
+        parent=Compared(ref=parent.ref, weights_hash=parent.weights_hash) if parent else None,
         decoding=decoding,
         samples=samples,
     )
@@ -89,6 +128,25 @@ def build_report(
 
 def _number(value) -> str:
     return "-" if value is None else f"{value:.4g}"
+
+
+def variant_label(report: EvalReport, variant: str) -> str:
+    """How a variant is headed in tables and plots: the parent with its ref, a version in
+    production with its alias."""
+    if variant == "parent" and report.parent:
+        return f"parent ({report.parent.ref})"
+    aliases = [alias for alias, c in report.compared.items() if c.ref == variant]
+    return f"{variant} ({', '.join(aliases)})" if aliases else variant
+
+
+def plotted_margins(table, report: EvalReport) -> dict[str, list[float]]:
+    """The scored pair margins of the base, the parent (when there is one) and the candidate, by
+    their label in the report; empty when the test rows are no pairs."""
+    pairs = preference_pairs(table[table["set"] == "test"])
+    if pairs.empty:
+        return {}
+    shown = ["base"] + (["parent"] if report.parent else []) + ["candidate"]
+    return {variant_label(report, v): [m for m in variant_margins(pairs, v) if m is not None] for v in shown}
 
 
 def headline(report: EvalReport) -> list[tuple[str, list[str]]]:
@@ -120,8 +178,21 @@ def markdown(report: EvalReport) -> str:
         f"Base `{report.base_model}`, {report.n} test records, task {report.task}, primary metric "
         f"**{report.primary_metric}**{' (lower is better)' if report.lower_is_better else ''}; "
         f"greedy decoding, same prompts for every variant.",
+    ]
+    if report.parent:
+        lines += ["", f"Parent: `{report.parent.ref}`, the version it continues, answered beside it."]
+    pairs = report.metrics["candidate"].get("scored_pairs")
+    if pairs is not None:
+        lines += [
+            "",
+            f"Preference pairs ({pairs + report.metrics['candidate']['unscored_pairs']}): preference accuracy is "
+            "the share of pairs where log p(chosen) > log p(rejected) after the prompt (a pair that could not "
+            "be scored counts as wrong); reward margin is the mean of log p(chosen) − log p(rejected) minus the "
+            "base's on the same pair: DPO's implicit reward margin, the base as reference, β = 1.",
+        ]
+    lines += [
         "",
-        "| metric | " + " | ".join(variants) + " |",
+        "| metric | " + " | ".join(variant_label(report, v) for v in variants) + " |",
         "|---|" + "---|" * len(variants),
     ]
     lines += [f"| {name} | " + " | ".join(values) + " |" for name, values in headline(report)]
@@ -153,9 +224,14 @@ def markdown(report: EvalReport) -> str:
         ]
     lines += ["", "## Plots", ""] + [f"![{name}]({file})" for name, file in report.files.plots.items()]
     lines += ["", "## Samples", ""]
-    for sample in report.samples:
-        lines += [f"- **prompt**: {sample['prompt']!r}", f"  - reference: {sample['reference']!r}"]
-        lines += [f"  - {v}: {sample.get(v)!r}" for v in variants]
+    for shown in report.samples:
+        lines += [f"- **prompt**: {shown['prompt']!r}", f"  - reference: {shown['reference']!r}"]
+        lines += [f"  - rejected: {shown['rejected']!r}"] if "rejected" in shown else []
+        margins = shown.get("margins", {})
+        for v in variants:
+            said = [repr(shown.get(v))] if shown.get(v) is not None or v not in margins else []
+            said += [f"margin {_number(margins[v])}"] if v in margins else []
+            lines.append(f"  - {v}: {', '.join(said)}")
     return "\n".join(lines) + "\n"
 
 
@@ -164,7 +240,8 @@ def print_report(report: EvalReport) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("metric", *report.metrics, title=f"eval of {report.candidate} on {report.n} test records")
+    headers = [variant_label(report, v) for v in report.metrics]
+    table = Table("metric", *headers, title=f"eval of {report.candidate} on {report.n} test records")
     for name, values in headline(report):
         table.add_row(name, *values)
     console = Console()

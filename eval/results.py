@@ -29,7 +29,8 @@ class Forgetting(BaseModel):
 
 
 class Compared(BaseModel):
-    """A version a gated alias pointed at during the eval, answered beside the candidate."""
+    """A registered version answered beside the candidate: one a gated alias pointed at during the
+    eval (named by its ref in the metrics), or the candidate's parent (named "parent")."""
 
     ref: str
     weights_hash: str | None
@@ -44,8 +45,10 @@ class ReportFiles(BaseModel):
 
 
 class EvalReport(BaseModel):
-    """Metrics per variant (base, few_shot, candidate, and each compared version by its ref) on one
-    test split, the forgetting check, the gate settings it ran with and the gate's verdict."""
+    """Metrics per variant (base, few_shot, candidate, parent, and each compared version by its ref)
+    on one test split, the forgetting check, the gate settings it ran with and the gate's verdict.
+    `parent`: the registered version the candidate continues (other than its base), None when it
+    continues none."""
 
     candidate: str
     kind: str
@@ -61,6 +64,7 @@ class EvalReport(BaseModel):
     forgetting: Forgetting | None = None
     gate: GateConfig
     compared: dict[str, Compared] = Field(default_factory=dict)
+    parent: Compared | None = None
     decoding: dict = Field(default_factory=dict)
     samples: list[dict] = Field(default_factory=list)
     verdict: list[Check] = Field(default_factory=list)

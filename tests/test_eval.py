@@ -2,7 +2,8 @@
 few-shot prompts that shrink to fit the context. The real vLLM engine, in-process (no Ray needed
 for one actor's work); then `evaluate()` for a full-model candidate on a generation task, with its
 engines in-process instead of in Ray actors (an adapter on classification runs through the actor
-pool in tests/test_quickstart.py)."""
+pool in tests/test_quickstart.py), and for task preference on prepared preference pairs, with the
+version the candidate continues answered beside it."""
 
 import dataclasses
 import json
@@ -223,3 +224,77 @@ def test_evaluate_a_registered_full_model_on_a_generation_task(ray_cluster, tiny
         assert metrics["perplexity"] == pytest.approx(math.exp(nll / tokens), rel=1e-3), variant
     assert report["metrics"]["candidate"]["perplexity"] != pytest.approx(report["metrics"]["base"]["perplexity"])
     assert report["files"]["plots"] == {"metrics": "metrics.png"}  # no confusion matrix, no training log
+
+
+@pytest.mark.ray
+def test_evaluate_preference_pairs_with_the_parent_beside_the_candidate(
+    ray_cluster, tiny_model, preference_dataset, tmp_path, monkeypatch
+):
+    """Task preference on the prepared preference sample: nothing generated, both replies of every
+    test pair scored for the base, the candidate and the version it continues (random adapters, the
+    parent also in prod, so it answers once in both roles), each reply's likelihood equal to
+    transformers + peft's; the pair metrics, the margin plot and the gate's parent check."""
+    import pyarrow.parquet as pq
+
+    from rayft.config import parse_config
+    from rayft.eval import evaluate as pipeline
+    from rayft.eval.evaluate import evaluate
+    from rayft.eval.metrics import preference_metrics
+    from rayft.registry import Registry
+
+    registry = Registry()
+    adapters = {v: random_adapter(tiny_model, tmp_path / v, seed=s) for v, s in (("parent", 21), ("candidate", 22))}
+    parent = registry.register("pref", "adapter", tiny_model, adapters["parent"])
+    version = registry.register("pref", "adapter", tiny_model, adapters["candidate"], parent=parent.ref)
+    registry.set_alias("pref", "prod", parent.version, reason="test", gated=True)
+    config = parse_config(
+        {
+            "name": "pref",
+            "model": {"base": tiny_model},
+            "data": {"out": str(preference_dataset)},
+            "eval": {
+                "task": "preference",
+                "few_shot": 0,
+                "forgetting": False,
+                "max_model_len": 1024,
+                "report_path": str(tmp_path / "reports"),
+            },
+        }
+    )
+    monkeypatch.setattr(pipeline, "answer_with_engines", answer_in_process)
+    evaluate(config, candidate=version.ref, show_progress=False)
+
+    report = json.loads(Path(Registry().get(version.ref).eval_report["path"]).read_text())
+    folder = Path(report["folder"])
+    assert list(report["metrics"]) == ["base", "candidate", "parent", "pref:1"]
+    assert report["parent"] == {"ref": parent.ref, "weights_hash": parent.weights_hash}
+    answers = [json.loads(line) for line in (folder / "answers.jsonl").read_text().splitlines()]
+    pairs = pq.read_table(preference_dataset / "test.parquet", columns=["messages", "rejected"]).to_pylist()
+    assert report["n"] == len(answers) == len(pairs) > 0
+    assert all(row[f"output:{v}"] is None for row in answers for v in report["metrics"])  # nothing generated
+
+    strip = lambda ms: [{k: v for k, v in m.items() if v is not None} for m in ms]  # noqa: E731
+    reference = Reference(tiny_model)
+    margins = {}
+    for variant, adapter in (("base", None), ("parent", adapters["parent"]), ("candidate", adapters["candidate"])):
+        margins[variant] = []
+        for row, pair in zip(answers, pairs):
+            chosen, _ = scored_answer(reference, adapter, strip(pair["messages"]))
+            rejected, _ = scored_answer(reference, adapter, strip(pair["messages"][:-1] + pair["rejected"]))
+            assert row[f"nll:{variant}"] == pytest.approx(chosen, rel=1e-3), variant
+            assert row[f"nll_rejected:{variant}"] == pytest.approx(rejected, rel=1e-3), variant
+            margins[variant].append(rejected - chosen)
+    for variant in ("base", "parent", "candidate"):
+        expected = preference_metrics(margins[variant], margins["base"])
+        metrics = report["metrics"][variant]
+        assert metrics["preference_accuracy"] == pytest.approx(expected["preference_accuracy"]), variant
+        assert metrics["reward_margin"] == pytest.approx(expected["reward_margin"], abs=1e-2), variant
+    assert report["metrics"]["base"]["reward_margin"] == 0.0 and report["metrics"]["candidate"]["reward_margin"] != 0
+    assert report["metrics"]["pref:1"] == report["metrics"]["parent"]  # the parent in prod, answered once
+
+    assert report["files"]["plots"]["margins"] == "margins.png" and (folder / "margins.png").stat().st_size > 1000
+    checks = {c["name"]: c for c in report["verdict"]}
+    assert f"vs its parent {parent.ref}" in checks["beats_parent"]["detail"]
+    assert "vs pref:1 (pref:prod now)" in checks["not_worse_than_current"]["detail"]
+    assert "measured beside the candidate" in checks["not_worse_than_current"]["detail"]
+    assert "parent (pref:1)" in (folder / "report.md").read_text()

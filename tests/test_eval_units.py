@@ -118,6 +118,8 @@ def answered_rows() -> pd.DataFrame:
                 "prompt": json.dumps([{"role": "user", "content": f"q{i}"}]),
                 "answer": f"Category: {label}",
                 "expected": "",
+                "chosen": "",
+                "rejected": "",
                 "output:base": base,
                 "nll:base": 6.0,
                 "tokens:base": 3,
@@ -132,6 +134,8 @@ def answered_rows() -> pd.DataFrame:
             "prompt": json.dumps([{"role": "user", "content": "2+2?"}]),
             "answer": "4",
             "expected": "4",
+            "chosen": "",
+            "rejected": "",
             "output:base": "It is 4.",
             "nll:base": 1.0,
             "tokens:base": 2,
@@ -305,3 +309,189 @@ def test_a_local_version_whose_bytes_changed_is_refused_before_any_engine_starts
     (folder / "adapter_model.safetensors").write_bytes(b"other weights")
     with pytest.raises(ArtifactMismatch, match=f"support:1: the artifact at {folder} has weights hash"):
         check_local_artifacts(engines)
+
+
+def test_pair_metrics_from_fixed_scores():
+    from rayft.eval.metrics import pair_margins, preference_metrics
+
+    base = pair_margins([5.0, 4.0, 7.0], [6.0, 3.0, 7.0])
+    assert base == [1.0, -1.0, 0.0]  # log p(chosen) − log p(rejected) = rejected NLL − chosen NLL
+    assert preference_metrics(base, base) == {
+        "preference_accuracy": pytest.approx(1 / 3),  # a tie is not a preference
+        "reward_margin": 0.0,  # the base is the reference
+        "mean_margin": 0.0,
+        "scored_pairs": 3,
+        "unscored_pairs": 0,
+    }
+    candidate = pair_margins([3.0, 2.0, 6.0], [7.0, 3.0, None])  # the last rejected reply did not fit
+    assert preference_metrics(candidate, base) == {
+        "preference_accuracy": pytest.approx(2 / 3),  # the unscored pair counts as wrong
+        "reward_margin": pytest.approx(((4 - 1) + (1 + 1)) / 2),  # over pairs scored for both
+        "mean_margin": pytest.approx(2.5),
+        "scored_pairs": 2,
+        "unscored_pairs": 1,
+    }
+    assert preference_metrics([None], [1.0])["reward_margin"] is None
+    with pytest.raises(ValueError, match="2 outputs for 1 references"):
+        preference_metrics([1.0, 2.0], [1.0])
+
+
+PAIR_SCORES = {  # (chosen NLL, rejected NLL) per pair and variant
+    "base": [(5.0, 6.0), (4.0, 3.0), (7.0, 7.0)],
+    "candidate": [(3.0, 7.0), (2.0, 3.0), (6.0, None)],
+    "parent": [(4.0, 6.0), (3.0, 3.0), (6.0, 6.5)],
+}
+
+
+def pair_rows() -> pd.DataFrame:
+    """Answered rows of three preference pairs, scored only (task preference generates nothing)."""
+    rows = []
+    for i in range(3):
+        chosen = {"role": "assistant", "content": f"Category: billing {i}"}
+        rejected = {"role": "assistant", "content": f"Category: shipping {i}"}
+        row = {
+            "set": "test",
+            "prompt": json.dumps([{"role": "user", "content": f"q{i}"}]),
+            "answer": chosen["content"],
+            "expected": "",
+            "tools": "",
+            "chosen": json.dumps(chosen),
+            "rejected": json.dumps(rejected),
+        }
+        for variant, scores in PAIR_SCORES.items():
+            nll, nll_rejected = scores[i]
+            row |= {
+                f"output:{variant}": None,
+                f"nll:{variant}": nll,
+                f"tokens:{variant}": 2,
+                f"nll_rejected:{variant}": nll_rejected,
+                f"tokens_rejected:{variant}": None if nll_rejected is None else 2,
+                f"shots:{variant}": None,
+            }
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def test_a_preference_report_shows_the_pair_metrics_its_parent_and_the_margin_plot(tmp_path):
+    from rayft.eval.plots import margin_histograms
+    from rayft.eval.report import plotted_margins
+
+    version = ModelVersion("support-dpo", 2, "adapter", "/base", "/d2", weights_hash="d2", parent="support:1")
+    parent = ModelVersion("support", 1, "adapter", "/base", "/a1", weights_hash="w1")
+    variants = ["base", "candidate", "parent"]
+    config = eval_config(task="preference", few_shot=0, forgetting=False)
+    report = build_report(pair_rows(), version, config, variants, [], {}, {}, parent)
+    assert (report.primary_metric, report.parent.ref, report.parent.weights_hash) == (
+        "preference_accuracy",
+        "support:1",
+        "w1",
+    )
+    accuracy = {v: report.metrics[v]["preference_accuracy"] for v in variants}
+    reward = {v: report.metrics[v]["reward_margin"] for v in variants}
+    assert accuracy == pytest.approx({"base": 1 / 3, "candidate": 2 / 3, "parent": 2 / 3})
+    assert reward == pytest.approx({"base": 0.0, "candidate": 2.5, "parent": (1 + 1 + 0.5) / 3})
+    assert report.metrics["candidate"]["perplexity"] == pytest.approx(math.exp((3 + 2 + 6) / 6))  # chosen replies
+    assert report.samples[0]["rejected"] == "Category: shipping 0"
+    assert report.samples[0]["margins"] == {"base": 1.0, "candidate": 4.0, "parent": 2.0}
+    assert plotted_margins(pair_rows(), report) == {
+        "base": [1.0, -1.0, 0.0],
+        "parent (support:1)": [2.0, 0.0, 0.5],
+        "candidate": [4.0, 1.0],
+    }
+
+    written = write_report(report, pair_rows(), version, str(tmp_path))
+    folder = tmp_path / "support-dpo" / "2"
+    assert written.files.plots == {"metrics": "metrics.png", "margins": "margins.png"}
+    assert (folder / "margins.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (folder / "margins.png").stat().st_size > 1000
+    markdown = (folder / "report.md").read_text()
+    assert "| metric | base | candidate | parent (support:1) |" in markdown
+    assert "| preference_accuracy | 0.3333 | 0.6667 | 0.6667 |" in markdown
+    assert "| reward_margin | 0 | 2.5 | 0.8333 |" in markdown
+    assert "Parent: `support:1`" in markdown and "  - candidate: margin 4" in markdown
+    assert margin_histograms({}, "no pairs", tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()
+
+    # Another task on the same pairs keeps its own metrics and gains the pair metrics.
+    generation = build_report(pair_rows(), version, eval_config(task="generation"), variants, [], {}, {}, parent)
+    assert {"rouge_l", "preference_accuracy", "reward_margin"} <= set(generation.metrics["candidate"])
+    assert generation.metrics["candidate"]["reward_margin"] == pytest.approx(2.5)
+
+
+def test_a_pair_is_asked_its_last_turn_with_both_replies_beside_it(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from rayft.data.outputs import MESSAGE_TYPE
+    from rayft.eval.prompts import holds_pairs, split_prompt
+
+    call = {"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": '{"order": 1}'}}
+    prompt = [
+        {"role": "user", "content": "Where is order 1?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "shipped"},
+    ]
+    chosen = {"role": "assistant", "content": "It shipped."}
+    rejected = {"role": "assistant", "content": None, "tool_calls": [call]}
+    plain = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello"}]
+    batch = pa.table(
+        {
+            "messages": pa.array([prompt + [chosen], plain], MESSAGE_TYPE),
+            "rejected": pa.array([[rejected], None], MESSAGE_TYPE),
+        }
+    )
+    pair, other = pd.DataFrame(split_prompt(batch)).to_dict("records")
+    strip = lambda m: {k: v for k, v in m.items() if v is not None}  # noqa: E731
+    assert json.loads(pair["prompt"]) == [strip(m) for m in prompt]  # not cut at its earlier call
+    assert (pair["answer"], json.loads(pair["chosen"])) == ("It shipped.", chosen)
+    assert json.loads(pair["rejected"]) == strip(rejected)
+    assert (json.loads(other["prompt"]), other["answer"], other["chosen"], other["rejected"]) == (
+        plain[:1],
+        "Hello",
+        "",
+        "",
+    )
+
+    pq.write_table(batch, tmp_path / "test.parquet")
+    assert holds_pairs(str(tmp_path))
+    pq.write_table(batch.set_column(1, "rejected", pa.nulls(2, MESSAGE_TYPE)), tmp_path / "test.parquet")
+    assert not holds_pairs(str(tmp_path))
+    pq.write_table(batch.drop_columns(["rejected"]), tmp_path / "test.parquet")
+    assert not holds_pairs(str(tmp_path))
+
+
+def test_the_parent_is_the_version_it_continues_unless_that_is_its_base(tmp_path):
+    from rayft.eval.evaluate import continued_version, plan_engines, with_answers_of
+    from rayft.registry import Registry
+
+    registry = Registry(tmp_path / "r.db")
+    base = registry.register("chat", "full", "/random", "/chat-v1", weights_hash="c1")
+    sft = registry.register("support", "adapter", "/chat-v1", "/a1", weights_hash="w1", parent=base.ref)
+    dpo = registry.register("support-dpo", "adapter", "/chat-v1/", "/d1", weights_hash="d1", parent=sft.ref)
+    full = registry.register("support", "full", "/chat-v1", "/s2", weights_hash="s2", parent=sft.ref)
+    full_dpo = registry.register("support", "full", "/chat-v1", "/s3", weights_hash="s3", parent=full.ref)
+    assert continued_version(registry, sft) is None  # its parent is its (registry) base
+    assert continued_version(registry, dpo).ref == sft.ref  # another name continues it
+    assert continued_version(registry, base) is None  # no parent
+    assert continued_version(registry, full_dpo).ref == full.ref
+    orphan = registry.register("support", "adapter", "/chat-v1", "/a4", weights_hash="w4", parent="support:9")
+    assert continued_version(registry, orphan) is None  # deleted, or never there
+
+    bases = {"/chat-v1": base, "/chat-v1/": base}.get
+    [(model, variants)] = plan_engines(dpo, [], [], True, None, bases, parent=sft)
+    assert model == base and [(v.name, v.adapter, v.sets) for v in variants] == [
+        ("base", None, ("test", "forgetting")),
+        ("candidate", dpo, ("test", "forgetting")),
+        ("parent", sft, ("test",)),
+    ]
+    engines = plan_engines(full_dpo, [], [], False, None, bases, parent=full)
+    assert [(m, [v.name for v in vs]) for m, vs in engines] == [
+        (base, ["base"]),
+        (full_dpo, ["candidate"]),
+        (full, ["parent"]),
+    ]
+
+    answered = pd.DataFrame(
+        {f"{key}:parent": [1] for key in ("output", "nll", "tokens", "nll_rejected", "tokens_rejected", "shots")}
+    )
+    copied = with_answers_of(answered, "parent", "support:1")  # the parent in production, answered once
+    assert copied["nll:support:1"].tolist() == [1] and copied["shots:support:1"].tolist() == [1]

@@ -69,10 +69,12 @@ def test_a_clear_win_passes_and_is_recorded(registry):
         "test_size",
         "beats_base",
         "beats_few_shot",
+        "beats_parent",
         "forgetting",
         "not_worse_than_current",
     ]
     assert all(c.passed for c in checks) and alias.targets == {1: 1.0}
+    assert checks[4].detail == "no parent to beat: it has none"
     assert checks[-1].detail == "support:prod points at no version yet"
     [change] = registry.history("support", "prod")
     assert (change.actor, change.reason, change.details["passed"], change.details["forced"]) == (
@@ -81,7 +83,7 @@ def test_a_clear_win_passes_and_is_recorded(registry):
         True,
         False,
     )
-    assert change.details["report"] == "/r/report.json" and len(change.details["gate"]) == 6
+    assert change.details["report"] == "/r/report.json" and len(change.details["gate"]) == 7
 
 
 @pytest.mark.parametrize(
@@ -249,3 +251,51 @@ def test_a_human_win_rate_over_the_base_counts_when_the_alias_points_at_nothing_
     holder = registry.get("support:2")
     assert not check(human(7, 3, 0), {"support:prod": holder}).passed
     assert check(human(7, 3, 0, against="support:2"), {"support:prod": holder}).passed
+
+
+def continued(registry, parent_score=None, **gate):
+    """support-dpo:1, which continues support:1 (support:1's accuracy beside it: `parent_score`), and
+    its checks."""
+    registry.register("support-dpo", "adapter", "/base", "/d1", weights_hash="d1", parent="support:1")
+    measured = report(ref="support-dpo:1", weights="d1", **gate)
+    measured["parent"] = {"ref": "support:1", "weights_hash": "w1"}
+    if parent_score is not None:
+        measured["metrics"]["parent"] = {"accuracy": parent_score}
+    registry.set_eval_report("support-dpo:1", measured)
+    return {c.name: c for c in checks_of(registry, "support-dpo:1")}
+
+
+@pytest.mark.parametrize(
+    "parent_score, gate, passed, says",
+    [
+        (
+            0.7,
+            {},
+            True,
+            "accuracy 0.8 vs its parent support:1 0.7: better by +0.1 (needs ≥ +0, eval.gate.parent_margin)",
+        ),
+        (0.8, {}, True, "not better by +0 (needs ≥ +0"),
+        (0.85, {}, False, "accuracy 0.8 vs its parent support:1 0.85: not better by -0.05 (needs ≥ +0"),
+        (0.85, {"parent_margin": -0.1}, True, "not better by -0.05 (needs ≥ -0.1"),
+        (0.75, {"parent_margin": 0.1}, False, "better by +0.05 (needs ≥ +0.1"),
+        (None, {}, False, "accuracy was not measured for the candidate and support:1"),
+        (0.99, {"parent_margin": None}, True, "not checked: eval.gate.parent_margin is null"),
+    ],
+)
+def test_a_version_that_continues_another_must_beat_it(registry, parent_score, gate, passed, says):
+    check = continued(registry, parent_score, **gate)["beats_parent"]
+    assert (check.passed, check.waived) == (passed, False) and says in check.detail
+    if not passed:
+        with pytest.raises(PromotionRefused, match="support-dpo:1 not promoted to support-dpo:prod"):
+            promote(registry, "support-dpo:1", "prod")
+
+
+def test_a_parent_that_is_the_base_is_not_checked_twice(registry):
+    """A version trained on a registry base has that base as its parent; the eval does not answer
+    it again as the parent (beats_base compares it), and the check says why it passes."""
+    registry.register("support", "adapter", "/base", "/a3", weights_hash="w3", parent="chat:1")
+    registry.set_eval_report("support:3", report(ref="support:3", weights="w3"))
+    check = {c.name: c for c in checks_of(registry, "support:3")}["beats_parent"]
+    assert check.passed and check.detail == (
+        "no parent to beat: its parent chat:1 is its base (beats_base compares it), or no longer registered"
+    )
