@@ -4,7 +4,8 @@ setup   sample data and a tiny random Llama model with its tokenizer, under $RAY
 run     data prepare → full fine-tune of the base on general chat → LoRA on support tickets →
         eval base vs adapter → serve both over HTTP and ask each one question; with `--with tools`
         also a LoRA on a function-calling set (OpenAI's format), evaluated on tool-name accuracy
-        and asked to call a tool over HTTP
+        and asked to call a tool over HTTP; with `--with dpo` also DPO continuing the ticket
+        adapter on preference pairs, with preference accuracy base → SFT → DPO
 report  a summary table, the same summary as JSON in $RAYFT_HOME/quickstart/summary.json, shutdown
 """
 
@@ -111,6 +112,22 @@ def tool_adapter(folder: Path) -> tuple[ModelVersion, dict]:
     return version, {"base": accuracy["base"], "adapter": accuracy["candidate"], "n": report.n}
 
 
+def dpo_adapter(folder: Path) -> tuple[ModelVersion, dict]:
+    """DPO continuing the ticket adapter on the preference sample: data, training, eval; its version
+    and preference accuracy of the base, the SFT adapter it continues (the parent) and itself."""
+    from rayft.data.preference_samples import write_preference_pairs
+    from rayft.eval.evaluate import evaluate
+    from rayft.training.trainer import train
+
+    config = packaged_config("quickstart-dpo.yaml")
+    write_preference_pairs(folder / "preference.jsonl", n=600, seed=0)
+    prepare(config, Registry().get(config.model.base.removeprefix("registry:")).artifact_uri)
+    version = train(config)
+    report = evaluate(config, candidate=version.ref)
+    accuracy = {v: report.metrics[v]["preference_accuracy"] for v in ("base", "parent", "candidate")}
+    return version, {"base": accuracy["base"], "sft": accuracy["parent"], "dpo": accuracy["candidate"], "n": report.n}
+
+
 def print_summary(summary: dict) -> None:
     table = Table(title="rayft quickstart", show_header=False)
     data = summary["data"]
@@ -134,6 +151,12 @@ def print_summary(summary: dict) -> None:
         table.add_row(
             "tool-name accuracy", f"base {tools['base']:.3f} → tool adapter {tools['adapter']:.3f} (n={tools['n']})"
         )
+    if "dpo_eval" in summary:
+        dpo = summary["dpo_eval"]
+        table.add_row(
+            "preference accuracy",
+            f"base {dpo['base']:.3f} → SFT {dpo['sft']:.3f} → DPO {dpo['dpo']:.3f} (n={dpo['n']})",
+        )
     for who, answer in summary["served"].items():
         table.add_row(f"served answer: {who}", repr(answer))
     table.add_row("time", f"{summary['seconds']:.0f} s")
@@ -141,7 +164,7 @@ def print_summary(summary: dict) -> None:
 
 
 def run_quickstart(port: int = 8000, extras: tuple[str, ...] = ()) -> dict:
-    """Run every stage on the sample (and the `extras` asked for: "tools") and return the summary."""
+    """Run every stage on the sample (and the `extras` asked for: "tools", "dpo") and return the summary."""
     from rayft.eval.evaluate import evaluate
     from rayft.serving import app
     from rayft.training.trainer import train
@@ -160,11 +183,14 @@ def run_quickstart(port: int = 8000, extras: tuple[str, ...] = ()) -> dict:
     adapter = train(adapter_config)
     report = evaluate(adapter_config, candidate=adapter.ref)
     tools = tool_adapter(folder) if "tools" in extras else None
+    dpo = dpo_adapter(folder) if "dpo" in extras else None
     url = app.start(adapter_config)
     try:
         served = {"base": ask(url, base.name, QUESTION), "adapter": ask(url, adapter.ref, QUESTION)}
         if tools:
             served["tool adapter (tool_choice required)"] = ask_with_tools(url, tools[0].ref, TOOL_QUESTION)
+        if dpo:
+            served["DPO adapter"] = ask(url, dpo[0].ref, QUESTION)
     finally:
         app.shutdown()
 
@@ -182,6 +208,7 @@ def run_quickstart(port: int = 8000, extras: tuple[str, ...] = ()) -> dict:
         "served": served,
         "question": QUESTION,
         **({"tools_eval": tools[1], "tool_adapter_training": _run_summary(tools[0])} if tools else {}),
+        **({"dpo_eval": dpo[1], "dpo_training": _run_summary(dpo[0])} if dpo else {}),
         "seconds": time.time() - started,
     }
     (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
