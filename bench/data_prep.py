@@ -1,6 +1,7 @@
 """Benchmark `rayft data prepare` at 100k records: throughput, near-duplicate recall/precision,
-PII recall. Run: `.venv/bin/python bench/data_prep.py [--records N]` (results go to stdout as JSON;
-record them in bench/RESULTS.md).
+PII recall. Run: `.venv/bin/python bench/data_prep.py [--records N] [--out FILE]` (results go to
+stdout as JSON, and to FILE; record them in bench/RESULTS.md). `--smoke`: 2,000 records, the same
+pipeline and checks (`make test` runs it, tests/test_bench_smoke.py; its numbers mean nothing).
 
 Records are random word sequences (so natural near duplicates are rare); the generator plants exact
 duplicates, near duplicates (one to three words replaced, so the true Jaccard similarity of their
@@ -28,6 +29,8 @@ from rayft.config import DataConfig
 from rayft.data.dedup import dedup_text, shingles
 from rayft.data.prepare import PrepareOptions, prepare_dataset
 from rayft.runtime import ensure_ray
+
+FULL_RECORDS, SMOKE_RECORDS = 100_000, 2_000
 
 
 def luhn_digit(digits: str) -> str:
@@ -152,9 +155,12 @@ def leaked_pii(truth: dict, out: Path) -> list[tuple[str, str]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--records", type=int, default=100_000)
+    parser.add_argument("--records", type=int, help=f"default {FULL_RECORDS:,}, {SMOKE_RECORDS:,} with --smoke")
+    parser.add_argument("--smoke", action="store_true", help="a small run of the same pipeline (make test)")
     parser.add_argument("--tokenizer", help="count tokens with this tokenizer (default: whitespace words)")
+    parser.add_argument("--out", help="also write the JSON here")
     args = parser.parse_args()
+    args.records = args.records or (SMOKE_RECORDS if args.smoke else FULL_RECORDS)
     records, truth = generate(args.records)
     work = Path(tempfile.mkdtemp(prefix="rayft-bench-data-"))
     source = work / "input.jsonl"
@@ -197,6 +203,8 @@ def main() -> None:
         "pii_found": manifest.pii.found,
     }
     print(json.dumps(result, indent=2))
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

@@ -166,7 +166,7 @@ def measure(model_dir: Path, method: str, packing: bool, args, use_gpu: bool, vo
 
     from rayft.training.deepspeed_config import deepspeed_config
     from rayft.training.model import build_engine, load_model
-    from rayft.training.worker import to_model_inputs
+    from rayft.training.objectives import to_model_inputs
 
     train = train_config(method, packing, args.seq_len, use_gpu)
     if use_gpu:
@@ -180,7 +180,8 @@ def measure(model_dir: Path, method: str, packing: bool, args, use_gpu: bool, vo
         if i == args.warmup:
             synchronize(use_gpu)
             started = time.perf_counter()
-        inputs = {k: v.to(engine.device) if hasattr(v, "to") else v for k, v in to_model_inputs(batch).items()}
+        step = to_model_inputs(batch) | {"labels": torch.tensor(batch.labels)}  # the supervised step's inputs
+        inputs = {k: v.to(engine.device) if hasattr(v, "to") else v for k, v in step.items()}
         loss = engine(**inputs).loss
         engine.backward(loss)
         engine.step()

@@ -1,8 +1,9 @@
 """Benchmark rayft across Ray nodes on one machine, side by side in one run; storage on an
 S3-protocol server (tests/multinode_cluster.py: a head without CPUs, 2-CPU worker nodes, moto).
 
-Run: `.venv/bin/python bench/multinode.py [--rounds 2] [--steps 12]` (JSON on stdout; record it in
-bench/RESULTS.md).
+Run: `.venv/bin/python bench/multinode.py [--rounds 2] [--steps 12] [--out FILE]` (JSON on stdout and
+in FILE; record it in bench/RESULTS.md). `--smoke`: one round of 2 steps on a smaller sample, a
+shorter load after the kill; the same code (`make test` runs it; its numbers mean nothing).
 
 (a) training: the same LoRA run (2 workers, ZeRO-2, the support-ticket sample prepared on `s3://`,
     checkpoints and exports on `s3://`) with both workers on one node (`PACK`) and on two nodes
@@ -29,17 +30,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from multinode_cluster import engines_on_two_nodes, local_nodes, lose_an_engine_node_under_load, s3_bucket  # noqa: E402
 
 
-def training_ratio(bucket: str, base: str, rounds: int, steps: int) -> dict:
+def training_ratio(bucket: str, base: str, rounds: int, steps: int, tickets: int) -> dict:
     from rayft.config import DataConfig, parse_config
     from rayft.data.prepare import PrepareOptions, prepare_dataset
     from rayft.data.samples import write_support_tickets
     from rayft.training.trainer import train
 
     with tempfile.TemporaryDirectory() as scratch:
-        tickets = write_support_tickets(Path(scratch) / "tickets.jsonl", n=600, seed=3)
+        sample = write_support_tickets(Path(scratch) / "tickets.jsonl", n=tickets, seed=3)
         dataset = f"{bucket}/datasets/tickets"
         options = PrepareOptions(DataConfig(label_regex=r"Category:\s*(\w+)", max_tokens=256), tokenizer=base)
-        prepare_dataset([str(tickets)], dataset, options, show_progress=False)
+        prepare_dataset([str(sample)], dataset, options, show_progress=False)
     speeds: dict[str, list[float]] = {"PACK": [], "STRICT_SPREAD": []}
     for round_ in range(rounds):
         for strategy in speeds:
@@ -66,7 +67,7 @@ def training_ratio(bucket: str, base: str, rounds: int, steps: int) -> dict:
     return {"tokens_per_s_one_node": one, "tokens_per_s_two_nodes": two, "two_over_one": two / one, "runs": speeds}
 
 
-def node_loss(nodes, bucket: str, base: str) -> dict:
+def node_loss(nodes, bucket: str, base: str, seconds: float) -> dict:
     from rayft import storage
     from rayft.registry import Registry
     from rayft.tiny import random_adapter
@@ -75,7 +76,7 @@ def node_loss(nodes, bucket: str, base: str) -> dict:
         uri = storage.upload_dir(random_adapter(base, Path(scratch) / "a", seed=5), f"{bucket}/models/remote/1")
     version = Registry().register("remote", "adapter", base, uri)
     with engines_on_two_nodes(nodes, base) as url:
-        load, killed = lose_an_engine_node_under_load(nodes, url, version.ref, seconds=20)
+        load, killed = lose_an_engine_node_under_load(nodes, url, version.ref, seconds=seconds)
     after = [(started - killed, status) for started, status, _ in sorted(load.results) if started > killed]
     failed = [t for t, status in after if status != 200]
     return {
@@ -89,9 +90,14 @@ def main() -> None:
     import os
 
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--rounds", type=int, help="default 2, 1 with --smoke")
+    parser.add_argument("--steps", type=int, help="default 12, 2 with --smoke")
+    parser.add_argument("--smoke", action="store_true", help="the smallest run of the same code (make test)")
+    parser.add_argument("--out", help="also write the JSON here")
     args = parser.parse_args()
+    rounds = args.rounds or (1 if args.smoke else 2)
+    steps = args.steps or (2 if args.smoke else 12)
+    tickets, load_seconds = (200, 5.0) if args.smoke else (600, 20.0)
     from rayft.data.samples import tokenizer_corpus
     from rayft.tiny import build_tiny_model
 
@@ -104,10 +110,12 @@ def main() -> None:
             homes = Path(scratch) / "nodes"
             homes.mkdir()
             with local_nodes(homes) as nodes:
-                results = {"training": training_ratio(bucket, base, args.rounds, args.steps)}
-                results["node_loss"] = node_loss(nodes, bucket, base)
+                results = {"training": training_ratio(bucket, base, rounds, steps, tickets)}
+                results["node_loss"] = node_loss(nodes, bucket, base, load_seconds)
         results["wall_s"] = time.time() - started
     print(json.dumps(results, indent=2))
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

@@ -93,3 +93,12 @@ def test_packing_respects_the_row_limit(tokenizer):
     for row in rows:  # positions restart at 0 at each example start
         starts = [i for i, p in enumerate(row["position_ids"]) if p == 0]
         assert all(row["labels"][i] == IGNORE_INDEX for i in starts)
+
+
+def test_packing_fills_rows_best_fit_decreasing():
+    """Lengths 60, 50, 40, 30, 20 in rows of 100: two full rows (60+40, 50+30+20), where packing in
+    arrival order would need three and pad a third of them."""
+    examples = [{"input_ids": [n] * n, "labels": [n] * n} for n in (30, 60, 20, 50, 40)]
+    rows = pack_examples(examples, max_seq_len=100)
+    assert sorted(len(r["input_ids"]) for r in rows) == [100, 100]
+    assert sorted(sorted(set(r["input_ids"])) for r in rows) == [[20, 30, 50], [40, 60]]

@@ -9,9 +9,9 @@ not learned. A record's tools are rendered with it (the template writes them whe
 into the system turn); an assistant turn that calls tools is learned, call included, and a `tool`
 turn (a tool's result) never is.
 
-Packing joins examples into rows of at most `max_seq_len` tokens with position ids restarting at
-each example, so attention stays inside each example (transformers detects packed rows from the
-position ids when the forward runs with `use_cache=False`).
+Packing joins examples (best-fit decreasing) into rows of at most `max_seq_len` tokens with position
+ids restarting at each example, so attention stays inside each example (transformers detects packed
+rows from the position ids when the forward runs with `use_cache=False`).
 """
 
 from __future__ import annotations
@@ -113,22 +113,27 @@ def pair_batch(pairs: list[dict], pad_id: int) -> Batch:
 
 
 def pack_examples(examples: list[dict], max_seq_len: int) -> list[dict]:
-    """Greedily join examples into rows of at most `max_seq_len` tokens (first-fit, in order).
+    """Join examples into rows of at most `max_seq_len` tokens, best-fit decreasing: longest first,
+    each into the fullest row it still fits (a new row when none has room), so rows come out nearly
+    full and little of each step is padding. Rows keep their examples in the order placed.
 
     Each example's first label is dropped so no token is predicted across an example boundary.
     """
     rows: list[dict] = []
-    current = {"input_ids": [], "labels": [], "position_ids": []}
-    for e in examples:
+    room: list[int] = []
+    for e in sorted(examples, key=lambda e: len(e["input_ids"]), reverse=True):
         n = len(e["input_ids"])
-        if current["input_ids"] and len(current["input_ids"]) + n > max_seq_len:
-            rows.append(current)
-            current = {"input_ids": [], "labels": [], "position_ids": []}
-        current["input_ids"].extend(e["input_ids"])
-        current["labels"].extend([IGNORE_INDEX] + list(e["labels"][1:]))
-        current["position_ids"].extend(range(n))
-    if current["input_ids"]:
-        rows.append(current)
+        fits = [i for i, free in enumerate(room) if free >= n]
+        if fits:
+            i = min(fits, key=lambda i: room[i])
+        else:
+            rows.append({"input_ids": [], "labels": [], "position_ids": []})
+            room.append(max(max_seq_len, n))
+            i = len(rows) - 1
+        rows[i]["input_ids"].extend(e["input_ids"])
+        rows[i]["labels"].extend([IGNORE_INDEX] + list(e["labels"][1:]))
+        rows[i]["position_ids"].extend(range(n))
+        room[i] -= n
     return rows
 
 
