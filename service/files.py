@@ -7,18 +7,21 @@ format). A file expires at its `expires_after` (OpenAI's), or after
 unfinished job still reads it.
 
 The folder must be one the cluster's jobs can read: the head's disk for a local cluster, a shared
-volume on a real one.
+volume on a real one. What a file holds (chat records, or preference pairs for DPO) is told from
+its first record (`holds_preference_pairs`), when a job names it.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import BinaryIO
 
 from rayft.config import ConfigError, FineTuningConfig
 from rayft.data.inspect import count_records
-from rayft.data.sources import file_format
+from rayft.data.sources import file_format, file_records
+from rayft.data.validate import detect_format
 from rayft.home import rayft_home
 from rayft.projects import ProjectDirectory
 from rayft.service.objects import FINE_TUNE, RESULTS, ServiceError, StoredFile, new_id, now
@@ -152,3 +155,25 @@ class FileStore:
 
     def remove(self, stored: StoredFile) -> None:
         shutil.rmtree(Path(stored.path).parent, ignore_errors=True)
+
+
+def first_record(path: str) -> object | None:
+    """A stored file's first record, parsed (None when it has none, or it is not JSON): a JSONL file
+    is read up to that record, other containers whole (as their upload was)."""
+    if file_format(Path(path)) == "jsonl":
+        with open(path, "rb") as lines:
+            raw = next((line for line in lines if line.strip()), None)
+    else:
+        rows = file_records(path, Path(path).read_bytes())
+        raw = rows[0][1] if rows else None
+    try:
+        return None if raw is None else json.loads(raw)
+    except ValueError:  # not JSON (or not UTF-8): validation names the line
+        return None
+
+
+def holds_preference_pairs(path: str) -> bool:
+    """Whether a file holds preference pairs (what a DPO job trains on), as its first record says:
+    OpenAI's `input`/`preferred_output`/`non_preferred_output`, or prompt/chosen/rejected. Data
+    prepare judges every record; a file whose records mix kinds keeps the more numerous kind."""
+    return detect_format(first_record(path)) == "preference"

@@ -1,10 +1,12 @@
 """What the fine-tuning routes do, for one caller (`rayft.projects.Caller`: a project, and whether
-the key is an admin key). A project sees, downloads, deletes and cancels only its own files and
-jobs; an admin key sees all. Another project's object is a 404, as if it did not exist.
+the key is an admin key). A project sees, downloads, deletes, cancels, pauses and resumes only its
+own files and jobs; an admin key sees all. Another project's object is a 404, as if it did not exist.
 
-`create` takes the typed request (`requests.py`), checks what types cannot (the base, the files,
-the project's limits) before anything is stored, and answers a 400 naming the field, or a 429
-naming the limit when the project already has its `max_unfinished_jobs`.
+`create` takes the typed request (`requests.py`), checks what types cannot (the base or the
+fine-tuned model to continue, the files and what they hold for the method, the project's limits)
+before anything is stored, and answers a 400 naming the field, or a 429 naming the limit when the
+project already has its `max_unfinished_jobs`. Cancel, pause and resume are moves of the job
+machine's `ASKED` table, made here and acted on by the runner.
 """
 
 from __future__ import annotations
@@ -14,38 +16,61 @@ from pathlib import Path
 
 from rayft.config import FineTuningConfig
 from rayft.projects import Caller, ProjectDirectory
-from rayft.service.files import FileStore
+from rayft.registry import ModelVersion, Registry, RegistryError
+from rayft.service import pipeline
+from rayft.service.files import FileStore, holds_preference_pairs
+from rayft.service.machine import ASKED
 from rayft.service.objects import (
     FINE_TUNE,
     Hyperparameters,
     Job,
-    JobStatus,
     ServiceError,
     Stage,
     StoredFile,
-    checkpoint_api,
     new_id,
     now,
     page,
 )
 from rayft.service.pipeline import ServicePaths
 from rayft.service.requests import CreateFineTuningJobRequest
-from rayft.service.store import ServiceStore, StaleJob
+from rayft.service.store import ServiceStore
+
+PAIRS = '{"input": {"messages": [...]}, "preferred_output": [...], "non_preferred_output": [...]}'
+ASKED_EVENTS = {
+    "cancel": "Job cancelled while {status} (stage: {stage})",
+    "pause": "Job paused while {status} (stage: {stage})",
+    "resume": "Job resumed (stage: {stage}); queued",
+}
 
 
 class FineTuningJobs:
-    """The routes' operations over the store, for a server fine-tuning one base."""
+    """The routes' operations over the store, for a server fine-tuning one base: `base_names` are
+    the names clients send for it, `base_path` what its fine-tuned versions name as their base."""
 
-    def __init__(self, config: FineTuningConfig, base_names: set[str], store: ServiceStore, files: FileStore):
-        self.config, self.base_names, self.store, self.files = config, base_names, store, files
-        self.projects = files.projects
+    def __init__(
+        self,
+        config: FineTuningConfig,
+        base_names: set[str],
+        base_path: str,
+        paths: ServicePaths,
+        store: ServiceStore,
+        files: FileStore,
+    ):
+        self.config, self.base_names, self.base_path, self.paths = config, base_names, base_path, paths
+        self.store, self.files, self.projects = store, files, files.projects
+        self.registry = Registry(paths.registry)
 
     @classmethod
     def open(
-        cls, config: FineTuningConfig, base_names: set[str], paths: ServicePaths, projects: ProjectDirectory
+        cls,
+        config: FineTuningConfig,
+        base_names: set[str],
+        base_path: str,
+        paths: ServicePaths,
+        projects: ProjectDirectory,
     ) -> FineTuningJobs:
         store = ServiceStore(paths.registry)
-        return cls(config, base_names, store, FileStore(config, store, paths.files, projects))
+        return cls(config, base_names, base_path, paths, store, FileStore(config, store, paths.files, projects))
 
     # files
     def visible_file(self, caller: Caller, file_id: str, param: str = "file_id") -> StoredFile:
@@ -79,55 +104,65 @@ class FineTuningJobs:
         events, more = self.store.events(job.id, after, limit)
         return page([e.api() for e in events], more)
 
-    def checkpoints(self, caller: Caller, job_id: str) -> dict:
-        """The registered model of a succeeded job, with its last step's metrics."""
+    def checkpoints(self, caller: Caller, job_id: str, after: str | None, limit: int) -> dict:
+        """The epochs' end states the job's train stage registered (the last three), the latest
+        first, each served by its exact ref."""
         job = self.visible_job(caller, job_id)
-        if job.status != JobStatus.SUCCEEDED or not job.fine_tuned_model:
-            return page([], False, ids=True)
-        steps = self.store.metric_events(job.id)
-        last = steps[-1].data if steps else {"step": 0}
-        metrics = {k: float(v) for k, v in last.items() if k in ("train_loss", "valid_loss")}
-        return page([checkpoint_api(job, last["step"], metrics)], False, ids=True)
+        registered = pipeline.job_versions(self.registry, job, self.paths).checkpoints
+        steps = {event.data["step"]: event.data for event in self.store.metric_events(job.id)}
+        shown = [pipeline.checkpoint_of(job, step, version, steps.get(step, {})).api() for step, version in registered]
+        ids = [c["id"] for c in shown]
+        if after is not None:
+            shown = shown[ids.index(after) + 1 :] if after in ids else []
+        return page(shown[:limit], len(shown) > limit, ids=True)
 
     def cancel(self, caller: Caller, job_id: str) -> Job:
         """Mark the job cancelled now; the runner stops its Ray job and registers nothing."""
-        for _ in range(3):  # the runner may move the job on between our read and write
-            job = self.visible_job(caller, job_id)
-            if job.status.finished:
-                raise ServiceError(
-                    409, f"job {job.id} already {job.status.value}", "fine_tuning_job_id", "job_finished"
-                )
-            status = job.status
-            job.status, job.finished_at = JobStatus.CANCELLED, now()
-            try:
-                self.store.save_job(job, expected_status=status)
-            except StaleJob:
-                continue
-            stage = job.stage.value if job.stage else "none"
-            self.store.add_event(job.id, f"Job cancelled while {status.value} (stage: {stage})")
-            return job
-        raise ServiceError(409, f"job {job_id} is changing state; try again", "fine_tuning_job_id", "job_busy")
+        return self.ask(caller, job_id, "cancel")
+
+    def pause(self, caller: Caller, job_id: str) -> Job:
+        """Mark a queued or running job paused; the runner stops its stage's Ray job."""
+        return self.ask(caller, job_id, "pause")
+
+    def resume(self, caller: Caller, job_id: str) -> Job:
+        """Put a paused job back in the queue; at its turn its stage runs again (training from its
+        run's last checkpoint)."""
+        return self.ask(caller, job_id, "resume")
+
+    def ask(self, caller: Caller, job_id: str, action: str) -> Job:
+        """Make the move `action` of the machine's `ASKED` table, and say so in the job's events."""
+        move = ASKED[action]
+        job, before = self.store.move_job(self.visible_job(caller, job_id).id, move.allowed, move.to)
+        if before is None:
+            raise refusal(job, action)
+        stage = job.stage.value if job.stage else "none"
+        self.store.add_event(job.id, ASKED_EVENTS[action].format(status=before.value, stage=stage))
+        return job
 
     def create(self, caller: Caller, request: CreateFineTuningJobRequest) -> Job:
-        if request.model not in self.base_names:
-            raise ServiceError(
-                400,
-                f"model: {request.model!r} is not a base this server fine-tunes; use "
-                f"{' or '.join(sorted(self.base_names))!r}",
-                "model",
-                "model_not_available",
-            )
+        start = self.starting_point(caller, request.model)
         training = self.training_file(caller, request.training_file, "training_file")
         validation = request.validation_file
         if validation is not None:
             validation = self.training_file(caller, validation, "validation_file").id
-        hyper = Hyperparameters(**request.chosen_hyperparameters().model_dump())
+        method, chosen = request.chosen_method()
+        if method == "dpo":
+            for param, file_id in (("training_file", training.id), ("validation_file", validation)):
+                if file_id is not None:
+                    self.check_pairs(self.store.file(file_id), param)
+        hyper = Hyperparameters(**chosen.model_dump())
         request.promote_to()  # an alias name, or a 400
         adaptation = (request.x_rayft.adaptation if request.x_rayft else None) or "lora"
         if adaptation == "full" and not self.config.allow_full:
             raise ServiceError(
                 400,
                 "x_rayft.adaptation: full fine-tuning is off on this server (serve.fine_tuning.allow_full)",
+                "x_rayft.adaptation",
+            )
+        if adaptation == "full" and start is not None:
+            raise ServiceError(
+                400,
+                f"x_rayft.adaptation: {start.ref} is an adapter, so training it further trains the adapter (lora)",
                 "x_rayft.adaptation",
             )
         limit = self.projects.limits(caller.project).max_unfinished_jobs
@@ -147,16 +182,61 @@ class FineTuningJobs:
             training_file=training.id,
             validation_file=validation,
             hyperparameters=hyper,
+            method=method,
             adaptation=adaptation,
+            init_from=start.ref if start else None,
             suffix=request.suffix,
             seed=request.seed or 0,
             metadata=request.metadata,
-            name=registry_name(caller.project, request.suffix or request.model),
+            name=job_name(caller.project, request.suffix, request.model, start),
             stage=Stage.VALIDATE,
         )
         self.store.add_job(job)
-        self.store.add_event(job.id, f"Job created; validating {training.filename}")
+        self.store.add_event(
+            job.id,
+            f"Job created; validating {training.filename}",
+            data={"method": method, "init_from": job.init_from},
+        )
         return job
+
+    def starting_point(self, caller: Caller, model: str) -> ModelVersion | None:
+        """None for the base; for a fine-tuned model the caller sees (its project's, or the
+        endpoint's own) that this server serves, the exact version it names now. Anything else is
+        the 400 of a model this server does not fine-tune."""
+        if model in self.base_names:
+            return None
+        try:
+            version = self.registry.get(model)
+        except RegistryError:
+            version = None
+        if version is None or not caller.sees(version.project):
+            raise ServiceError(
+                400,
+                f"model: {model!r} is not a base this server fine-tunes nor a fine-tuned model of yours; use "
+                f"{' or '.join(sorted(self.base_names))!r} or one of your models (GET /v1/models)",
+                "model",
+                "model_not_available",
+            )
+        if version.kind != "adapter" or version.base_model != self.base_path:
+            raise ServiceError(
+                400,
+                f"model: {version.ref} is not an adapter of the base this server fine-tunes "
+                f"({' or '.join(sorted(self.base_names))!r}), so it cannot be trained further here",
+                "model",
+                "model_not_available",
+            )
+        return version
+
+    def check_pairs(self, stored: StoredFile, param: str) -> None:
+        """A DPO job's file must hold preference pairs (told from its first record)."""
+        if not holds_preference_pairs(stored.path):
+            raise ServiceError(
+                400,
+                f"{param}: {stored.id} ({stored.filename}) holds no preference pairs, which a dpo job trains on; "
+                f"each record is {PAIRS}",
+                param,
+                "invalid_file_format",
+            )
 
     def training_file(self, caller: Caller, file_id: str, param: str) -> StoredFile:
         try:
@@ -170,6 +250,28 @@ class FineTuningJobs:
         if not Path(stored.path).is_file():
             raise ServiceError(400, f"{param}: {file_id}'s bytes are gone from the server", param)
         return stored
+
+
+def refusal(job: Job, action: str) -> ServiceError:
+    """Why `action` cannot be done to `job` now: a cancel of an ended job is a 409 (as before), a
+    pause or resume from the wrong state a 400 naming the state."""
+    if action == "cancel":
+        return ServiceError(409, f"job {job.id} already {job.status.value}", "fine_tuning_job_id", "job_finished")
+    allowed = " or ".join(sorted(s.value for s in ASKED[action].allowed))
+    return ServiceError(
+        400,
+        f"fine_tuning_job_id: job {job.id} is {job.status.value}; only a {allowed} job can be {action}d",
+        "fine_tuning_job_id",
+        "invalid_job_status",
+    )
+
+
+def job_name(project: str, suffix: str | None, model: str, start: ModelVersion | None) -> str:
+    """The registry name a job registers: with a suffix, `ft-<project>-<suffix>`; continuing a model
+    of its own project, that model's name (the next version of it); else `ft-<project>-<base>`."""
+    if suffix is None and start is not None and start.project == project:
+        return start.name
+    return registry_name(project, suffix or (start.name if start else model))
 
 
 def registry_name(project: str, stem: str) -> str:

@@ -3,14 +3,18 @@ the rows in the registry's database, so a restarted server picks up where the la
 stage's Ray job that kept running is watched again, not started again).
 
     validating_files ─▶ queued ─▶ running: data ─▶ train ─▶ eval ─▶ gate ─▶ succeeded
-           └──────────────┴──────────┴────────────────────────────────────▶ failed | cancelled
+    queued | running ──pause──▶ paused ──resume──▶ queued (its stage runs again when its turn comes)
+    any state not ended ──cancel──▶ cancelled;   a stage that fails, or cannot run ──▶ failed
 
 `step(job) -> Job` does one thing for one job: validate it, start it, look at its stage's Ray job
 (step metrics while training; the next stage when it succeeded; the job failed with the stage's
-last error line when it failed), or clean up after a cancel. A stage whose work waits for
-resources while nothing of it runs is reported in the job's events after `stage_wait_s`, and fails
-the job after `unschedulable_timeout_s`. A stage whose Ray job the cluster no longer knows (its
-head was replaced) fails the job, or runs again where `on_lost_stage: resubmit` says so.
+last error line when it failed), stop the Ray job of a paused job's stage, run that stage again
+once the job is resumed (training with `--resume`: from its last checkpoint), or clean up after a
+cancel. The routes ask for cancel, pause and resume (`ASKED`); the machine does the rest. A stage
+whose work waits for resources while nothing of it runs is reported in the job's events after
+`stage_wait_s`, and fails the job after `unschedulable_timeout_s`. A stage whose Ray job the
+cluster no longer knows (its head was replaced) fails the job, or runs again where
+`on_lost_stage: resubmit` says so.
 
 What the machine does on the cluster and with the stages' outputs comes from two ports, `cluster`
 (`ray_stages.RayStages`) and `work` (`stages.StageWork`), so it is tested without Ray or Serve.
@@ -32,14 +36,30 @@ from rayft.service.objects import Job, JobError, JobStatus, Stage, now
 from rayft.service.store import ServiceStore, StaleJob
 
 logger = logging.getLogger("ray.serve")
-Q, R = JobStatus.QUEUED, JobStatus.RUNNING
-TRANSITIONS: dict[JobStatus, set[JobStatus]] = {
+Q, R, P = JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSED
+TRANSITIONS: dict[JobStatus, set[JobStatus]] = {  # the moves a step makes
     JobStatus.VALIDATING: {Q, JobStatus.FAILED},
-    Q: {R, JobStatus.FAILED},
+    Q: {Q, R, JobStatus.FAILED},  # Q → Q: a resumed job waits for the stage stopped for its pause to end
     R: {R, JobStatus.SUCCEEDED, JobStatus.FAILED},
+    P: {P, JobStatus.FAILED},  # P → P: its stage's Ray job stopped
     JobStatus.CANCELLED: {JobStatus.CANCELLED},  # the clean-up after a cancel
     JobStatus.SUCCEEDED: set(),
     JobStatus.FAILED: set(),
+}
+
+
+@dataclass(frozen=True)
+class Asked:
+    """A move a route asks for: the states it is allowed from, and the state it makes."""
+
+    allowed: frozenset[JobStatus]
+    to: JobStatus
+
+
+ASKED = {  # the moves the routes make; the machine acts on them at its next pass
+    "cancel": Asked(frozenset(s for s in JobStatus if not s.finished), JobStatus.CANCELLED),
+    "pause": Asked(frozenset({Q, R}), P),
+    "resume": Asked(frozenset({P}), Q),  # back in the queue, in its place: running limits hold
 }
 NEXT_STAGE = {Stage.DATA: Stage.TRAIN, Stage.TRAIN: Stage.EVAL, Stage.EVAL: Stage.GATE}
 RAY_DONE = ("SUCCEEDED", "FAILED", "STOPPED")
@@ -69,6 +89,7 @@ class StageWork(Protocol):
     """What each stage leaves behind, read and recorded; `Say` collects the job's events."""
 
     def validate(self, job: Job, say: Say) -> None: ...
+    def resume_args(self, job: Job) -> list[str]: ...  # ["--resume"] once its training run has begun
     def live_steps(self, job: Job, say: Say) -> None: ...
     def after(self, stage: Stage, job: Job, say: Say) -> list[str]: ...  # the next stage's arguments
     def gate(self, job: Job, say: Say) -> None: ...
@@ -106,6 +127,9 @@ class JobMachine:
         for job in self.store.jobs_in(JobStatus.CANCELLED):
             if job.stage is not None:
                 self.step(job)
+        for job in self.store.jobs_in(P):
+            if job.ray_job and not job.stage_stopped:
+                self.step(job)
         for job in self.store.jobs_in(JobStatus.VALIDATING, R):
             self.step(job)
         running = self.store.jobs_in(R)
@@ -129,6 +153,7 @@ class JobMachine:
                 JobStatus.VALIDATING: self.validate,
                 Q: self.start,
                 R: self.advance,
+                P: self.hold,
                 JobStatus.CANCELLED: self.clean_up,
             }[before](moved, say)
         except JobGone as gone:
@@ -148,7 +173,7 @@ class JobMachine:
             raise AssertionError(f"{job.id}: {before.value} → {moved.status.value} is not a transition")
         try:
             self.store.save_job(moved, expected_status=before)
-        except StaleJob:  # cancelled meanwhile: the cancel wins, the next pass cleans up
+        except StaleJob:  # cancelled or paused meanwhile: the route's move wins, the next pass acts on it
             if moved.ray_job and moved.ray_job != job.ray_job:  # a stage this step started: stop it
                 with contextlib.suppress(ClusterError):
                     self.cluster.stop(moved.ray_job)
@@ -175,10 +200,45 @@ class JobMachine:
         say("Job queued")
 
     def start(self, job: Job, say: Say) -> None:
+        if job.stage is not None:  # it ran before it was paused
+            self.resume(job, say)
+            return
         job.status, job.started_at = R, now()
         job.estimated_finish = now() + round(job.estimate.seconds) if job.estimate else None
         say("Job started")
         self.submit(job, Stage.DATA, [], say)
+
+    def hold(self, job: Job, say: Say) -> None:
+        """A paused job: stop its stage's Ray job, unless it ended before the pause took effect
+        (then the job goes on from its end when resumed)."""
+        if job.ray_job is None or job.stage_stopped or self.cluster.status(job.ray_job) in RAY_DONE:
+            return
+        self.cluster.stop(job.ray_job)
+        job.stage_stopped = True
+        say(f"Stage {job.stage.value} stopped for the pause (Ray job {job.ray_job})")
+
+    def resume(self, job: Job, say: Say) -> None:
+        """A resumed job's turn in the queue: its stage runs again where the pause stopped it, once
+        that Ray job has ended; a stage the pause did not stop is watched on."""
+        if job.stage_stopped and job.ray_job and not self.ended(job.ray_job):
+            return  # still stopping: it waits in the queue
+        job.status = R
+        say(f"Job resumed in stage {job.stage.value}")
+        if job.stage_stopped:
+            job.stage_stopped = False
+            self.rerun(job, say)
+
+    def rerun(self, job: Job, say: Say) -> None:
+        """Submit the job's stage again with the arguments it had; training continues its run from
+        the last checkpoint when the run has begun (`rayft train --resume`)."""
+        args = [a for a in job.stage_args if a != "--resume"]
+        self.submit(job, job.stage, args + (self.work.resume_args(job) if job.stage == Stage.TRAIN else []), say)
+
+    def ended(self, ray_job: str) -> bool:
+        try:
+            return self.cluster.status(ray_job) in RAY_DONE
+        except JobGone:
+            return True
 
     def submit(self, job: Job, stage: Stage, args: list[str], say: Say) -> None:
         job.ray_job = self.cluster.submit(job, stage, args)
@@ -238,6 +298,9 @@ class JobMachine:
             job.ray_job = None
             self.clean_up(job, say)
             return
+        if job.status == P:  # nothing left to stop: the stage runs again on resume
+            job.ray_job, job.stage_stopped = None, True
+            return
         message = (
             f"stage {job.stage.value}'s Ray job {job.ray_job} no longer exists on the cluster at "
             f"{self.cluster.address} (was its head replaced?)"
@@ -245,8 +308,7 @@ class JobMachine:
         if self.config.on_lost_stage == "resubmit" and job.resubmits < MAX_RESUBMITS:
             job.resubmits += 1
             say(f"{message[0].upper()}{message[1:]}; running it again", level="warn")
-            resume = ["--resume"] if job.stage == Stage.TRAIN else []
-            self.submit(job, job.stage, job.stage_args + resume, say)
+            self.rerun(job, say)
             return
         self.fail(job, say, JobError(code="stage_lost", message=message))
 

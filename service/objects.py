@@ -23,11 +23,12 @@ PROMOTE_KEY = "promote_to"  # metadata naming the alias a job promotes its model
 
 
 class JobStatus(str, Enum):
-    """OpenAI's job statuses."""
+    """OpenAI's job statuses (`paused`: what OpenAI's pause route answers)."""
 
     VALIDATING = "validating_files"
     QUEUED = "queued"
     RUNNING = "running"
+    PAUSED = "paused"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -101,11 +102,12 @@ class JobError(BaseModel):
 
 
 class Hyperparameters(BaseModel):
-    """As asked (numbers or "auto")."""
+    """As asked (numbers or "auto"); `beta` for DPO jobs only."""
 
     n_epochs: int | Literal["auto"] = "auto"
     batch_size: int | Literal["auto"] = "auto"
     learning_rate_multiplier: float | Literal["auto"] = "auto"
+    beta: float | Literal["auto"] | None = None
 
 
 class Job(BaseModel):
@@ -113,11 +115,13 @@ class Job(BaseModel):
     project: str
     created_at: int
     status: JobStatus = JobStatus.VALIDATING
-    model: str  # the base, as the server names it
+    model: str  # what the caller sent: the base as the server names it, or a fine-tuned model
     training_file: str
     validation_file: str | None = None
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    method: Literal["supervised", "dpo"] = "supervised"
     adaptation: Literal["lora", "full"] = "lora"
+    init_from: str | None = None  # the exact version (NAME:VERSION) `model` named, when it continues one
     suffix: str | None = None
     seed: int = 0
     metadata: dict[str, str] | None = None
@@ -136,9 +140,11 @@ class Job(BaseModel):
     waiting_since: float | None = None  # when the stage's work was first seen waiting for resources
     waiting_reported: bool = False
     resubmits: int = 0  # times a lost stage was run again (serve.fine_tuning.on_lost_stage)
+    stage_stopped: bool = False  # its stage's Ray job was stopped for a pause: it runs again on resume
 
     def api(self) -> dict:
-        hyper = self.hyperparameters.model_dump()
+        hyper = self.hyperparameters.model_dump(exclude={"beta"})
+        method_hyper = hyper | ({"beta": self.hyperparameters.beta} if self.method == "dpo" else {})
         return {
             "id": self.id,
             "object": "fine_tuning.job",
@@ -151,7 +157,7 @@ class Job(BaseModel):
             "training_file": self.training_file,
             "validation_file": self.validation_file,
             "hyperparameters": hyper,
-            "method": {"type": "supervised", "supervised": {"hyperparameters": hyper}},
+            "method": {"type": self.method, self.method: {"hyperparameters": method_hyper}},
             "result_files": self.result_files,
             "trained_tokens": self.trained_tokens,
             "error": self.error.model_dump() if self.error else None,
@@ -162,6 +168,7 @@ class Job(BaseModel):
             "user_provided_suffix": self.suffix,
             "x_rayft": {
                 "adaptation": self.adaptation,
+                "init_from": self.init_from,
                 "stage": self.stage.value if self.stage else None,
                 "ray_job": self.ray_job,
                 "registry_name": self.name,
@@ -191,17 +198,33 @@ class Event(BaseModel):
         return shown | ({"data": self.data} if self.data is not None else {})
 
 
-def checkpoint_api(job: Job, step: int, metrics: dict) -> dict:
-    """The job's registered model as OpenAI's checkpoint object: servable by its name."""
-    return {
-        "id": f"ftckpt-{job.id.removeprefix('ftjob-')}-{step}",
-        "object": "fine_tuning.job.checkpoint",
-        "created_at": job.finished_at or now(),
-        "fine_tuned_model_checkpoint": job.fine_tuned_model,
-        "fine_tuning_job_id": job.id,
-        "step_number": step,
-        "metrics": {"step": float(step)} | metrics,
-    }
+class Checkpoint(BaseModel):
+    """One epoch's end state a job's train stage registered: the version that serves it (its exact
+    `NAME:VERSION`), the step, and the losses there (the validation loss is over the whole
+    validation split, so it is OpenAI's `valid_loss` and `full_valid_loss` both)."""
+
+    job_id: str
+    model: str
+    step: int
+    created_at: int
+    train_loss: float | None = None
+    valid_loss: float | None = None
+
+    @property
+    def id(self) -> str:
+        return f"ftckpt-{self.job_id.removeprefix('ftjob-')}-{self.step}"
+
+    def api(self) -> dict:
+        losses = {"train_loss": self.train_loss, "valid_loss": self.valid_loss, "full_valid_loss": self.valid_loss}
+        return {
+            "id": self.id,
+            "object": "fine_tuning.job.checkpoint",
+            "created_at": self.created_at,
+            "fine_tuned_model_checkpoint": self.model,
+            "fine_tuning_job_id": self.job_id,
+            "step_number": self.step,
+            "metrics": {"step": float(self.step)} | {k: float(v) for k, v in losses.items() if v is not None},
+        }
 
 
 def page(items: list[dict], has_more: bool, ids: bool = False) -> dict:

@@ -54,7 +54,13 @@ class HyperparametersRequest(Strict):
     n_epochs: auto_or_number(1, 50, integer=True) = "auto"
     batch_size: auto_or_number(1, 256, integer=True) = Field("auto", description="the global batch")
     learning_rate_multiplier: auto_or_number(1e-3, 100, integer=False) = Field(
-        "auto", description="times 2e-4 for LoRA, 2e-5 for full fine-tuning"
+        "auto", description="times 2e-4 for LoRA, 2e-5 for full fine-tuning (DPO: 5e-6, 5e-7)"
+    )
+
+
+class DpoHyperparametersRequest(HyperparametersRequest):
+    beta: auto_or_number(1e-3, 2, integer=False) = Field(
+        "auto", description="how far the model may move from where it started (train.dpo.beta)"
     )
 
 
@@ -62,9 +68,25 @@ class SupervisedSettings(Strict):
     hyperparameters: HyperparametersRequest | None = None
 
 
-class SupervisedMethod(Strict):
-    type: Literal["supervised"]
+class DpoSettings(Strict):
+    hyperparameters: DpoHyperparametersRequest | None = None
+
+
+class MethodRequest(Strict):
+    """OpenAI's `method`: supervised fine-tuning, or DPO on preference pairs (reinforcement is not
+    supported); the settings of its type only."""
+
+    type: Literal["supervised", "dpo"]
     supervised: SupervisedSettings | None = None
+    dpo: DpoSettings | None = None
+
+    def settings(self) -> SupervisedSettings | DpoSettings | None:
+        """The settings of its type; a 400 naming the other type's, when given."""
+        other = "dpo" if self.type == "supervised" else "supervised"
+        if getattr(self, other) is not None:
+            param = f"method.{other}"
+            raise ServiceError(400, f"{param}: not used by a method of type {self.type!r}", param)
+        return getattr(self, self.type)
 
 
 class RayftOptions(Strict):
@@ -76,11 +98,15 @@ class RayftOptions(Strict):
 class CreateFineTuningJobRequest(Strict):
     """`POST /v1/fine_tuning/jobs`."""
 
-    model: str = Field(min_length=1, max_length=256, description="the base this server serves (GET /v1/models)")
+    model: str = Field(
+        min_length=1,
+        max_length=256,
+        description="the base this server serves (GET /v1/models), or a fine-tuned model of yours to train further",
+    )
     training_file: str = Field(min_length=1, max_length=128, description="a file id from POST /v1/files")
     validation_file: str | None = Field(None, min_length=1, max_length=128)
     hyperparameters: HyperparametersRequest | None = None
-    method: SupervisedMethod | None = None
+    method: MethodRequest | None = None
     suffix: str | None = Field(None, pattern=SUFFIX_PATTERN, description="registered as ft-<project>-<suffix>")
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
     metadata: dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]] | None = Field(
@@ -96,12 +122,18 @@ class CreateFineTuningJobRequest(Strict):
             raise ValueError("not supported by this server")
         return integrations
 
-    def chosen_hyperparameters(self) -> HyperparametersRequest:
-        """From `hyperparameters` or `method.supervised.hyperparameters` (given once)."""
-        inside = self.method.supervised.hyperparameters if self.method and self.method.supervised else None
+    def chosen_method(self) -> tuple[Literal["supervised", "dpo"], HyperparametersRequest]:
+        """The method's type and its hyperparameters, from `hyperparameters` or the method's own
+        (given once); a DPO job's hyperparameters always carry `beta`."""
+        method = self.method.type if self.method else "supervised"
+        settings = self.method.settings() if self.method else None
+        inside = settings.hyperparameters if settings else None
         if inside is not None and self.hyperparameters is not None:
             raise ServiceError(400, "hyperparameters: give them once, here or in method", "hyperparameters")
-        return inside or self.hyperparameters or HyperparametersRequest()
+        chosen = inside or self.hyperparameters or HyperparametersRequest()
+        if method == "dpo" and not isinstance(chosen, DpoHyperparametersRequest):
+            chosen = DpoHyperparametersRequest(**chosen.model_dump())
+        return method, chosen
 
     def promote_to(self) -> str | None:
         alias = (self.metadata or {}).get(PROMOTE_KEY)

@@ -4,10 +4,11 @@ fields: the job machine's `work` port (`machine.py`).
 validate  every record of the uploaded files checked as data prepare checks them, tokens counted
           with the base's tokenizer and template, the run estimated, the job's config written
 data      the manifest's counts and rejects (rejects.jsonl becomes a result file)
-train     step metrics while it runs, then the version it registered
+train     step metrics while it runs, then the version it registered (its epochs' end states are
+          the job's checkpoints); run again with `--resume` once its run has begun
 eval      the report's metrics and the gate's verdict
 gate      promotion to `metadata.promote_to` when the gate passes; the step metrics as a result file
-cancel    a version registered before the cancel took effect is deleted
+cancel    the versions registered before the cancel took effect are deleted
 """
 
 from __future__ import annotations
@@ -68,6 +69,9 @@ class PipelineWork:
         usable = f"{check.kept} of {check.records} records usable" if check.rejects else f"{check.records} records"
         say(f"Files validated ({usable}): {job.estimate.summary()}", data=job.estimate.model_dump())
 
+    def resume_args(self, job: Job) -> list[str]:
+        return ["--resume"] if pipeline.run_begun(self.server, job, self.paths) else []
+
     def live_steps(self, job: Job, say: Say) -> None:
         self.record_steps(job, pipeline.live_steps(job, self.paths), say)
 
@@ -91,7 +95,8 @@ class PipelineWork:
         return []
 
     def after_train(self, job: Job, say: Say) -> list[str]:
-        version = self.registered(job)
+        registered = pipeline.job_versions(self.registry, job, self.paths)
+        version = registered.final
         if version is None:
             raise JobFailed("stage_failed", "train succeeded but registered no version")
         steps = pipeline.read_steps(storage.read_text(storage.join(version.metrics["run_dir"], pipeline.STEP_LOG)))
@@ -99,6 +104,9 @@ class PipelineWork:
         if job.estimate and steps:
             job.trained_tokens = round(job.estimate.trained_tokens * steps[-1]["step"] / job.estimate.steps)
         say(f"Trained and registered {version.ref}", data={"version": version.ref})
+        if registered.checkpoints:
+            listed = ", ".join(f"{ended.ref} (step {step})" for step, ended in registered.checkpoints)
+            say(f"Epoch checkpoints: {listed}", data={"checkpoints": [v.ref for _, v in registered.checkpoints]})
         return ["--model", version.ref]
 
     def after_eval(self, job: Job, say: Say) -> list[str]:
@@ -135,17 +143,16 @@ class PipelineWork:
         job.fine_tuned_model = version.ref
 
     def clean_up(self, job: Job, say: Say) -> None:
-        version = self.registered(job)
-        if version is not None:
-            with contextlib.suppress(RegistryError):  # an alias moved to it meanwhile: it stays
+        registered = pipeline.job_versions(self.registry, job, self.paths)
+        final = [registered.final] if registered.final else []
+        for version in [v for _, v in registered.checkpoints if v not in final] + final:
+            with contextlib.suppress(RegistryError):  # an alias points to it (moved there meanwhile): it stays
                 self.registry.delete(version.ref)
                 say(f"Deleted {version.ref}, registered before the cancel took effect")
 
     def registered(self, job: Job) -> ModelVersion | None:
-        """The version this job's train stage registered (its dataset is the job's own)."""
-        dataset = str(self.paths.dataset(job))
-        versions = [v for v in self.registry.list(job.name) if (v.config.get("data") or {}).get("out") == dataset]
-        return versions[-1] if versions else None
+        """The final model this job's train stage registered."""
+        return pipeline.job_versions(self.registry, job, self.paths).final
 
     def record_steps(self, job: Job, steps: list[dict], say: Say) -> None:
         """Events for the steps not yet recorded (in the store, or said earlier in this step)."""

@@ -142,6 +142,23 @@ class ServiceStore:
                 (job.status.value, job.model_dump_json(), job.id),
             )
 
+    def move_job(self, job_id: str, allowed: frozenset[JobStatus], to: JobStatus) -> tuple[Job, JobStatus | None]:
+        """A route's move (cancel, pause, resume) in one transaction: the job's status becomes `to`
+        if it is one of `allowed`, nothing else of it changes (the runner may have moved it on since
+        the route read it). Returns the job as it is now and its status before, None when it was
+        not allowed (then nothing was written)."""
+        with self.db.write() as db:
+            row = db.execute("SELECT body FROM ft_jobs WHERE id = ?", (job_id,)).fetchone()
+            job = Job.model_validate_json(row["body"])
+            before = job.status
+            if before not in allowed:
+                return job, None
+            job.status, job.finished_at = to, now() if to.finished else None
+            db.execute(
+                "UPDATE ft_jobs SET status = ?, body = ? WHERE id = ?", (to.value, job.model_dump_json(), job_id)
+            )
+        return job, before
+
     # events
     def add_event(self, job_id: str, message: str, *, level="info", kind="message", data=None) -> Event:
         event = Event(

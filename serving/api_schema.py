@@ -44,7 +44,7 @@ class FileUpload(FileUploadForm):
 
 
 ERRORS = {
-    "400": "a field out of range or not served",
+    "400": "a field out of range or not served; a pause or resume of a job in another state",
     "401": "no valid key",
     "403": "a user key on an admin route",
     "404": "an unknown model, file or job (or the fine-tuning API is off)",

@@ -142,13 +142,28 @@ async def job_events(fine_tuning_job_id: JobId, who: Who, ft: Service, after: Af
 
 @router.get("/v1/fine_tuning/jobs/{fine_tuning_job_id}/checkpoints", openapi_extra=api_schema.route(None, None))
 async def job_checkpoints(
-    fine_tuning_job_id: JobId, who: Who, ft: Service, after: After = None, limit: Limit = 20
+    fine_tuning_job_id: JobId, who: Who, ft: Service, after: After = None, limit: Limit = 10
 ) -> dict:
-    return await ft.run(ft.jobs.checkpoints, who, fine_tuning_job_id)
+    return await ft.run(ft.jobs.checkpoints, who, fine_tuning_job_id, after, limit)
 
 
 @router.post("/v1/fine_tuning/jobs/{fine_tuning_job_id}/cancel", openapi_extra=api_schema.route(None, None))
 async def cancel_job(fine_tuning_job_id: JobId, who: Who, ft: Service) -> dict:
-    job = await ft.run(ft.jobs.cancel, who, fine_tuning_job_id)
+    return await ask(ft, ft.jobs.cancel, who, fine_tuning_job_id)
+
+
+@router.post("/v1/fine_tuning/jobs/{fine_tuning_job_id}/pause", openapi_extra=api_schema.route(None, None))
+async def pause_job(fine_tuning_job_id: JobId, who: Who, ft: Service) -> dict:
+    return await ask(ft, ft.jobs.pause, who, fine_tuning_job_id)
+
+
+@router.post("/v1/fine_tuning/jobs/{fine_tuning_job_id}/resume", openapi_extra=api_schema.route(None, None))
+async def resume_job(fine_tuning_job_id: JobId, who: Who, ft: Service) -> dict:
+    return await ask(ft, ft.jobs.resume, who, fine_tuning_job_id)
+
+
+async def ask(ft: FineTuningService, move, who, job_id: str) -> dict:
+    """Cancel, pause or resume: the job as moved, the runner woken to act on it."""
+    job = await ft.run(move, who, job_id)
     await ft.wake_runner()
     return job.api()

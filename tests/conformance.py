@@ -2,7 +2,8 @@
 document in openai_schema/ (its source and version in openai_schema/README.md), validated with
 jsonschema's Draft 2020-12 validator. Two OpenAPI 3.0 leftovers in the document read differently in
 2020-12 (`nullable: true`, a boolean `exclusiveMinimum`); a copy is rewritten on load, the pinned
-file never is."""
+file never is. The same copy accepts the job statuses OpenAI's own route examples answer beyond
+FineTuningJob's enum (`paused`, from the pause route's example; recorded by extract.py)."""
 
 from __future__ import annotations
 
@@ -34,13 +35,23 @@ def document() -> dict:
     return json.loads(SUBSET.read_text())
 
 
+def with_example_statuses(doc: dict) -> dict:
+    """A copy of `doc` whose FineTuningJob status enum also holds the statuses OpenAI's route
+    examples answer (its pause route answers a `paused` job)."""
+    copy = json.loads(json.dumps(doc))
+    enum = copy["components"]["schemas"]["FineTuningJob"]["properties"]["status"]["enum"]
+    enum += [s for s in dict.fromkeys(doc["example_statuses"].values()) if s not in enum]
+    return copy
+
+
 @functools.cache
 def validator(name: str):
     from jsonschema import Draft202012Validator
     from referencing import Registry, Resource
     from referencing.jsonschema import DRAFT202012
 
-    resource = Resource.from_contents(to_2020_12(document()), default_specification=DRAFT202012)
+    contents = to_2020_12(with_example_statuses(document()))
+    resource = Resource.from_contents(contents, default_specification=DRAFT202012)
     registry = Registry().with_resource(URI, resource)
     return Draft202012Validator({"$ref": f"{URI}#/components/schemas/{name}"}, registry=registry)
 

@@ -7,10 +7,11 @@ test_fine_tuning_api.py and test_serving.py."""
 import json
 
 import pytest
-from conformance import assert_conforms, violations
+from conformance import assert_conforms, document, violations
 
 from rayft.estimate import Estimate
 from rayft.service.objects import (
+    Checkpoint,
     Event,
     Hyperparameters,
     Job,
@@ -18,7 +19,6 @@ from rayft.service.objects import (
     JobStatus,
     Stage,
     StoredFile,
-    checkpoint_api,
     page,
 )
 
@@ -29,16 +29,8 @@ def stored_file(**changes) -> StoredFile:
 
 
 def job(status: JobStatus, **changes) -> Job:
-    return Job(
-        id="ftjob-1",
-        project="support",
-        created_at=1,
-        model="tiny",
-        training_file="file-1",
-        name="ft-x",
-        status=status,
-        **changes,
-    )
+    fields = {"id": "ftjob-1", "project": "support", "created_at": 1, "model": "tiny", "training_file": "file-1"}
+    return Job(**(fields | {"name": "ft-x", "status": status} | changes))
 
 
 JOBS = [
@@ -68,6 +60,16 @@ JOBS = [
         suffix="x",
         validation_file="file-3",
     ),
+    job(
+        JobStatus.RUNNING,
+        stage=Stage.TRAIN,
+        method="dpo",
+        hyperparameters=Hyperparameters(n_epochs=2, beta=0.2),
+        model="ft-support-x:1",
+        init_from="ft-support-x:1",
+    ),
+    job(JobStatus.QUEUED, stage=None, method="dpo", hyperparameters=Hyperparameters(beta="auto")),
+    job(JobStatus.PAUSED, stage=Stage.TRAIN, ray_job="rayft-train-x", stage_stopped=True),
     job(JobStatus.FAILED, error=JobError(code="stage_lost", message="gone"), finished_at=9),
     job(JobStatus.FAILED, error=JobError(code="invalid_training_file", message="line 2", param="training_file")),
     job(JobStatus.CANCELLED, finished_at=9),
@@ -96,10 +98,32 @@ def test_job_lists_events_and_checkpoints_conform():
         Event(id="ftevent-3", job_id="ftjob-1", created_at=3, type="metrics", message="Step 1", data={"step": 1}),
     ]
     assert_conforms("ListFineTuningJobEventsResponse", page([e.api() for e in events], True))
-    done = JOBS[3]
-    checkpoint = checkpoint_api(done, 6, {"train_loss": 1.5, "valid_loss": 1.7})
-    assert_conforms("FineTuningJobCheckpoint", checkpoint)
-    assert_conforms("ListFineTuningJobCheckpointsResponse", page([checkpoint], False, ids=True))
+    with_validation = Checkpoint(
+        job_id="ftjob-1", model="ft-x:3", step=6, created_at=9, train_loss=1.5, valid_loss=1.7
+    ).api()
+    without = Checkpoint(job_id="ftjob-1", model="ft-x:2", step=3, created_at=8, train_loss=2.0).api()
+    for checkpoint in (with_validation, without):
+        assert_conforms("FineTuningJobCheckpoint", checkpoint)
+    assert with_validation["metrics"] == {"step": 6.0, "train_loss": 1.5, "valid_loss": 1.7, "full_valid_loss": 1.7}
+    assert without["metrics"] == {"step": 3.0, "train_loss": 2.0}  # no validation: omitted, not null
+    assert_conforms("ListFineTuningJobCheckpointsResponse", page([with_validation, without], False, ids=True))
+    assert_conforms("ListFineTuningJobCheckpointsResponse", page([], False, ids=True))
+
+
+def test_a_dpo_jobs_method_carries_its_beta_and_a_paused_job_is_what_openais_pause_answers():
+    dpo = JOBS[4].api()
+    assert dpo["method"] == {
+        "type": "dpo",
+        "dpo": {
+            "hyperparameters": {"n_epochs": 2, "batch_size": "auto", "learning_rate_multiplier": "auto", "beta": 0.2}
+        },
+    }
+    assert "beta" not in dpo["hyperparameters"] and dpo["model"] == "ft-support-x:1"
+    assert_conforms("FineTuneDPOMethod", dpo["method"]["dpo"])
+    assert JOBS[3].api()["method"]["supervised"]["hyperparameters"] == JOBS[3].api()["hyperparameters"]
+    # OpenAI's own example answer of POST .../pause is a job in status "paused" (its enum lacks it)
+    assert document()["example_statuses"]["POST /v1/fine_tuning/jobs/{fine_tuning_job_id}/pause"] == "paused"
+    assert_conforms(document()["routes"]["POST /v1/fine_tuning/jobs/{fine_tuning_job_id}/pause"], JOBS[6].api())
 
 
 def test_every_refusal_is_an_openai_error_body():
@@ -115,7 +139,9 @@ def test_what_the_schema_check_catches():
     shown = stored_file().api()
     del shown["status"]
     assert violations("OpenAIFile", shown)
-    assert violations("FineTuningJob", JOBS[0].api() | {"status": "paused"})
+    assert violations("FineTuningJob", JOBS[0].api() | {"status": "sleeping"})
+    dpo = JOBS[4].api()
+    assert violations("FineTuningJob", dpo | {"method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": 3}}}})
     assert violations("ListFilesResponse", {"object": "list", "data": [], "has_more": False})  # no first_id
 
 

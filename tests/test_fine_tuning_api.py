@@ -2,11 +2,12 @@
 serve` process on a real `ray start` head with the machine's real CPU count, whose Jobs API runs
 each job's stages. Two projects and an admin: a job runs to `succeeded` across a server restart,
 its gate pinned to pass and its alias moved; the other project sees, reads, cancels, deletes,
-lists, serves from and promotes over none of it (each a 404); quotas answer 413/429 naming the
-limit; an expired file is gone after the sweep; every route's response is an OpenAI object
-(`conformance.py`); a fuzzer reaches every parameter with no 5xx; a stage made unschedulable says
-why in the job's events and fails; a job whose head was replaced fails and the queue moves on; and
-no key appears in any output."""
+lists, serves from and promotes over none of it (each a 404); a DPO job continuing that model is
+paused in training, resumed (`rayft train --resume`) and succeeds, its epoch checkpoints listed and
+served by name; quotas answer 413/429 naming the limit; an expired file is gone after the sweep;
+every route's response is an OpenAI object (`conformance.py`); a fuzzer reaches every parameter
+with no 5xx; a stage made unschedulable says why in the job's events and fails; a job whose head
+was replaced fails and the queue moves on; and no key appears in any output."""
 
 import json
 import os
@@ -242,7 +243,8 @@ def test_a_projects_job_runs_to_succeeded_on_a_small_head_and_no_other_project_s
     steps = [e for e in support.fine_tuning.jobs.list_events(job.id, limit=100).data if e.type == "metrics"]
     assert sorted(e.data["step"] for e in steps) == list(range(1, 7))
     assert "Gate passed" in said and f"Promoted {model} to ft-support-support:prod" in said
-    assert [a.ref for a in service.registry().aliases("ft-support-support")] == ["ft-support-support:prod"]
+    aliases = [a.ref for a in service.registry().aliases("ft-support-support")]
+    assert aliases == ["ft-support-support:ckpt-step-6", "ft-support-support:prod"]  # its one epoch's end, and prod
     checkpoints = support.fine_tuning.jobs.checkpoints.list(job.id).data
     assert [(c.fine_tuned_model_checkpoint, c.step_number) for c in checkpoints] == [(model, 6)]
     results = {support.files.retrieve(f).filename: f for f in done.result_files}
@@ -296,6 +298,91 @@ def test_a_projects_job_runs_to_succeeded_on_a_small_head_and_no_other_project_s
         service.raw("POST", job_route + "/cancel", who="legal", fine_tuning_job_id=created.json()["id"]).status_code
         == 200
     )
+
+
+def test_a_dpo_job_continuing_the_projects_model_pauses_resumes_and_serves_its_epoch_checkpoints(service, tmp_path):
+    """Continues a model of the project's (an adapter registered here, as an earlier job leaves one)."""
+    from ray.job_submission import JobSubmissionClient
+
+    from rayft.data.preference_samples import write_preference_pairs
+    from rayft.tiny import random_adapter
+
+    support, legal, loner = service.client("support"), service.client("legal"), service.client("loner")
+    base = service.config["model"]["base"]
+    start = service.registry().register(
+        "ft-support-earlier", "adapter", base, random_adapter(base, tmp_path / "earlier", seed=11), project="support"
+    )
+    # 70 pairs and 3 planted bad lines: ~53 train pairs, batch 16, so 2 epochs end within the 6 steps
+    pairs = upload(support, write_preference_pairs(tmp_path / "pairs.jsonl", 70, seed=4))
+    job = support.fine_tuning.jobs.create(
+        model=start.ref,
+        training_file=pairs.id,
+        method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2, "n_epochs": 2, "batch_size": 16}}},
+        seed=5,
+    )
+    assert job.model == start.ref and job.method.type == "dpo" and job.method.dpo.hyperparameters.beta == 0.2
+    assert job.model_extra["x_rayft"]["init_from"] == start.ref
+    chat = upload(support, tickets(tmp_path / "chat.jsonl", 20, seed=1))
+    with pytest.raises(openai.BadRequestError) as not_pairs:  # a DPO job trains on preference pairs only
+        support.fine_tuning.jobs.create(
+            model="tiny", training_file=pairs.id, validation_file=chat.id, method={"type": "dpo"}
+        )
+    assert not_pairs.value.body["param"] == "validation_file"
+    with pytest.raises(openai.BadRequestError) as theirs:  # another project's model: as unknown as no model
+        loner.fine_tuning.jobs.create(model=start.ref, training_file=upload(loner, tmp_path / "pairs.jsonl").id)
+    assert theirs.value.body["param"] == "model" and theirs.value.body["code"] == "model_not_available"
+
+    # Paused once its training run has begun: the stage's Ray job stops; resumed, it continues that run.
+    training = wait_for(support, job.id, lambda j: stage_of(j) == "train")
+    run = service.home / "runs" / job.id / start.name
+    deadline = time.monotonic() + 240
+    while not (run.is_dir() and any(run.iterdir())) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert run.is_dir() and any(run.iterdir()), "the training run never began"
+    assert support.fine_tuning.jobs.pause(job.id).status == "paused"
+    jobs = JobSubmissionClient(service.head.address)
+    first = training.model_extra["x_rayft"]["ray_job"]
+    deadline = time.monotonic() + 60
+    while str(jobs.get_job_status(first)) not in ("STOPPED", "SUCCEEDED", "FAILED") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    paused = support.fine_tuning.jobs.retrieve(job.id)
+    assert paused.status == "paused" and stage_of(paused) == "train"
+    route = "/v1/fine_tuning/jobs/{fine_tuning_job_id}"
+    assert service.raw("POST", route + "/resume", who="legal", fine_tuning_job_id=job.id).status_code == 404
+    resumed = service.raw("POST", route + "/resume", fine_tuning_job_id=job.id)  # checked against OpenAI's schema
+    assert resumed.json()["status"] == "queued"
+    again = wait_for(support, job.id, lambda j: j.model_extra["x_rayft"]["ray_job"] not in (None, first))
+    said = messages(support, job.id)
+    assert "Job paused while running (stage: train)" in said and "Job resumed (stage: train); queued" in said
+    assert str(jobs.get_job_status(first)) == "STOPPED"  # its run had to start, export and register yet
+    assert f"Stage train stopped for the pause (Ray job {first})" in said and stage_of(again) == "train"
+    assert "--resume" in jobs.get_job_info(again.model_extra["x_rayft"]["ray_job"]).entrypoint
+    done = wait_for(support, job.id, lambda j: j.status == "succeeded")
+    refused = service.raw("POST", route + "/pause", fine_tuning_job_id=job.id)
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "fine_tuning_job_id"
+
+    model = done.fine_tuned_model
+    version = service.registry().get(model)
+    assert model.startswith(f"{start.name}:") and version.parent == start.ref  # the next version of it
+    assert version.config["train"]["method"] == "dpo" and version.config["train"]["dpo"]["beta"] == 0.2
+    steps = sorted(
+        e.data["step"] for e in support.fine_tuning.jobs.list_events(job.id, limit=100).data if e.type == "metrics"
+    )
+    assert steps == list(range(1, steps[-1] + 1))  # the resumed run trained to the end
+
+    # One checkpoint per epoch, the last first, each served by its name to this project only.
+    checkpoints = support.fine_tuning.jobs.checkpoints.list(job.id).data
+    assert [c.step_number for c in checkpoints] == sorted({c.step_number for c in checkpoints}, reverse=True)
+    assert len(checkpoints) == 2 and checkpoints[0].step_number == steps[-1] and checkpoints[0].metrics.train_loss
+    service.raw("GET", route + "/checkpoints", fine_tuning_job_id=job.id)
+    # the final model is one epoch's end state (the best one): the other is a version of its own
+    (epoch_end,) = [c.fine_tuned_model_checkpoint for c in checkpoints if c.fine_tuned_model_checkpoint != model]
+    assert service.registry().get(epoch_end).project == "support"
+    hello = [{"role": "user", "content": "hi"}]
+    answer = support.chat.completions.create(model=epoch_end, messages=hello, max_tokens=4)
+    assert answer.model == epoch_end and answer.choices[0].message.content is not None
+    with pytest.raises(openai.NotFoundError):
+        legal.chat.completions.create(model=epoch_end, messages=hello, max_tokens=4)
 
 
 def test_quotas_answer_413_and_429_naming_the_limit_and_expired_files_are_swept(service, tmp_path):

@@ -37,7 +37,7 @@ class Replica:
             {name: ProjectConfig(keys=[KEYS[name]]) for name in ("support", "legal")}, config
         )
         paths = ServicePaths(home=str(tmp_path), registry=str(tmp_path / "r.db"), files=str(tmp_path / "f"), jobs="")
-        jobs = FineTuningJobs.open(config, {"tiny"}, paths, projects)
+        jobs = FineTuningJobs.open(config, {"tiny"}, "/base", paths, projects)
         keys = KeyCheck(projects.all_keys(), serve.admin_keys)
         self.guard = Guard(serve, keys, projects, ServingMetrics(replica="test"))
         self.fine_tuning = FineTuningService(jobs, None, serve.max_request_bytes, serve.max_json_depth)
@@ -103,6 +103,15 @@ def test_the_official_client_works_and_another_projects_objects_are_404s(app):
     assert [j.id for j in admin.fine_tuning.jobs.list().data] == [job.id]
     with pytest.raises(openai.ConflictError):
         support.files.delete(uploaded.id)  # the job reads it
+    with pytest.raises(openai.BadRequestError) as chat_for_dpo:
+        support.fine_tuning.jobs.create(model="tiny", training_file=uploaded.id, method={"type": "dpo"})
+    assert chat_for_dpo.value.body["param"] == "training_file"
+    with pytest.raises(openai.BadRequestError) as validating:
+        support.fine_tuning.jobs.pause(job.id)
+    assert validating.value.body["param"] == "fine_tuning_job_id" and "validating_files" in validating.value.message
+    with pytest.raises(openai.NotFoundError):
+        legal.fine_tuning.jobs.pause(job.id)
+    assert support.fine_tuning.jobs.checkpoints.list(job.id).data == []
     assert support.fine_tuning.jobs.cancel(job.id).status == "cancelled"
     assert support.files.delete(uploaded.id).deleted
     with pytest.raises(openai.AuthenticationError):

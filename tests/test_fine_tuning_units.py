@@ -1,7 +1,9 @@
 """The fine-tuning service without Ray: every create field checked by the typed request (a 400
-naming it, whatever JSON arrives), projects (another project's files and jobs are 404s), their
-quotas (413/429 naming the limit), expiry and the retention sweep, paging, upload limits, file
-checks and estimates."""
+naming it, whatever JSON arrives), DPO jobs (OpenAI's method, a file of preference pairs) and the
+config they train with, continued training from a fine-tuned model of the caller's (the exact
+version, its lineage checked), the checkpoints a job registered, projects (another project's files,
+jobs and models are 404s or the unknown model's 400), their quotas (413/429 naming the limit),
+expiry and the retention sweep, paging, upload limits, file checks and estimates."""
 
 import io
 import json
@@ -20,14 +22,23 @@ from rayft.service.requests import CreateFineTuningJobRequest, FileUploadForm, p
 
 ALICE, BOB, ADMIN = Caller("support"), Caller("legal"), Caller("ops", admin=True)
 CHAT = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+PAIR = {
+    "input": {"messages": [{"role": "user", "content": "hi"}]},
+    "preferred_output": [{"role": "assistant", "content": "Hello, how can I help?"}],
+    "non_preferred_output": [{"role": "assistant", "content": "what"}],
+}
 FORM = FileUploadForm(purpose="fine-tune")
+BASE = "/models/tiny"  # where the base is: what its fine-tuned versions name as their base
 
 
 def make_service(tmp_path, projects: dict | None = None, **settings_) -> FineTuningJobs:
     config = FineTuningConfig(enabled=True, **settings_)
-    paths = ServicePaths(home=str(tmp_path), registry=str(tmp_path / "r.db"), files=str(tmp_path / "f"), jobs="")
+    paths = ServicePaths(
+        home=str(tmp_path), registry=str(tmp_path / "r.db"), files=str(tmp_path / "f"), jobs=str(tmp_path / "j")
+    )
     configured = {name: ProjectConfig(**p) for name, p in (projects or {}).items()}
-    return FineTuningJobs.open(config, {"tiny", "registry:tiny:1"}, paths, ProjectDirectory.of(configured, config))
+    directory = ProjectDirectory.of(configured, config)
+    return FineTuningJobs.open(config, {"tiny", "tiny:1"}, BASE, paths, directory)
 
 
 def upload(service, caller: Caller, text: str = json.dumps(CHAT) + "\n", name="train.jsonl", form=FORM):
@@ -65,8 +76,26 @@ def alice_file(service):
         ({"hyperparameters": {"learning_rate_multiplier": -1}}, "hyperparameters.learning_rate_multiplier"),
         ({"hyperparameters": {"warmup": 3}}, "hyperparameters.warmup"),
         ({"hyperparameters": [1]}, "hyperparameters"),
-        ({"method": {"type": "dpo"}}, "method.type"),
+        ({"method": {"type": "reinforcement"}}, "method.type"),
+        ({"method": {"type": "reinforcement", "reinforcement": {}}}, "method.type"),
+        ({"method": {"hyperparameters": {}}}, "method.type"),
+        ({"method": {"type": "dpo"}}, "training_file"),  # a chat file: no preference pairs
+        ({"method": {"type": "supervised", "dpo": {}}}, "method.dpo"),
+        ({"method": {"type": "dpo", "supervised": {}}}, "method.supervised"),
         ({"method": {"type": "supervised", "supervised": {"beta": 1}}}, "method.supervised.beta"),
+        (
+            {"method": {"type": "supervised", "supervised": {"hyperparameters": {"beta": 1}}}},
+            "method.supervised.hyperparameters.beta",
+        ),
+        ({"method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0}}}}, "method.dpo.hyperparameters.beta"),
+        ({"method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": 2.5}}}}, "method.dpo.hyperparameters.beta"),
+        ({"method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": "high"}}}}, "method.dpo.hyperparameters.beta"),
+        (
+            {"method": {"type": "dpo", "dpo": {"hyperparameters": {"n_epochs": 51}}}},
+            "method.dpo.hyperparameters.n_epochs",
+        ),
+        ({"model": "ft-support-nothing:1"}, "model"),
+        ({"model": "tiny:prod"}, "model"),
         ({"suffix": "no spaces please"}, "suffix"),
         ({"suffix": "x" * 65}, "suffix"),
         ({"seed": -1}, "seed"),
@@ -167,7 +196,9 @@ def test_a_project_sees_and_cancels_only_its_own_and_an_admin_sees_all(service, 
         lambda: service.visible_job(BOB, alices.id),
         lambda: service.cancel(BOB, alices.id),
         lambda: service.events(BOB, alices.id, None, 20),
-        lambda: service.checkpoints(BOB, alices.id),
+        lambda: service.checkpoints(BOB, alices.id, None, 10),
+        lambda: service.pause(BOB, alices.id),
+        lambda: service.resume(BOB, alices.id),
         lambda: service.delete_file(BOB, alice_file),
         lambda: service.visible_file(BOB, alice_file),
     ):

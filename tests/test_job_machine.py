@@ -1,18 +1,23 @@
 """The job machine without Ray or Serve: a fake cluster (what Ray jobs say) and fake stage work (what
 stages leave behind) around the real store, so every transition of the table is driven and checked:
-the happy path stage by stage, a failed stage, a cancel mid-stage, a stage whose Ray job vanished
-(failed, or run again), a stage stuck waiting for resources (reported, then failed), and the queue
-honouring the cluster's and each project's running limits."""
+the happy path stage by stage, a failed stage, a cancel mid-stage, a pause that stops the stage and
+a resume that runs it again (training with `--resume`) once it has stopped, a stage whose Ray job
+vanished (failed, or run again), a stage stuck waiting for resources (reported, then failed), and
+the queue honouring the cluster's and each project's running limits."""
 
 import pytest
 
 from rayft.cluster.client import ClusterError, JobGone
 from rayft.config import FineTuningConfig
-from rayft.projects import ProjectDirectory
+from rayft.projects import Caller, ProjectDirectory
 from rayft.service.files import FileStore
-from rayft.service.machine import TRANSITIONS, JobFailed, JobMachine
-from rayft.service.objects import Job, JobStatus, Stage, now
+from rayft.service.jobs import FineTuningJobs
+from rayft.service.machine import ASKED, TRANSITIONS, JobFailed, JobMachine
+from rayft.service.objects import Job, JobStatus, ServiceError, Stage, now
+from rayft.service.pipeline import ServicePaths
 from rayft.service.store import ServiceStore
+
+SUPPORT = Caller("support")
 
 
 class FakeCluster:
@@ -25,6 +30,7 @@ class FakeCluster:
         self.gone: set[str] = set()
         self.stuck_says: str | None = None
         self.down = False
+        self.slow_stop = False  # a stopped Ray job takes a while to end
 
     def submit(self, job, stage, args):
         if self.down:
@@ -44,7 +50,7 @@ class FakeCluster:
 
     def stop(self, ray_job):
         self.stopped.append(ray_job)
-        self.states[ray_job] = "STOPPED"
+        self.states[ray_job] = "RUNNING" if self.slow_stop else "STOPPED"
 
     def stuck(self, ray_job):
         return self.stuck_says
@@ -54,6 +60,10 @@ class FakeWork:
     def __init__(self):
         self.cleaned: list[str] = []
         self.invalid = False
+        self.run_begun = True
+
+    def resume_args(self, job):
+        return ["--resume"] if self.run_begun else []
 
     def validate(self, job, say):
         if self.invalid:
@@ -97,6 +107,12 @@ def rig(tmp_path):
     cluster, work, clock = FakeCluster(), FakeWork(), Clock()
     machine = JobMachine(config, store, files, projects, cluster, work, clock=clock)
     return machine, store, cluster, work, clock
+
+
+def routes(machine: JobMachine, tmp_path) -> FineTuningJobs:
+    """What the cancel, pause and resume routes do, over the machine's store."""
+    paths = ServicePaths(home=str(tmp_path), registry=str(tmp_path / "r.db"), files="", jobs="")
+    return FineTuningJobs(machine.config, {"tiny"}, "/base", paths, machine.store, machine.files)
 
 
 def new_job(store: ServiceStore, project: str = "support", n: int = 0) -> Job:
@@ -261,14 +277,10 @@ def test_waiting_is_looked_at_every_few_seconds_not_every_pass(rig):
     assert machine.step(job).waiting_since == first  # not looked at again within 2 s
 
 
-def test_a_cancel_stops_the_stage_then_cleans_up_what_it_registered(rig):
+def test_a_cancel_stops_the_stage_then_cleans_up_what_it_registered(rig, tmp_path):
     machine, store, cluster, work, _ = rig
-    from rayft.projects import Caller
-    from rayft.service.jobs import FineTuningJobs
-
     job = machine.step(machine.step(new_job(store)))
-    jobs = FineTuningJobs(machine.config, {"tiny"}, store, machine.files)
-    jobs.cancel(Caller("support"), job.id)
+    routes(machine, tmp_path).cancel(SUPPORT, job.id)
     machine.tick()
     assert cluster.stopped == [job.ray_job] and store.job(job.id).stage == Stage.DATA  # waits for it to end
     machine.tick()
@@ -297,3 +309,192 @@ def test_the_queue_honours_the_clusters_and_each_projects_running_limits(rig):
         b1.id: JobStatus.RUNNING,
         c1.id: JobStatus.QUEUED,  # the cluster runs two (max_running_jobs)
     }
+
+
+def train_stage(machine: JobMachine, cluster: FakeCluster, job: Job) -> Job:
+    """The job started and its data stage done: it trains."""
+    job = machine.step(machine.step(job))
+    finish(cluster, job)
+    return machine.step(job)
+
+
+def test_a_pause_stops_the_training_stage_and_a_resume_trains_on_from_the_checkpoint_to_succeeded(rig, tmp_path):
+    machine, store, cluster, _, _ = rig
+    jobs = routes(machine, tmp_path)
+    job = train_stage(machine, cluster, new_job(store))
+    training = job.ray_job
+    paused = jobs.pause(SUPPORT, job.id)
+    assert paused.status == JobStatus.PAUSED and paused.stage == Stage.TRAIN
+    machine.tick()
+    held = store.job(job.id)
+    assert cluster.stopped == [training] and held.stage_stopped and held.status == JobStatus.PAUSED
+    machine.tick()
+    assert cluster.stopped == [training]  # stopped once
+    assert jobs.resume(SUPPORT, job.id).status == JobStatus.QUEUED
+    machine.tick()
+    resumed = store.job(job.id)
+    assert resumed.status == JobStatus.RUNNING and resumed.stage == Stage.TRAIN and resumed.ray_job != training
+    assert cluster.submitted[-1] == (job.id, Stage.TRAIN, ["--resume"]) and not resumed.stage_stopped
+    finish(cluster, resumed)
+    evaluating = machine.step(resumed)
+    assert evaluating.stage == Stage.EVAL and cluster.submitted[-1][2] == ["--model", "ft-support-x:1"]
+    finish(cluster, evaluating)
+    done = machine.step(machine.step(evaluating))
+    assert done.status == JobStatus.SUCCEEDED
+    said = events(store, done)
+    paused_at = said.index("Job paused while running (stage: train)")
+    assert said[paused_at + 1] == f"Stage train stopped for the pause (Ray job {training})"
+    assert said[paused_at + 2 : paused_at + 5] == [
+        "Job resumed (stage: train); queued",
+        "Job resumed in stage train",
+        f"Stage train running as Ray job {resumed.ray_job}",
+    ]
+
+
+def test_a_resumed_job_waits_in_the_queue_until_its_stopped_stage_has_ended(rig, tmp_path):
+    machine, store, cluster, _, _ = rig
+    jobs = routes(machine, tmp_path)
+    job = train_stage(machine, cluster, new_job(store))
+    cluster.slow_stop = True
+    jobs.pause(SUPPORT, job.id)
+    machine.tick()
+    jobs.resume(SUPPORT, job.id)
+    machine.tick()
+    machine.tick()
+    assert store.job(job.id).status == JobStatus.QUEUED and len(cluster.submitted) == 2  # no second trainer
+    finish(cluster, store.job(job.id), "STOPPED")
+    machine.tick()
+    assert store.job(job.id).status == JobStatus.RUNNING and cluster.submitted[-1][1:] == (Stage.TRAIN, ["--resume"])
+
+
+def test_a_stage_the_pause_did_not_stop_goes_on_after_the_resume(rig, tmp_path):
+    """Resumed before the runner acted (the stage still runs: watched on), or a stage that ended
+    before the pause took effect (its result is used, nothing runs twice)."""
+    machine, store, cluster, _, _ = rig
+    jobs = routes(machine, tmp_path)
+    job = train_stage(machine, cluster, new_job(store))
+    jobs.pause(SUPPORT, job.id)
+    jobs.resume(SUPPORT, job.id)
+    machine.tick()
+    watched = store.job(job.id)
+    assert watched.status == JobStatus.RUNNING and watched.ray_job == job.ray_job and not cluster.stopped
+    finish(cluster, watched)
+    jobs.pause(SUPPORT, job.id)
+    machine.tick()
+    assert not cluster.stopped and not store.job(job.id).stage_stopped  # it had ended: nothing to stop
+    jobs.resume(SUPPORT, job.id)
+    machine.tick()  # started from the queue
+    machine.tick()  # its ended stage looked at
+    assert store.job(job.id).stage == Stage.EVAL and [s for _, s, _ in cluster.submitted].count(Stage.TRAIN) == 1
+
+
+def test_a_training_stage_paused_before_its_run_began_starts_it_and_a_job_paused_in_the_queue_starts_at_data(
+    rig, tmp_path
+):
+    machine, store, cluster, work, _ = rig
+    jobs = routes(machine, tmp_path)
+    work.run_begun = False  # stopped while it tokenized: no run to continue
+    job = train_stage(machine, cluster, new_job(store, n=1))
+    jobs.pause(SUPPORT, job.id)
+    machine.tick()
+    jobs.resume(SUPPORT, job.id)
+    machine.tick()
+    assert cluster.submitted[-1] == (job.id, Stage.TRAIN, [])
+    waiting = machine.step(new_job(store, "other", n=2))
+    jobs.pause(Caller("other"), waiting.id)
+    jobs.resume(Caller("other"), waiting.id)
+    machine.tick()
+    assert store.job(waiting.id).stage == Stage.DATA and "Job started" in events(store, waiting)
+
+
+def test_a_paused_job_frees_its_place_and_can_be_cancelled(rig, tmp_path):
+    machine, store, cluster, work, _ = rig
+    machine.config.max_running_jobs = 1
+    machine.projects.defaults = machine.projects.defaults.model_copy(update={"max_running_jobs": 2})
+    jobs = routes(machine, tmp_path)
+    first, second = new_job(store, n=1), new_job(store, n=2)
+    machine.tick()
+    machine.tick()
+    assert store.job(second.id).status == JobStatus.QUEUED
+    jobs.pause(SUPPORT, first.id)
+    machine.tick()
+    assert store.job(second.id).status == JobStatus.RUNNING  # the paused job's place went to the next
+    jobs.resume(SUPPORT, first.id)
+    machine.tick()
+    assert store.job(first.id).status == JobStatus.QUEUED  # back in the queue, behind the running limit
+    jobs.pause(SUPPORT, first.id)
+    jobs.cancel(SUPPORT, first.id)
+    machine.tick()
+    assert store.job(first.id).status == JobStatus.CANCELLED and work.cleaned == [first.id]
+
+
+def test_a_paused_jobs_vanished_stage_runs_again_on_resume(rig, tmp_path):
+    machine, store, cluster, _, _ = rig
+    jobs = routes(machine, tmp_path)
+    job = train_stage(machine, cluster, new_job(store))
+    cluster.gone.add(job.ray_job)  # the head was replaced while the job was paused
+    jobs.pause(SUPPORT, job.id)
+    machine.tick()
+    held = store.job(job.id)
+    assert held.status == JobStatus.PAUSED and held.stage_stopped and held.ray_job is None
+    jobs.resume(SUPPORT, job.id)
+    machine.tick()
+    assert store.job(job.id).status == JobStatus.RUNNING and cluster.submitted[-1] == (
+        job.id,
+        Stage.TRAIN,
+        ["--resume"],
+    )
+
+
+@pytest.mark.parametrize(
+    "action, status",
+    [
+        ("pause", JobStatus.VALIDATING),
+        ("pause", JobStatus.PAUSED),
+        ("pause", JobStatus.SUCCEEDED),
+        ("resume", JobStatus.RUNNING),
+        ("resume", JobStatus.QUEUED),
+        ("resume", JobStatus.CANCELLED),
+    ],
+)
+def test_pause_and_resume_from_another_state_are_400s_naming_the_state(rig, tmp_path, action, status):
+    machine, store, _, _, _ = rig
+    job = new_job(store)
+    store.save_job(job.model_copy(update={"status": status}))
+    with pytest.raises(ServiceError) as refused:
+        getattr(routes(machine, tmp_path), action)(SUPPORT, job.id)
+    assert refused.value.status == 400 and refused.value.param == "fine_tuning_job_id"
+    assert f"is {status.value};" in refused.value.message and store.job(job.id).status == status
+
+
+def test_every_move_of_a_pause_and_resume_is_in_the_tables(rig, tmp_path):
+    machine, store, cluster, _, _ = rig
+    jobs = routes(machine, tmp_path)
+    cluster.slow_stop = True
+    job = train_stage(machine, cluster, new_job(store))
+    seen, asked = set(), set()
+    for action in ("pause", "resume"):
+        before = store.job(job.id).status
+        asked.add((action, before, getattr(jobs, action)(SUPPORT, job.id).status))
+        for _ in range(2):
+            before = store.job(job.id).status
+            seen.add((before, machine.step(store.job(job.id)).status))
+    finish(cluster, store.job(job.id), "STOPPED")
+    before = store.job(job.id).status
+    seen.add((before, machine.step(store.job(job.id)).status))
+    assert all(after in TRANSITIONS[before] for before, after in seen)
+    assert {(JobStatus.PAUSED, JobStatus.PAUSED), (JobStatus.QUEUED, JobStatus.QUEUED)} <= seen
+    assert (JobStatus.QUEUED, JobStatus.RUNNING) in seen
+    assert all(before in ASKED[a].allowed and after == ASKED[a].to for a, before, after in asked)
+
+
+def test_a_step_racing_a_pause_leaves_the_pause_and_the_resume_starts_afresh(rig, tmp_path):
+    machine, store, cluster, _, _ = rig
+    queued = machine.step(new_job(store))
+    routes(machine, tmp_path).pause(SUPPORT, queued.id)  # lands after the machine read the job
+    raced = machine.step(queued)
+    assert raced.status == JobStatus.PAUSED and cluster.stopped == [f"ray-{queued.id}-data-0"]
+    routes(machine, tmp_path).resume(SUPPORT, queued.id)
+    machine.tick()
+    started = store.job(queued.id)
+    assert started.status == JobStatus.RUNNING and started.stage == Stage.DATA and started.ray_job.endswith("-1")

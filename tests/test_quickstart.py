@@ -9,13 +9,14 @@ pytestmark = [pytest.mark.ray, pytest.mark.vllm, pytest.mark.timeout(900)]
 
 
 def test_quickstart_runs_every_stage_and_the_adapter_beats_the_base(ray_cluster, tmp_path, monkeypatch, capsys):
+    """With `--with dpo`: DPO continues the adapter, and preference accuracy rises base → SFT → DPO."""
     from rayft.quickstart import run_quickstart
 
     monkeypatch.setenv("RAYFT_HOME", str(tmp_path))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    summary = run_quickstart(port=port)
+    summary = run_quickstart(port=port, extras=("dpo",))
 
     data = summary["data"]
     removed = data["rejected"] + data["duplicates_exact"] + data["duplicates_near"] + data["leaked"]
@@ -37,7 +38,20 @@ def test_quickstart_runs_every_stage_and_the_adapter_beats_the_base(ray_cluster,
     assert adapter.parent == summary["base_training"]["ref"]  # lineage: LoRA on the registered full model
     report = adapter.eval_report
     assert report["metrics"]["candidate"]["accuracy"] == summary["eval"]["adapter"]
+    check_dpo_chain(registry, adapter, summary)
     check_gate_and_rollback(registry, adapter, summary["base_training"]["artifact"], tmp_path)
+
+
+def check_dpo_chain(registry, adapter, summary):
+    """The DPO adapter continues the SFT one (its parent, its rank), is preferred to it on held-out
+    pairs, passes the gate's parent check, and still answers in the ticket format when served."""
+    preference = summary["dpo_eval"]
+    assert preference["dpo"] > preference["sft"] > preference["base"]
+    dpo = registry.get(summary["dpo_training"]["ref"])
+    assert dpo.parent == adapter.ref and dpo.config["train"]["lora"]["r"] == adapter.config["train"]["lora"]["r"]
+    checks = {c["name"]: c for c in dpo.eval_report["verdict"]}
+    assert checks["beats_parent"]["passed"] and adapter.ref in checks["beats_parent"]["detail"]
+    assert summary["served"]["DPO adapter"].startswith("Category:")
 
 
 def check_gate_and_rollback(registry, adapter, base, tmp_path):
