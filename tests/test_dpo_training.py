@@ -61,7 +61,7 @@ def test_dpo_continues_the_sft_adapter_and_raises_the_held_out_margin(
     from rayft.training.trainer import train
 
     config = dpo_config(
-        tiny_model, preference_dataset, "support-dpo", max_steps=20, learning_rate=5e-3, init_from=trained_adapter.ref
+        tiny_model, preference_dataset, "support-dpo", max_steps=14, learning_rate=5e-3, init_from=trained_adapter.ref
     )
     config["train"]["lora"] = {"r": 4, "alpha": 4}  # replaced by the continued adapter's own
     version = train(parse_config(config), show_progress=False)

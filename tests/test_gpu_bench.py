@@ -2,6 +2,7 @@
 runs: every method wrapped as the worker wraps it, and the FLOPs formula of its docstring."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +31,7 @@ def test_the_gpu_training_bench_runs_at_tiny_size_on_the_cpu(tmp_path):
             str(out),
         ],
         cwd=ROOT,
+        env=os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))},
         check=True,
         timeout=240,
         capture_output=True,

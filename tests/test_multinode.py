@@ -105,6 +105,22 @@ def test_data_prepare_reads_and_writes_s3_across_nodes_with_the_local_hash(
         )
 
 
+@pytest.mark.timeout(300)
+def test_the_multinode_bench_trains_on_one_node_and_on_two(nodes, bucket, tiny_model):
+    """bench/multinode.py's training part at its smallest, on this module's nodes, before any is
+    lost (the bench's node-loss part is `lose_an_engine_node_under_load`, which the engines test
+    below runs): so `make test` keeps the bench from rotting without starting a second cluster."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import multinode as bench
+
+    result = bench.training_ratio(bucket, tiny_model, rounds=1, steps=2, tickets=200)
+    assert {strategy: len(speeds) for strategy, speeds in result["runs"].items()} == {"PACK": 1, "STRICT_SPREAD": 1}
+    assert result["tokens_per_s_one_node"] > 0 and result["two_over_one"] > 0
+
+
 def wait_for_checkpoint(runs: str, step: int, timeout: float) -> str:
     """The run folder under `runs` once Ray Train registered its checkpoint of `step` (listed in the
     checkpoint manager's snapshot: every rank's part uploaded, so a restart resumes from it)."""

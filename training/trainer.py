@@ -67,13 +67,18 @@ def check_config(config: RayftConfig, base: str) -> None:
             f"train.dataset: {config.dataset_dir()} has no {MANIFEST}, so its version is unknown: it was "
             "not written by `rayft data prepare`, or its preparation did not finish"
         )
-    manifest = Manifest.model_validate_json(storage.read_text(storage.join(config.dataset_dir(), MANIFEST)))
-    if train.objective == "dpo" and manifest.kind != "preference":
+    if train.objective == "dpo" and dataset_kind(config) != "preference":
         raise ConfigError(
-            f"train.method: dpo learns from preference pairs, and {config.dataset_dir()} holds {manifest.kind} "
+            f"train.method: dpo learns from preference pairs, and {config.dataset_dir()} holds {dataset_kind(config)} "
             "records: prepare a preference file (docs/data.md)"
         )
     check_data_size(config)
+
+
+def dataset_kind(config: RayftConfig) -> str:
+    """What the prepared dataset holds, from its manifest: `sft` records or `preference` pairs."""
+    manifest = storage.read_text(storage.join(config.dataset_dir(), MANIFEST))
+    return Manifest.model_validate_json(manifest).kind
 
 
 def split_rows(path: str) -> int:
