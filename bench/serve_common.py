@@ -1,5 +1,6 @@
-"""What the serving benches share (serve_throughput.py, serve_structured.py): the workload's sizes, the
-bench model with its random adapters, the prompts, and `rayft serve` as its own process."""
+"""What the serving benches share (serve_throughput.py and its parts serve_structured.py and
+serve_limits.py): the workload's sizes, the bench model with its random adapters, the prompts, and
+`rayft serve` as its own process."""
 
 from __future__ import annotations
 

@@ -9,7 +9,9 @@ process it started are killed), and starts its own Ray: a local one (data, train
 processes (serving). So this module stops the session's Ray first and runs with the other modules
 that run their own cluster, after every test on the session's Ray (conftest.run_order). One Ray
 cluster at a time. The multi-node bench's training part runs in test_multinode.py, on that module's
-nodes (a second three-node cluster here would cost two minutes for the same code).
+nodes (a second three-node cluster here would cost two minutes for the same code). The benches'
+own modules run inside them: train_loop.py, train_overhead.py and trl_side.py in the training
+bench; serve_common.py, serve_structured.py and serve_limits.py in the serving bench.
 """
 
 from __future__ import annotations
