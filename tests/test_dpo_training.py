@@ -117,7 +117,7 @@ def test_reference_log_probs_computed_beforehand_on_ray_data(ray_cluster, tiny_m
     assert first_loss(version) == pytest.approx((1 / (2 * 0.5)) ** 2, abs=1e-4)
 
 
-def test_init_from_refuses_another_base_and_another_projects_version(tiny_model, tmp_path):
+def test_init_from_refuses_another_base_another_projects_version_and_changed_bytes(tiny_model, tmp_path):
     """Refused before any data is read or Ray starts."""
     from rayft.config import ConfigError, parse_config
     from rayft.registry import Registry
@@ -141,6 +141,13 @@ def test_init_from_refuses_another_base_and_another_projects_version(tiny_model,
         train(parse_config(config), show_progress=False)
     config = dpo_config(tiny_model, tmp_path / "no-data", "x", init_from=theirs.ref) | {"project": "teama"}
     with pytest.raises(ConfigError, match=r"train.init_from: no version 'ft-teamb-x:\d+'"):
+        train(parse_config(config), show_progress=False)
+    # a registered version's bytes are checked before a worker reads them: changed, it is refused
+    folder = artifact("mine")
+    mine = registry.register("mine", "adapter", tiny_model, folder, weights_hash=content_hash(folder))
+    (tmp_path / "mine" / "adapter_config.json").write_text(json.dumps({"for": "someone else"}))
+    config = dpo_config(tiny_model, tmp_path / "no-data", "x", init_from=mine.ref)
+    with pytest.raises(ConfigError, match=r"train.init_from: .*mine:\d+"):
         train(parse_config(config), show_progress=False)
 
 
