@@ -39,6 +39,7 @@ DIRECT_PORTS = 4  # direct-ingress ports per ingress replica (see direct_ingress
 DIRECT_DRAIN_S = 2  # how long a stopping ingress replica keeps its direct port open (Serve's default: 30 s)
 INGRESS_HEADROOM = 32
 INGRESS_CPUS = 0.25
+ROUTING_STATS_PERIOD_S = 1.0  # how often the engine router learns which adapters each replica holds
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,10 @@ def engine_options(serve_config: ServeConfig, cpus: float | None = None) -> dict
         "name": "engine",
         "max_ongoing_requests": serve_config.max_num_seqs * 2,
         "health_check_period_s": 10,
+        "request_router_config": {
+            "request_router_class": "rayft.serving.adapter_router.AdapterAffinityRouter",
+            "request_routing_stats_period_s": ROUTING_STATS_PERIOD_S,
+        },
         "ray_actor_options": {
             "num_cpus": (serve_config.cpus_per_engine or 1) if cpus is None else cpus,
             "num_gpus": 1 if serve_config.use_gpu else 0,

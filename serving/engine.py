@@ -21,6 +21,7 @@ import os
 from rayft import chat, storage
 from rayft.config import ServeConfig
 from rayft.serving.adapters import Adapter, AdapterError, AdapterSlots, AllSlotsBusy, check_adapter
+from rayft.serving.startup import PhaseClock, vllm_phases
 from rayft.serving.tool_use import prompt_template, read_answer, tool_use
 from rayft.vllm_setup import VLLM_ENV, engine_dtype, on_cpu
 
@@ -41,12 +42,15 @@ class EngineServer:
             os.environ.setdefault(key, value)
         self.serve = ServeConfig.model_validate(serve)
         self.base_template, self.tool_parser = chat_template, tool_parser
-        base = str(storage.verified_dir(base, base_hash if base_ref else None, base_ref))
+        clock = PhaseClock()
+        with clock.phase("verify base"):
+            base = str(storage.verified_dir(base, base_hash if base_ref else None, base_ref))
         if not self.serve.use_gpu:
             use_cpu_threads(self.serve.cpus_per_engine or len(os.sched_getaffinity(0)))
-        from vllm.config import StructuredOutputsConfig
-        from vllm.engine.arg_utils import AsyncEngineArgs
-        from vllm.v1.engine.async_llm import AsyncLLM
+        with clock.phase("import vLLM"):
+            from vllm.config import StructuredOutputsConfig
+            from vllm.engine.arg_utils import AsyncEngineArgs
+            from vllm.v1.engine.async_llm import AsyncLLM
 
         args = AsyncEngineArgs(
             model=base,
@@ -64,11 +68,14 @@ class EngineServer:
             seed=0,
             structured_outputs_config=StructuredOutputsConfig(backend="xgrammar", disable_any_whitespace=True),
         )
-        self.engine = AsyncLLM.from_engine_args(args, stat_loggers=[quiet_stats()])
-        self.tokenizer = self.engine.get_tokenizer()
-        self.vocab_size = self.engine.model_config.get_vocab_size()
-        tokens = self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))
-        self.max_token_chars = max(len(t) for t in tokens if t)
+        with clock.phase("engine init"), vllm_phases(clock):  # weights, KV cache and warm-up split out
+            self.engine = AsyncLLM.from_engine_args(args, stat_loggers=[quiet_stats()])
+        with clock.phase("tokenizer"):
+            self.tokenizer = self.engine.get_tokenizer()
+            self.vocab_size = self.engine.model_config.get_vocab_size()
+            tokens = self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))
+            self.max_token_chars = max(len(t) for t in tokens if t)
+        self.startup = clock.phases
         self.slots = AdapterSlots(max(self.serve.max_loras, self.serve.max_cpu_loras))
         self.loading = asyncio.Lock()
         self.next_lora_id = 1
@@ -125,8 +132,14 @@ class EngineServer:
 
     def describe(self) -> dict:
         """What the ingress checks requests against: the vocabulary size, and the longest token in
-        characters (a prompt of more than max_prompt_tokens × that many characters has too many tokens)."""
-        return {"vocab_size": self.vocab_size, "max_token_chars": self.max_token_chars}
+        characters (a prompt of more than max_prompt_tokens × that many characters has too many tokens);
+        and where this replica's start-up went (`startup`: [phase, seconds], in order)."""
+        return {"vocab_size": self.vocab_size, "max_token_chars": self.max_token_chars, "startup": self.startup}
+
+    def record_routing_stats(self) -> dict:
+        """What Ray Serve's router for this deployment (`adapter_router.py`) sees of this replica,
+        polled every few seconds: the adapters it holds, and its requests in flight."""
+        return {"adapters": list(self.slots.loaded), "running": self.engine.get_num_unfinished_requests()}
 
     def state(self) -> dict:
         """Loaded adapters, least recently used first, with their requests in flight; how many

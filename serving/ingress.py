@@ -182,10 +182,20 @@ class OpenAIServer:
         spec = self.adapter_spec(route, fresh=True)
         if spec is None:
             raise ApiError(400, f"{model!r} is the base model, not an adapter", param="model")
-        refused = await self.call_engine(self.engine.load_adapter.remote(**spec))
+        refused = await self.call_engine(self.engine_for(spec).load_adapter.remote(**spec))
         if refused:
             raise self.engine_refusal(refused, param="model")
         return route, spec
+
+    def engine_for(self, adapter: dict | None, stream: bool = False):
+        """The engine handle for a request: an adapter's carries its ref, so that Serve's router for
+        the engine deployment (`adapter_router.py`) sends it to a replica that holds the adapter."""
+        engine = self.stream_engine if stream else self.engine
+        return engine.options(multiplexed_model_id=adapter["ref"]) if adapter else engine
+
+    async def engine_startup(self) -> list:
+        """Where an engine replica's start-up went ([phase, seconds]), for `rayft serve` to print."""
+        return (await self.call_engine(self.engine.describe.remote()))["startup"]
 
     async def load_adapter_by_ref(self, ref: str) -> str | None:
         """Load an adapter through a deployment handle (`serve.adapters` at start-up: the
@@ -345,10 +355,10 @@ class OpenAIServer:
         counted.cache[headers[CACHE_HEADER]].inc()
 
         if parsed.stream:
-            outputs = self.stream_engine.stream.remote(parsed, adapter, request_id)
+            outputs = self.engine_for(adapter, stream=True).stream.remote(parsed, adapter, request_id)
             first = await self.call_engine(outputs.__anext__())
         else:
-            first = await self.call_engine(self.engine.complete.remote(parsed, adapter, request_id))
+            first = await self.call_engine(self.engine_for(adapter).complete.remote(parsed, adapter, request_id))
         if "error" in first:
             raise self.engine_refusal(first, param="model" if adapter else None)
         if parsed.stream:
