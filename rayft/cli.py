@@ -131,9 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
     adapters = subcommands.add_parser(
         "adapters", help="a running server's adapters: list, load, unload (no restart)"
     ).add_subparsers(dest="adapters_command", required=True)
-    adapters.add_parser("list", parents=[server], help="loaded adapters, least recently used first").set_defaults(
-        func=commands.cmd_adapters
+    listing = adapters.add_parser(
+        "list", parents=[server], help="adapters by tier (engine, host, disk) and replica, least recently used first"
     )
+    listing.add_argument("--json", action="store_true", help="the server's whole answer as JSON")
+    listing.set_defaults(func=commands.cmd_adapters)
     for action, words in (
         ("load", "load an adapter now (verified against the registry)"),
         ("unload", "drop an adapter from the engine once its requests finish"),

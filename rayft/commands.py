@@ -288,8 +288,12 @@ def cmd_adapters(args) -> int:
             print(json.dumps(client.load_adapter(args.ref, args.url, args.api_key)))
         elif args.adapters_command == "unload":
             print(json.dumps(client.unload_adapter(args.ref, args.url, args.api_key)))
+        elif args.json:
+            print(json.dumps(client.fleet(args.url, args.api_key), indent=2))
         else:
-            print(json.dumps(client.loaded_adapters(args.url, args.api_key), indent=2))
+            from rich.console import Console
+
+            Console().print(client.fleet_table(client.fleet(args.url, args.api_key)))
     except client.AdminError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -116,6 +116,9 @@ class ServeConfig(Section):
     adapters: list[str] = Field(default_factory=list, description="registry refs loaded at start-up")
     max_loras: int = Field(4, gt=0, description="distinct adapters in one batch")
     max_cpu_loras: int = Field(8, gt=0, description="adapters kept in host memory (LRU beyond)")
+    adapter_cache_gb: float = Field(
+        20.0, gt=0, description="local disk cache of adapters fetched from object storage (LRU by bytes)"
+    )
     max_lora_rank: Literal[LORA_RANKS] = 16
     max_model_len: int = Field(1024, gt=0)
     max_num_seqs: int = Field(64, gt=0, description="sequences one engine batches together")

@@ -8,9 +8,12 @@ come from the usual environment variables or instance roles).
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import tempfile
+import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from rayft.home import rayft_home
@@ -256,16 +259,35 @@ def verified_dir(uri: str, expected: str | None, ref: str | None = None) -> Path
     hash (None: a plain path that is no registry version). A local folder is hashed in place. A URI
     is downloaded into `$RAYFT_HOME/cache/artifacts/<hash>`, hashed after download (and a cached copy
     again before each use), so a cache never serves bytes other than the registered ones."""
+    return fetch_verified(uri, expected, ref).path
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A verified local copy of an artifact, and where its bytes came from: `disk` (a local folder,
+    or the disk cache) or `storage` (downloaded from object storage now); `evicted`: cached copies
+    of other artifacts removed to keep the cache within its bound."""
+
+    path: Path
+    source: str
+    evicted: int = 0
+
+
+def fetch_verified(uri: str, expected: str | None, ref: str | None = None, cache_bytes: int | None = None) -> Fetched:
+    """`verified_dir`, saying where the bytes came from. With `cache_bytes`, the disk cache is kept
+    within that many bytes after a download: least recently used copies go first (each use renews a
+    copy), never one used in the last CACHE_GRACE_S seconds (it may be being read right now)."""
     ref = ref or str(uri)
     if not is_remote(uri):
         if expected is not None:
             _check(uri, expected, ref, str(uri))
-        return Path(uri)
-    cache = rayft_home() / "cache" / "artifacts"
+        return Fetched(Path(uri), "disk")
+    cache = artifact_cache()
     if expected is not None and (cache / expected).is_dir():
         try:
             _check(cache / expected, expected, ref, f"{cache / expected} (cached from {uri})")
-            return cache / expected
+            os.utime(cache / expected)  # most recently used
+            return Fetched(cache / expected, "disk")
         except ArtifactMismatch:
             shutil.rmtree(cache / expected, ignore_errors=True)
     import pyarrow.fs
@@ -284,7 +306,42 @@ def verified_dir(uri: str, expected: str | None, ref: str | None = None) -> Path
         try:
             partial.rename(target)
         except OSError:  # another process cached the same content first
-            pass
-        return target
+            os.utime(target)
+        evicted = prune_cache(cache, cache_bytes) if cache_bytes is not None else 0
+        return Fetched(target, "storage", evicted)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
+
+
+CACHE_GRACE_S = 60.0
+
+
+def artifact_cache() -> Path:
+    """Where artifacts fetched from object storage are kept, one folder per content hash."""
+    return rayft_home() / "cache" / "artifacts"
+
+
+def cached_artifacts(cache: Path | None = None) -> list[tuple[Path, int, float]]:
+    """(folder, bytes, last used) of each cached artifact, least recently used first."""
+    cache = cache or artifact_cache()
+    entries = []
+    for folder in cache.iterdir() if cache.is_dir() else ():
+        if folder.is_dir() and not folder.name.startswith("."):
+            size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+            entries.append((folder, size, folder.stat().st_mtime))
+    return sorted(entries, key=lambda entry: entry[2])
+
+
+def prune_cache(cache: Path, limit_bytes: int) -> int:
+    """Remove least recently used cached artifacts until the cache holds at most `limit_bytes`
+    (sparing those used within CACHE_GRACE_S); how many were removed."""
+    entries = cached_artifacts(cache)
+    total, removed, now = sum(size for _, size, _ in entries), 0, time.time()
+    for folder, size, used in entries:
+        if total <= limit_bytes:
+            break
+        if now - used < CACHE_GRACE_S:
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        total, removed = total - size, removed + 1
+    return removed

@@ -1,4 +1,4 @@
-"""The admin routes of the serving endpoint: `/admin/adapters` lists the engine's loaded adapters,
+"""The admin routes of the serving endpoint: `/admin/adapters` lists the engines' adapters by tier,
 loads one by registry ref before any request asks for it, and unloads one once its requests
 finish; all behind the admin keys (`auth.py`, `Depends(admin_caller)`). What loading means (the
 registry ref resolved, its bytes checked against the registered hash, the engine asked) is the
@@ -7,12 +7,14 @@ ingress's (`OpenAIServer.load`); `rayft adapters list|load|unload` calls these r
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Request
 
 from rayft.serving import api_schema
 from rayft.serving.errors import ApiError, parse_json
+from rayft.serving.fleet import engine_snapshots
 from rayft.serving.http_app import Admin, Server
 from rayft.serving.validation import read_body
 
@@ -21,9 +23,25 @@ router = APIRouter()
 
 @router.get("/admin/adapters", openapi_extra=api_schema.route(None, None))
 async def loaded_adapters(_admin: Admin, server: Server) -> dict:
-    """Loaded adapters with their requests in flight, and the engine's running requests."""
+    """Every engine replica's adapters by tier (`fleet.py`): one row per adapter and replica, tier
+    `engine` while it answers requests, else `host`; the disk cache of the replica that answered;
+    requests running and aborted, summed. The replica that answers reports its state now, the
+    others their latest (at most a few seconds old) from the metrics board."""
     state = await server.call_engine(server.engine.state.remote())
-    return {"data": state["adapters"], "running": state["running"], "aborted": state["aborted"]}
+    published = engine_snapshots(await asyncio.to_thread(server.board.others))
+    replicas = [state] + [s for s in published if s["replica"] != state["replica"]]
+    rows = [
+        adapter | {"replica": replica["replica"], "tier": "engine" if adapter["in_flight"] else "host"}
+        for replica in replicas
+        for adapter in replica["adapters"]
+    ]
+    return {
+        "data": rows,
+        "disk": state["disk"],
+        "replicas": [replica["replica"] for replica in replicas],
+        "running": sum(replica["running"] for replica in replicas),
+        "aborted": sum(replica["aborted"] for replica in replicas),
+    }
 
 
 @router.post("/admin/adapters", openapi_extra=api_schema.route("LoadAdapter", None))

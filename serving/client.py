@@ -47,6 +47,22 @@ def unload_adapter(ref: str, url: str | None = None, api_key: str | None = None)
     return admin_call("DELETE", f"/admin/adapters/{ref}", url, api_key)
 
 
-def loaded_adapters(url: str | None = None, api_key: str | None = None) -> list[dict]:
-    """The adapters loaded in the server's engine, least recently used first."""
-    return admin_call("GET", "/admin/adapters", url, api_key)["data"]
+def fleet(url: str | None = None, api_key: str | None = None) -> dict:
+    """The server's adapters by tier and replica (`data`, least recently used first per replica) and
+    its disk cache (`disk`): the answer of `GET /admin/adapters`."""
+    return admin_call("GET", "/admin/adapters", url, api_key)
+
+
+def fleet_table(answer: dict):
+    """`rayft adapters list`'s table: one row per adapter and engine replica, then the disk cache."""
+    from rich.table import Table
+
+    table = Table(title=f"adapters on {len(answer['replicas'])} engine replica(s), least recently used first")
+    for column in ("adapter", "tier", "replica", "in flight", "weights hash"):
+        table.add_column(column)
+    for row in answer["data"]:
+        table.add_row(row["ref"], row["tier"], row["replica"][-8:], str(row["in_flight"]), row["digest"][:12])
+    for item in answer["disk"]:
+        table.add_row("", "disk", "", "", item["digest"][:12])
+    table.caption = f"{answer['running']} requests running; disk cache: {len(answer['disk'])} adapters"
+    return table

@@ -16,14 +16,22 @@ compile is a 400 naming `response_format`.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import time
+
+import ray.serve
 
 from rayft import chat, storage
 from rayft.config import ServeConfig
 from rayft.serving.adapters import Adapter, AdapterError, AdapterSlots, AllSlotsBusy, check_adapter
+from rayft.serving.fleet import ENGINE_PREFIX, FleetMetrics, cached_count
+from rayft.serving.metrics import PUBLISH_S, MetricsBoard
 from rayft.serving.startup import PhaseClock, vllm_phases
 from rayft.serving.tool_use import prompt_template, read_answer, tool_use
 from rayft.vllm_setup import VLLM_ENV, engine_dtype, on_cpu
+
+logger = logging.getLogger("ray.serve")
 
 
 class EngineServer:
@@ -77,38 +85,70 @@ class EngineServer:
             self.max_token_chars = max(len(t) for t in tokens if t)
         self.startup = clock.phases
         self.slots = AdapterSlots(max(self.serve.max_loras, self.serve.max_cpu_loras))
-        self.loading = asyncio.Lock()
+        self.loading = asyncio.Lock()  # one slot change and vLLM add/remove at a time
+        self.pending_loads: dict[tuple[str, str], asyncio.Future] = {}
+        self.cache_bytes = int(self.serve.adapter_cache_gb * 2**30)
         self.next_lora_id = 1
         self.aborted = 0  # requests whose caller went away, aborted in vLLM
+        context = ray.serve.get_replica_context()
+        self.replica = ENGINE_PREFIX + context.replica_id.unique_id
+        self.fleet, self.board = FleetMetrics(self.replica), MetricsBoard(context.app_name, self.replica)
+        self.publishing = asyncio.get_running_loop().create_task(self.publish())
+
+    async def publish(self) -> None:
+        """Every PUBLISH_S: this replica's adapters and tier series on the metrics board (`fleet.py`)."""
+        while True:
+            try:
+                adapters = self.slots.describe()
+                cached = await asyncio.to_thread(cached_count)
+                self.fleet.holding(adapters, cached)
+                snapshot = self.fleet.snapshot() | {"replica": self.replica, "adapters": adapters}
+                snapshot |= {"running": self.engine.get_num_unfinished_requests(), "aborted": self.aborted}
+                await asyncio.to_thread(self.board.publish, snapshot)
+            except Exception as error:  # the GCS is briefly unreachable: try again next period
+                logger.warning("rayft serve: cannot publish the engine's adapters: %s", error)
+            await asyncio.sleep(PUBLISH_S)
 
     async def ensure_adapter(self, ref: str, uri: str, digest: str) -> Adapter:
         """The loaded adapter `ref` with content `digest`, loading (or reloading) it if needed.
-        Raises AdapterError (it cannot be served), ArtifactMismatch (its bytes are not the registered
-        ones) or AllSlotsBusy (no slot can be freed now)."""
+        Concurrent requests for an adapter that is not loaded share one load. Raises AdapterError (it
+        cannot be served), ArtifactMismatch (its bytes are not the registered ones) or AllSlotsBusy
+        (no slot can be freed now)."""
         known = self.slots.current(ref, digest)
-        if known is None:
-            async with self.loading:
-                known = self.slots.current(ref, digest) or await self._load(ref, uri, digest)
-        return known
+        if known is not None:
+            return known
+        key = (ref, digest)
+        if key not in self.pending_loads:
+            load = asyncio.ensure_future(self._load(ref, uri, digest))
+            self.pending_loads[key] = load
+            load.add_done_callback(lambda _: self.pending_loads.pop(key, None))
+        return await asyncio.shield(self.pending_loads[key])  # a caller hanging up does not cancel the load
 
     async def _load(self, ref: str, uri: str, digest: str) -> Adapter:
+        """Fetch and verify off the event loop (other adapters' loads and every request go on), then
+        take a slot and hand the adapter to vLLM, one adapter at a time."""
         from vllm.lora.request import LoRARequest
 
+        started = time.perf_counter()
         try:
-            local = str(await asyncio.to_thread(storage.verified_dir, uri, digest, ref))
-            check_adapter(local, self.serve.max_lora_rank)
+            fetched = await asyncio.to_thread(storage.fetch_verified, uri, digest, ref, self.cache_bytes)
+            check_adapter(str(fetched.path), self.serve.max_lora_rank)
         except storage.ArtifactMismatch:
             raise
         except Exception as error:  # AdapterError, or the artifact cannot be fetched
             raise AdapterError(f"adapter {ref!r} cannot be loaded: {error}") from None
-        await self._remove(self.slots.make_room(ref))  # before adding: vLLM would evict by itself
-        adapter = Adapter(ref, uri, digest, self.next_lora_id, local, chat.artifact_template(local))
-        self.next_lora_id += 1  # ids are never reused: vLLM caches weights (and prefixes) by id
-        try:
-            await self.engine.add_lora(LoRARequest(ref, adapter.lora_id, local))
-        except Exception as error:  # vLLM raises plain exceptions for adapters it cannot use
-            raise AdapterError(f"adapter {ref!r} cannot be loaded: {error}") from None
-        self.slots.add(adapter)
+        local = str(fetched.path)
+        async with self.loading:
+            gone = self.slots.make_room(ref)
+            await self._remove(gone)  # before adding: vLLM would evict by itself
+            adapter = Adapter(ref, uri, digest, self.next_lora_id, local, chat.artifact_template(local))
+            self.next_lora_id += 1  # ids are never reused: vLLM caches weights (and prefixes) by id
+            try:
+                await self.engine.add_lora(LoRARequest(ref, adapter.lora_id, local))
+            except Exception as error:  # vLLM raises plain exceptions for adapters it cannot use
+                raise AdapterError(f"adapter {ref!r} cannot be loaded: {error}") from None
+            self.slots.add(adapter)
+        self.fleet.loaded(fetched, time.perf_counter() - started, sum(a.ref != ref for a in gone))
         return adapter
 
     async def _remove(self, adapters: list[Adapter]) -> None:
@@ -142,10 +182,14 @@ class EngineServer:
         return {"adapters": list(self.slots.loaded), "running": self.engine.get_num_unfinished_requests()}
 
     def state(self) -> dict:
-        """Loaded adapters, least recently used first, with their requests in flight; how many
-        requests vLLM is running, and how many it aborted because their callers went away."""
+        """This replica's adapters in host memory (least recently used first) with their requests in
+        flight, the disk cache's adapters, how many requests vLLM is running, and how many it aborted
+        because their callers went away."""
+        disk = [{"digest": path.name, "bytes": size} for path, size, _ in storage.cached_artifacts()]
         return {
+            "replica": self.replica,
             "adapters": self.slots.describe(),
+            "disk": disk,
             "running": self.engine.get_num_unfinished_requests(),
             "aborted": self.aborted,
         }
@@ -185,8 +229,11 @@ class EngineServer:
 
         from rayft.serving.openai_api import sampling_params
 
-        loaded, lora = None, None
+        loaded, lora, arrived = None, None, time.perf_counter()
+        start = "warm"
         if adapter is not None:
+            if self.slots.current(adapter["ref"], adapter["digest"]) is None:
+                start = "cold"  # it waits for its adapter to load
             try:
                 loaded = await self.ensure_adapter(adapter["ref"], adapter["uri"], adapter["digest"])
             except REFUSED as error:
@@ -211,10 +258,14 @@ class EngineServer:
                 yield {"error": error, "status": 400}
                 return
             params = sampling_params(request, max_tokens, stream)
+            first_token = self.fleet.first_token.labels(start) if loaded else None
             try:
                 async for output in self.engine.generate(
                     {"prompt_token_ids": ids}, params, request_id, lora_request=lora
                 ):
+                    if first_token is not None:
+                        first_token.observe(time.perf_counter() - arrived)
+                        first_token = None
                     yield output, use
             except VLLMValidationError as error:  # e.g. a JSON schema the grammar backend cannot compile
                 yield {"error": str(error), "status": 400, "param": error.parameter or "response_format"}

@@ -29,8 +29,9 @@ import logging
 import time
 import uuid
 import weakref
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Query, Request
 from fastapi.responses import Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from ray import serve
@@ -68,6 +69,8 @@ ENGINE_GONE = (
     ReplicaUnavailableError,
 )
 logger = logging.getLogger("ray.serve")
+PageLimit = Annotated[int | None, Query(ge=1, le=1000, description="models per page (default: all)")]
+PageAfter = Annotated[str | None, Query(max_length=256, description="the last id of the previous page")]
 
 
 def protocol():
@@ -264,11 +267,14 @@ class OpenAIServer:
         return Response(self.metrics.exposition(others) + drift_exposition(drift), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/models", openapi_extra=api_schema.route(None, "ModelList"))
-    async def models(self, request: Request) -> dict:
+    async def models(self, request: Request, limit: PageLimit = None, after: PageAfter = None) -> dict:
+        """Every model the caller may use; with `limit` (and `after`, the last id of the previous
+        page), one page of them with `has_more`, `first_id` and `last_id`."""
         caller = self.guard.caller(request)
         self.guard.refuse_if_draining()
-        cards = self.router.model_cards(caller)
-        return protocol().model_list(self.router.base.name, cards, self.serve.max_model_len)
+        cards = await asyncio.to_thread(self.router.model_cards, caller)
+        listed = protocol().model_list(self.router.base.name, cards, self.serve.max_model_len)
+        return listed if limit is None and after is None else protocol().model_page(listed, limit, after)
 
     @app.post("/v1/chat/completions", openapi_extra=api_schema.route("ChatRequest", "ChatCompletionResponse"))
     async def chat_completions(self, request: Request):

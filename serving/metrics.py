@@ -32,12 +32,39 @@ STALE_S = 10.0
 KV_NAMESPACE = "rayft_metrics"
 
 
-class ServingMetrics:
-    """Requests, errors by code, TTFT, time per output token, tokens in/out, cache results."""
+class ReplicaMetrics:
+    """One replica's Prometheus series, each labelled with `replica`, and their snapshot for the
+    board (`MetricsBoard`) that `/metrics` merges."""
 
     def __init__(self, replica: str = "0"):
         self.replica = replica
         self.registry = CollectorRegistry()
+
+    def families(self) -> list[Metric]:
+        """This replica's metric families, every sample labelled with `replica`."""
+        labelled = []
+        for family in self.registry.collect():
+            copy = Metric(family.name, family.documentation, family.type, family.unit)
+            copy.samples = [s._replace(labels={**s.labels, "replica": self.replica}) for s in family.samples]
+            labelled.append(copy)
+        return labelled
+
+    def snapshot(self) -> dict:
+        """This replica's series as JSON-ready data, for other replicas to serve (`MetricsBoard`)."""
+        return {
+            "at": time.time(),
+            "families": [
+                [f.name, f.documentation, f.type, f.unit, [[s.name, s.labels, s.value] for s in f.samples]]
+                for f in self.families()
+            ],
+        }
+
+
+class ServingMetrics(ReplicaMetrics):
+    """Requests, errors by code, TTFT, time per output token, tokens in/out, cache results."""
+
+    def __init__(self, replica: str = "0"):
+        super().__init__(replica)
         labels = ["model"]
         self.requests = Counter("rayft_requests", "Requests answered", labels + ["route"], registry=self.registry)
         self.errors = Counter(
@@ -82,25 +109,6 @@ class ServingMetrics:
 
     def failed(self, model: str | None, status: int) -> None:
         self.errors.labels(model or UNRESOLVED, str(status)).inc()
-
-    def families(self) -> list[Metric]:
-        """This replica's metric families, every sample labelled with `replica`."""
-        labelled = []
-        for family in self.registry.collect():
-            copy = Metric(family.name, family.documentation, family.type, family.unit)
-            copy.samples = [s._replace(labels={**s.labels, "replica": self.replica}) for s in family.samples]
-            labelled.append(copy)
-        return labelled
-
-    def snapshot(self) -> dict:
-        """This replica's series as JSON-ready data, for other replicas to serve (`MetricsBoard`)."""
-        return {
-            "at": time.time(),
-            "families": [
-                [f.name, f.documentation, f.type, f.unit, [[s.name, s.labels, s.value] for s in f.samples]]
-                for f in self.families()
-            ],
-        }
 
     def exposition(self, others: list[dict] = ()) -> bytes:
         """Prometheus text of this replica's series plus those of `others` (snapshots), one family each."""

@@ -184,6 +184,26 @@ def model_list(base: str, ids: list[tuple[str, dict]], max_model_len: int) -> di
     return json.loads(ModelList(data=cards).model_dump_json(exclude_none=True))
 
 
+def model_page(listed: dict, limit: int | None, after: str | None) -> dict:
+    """One page of a `/v1/models` body: the `limit` cards after the card `after` (a 400 naming
+    `after` when no card has that id), with `has_more`, `first_id` and `last_id` as OpenAI's other
+    lists have them."""
+    cards = listed["data"]
+    start = 0
+    if after is not None:
+        ids = [card["id"] for card in cards]
+        if after not in ids:
+            raise ApiError(400, f"after: no model {after!r} is listed here", param="after")
+        start = ids.index(after) + 1
+    page = cards[start : start + limit] if limit else cards[start:]
+    return listed | {
+        "data": page,
+        "has_more": start + len(page) < len(cards),
+        "first_id": page[0]["id"] if page else "",
+        "last_id": page[-1]["id"] if page else "",
+    }
+
+
 DONE = "data: [DONE]\n\n"
 
 
