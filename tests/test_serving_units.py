@@ -337,3 +337,32 @@ def test_limits_have_upper_bounds():
     for field, value in (("max_concurrent_requests", 5000), ("max_request_bytes", 2 << 30), ("max_json_depth", 1)):
         with pytest.raises(ConfigError, match=f"serve.{field}"):
             parse_config({"name": "x", "model": {"base": "b"}, "serve": {field: value}})
+
+
+def test_the_adapter_disk_cache_keeps_its_bound_dropping_the_least_recently_used(tmp_path, monkeypatch):
+    """Artifacts fetched from a URI land in the cache by content hash (`storage`), a second fetch is
+    served from disk; past the byte bound the least recently used copies go, never one in use lately."""
+    import os
+
+    from rayft import storage
+
+    monkeypatch.setenv("RAYFT_HOME", str(tmp_path / "home"))
+    folders = []
+    for i in range(3):
+        folder = tmp_path / "bucket" / f"a{i}"
+        folder.mkdir(parents=True)
+        (folder / "adapter_model.safetensors").write_bytes(bytes([i]) * 1000)
+        folders.append(folder)
+    digests = [storage.content_hash(f) for f in folders]
+    fetched = [storage.fetch_verified(f"file://{f}", d, cache_bytes=10_000) for f, d in zip(folders, digests)]
+    assert [f.source for f in fetched] == ["storage"] * 3 and all(f.evicted == 0 for f in fetched)
+    assert storage.fetch_verified(f"file://{folders[0]}", digests[0]).source == "disk"
+    long_ago = 1_000_000_000  # a0 used longest ago, then a1; a2 just now
+    os.utime(fetched[0].path, (long_ago, long_ago))
+    os.utime(fetched[1].path, (long_ago + 1, long_ago + 1))
+    assert storage.prune_cache(storage.artifact_cache(), 2_500) == 1
+    assert [f.path.exists() for f in fetched] == [False, True, True]
+    assert storage.prune_cache(storage.artifact_cache(), 0) == 1  # a2 was used moments ago: spared
+    assert [f.path.exists() for f in fetched] == [False, False, True]
+    again = storage.fetch_verified(f"file://{folders[0]}", digests[0], cache_bytes=10_000)
+    assert again.source == "storage" and (again.path / "adapter_model.safetensors").read_bytes() == bytes([0]) * 1000
