@@ -1,6 +1,8 @@
 """Several Ray nodes on one machine, all storage on a real S3-protocol server (moto's standalone
 server in this process): data prepare reads and writes `s3://`, training spreads its workers over
-two nodes, checkpoints to `s3://` and survives losing one of those nodes mid-run.
+two nodes, checkpoints to `s3://` and survives losing one of those nodes mid-run; two engine replicas,
+one per node, send an adapter's requests to the one that holds it, share a hot one, and survive
+losing a node under load.
 
 The head has no CPUs, so every task and training worker runs on a worker node, and each node has
 its own RAYFT_HOME. Nothing is handed between nodes through a path: inputs, prepared splits,
@@ -191,35 +193,66 @@ def test_training_spread_over_two_nodes_checkpoints_to_s3_survives_losing_one_an
     assert verified_artifact(version).is_dir()  # downloaded from s3:// and checked
 
 
-@pytest.mark.vllm
-@pytest.mark.timeout(480)
-def test_engines_on_two_nodes_fetch_adapters_from_s3_and_survive_losing_a_node_under_load(
-    nodes, bucket, tiny_model, tmp_path
-):
+def registered_adapter(bucket: str, base: str, name: str, seed: int, tmp_path):
+    """A random adapter of `base` uploaded to `s3://` and registered as `name`."""
     from rayft import storage
     from rayft.registry import Registry
     from rayft.tiny import random_adapter
 
-    uri = storage.upload_dir(random_adapter(tiny_model, tmp_path / "adapter", seed=5), f"{bucket}/models/remote/1")
-    version = Registry().register("remote", "adapter", tiny_model, uri)
-    cached = f"node*/cache/artifacts/{version.weights_hash}"
+    uri = storage.upload_dir(random_adapter(base, tmp_path / name, seed=seed), f"{bucket}/models/{name}/1")
+    return Registry().register(name, "adapter", base, uri)
+
+
+def nodes_holding(nodes, version) -> int:
+    """How many nodes fetched the adapter into their cache: an engine fetches it from s3:// (checked
+    against the registered hash) the first time it loads it, and there is one engine per node."""
+    return len(list(nodes.homes.glob(f"node*/cache/artifacts/{version.weights_hash}")))
+
+
+@pytest.fixture(scope="module")
+def engines(nodes, tiny_model):
+    """`rayft serve` with one engine replica on each worker node, started once for the tests below;
+    a worker node lost meanwhile is replaced once it has stopped."""
     try:
         with engines_on_two_nodes(nodes, tiny_model) as url:
             assert len(set(live_replicas("engine").values())) == 2  # one engine on each worker node
-            # Each engine fetches the adapter from s3:// on its first request for it, into its own
-            # node's cache, checked against the registered hash.
-            with Load(url, version.ref, KEY) as load:
-                deadline = time.monotonic() + 120
-                while time.monotonic() < deadline and len(list(nodes.homes.glob(cached))) < 2:
-                    time.sleep(0.5)
-            assert len(list(nodes.homes.glob(cached))) == 2 and set(load.statuses()) == {200}
-
-            load, killed = lose_an_engine_node_under_load(nodes, url, version.ref)
-            assert set(load.statuses()) <= {200, 503}  # no 500, no hang
-            assert all(retry for _, status, retry in load.results if status == 503)
-            assert 200 in load.statuses(after=killed)  # answered through the loss, not only before it
-            settled = [post_chat(url, version.ref).status_code for _ in range(8)]
-            assert settled == [200] * 8  # then the engine left serves everything
+            yield url
     finally:
         if len(nodes.workers) < 2:
             nodes.add_worker()
+
+
+@pytest.mark.vllm
+@pytest.mark.timeout(240)
+def test_engines_route_an_adapters_requests_to_the_one_that_holds_it(nodes, bucket, tiny_model, engines, tmp_path):
+    """The engine router (`adapter_router.py`) sends a cold adapter's first request to one engine and
+    every later one to that engine: 20 requests, one after another, and the adapter was fetched (so
+    loaded) on one node only. Serve's default router spreads them over both engines, each loading it."""
+    version = registered_adapter(bucket, tiny_model, "resident", seed=6, tmp_path=tmp_path)
+    assert [post_chat(engines, version.ref).status_code for _ in range(20)] == [200] * 20
+    assert nodes_holding(nodes, version) == 1
+
+
+@pytest.mark.vllm
+@pytest.mark.timeout(480)
+def test_engines_on_two_nodes_fetch_a_hot_adapter_from_s3_and_survive_losing_a_node_under_load(
+    nodes, bucket, tiny_model, engines, tmp_path
+):
+    from rayft.serving.adapter_router import HOT_QUEUE_LEN
+
+    version = registered_adapter(bucket, tiny_model, "remote", seed=5, tmp_path=tmp_path)
+    # More requests at once than the router's hot threshold (adapter_router.HOT_QUEUE_LEN): the
+    # adapter spreads to the second engine, and each fetches it from s3:// into its own node's
+    # cache, checked against the registered hash.
+    with Load(engines, version.ref, KEY, threads=HOT_QUEUE_LEN + 4) as load:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and nodes_holding(nodes, version) < 2:
+            time.sleep(0.5)
+    assert nodes_holding(nodes, version) == 2 and set(load.statuses()) == {200}
+
+    load, killed = lose_an_engine_node_under_load(nodes, engines, version.ref)
+    assert set(load.statuses()) <= {200, 503}  # no 500, no hang
+    assert all(retry for _, status, retry in load.results if status == 503)
+    assert 200 in load.statuses(after=killed)  # answered through the loss, not only before it
+    settled = [post_chat(engines, version.ref).status_code for _ in range(8)]
+    assert settled == [200] * 8  # then the engine left serves everything
