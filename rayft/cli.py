@@ -264,6 +264,10 @@ def run() -> int:
         return execute(args)
     from rayft.console import quiet
 
+    if args.command == "serve":  # from its first line on, SIGTERM stops `rayft serve` cleanly
+        from rayft.serving.stop_signals import StopSignals
+
+        args.stop = StopSignals()
     log, terminal = quiet(args.command)
     print(f"log: {log}", flush=True)
     try:

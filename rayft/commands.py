@@ -270,12 +270,15 @@ def _actor() -> str:
 
 
 def cmd_serve(args) -> int:
+    from rayft.serving.stop_signals import StopSignals
+
+    stop = getattr(args, "stop", None) or StopSignals()  # before the slow imports
     from rayft.serving.lifecycle import serve_forever
 
     config = load_config(args.config)
     if args.port:
         config.serve.port = args.port
-    serve_forever(config)
+    serve_forever(config, stop)
     return 0
 
 

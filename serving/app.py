@@ -13,6 +13,7 @@ report  `rayft serve` prints the URL and the served names, then runs until SIGTE
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from rayft.serving.drain import DrainBoard
 from rayft.serving.engine import EngineServer
 from rayft.serving.ingress import OpenAIServer
 from rayft.serving.routing import ServedBase, default_base_name
+from rayft.serving.startup import PhaseClock
 from rayft.vllm_setup import VLLM_ENV
 
 APP_NAME = "rayft"
@@ -219,25 +221,41 @@ def build_app(
     ).bind(engine, base, serve_config, keys, projects, str(registry.path), runner, paths)
 
 
-def start(config: RayftConfig, base: ServedBase | None = None) -> str:
+def start(
+    config: RayftConfig,
+    base: ServedBase | None = None,
+    clock: PhaseClock | None = None,
+    before: Callable[[str], None] = lambda phase: None,
+) -> str:
     """Start the app for `config` (and its `base`, resolved here when not given) on Ray Serve;
-    returns once it answers, with its base URL."""
+    returns once it answers, with its base URL. Each phase is timed on `clock`, and `before(phase)`
+    runs first: `rayft serve` takes SIGTERM back from Ray there, and stops start-up when one came."""
     from rayft.runtime import ensure_ray
 
-    ensure_ray(log_to_driver=False)  # the replicas' chatter goes to Ray's session logs, not the console
-    DrainBoard(APP_NAME).clear()  # a drain flag left by an earlier server on this cluster
-    direct = direct_ingress_env(config.serve)
-    serve.start(
-        http_options={"host": config.serve.host, "port": config.serve.port},
-        controller_options={"runtime_env": {"env_vars": direct}} if direct else None,
-    )
-    cpus = ray.cluster_resources().get("CPU")
-    app = build_app(config, registry_node=ray.util.get_node_ip_address(), base=base, cluster_cpus=cpus)
-    handle = serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
-    for ref in config.serve.adapters:
-        response = handle.load_adapter_by_ref.remote(ref).result()
-        if response:
-            raise ValueError(f"serve.adapters: {response}")
+    clock = clock or PhaseClock()
+    before("ray")
+    with clock.phase("ray"):
+        ensure_ray(log_to_driver=False)  # the replicas' chatter goes to Ray's session logs, not the console
+    before("serve")
+    with clock.phase("serve"):
+        DrainBoard(APP_NAME).clear()  # a drain flag left by an earlier server on this cluster
+        direct = direct_ingress_env(config.serve)
+        serve.start(
+            http_options={"host": config.serve.host, "port": config.serve.port},
+            controller_options={"runtime_env": {"env_vars": direct}} if direct else None,
+        )
+    before("replicas")
+    with clock.phase("replicas (engine and ingress)"):
+        cpus = ray.cluster_resources().get("CPU")
+        app = build_app(config, registry_node=ray.util.get_node_ip_address(), base=base, cluster_cpus=cpus)
+        handle = serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
+    for name, seconds in handle.engine_startup.remote().result():
+        clock.add(f"  engine: {name.strip()}" if not name.startswith("  ") else f"    {name.strip()}", seconds)
+    with clock.phase("adapters (serve.adapters)"):
+        for ref in config.serve.adapters:
+            response = handle.load_adapter_by_ref.remote(ref).result()
+            if response:
+                raise ValueError(f"serve.adapters: {response}")
     return f"http://{config.serve.host}:{config.serve.port}"
 
 

@@ -1,17 +1,24 @@
-"""`rayft serve CONFIG` as a process: start, say where, run until told to stop, drain, exit 0.
+"""`rayft serve CONFIG` as a process: start, say where and where start-up went, run until told to
+stop, drain, exit 0.
 
 SIGTERM (how Kubernetes stops a pod) and SIGINT (Ctrl-C, which a terminal sends to the whole
 process group; Ray's own processes block it) both start a drain (`drain.py`): every ingress replica
 answers new requests with 503 and Retry-After, the requests in flight get up to
 `serve.shutdown_grace_s` to finish, then Serve and the process's Ray stop and the process exits 0
-with one line saying how it ended. Ray's driver would otherwise turn SIGTERM into an abrupt exit.
+with one line saying how it ended. rayft's handlers are installed when the process starts, and
+taken back after Ray starts (Ray's driver installs its own, which exits 1 with a native stack dump),
+before anything is deployed, so the endpoint never answers without them. A signal during start-up
+stops start-up at the next phase (before Serve deploys anything: no request can be in flight), or,
+once the app is deployed, drains as above; a signal that reaches Ray's handler while Ray itself
+starts ends that start, and the process still exits 0 with its line.
 """
 
 from __future__ import annotations
 
-import signal
-import threading
+import contextlib
 import time
+
+import psutil
 
 from rayft.config import RayftConfig
 from rayft.registry import Registry
@@ -19,8 +26,8 @@ from rayft.serving.app import APP_NAME, reservations, served_base, shutdown, sta
 from rayft.serving.auth import KeyCheck, admin_keys, api_keys
 from rayft.serving.drain import DrainBoard
 from rayft.serving.routing import ServedBase
-
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+from rayft.serving.startup import PhaseClock, breakdown
+from rayft.serving.stop_signals import StoppedDuringStartup, StopSignals
 
 
 def announce(config: RayftConfig, url: str, base: ServedBase) -> None:
@@ -45,24 +52,6 @@ def announce(config: RayftConfig, url: str, base: ServedBase) -> None:
         print(f"note: {note}", flush=True)
 
 
-def wait_for_stop_signal() -> str:
-    """Block until SIGTERM or SIGINT arrives; its name."""
-    received: list[str] = []
-    arrived = threading.Event()
-
-    def stop(signum, _frame) -> None:
-        received.append(signal.Signals(signum).name)
-        arrived.set()
-
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, stop)
-    while not arrived.wait(1.0):
-        pass
-    for signum in STOP_SIGNALS:  # a second signal while draining changes nothing
-        signal.signal(signum, signal.SIG_IGN)
-    return received[0]
-
-
 def drain_and_stop(config: RayftConfig) -> dict[str, int]:
     """Refuse new requests, let those in flight finish within the grace period, stop Serve; returns
     the requests each replica still had when the grace ran out (none when all finished)."""
@@ -74,16 +63,38 @@ def drain_and_stop(config: RayftConfig) -> dict[str, int]:
     return left
 
 
-def serve_forever(config: RayftConfig) -> None:
-    """Start the app, say where and what it serves, and drain and stop on SIGTERM or Ctrl-C."""
+def serve_forever(config: RayftConfig, stop: StopSignals | None = None) -> None:
+    """Start the app, say where, what it serves and where start-up went, and drain and stop on
+    SIGTERM or Ctrl-C, including one that comes during start-up."""
     import ray
 
-    base = served_base(config, Registry())
-    url = start(config, base)
+    stop, clock = stop or StopSignals(), PhaseClock()
+    clock.add("python and imports", time.time() - psutil.Process().create_time())
+    try:
+        with clock.phase("registry and base"):
+            base = served_base(config, Registry())
+        url = start(config, base, clock, before=stop.before)
+    except (StoppedDuringStartup, SystemExit) as stopped:  # SystemExit: Ray's handler, while Ray started
+        name = stopped.args[0] if isinstance(stopped, StoppedDuringStartup) else "SIGTERM"
+        shutdown_quietly()
+        print(f"rayft serve: stopped on {name} during start-up, before serving anything", flush=True)
+        return
     announce(config, url, base)
-    name = wait_for_stop_signal()
+    print(f"started in {clock.total():.1f} s:\n{breakdown(clock.phases)}", flush=True)
+    name = stop.wait()
     started = time.monotonic()
     left = sum(drain_and_stop(config).values())
     ray.shutdown()
     ended = "every request in flight finished" if not left else f"{left} requests were cut off"
     print(f"rayft serve: stopped on {name} after draining for {time.monotonic() - started:.1f} s; {ended}", flush=True)
+
+
+def shutdown_quietly() -> None:
+    """Stop whatever start-up had started: Serve, then this process's Ray."""
+    import ray
+
+    with contextlib.suppress(Exception):
+        if ray.is_initialized():
+            shutdown()
+    with contextlib.suppress(Exception):
+        ray.shutdown()

@@ -22,9 +22,12 @@ def free_port() -> int:
 
 
 class ServeProcess:
-    """Returns once the server printed its log path and its "rayft serving" line (it answers then)."""
+    """Returns once the server printed its log path and its "rayft serving" line (it answers then),
+    or at once with `wait=False`."""
 
-    def __init__(self, config: dict, folder: Path, env: dict[str, str], start_timeout_s: float = 240):
+    def __init__(
+        self, config: dict, folder: Path, env: dict[str, str], start_timeout_s: float = 240, wait: bool = True
+    ):
         self.port = config["serve"]["port"]
         path = folder / "serve.yaml"
         path.write_text(yaml.safe_dump(config))
@@ -39,6 +42,9 @@ class ServeProcess:
         )
         self.lines: queue.Queue = queue.Queue()
         threading.Thread(target=lambda: [self.lines.put(line) for line in self.process.stdout], daemon=True).start()
+        self.printed: list[str] = []
+        if not wait:
+            return
         try:
             self.printed = [self.next_line(start_timeout_s), self.next_line(start_timeout_s)]
         except queue.Empty:

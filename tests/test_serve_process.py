@@ -1,7 +1,8 @@
 """`rayft serve CONFIG` as a real process stopped the way operators stop it: SIGTERM (Kubernetes) drains
-(new requests 503 with Retry-After, the ones in flight finish) and exits 0 with one line; Ctrl-C, a
-SIGINT to the whole process group, does the same. The process starts its own Ray, so this module
-stops the session's first (one Ray cluster at a time)."""
+(new requests 503 with Retry-After, the ones in flight finish) and exits 0 with one line, from the
+first moment the endpoint answers; during start-up it stops start-up and exits 0; Ctrl-C, a SIGINT
+to the whole process group, does the same. The process starts its own Ray, so this module stops the
+session's first (one Ray cluster at a time)."""
 
 import os
 import signal
@@ -30,14 +31,33 @@ def no_session_ray():
 class Server(ServeProcess):
     """The tiny base served by a `rayft serve` process that waits up to a minute for requests in flight."""
 
-    def __init__(self, tiny_model: str, folder):
+    def __init__(self, tiny_model: str, folder, wait: bool = True):
         port = free_port()
         config = {
             "name": "proc",
             "model": {"base": tiny_model},
             "serve": {"port": port, "max_model_len": 1024, "shutdown_grace_s": 60},
         }
-        super().__init__(config, folder, {"RAYFT_API_KEYS": KEY})
+        super().__init__(config, folder, {"RAYFT_API_KEYS": KEY}, wait=wait)
+
+    def first_answer(self, timeout_s: float = 240) -> None:
+        """Wait until the endpoint first answers `/v1/models` (before the "rayft serving" line)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, "rayft serve ended before it answered"
+            try:
+                if httpx.get(self.url + "/v1/models", headers=AUTH, timeout=5).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError("rayft serve never answered")
+
+    def log_text(self) -> str:
+        """What Ray and the libraries printed (the log file named on the first line)."""
+        from pathlib import Path
+
+        return Path(next(line for line in self.printed if line.startswith("log: "))[5:]).read_text(errors="replace")
 
 
 def stream(url: str, started: threading.Event) -> dict:
@@ -87,15 +107,18 @@ def slow_upload(url: str, started: threading.Event, seconds: float) -> httpx.Res
 
 
 def test_sigterm_drains_requests_in_flight_refuses_new_ones_and_exits_0(tiny_model, tmp_path):
-    server = Server(tiny_model, tmp_path)
+    """SIGTERM the moment the endpoint first answers, before `rayft serve` has said it is serving
+    (it was caught by Ray's own handler there once: exit 1, a native stack dump, requests cut off)."""
+    server = Server(tiny_model, tmp_path, wait=False)
     try:
+        server.first_answer()
         uploading, streaming = threading.Event(), threading.Event()
         with ThreadPoolExecutor(2) as pool:
             slow = pool.submit(slow_upload, server.url, uploading, 8.0)
             long = pool.submit(stream, server.url, streaming)
             assert uploading.wait(60) and streaming.wait(60)
             os.kill(server.process.pid, signal.SIGTERM)  # as Kubernetes stops a pod
-            refused, deadline = None, time.monotonic() + 5
+            refused, deadline = None, time.monotonic() + 30
             while refused is None and time.monotonic() < deadline:
                 probe = httpx.get(server.url + "/health", timeout=30)
                 refused = probe if probe.status_code == 503 else None
@@ -109,6 +132,23 @@ def test_sigterm_drains_requests_in_flight_refuses_new_ones_and_exits_0(tiny_mod
         assert server.finish(120) == 0
         assert server.printed[-1].startswith("rayft serve: stopped on SIGTERM after draining for")
         assert server.printed[-1].endswith("every request in flight finished"), server.printed
+        assert "SIGTERM received" not in server.log_text()  # Ray's native handler never ran
+    finally:
+        server.kill()
+
+
+@pytest.mark.parametrize("after_s", [0.0, 2.5, 5.0])
+def test_sigterm_during_start_up_stops_it_and_exits_0(tiny_model, tmp_path, after_s):
+    """At once (imports), and a few seconds in (Ray or Serve starting, wherever that lands on this
+    machine): start-up stops, Ray with it, and the process exits 0 saying so."""
+    server = Server(tiny_model, tmp_path, wait=False)
+    try:
+        server.printed.append(server.next_line(60))  # the log line: the process is running rayft
+        time.sleep(after_s)
+        os.kill(server.process.pid, signal.SIGTERM)
+        assert server.finish(120) == 0, server.printed
+        assert server.printed[-1].startswith("rayft serve: stopped on SIGTERM"), server.printed
+        assert "SIGTERM received" not in server.log_text()
     finally:
         server.kill()
 
