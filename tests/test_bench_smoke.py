@@ -11,7 +11,8 @@ that run their own cluster, after every test on the session's Ray (conftest.run_
 cluster at a time. The multi-node bench's training part runs in test_multinode.py, on that module's
 nodes (a second three-node cluster here would cost two minutes for the same code). The benches'
 own modules run inside them: train_loop.py, train_overhead.py and trl_side.py in the training
-bench; serve_common.py, serve_structured.py and serve_limits.py in the serving bench.
+bench; serve_common.py, serve_structured.py and serve_limits.py in the serving bench, serve_common.py
+in the adapter-scale bench too.
 """
 
 from __future__ import annotations
@@ -135,3 +136,29 @@ def test_the_serving_bench_runs_every_part(no_session_ray, tmp_path):
     assert structured["models"] == ["base", "a0", "a1"] and structured["schema_answers"] == 8
     assert structured["share_valid_allowing_control_characters"] == 1.0  # the grammar holds every answer
     assert structured["ratio_tok_s_with_schema_over_without"] > 0
+
+
+@pytest.mark.ray
+@pytest.mark.vllm
+@pytest.mark.timeout(240)
+def test_the_adapter_scale_bench_answers_every_request_with_its_own_adapter(no_session_ray, tmp_path):
+    report = run_bench("adapter_scale.py", tmp_path, 200)
+    scale = report["scale"]
+    assert (scale["n"], scale["max_cpu_loras"]) == (12, 4)  # more adapters than the server keeps
+    # answered, or refused because every adapter slot had requests in flight: never failed
+    assert set(report["by_status"]) <= {"200", "503 adapter_slots_busy"} and report["client_failures"] == 0
+    answered = report["by_status"]["200"]
+    assert answered > 0 and report["answers_checked"] == answered
+    assert report["wrong_answers"] == 0
+    # the check has teeth: the adapters asked for answer differently from each other
+    assert report["distinct_expected_answers"] > 1 and report["adapters_answered"] > scale["max_cpu_loras"]
+    server = report["server"]
+    assert server["metrics_missing"] == []
+    # every adapter was loaded once at least, from storage or the disk tier; some were loaded again
+    assert sum(server["loads"].values()) >= report["adapters_answered"]
+    assert server["first_token"]["cold"]["count"] > 0 and server["first_token"]["warm"]["count"] > 0
+    assert server["first_token"]["cold"]["count"] + server["first_token"]["warm"]["count"] == answered
+    memory = report["engine_memory"]
+    assert memory["cycles"] == 20 and memory["failed_cycles"] == 0 and memory["rss_before_mb"] > 0
+    goals = {"no_5xx", "no_wrong_answers", "cold_p95_within_3x_warm", "rss_growth_under_5_percent"}
+    assert set(report["goals"]) == goals
