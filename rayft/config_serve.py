@@ -116,6 +116,12 @@ class ServeConfig(Section):
     adapters: list[str] = Field(default_factory=list, description="registry refs loaded at start-up")
     max_loras: int = Field(4, gt=0, description="distinct adapters in one batch")
     max_cpu_loras: int = Field(8, gt=0, description="adapters kept in host memory (LRU beyond)")
+    adapter_wait_s: float = Field(
+        30.0,
+        ge=0,
+        description="how long a request waits for an adapter slot while every slot is answering "
+        "requests, before a 503 adapter_slots_busy (0: refuse at once)",
+    )
     adapter_cache_gb: float = Field(
         20.0, gt=0, description="local disk cache of adapters fetched from object storage (LRU by bytes)"
     )

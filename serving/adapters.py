@@ -4,7 +4,8 @@ vLLM keeps at most `max_cpu_loras` adapters; adding one beyond makes it drop its
 used one, and removing an adapter that running requests still use pulls weights out from under
 them. So the engine decides here, before it calls vLLM: a new adapter takes a free slot, or the
 slot of the least recently used adapter that no request is using; when every slot is busy the
-load is refused (`AllSlotsBusy`, a 503 with Retry-After) instead of evicting. An adapter that is
+load waits for one to go idle (`serve.adapter_wait_s`), then is refused (`AllSlotsBusy`, a 503 with
+Retry-After) instead of evicting. An adapter that is
 replaced (its files changed) or unloaded while requests still use it is retired: it keeps its slot
 until they finish, and is removed at the next load or unload after that.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter, OrderedDict
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +63,7 @@ class AdapterSlots:
         self.loaded: OrderedDict[str, Adapter] = OrderedDict()  # least recently used first
         self.retired: dict[int, Adapter] = {}
         self.busy: Counter[int] = Counter()
+        self.on_idle: Callable[[], None] = lambda: None  # called when an adapter's last request ends
 
     def current(self, ref: str, digest: str) -> Adapter | None:
         """The loaded adapter `ref` if it has content `digest` (marked most recently used)."""
@@ -76,13 +79,23 @@ class AdapterSlots:
         if adapter is None:
             yield
             return
-        self.busy[adapter.lora_id] += 1
+        self.hold(adapter)
         try:
             yield
         finally:
-            self.busy[adapter.lora_id] -= 1
-            if not self.busy[adapter.lora_id]:
-                del self.busy[adapter.lora_id]
+            self.release(adapter)
+
+    def hold(self, adapter: Adapter, times: int = 1) -> None:
+        """Count `times` more uses of `adapter`: it is not evicted until each is released."""
+        if times > 0:
+            self.busy[adapter.lora_id] += times
+
+    def release(self, adapter: Adapter) -> None:
+        """One use of `adapter` ended (`on_idle` is called when it was the last)."""
+        self.busy[adapter.lora_id] -= 1
+        if not self.busy[adapter.lora_id]:
+            del self.busy[adapter.lora_id]
+            self.on_idle()
 
     def make_room(self, ref: str) -> list[Adapter]:
         """Free a slot for a (new version of) `ref`: take out its old version, retired adapters no

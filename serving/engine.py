@@ -24,7 +24,8 @@ import ray.serve
 
 from rayft import chat, storage
 from rayft.config import ServeConfig
-from rayft.serving.adapters import Adapter, AdapterError, AdapterSlots, AllSlotsBusy, check_adapter
+from rayft.serving.adapter_loader import AdapterLoader
+from rayft.serving.adapters import AdapterError, AdapterSlots, AllSlotsBusy
 from rayft.serving.fleet import ENGINE_PREFIX, FleetMetrics, cached_count
 from rayft.serving.metrics import PUBLISH_S, MetricsBoard
 from rayft.serving.startup import PhaseClock, vllm_phases
@@ -70,7 +71,9 @@ class EngineServer:
             enable_lora=True,
             max_loras=self.serve.max_loras,
             max_lora_rank=self.serve.max_lora_rank,
-            max_cpu_loras=max(self.serve.max_loras, self.serve.max_cpu_loras),
+            # headroom over the slots rayft keeps (adapters.py): if a step ever needs an adapter rayft
+            # removed, vLLM reloads it beside the others instead of evicting one the same step uses
+            max_cpu_loras=max(self.serve.max_loras, self.serve.max_cpu_loras) + self.serve.max_loras,
             max_num_seqs=self.serve.max_num_seqs,
             disable_log_stats=True,
             seed=0,
@@ -85,14 +88,11 @@ class EngineServer:
             self.max_token_chars = max(len(t) for t in tokens if t)
         self.startup = clock.phases
         self.slots = AdapterSlots(max(self.serve.max_loras, self.serve.max_cpu_loras))
-        self.loading = asyncio.Lock()  # one slot change and vLLM add/remove at a time
-        self.pending_loads: dict[tuple[str, str], asyncio.Future] = {}
-        self.cache_bytes = int(self.serve.adapter_cache_gb * 2**30)
-        self.next_lora_id = 1
         self.aborted = 0  # requests whose caller went away, aborted in vLLM
         context = ray.serve.get_replica_context()
         self.replica = ENGINE_PREFIX + context.replica_id.unique_id
         self.fleet, self.board = FleetMetrics(self.replica), MetricsBoard(context.app_name, self.replica)
+        self.loader = AdapterLoader(self.engine, self.serve, self.slots, self.fleet)
         self.publishing = asyncio.get_running_loop().create_task(self.publish())
 
     async def publish(self) -> None:
@@ -109,66 +109,17 @@ class EngineServer:
                 logger.warning("rayft serve: cannot publish the engine's adapters: %s", error)
             await asyncio.sleep(PUBLISH_S)
 
-    async def ensure_adapter(self, ref: str, uri: str, digest: str) -> Adapter:
-        """The loaded adapter `ref` with content `digest`, loading (or reloading) it if needed.
-        Concurrent requests for an adapter that is not loaded share one load. Raises AdapterError (it
-        cannot be served), ArtifactMismatch (its bytes are not the registered ones) or AllSlotsBusy
-        (no slot can be freed now)."""
-        known = self.slots.current(ref, digest)
-        if known is not None:
-            return known
-        key = (ref, digest)
-        if key not in self.pending_loads:
-            load = asyncio.ensure_future(self._load(ref, uri, digest))
-            self.pending_loads[key] = load
-            load.add_done_callback(lambda _: self.pending_loads.pop(key, None))
-        return await asyncio.shield(self.pending_loads[key])  # a caller hanging up does not cancel the load
-
-    async def _load(self, ref: str, uri: str, digest: str) -> Adapter:
-        """Fetch and verify off the event loop (other adapters' loads and every request go on), then
-        take a slot and hand the adapter to vLLM, one adapter at a time."""
-        from vllm.lora.request import LoRARequest
-
-        started = time.perf_counter()
-        try:
-            fetched = await asyncio.to_thread(storage.fetch_verified, uri, digest, ref, self.cache_bytes)
-            check_adapter(str(fetched.path), self.serve.max_lora_rank)
-        except storage.ArtifactMismatch:
-            raise
-        except Exception as error:  # AdapterError, or the artifact cannot be fetched
-            raise AdapterError(f"adapter {ref!r} cannot be loaded: {error}") from None
-        local = str(fetched.path)
-        async with self.loading:
-            gone = self.slots.make_room(ref)
-            await self._remove(gone)  # before adding: vLLM would evict by itself
-            adapter = Adapter(ref, uri, digest, self.next_lora_id, local, chat.artifact_template(local))
-            self.next_lora_id += 1  # ids are never reused: vLLM caches weights (and prefixes) by id
-            try:
-                await self.engine.add_lora(LoRARequest(ref, adapter.lora_id, local))
-            except Exception as error:  # vLLM raises plain exceptions for adapters it cannot use
-                raise AdapterError(f"adapter {ref!r} cannot be loaded: {error}") from None
-            self.slots.add(adapter)
-        self.fleet.loaded(fetched, time.perf_counter() - started, sum(a.ref != ref for a in gone))
-        return adapter
-
-    async def _remove(self, adapters: list[Adapter]) -> None:
-        for adapter in adapters:
-            await self.engine.remove_lora(adapter.lora_id)
-
     async def load_adapter(self, ref: str, uri: str, digest: str) -> dict | None:
         """Admin: load `ref` now; returns an {'error', 'status'} dict or None."""
         try:
-            await self.ensure_adapter(ref, uri, digest)
+            await self.loader.ensure(ref, uri, digest)
         except REFUSED as error:
             return refusal(error)
         return None
 
     async def unload_adapter(self, ref: str) -> bool:
         """Admin: drop `ref` from the engine (once requests using it finish); False when it was not loaded."""
-        async with self.loading:
-            found, gone = self.slots.unload(ref)
-            await self._remove(gone)
-        return found
+        return await self.loader.unload(ref)
 
     def describe(self) -> dict:
         """What the ingress checks requests against: the vocabulary size, and the longest token in
@@ -235,13 +186,13 @@ class EngineServer:
             if self.slots.current(adapter["ref"], adapter["digest"]) is None:
                 start = "cold"  # it waits for its adapter to load
             try:
-                loaded = await self.ensure_adapter(adapter["ref"], adapter["uri"], adapter["digest"])
+                loaded = await self.loader.ensure(adapter["ref"], adapter["uri"], adapter["digest"])
             except REFUSED as error:
                 yield refusal(error)
                 return
             lora = LoRARequest(loaded.ref, loaded.lora_id, loaded.local)
         template = loaded.chat_template if loaded and loaded.chat_template else self.base_template
-        with self.slots.in_use(loaded):  # taken with no await since ensure_adapter: it cannot be evicted
+        with self.slots.in_use(loaded):  # taken with no await since loader.ensure: it cannot be evicted
             try:  # tokenized on a worker thread: a long prompt does not hold up other requests' steps
                 use = tool_use(request, self.tokenizer, self.tool_parser, self.engine.model_config)
                 template = prompt_template(self.tokenizer, template, use)

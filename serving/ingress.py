@@ -6,14 +6,13 @@ with Retry-After; 503 while draining) → read the body up to `serve.max_request
 check every field at the edge (`validation.py`, 400 naming the field) and parse it with vLLM's
 protocol models → resolve `model` through the registry for the caller (404 for what does not exist
 and for another project's models; aliases and traffic splits included) → answer from the response
-cache, or stream the
-engine's output back as an OpenAI response or SSE chunks. Every answer names the exact version
+cache, or stream the engine's output back as an OpenAI response or SSE chunks. Every answer names the exact version
 served in `x-rayft-model`, its weights hash in `x-rayft-weights-hash`, and the cache result in
 `x-rayft-cache`. An adapter whose local files no longer hash to what the registry recorded is
 refused (503, naming the version and both hashes) before the engine sees the request; every other
 model keeps answering. Client mistakes are 4xx with an OpenAI-style error body; an engine replica
-that dies mid-request, or whose adapter slots are all answering requests, is a 503 with
-Retry-After, never a hang. A client that hangs up cancels its request down to the engine, which
+that dies mid-request, or whose adapter slots stayed busy for `serve.adapter_wait_s`, is a 503
+with Retry-After, never a hang. A client that hangs up cancels its request down to the engine, which
 aborts it in vLLM. A configured share of chat answers is recorded, PII scrubbed, in the version's
 traffic dataset (`traffic.py`). `/metrics` serves every ingress replica's series and the drift
 scores `rayft drift` recorded (`metrics.py`); `/openapi.json` every route's bodies (`api_schema.py`).

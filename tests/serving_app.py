@@ -56,6 +56,7 @@ def server(ray_cluster, tiny_model, trained_adapter, tmp_path_factory):
                 "direct_port": direct_port,
                 "max_loras": 2,
                 "max_cpu_loras": 4,
+                "adapter_wait_s": 3,  # short: test_serving waits it out
                 "max_model_len": 512,
                 "api_keys": [KEY],
                 "admin_keys": [ADMIN_KEY],

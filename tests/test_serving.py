@@ -281,9 +281,10 @@ def test_bad_adapters_are_refused_at_load_with_a_message(server, tmp_path):
     assert post_chat(server, "other").status_code == 200  # the engine is unharmed
 
 
-def test_adapters_in_use_are_never_evicted_and_a_full_engine_is_a_503(server, tmp_path):
+def test_adapters_in_use_are_never_evicted_a_fifth_waits_for_a_slot_then_is_a_503(server, tmp_path):
     """The engine holds 4 adapters (max_cpu_loras). With requests streaming on all four, a fifth
-    adapter is a 503 with Retry-After, not an eviction; once those clients hang up, it is served."""
+    adapter waits for a slot (`adapter_wait_s`, 3 s here) instead of evicting one, then is a 503 with
+    Retry-After; a fifth that is waiting when those clients hang up takes the slot and is served."""
     from rayft.registry import Registry
 
     busy = [server["support"], "other:1", *server["ab"]]
@@ -305,7 +306,7 @@ def test_adapters_in_use_are_never_evicted_and_a_full_engine_is_a_503(server, tm
                 return condition(await in_flight())
 
             async def hold(model):
-                body = question | {"model": model, "max_tokens": 200, "ignore_eos": True, "stream": True}
+                body = question | {"model": model, "max_tokens": 480, "ignore_eos": True, "stream": True}
                 async with http.stream("POST", "/v1/chat/completions", json=body, headers=BYPASS) as response:
                     async for _ in response.aiter_bytes():
                         pass
@@ -314,14 +315,17 @@ def test_adapters_in_use_are_never_evicted_and_a_full_engine_is_a_503(server, tm
             assert await until(lambda counts: all(counts.get(model) for model in busy))
             probe = question | {"model": fifth, "max_tokens": 2}  # its files are other's: bypass the cache
             refused = await http.post("/v1/chat/completions", json=probe, headers=BYPASS)
+            assert not any(stream.done() for stream in streams)  # refused while all four still streamed
             assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
             assert "adapter slots" in refused.json()["error"]["message"]
             assert set(await in_flight()) == set(busy)  # none of them was evicted
+            waiting = asyncio.create_task(http.post("/v1/chat/completions", json=probe, headers=BYPASS))
+            await asyncio.sleep(1)
+            assert not waiting.done()
             for stream in streams:
                 stream.cancel()  # the clients hang up: their requests stop counting as in flight
             await asyncio.gather(*streams, return_exceptions=True)
-            assert await until(lambda counts: not any(counts.values()))
-            served = await http.post("/v1/chat/completions", json=probe, headers=BYPASS)
+            served = await waiting
             assert served.status_code == 200 and served.headers["x-rayft-model"] == fifth
 
     asyncio.run(scenario())
