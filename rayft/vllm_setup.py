@@ -32,3 +32,19 @@ def supported_lora_rank(rank: int) -> int:
         if rank <= allowed:
             return allowed
     raise ValueError(f"LoRA rank {rank} is above vLLM's largest supported rank ({LORA_RANKS[-1]})")
+
+
+def fork_engine_core() -> None:
+    """Make vLLM fork its engine-core process rather than spawn it. vLLM's CPU platform always
+    spawns it, and the new interpreter imports torch and vLLM all over again: about 5 of the 8 s an
+    engine takes to build on a 2-core machine (bench/RESULTS.md). An engine replica has imported
+    both already, so a fork starts the core with them loaded. A fork is safe only while this process
+    has run no parallel torch operation (after one, OpenMP's threads are gone in the child and its
+    first parallel step hangs): call this before the engine is built, and run no tensor operation
+    before that. The core never calls Ray, and a forked child leaves by `os._exit`, skipping the
+    actor's exit hooks. CPU only: on a GPU vLLM's own choice stands."""
+    import multiprocessing
+
+    import vllm.v1.engine.utils as engine_utils
+
+    engine_utils.get_mp_context = lambda: multiprocessing.get_context("fork")

@@ -30,7 +30,7 @@ from rayft.serving.fleet import ENGINE_PREFIX, FleetMetrics, cached_count
 from rayft.serving.metrics import PUBLISH_S, MetricsBoard
 from rayft.serving.startup import PhaseClock, vllm_phases
 from rayft.serving.tool_use import prompt_template, read_answer, tool_use
-from rayft.vllm_setup import VLLM_ENV, engine_dtype, on_cpu
+from rayft.vllm_setup import VLLM_ENV, engine_dtype, fork_engine_core, on_cpu
 
 logger = logging.getLogger("ray.serve")
 
@@ -60,6 +60,8 @@ class EngineServer:
             from vllm.config import StructuredOutputsConfig
             from vllm.engine.arg_utils import AsyncEngineArgs
             from vllm.v1.engine.async_llm import AsyncLLM
+        if on_cpu() and os.environ.get("RAYFT_ENGINE_CORE_SPAWN") != "1":  # 1: vLLM's own spawn, as before
+            fork_engine_core()  # its process starts with torch and vLLM already imported
 
         args = AsyncEngineArgs(
             model=base,
