@@ -47,13 +47,14 @@ test: check browser
 test-fast: check browser
 	$(PY) -m pytest -m "not ray and not vllm and not multinode"
 
-# Every bench, each measuring side by side in one run (bench/RESULTS.md records them; about an hour on
+# Every bench, each measuring side by side in one run (bench/RESULTS.md records them; over an hour on
 # 2 cores). BENCH_ARGS=--smoke: each at its smallest, as `make test` runs them (tests/test_bench_smoke.py).
 BENCH_ARGS ?=
 bench: $(STAMP)
 	$(PY) bench/data_prep.py $(BENCH_ARGS)
 	$(PY) bench/train_throughput.py $(BENCH_ARGS)
 	$(PY) bench/serve_throughput.py $(BENCH_ARGS)
+	$(PY) bench/adapter_scale.py $(BENCH_ARGS)
 	$(PY) bench/multinode.py $(BENCH_ARGS)
 
 # Re-resolve the CPU profile in a scratch venv and write the lock file.

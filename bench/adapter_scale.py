@@ -22,7 +22,8 @@ buckets as Prometheus' histogram_quantile does) and from the client (send to fir
 each adapter's first request in the run, cold for certain, and the others); loads by source,
 evictions by tier, residents per tier, load seconds (the `rayft_adapter*` series of `GET /metrics`:
 one the server does not publish is named in `metrics_missing`, its numbers null); the RSS of the
-engine replica (the process whose command line names `ServeReplica:rayft:engine`).
+engine replica (the process whose command line names `ServeReplica:rayft:engine`) with its children,
+vLLM's engine core among them, where the adapters' weights live.
 
 Goals: 0 5xx, 0 wrong answers, cold p95 / warm p95 <= 3 (server side), RSS growth < 5% over the
 cycles; `goals` in the report says which hold.
@@ -44,6 +45,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from prom_series import histogram_quantile, scrape, total
 from serve_common import FULL, SMOKE, build_models, served
 
 from rayft.serving.metrics import PUBLISH_S
@@ -187,45 +189,6 @@ async def traffic(url: str, scale: Scale) -> list[Answer]:
     return answers
 
 
-def scrape(url: str) -> list[tuple[str, dict, float]]:
-    """Every sample of `GET /metrics`: (name, labels, value)."""
-    import httpx
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = httpx.get(f"{url}/metrics", timeout=60).raise_for_status().text
-    return [(s.name, s.labels, s.value) for f in text_string_to_metric_families(text) for s in f.samples]
-
-
-def total(samples: list, name: str, **labels: str) -> float:
-    """The sum of `name` over the samples with `labels` (over replicas, and any other label)."""
-    return sum(v for n, ls, v in samples if n == name and all(ls.get(k) == x for k, x in labels.items()))
-
-
-def buckets(samples: list, name: str, **labels: str) -> dict[float, float]:
-    """Cumulative counts of histogram `name` by upper bound, summed over the samples with `labels`."""
-    counts: dict[float, float] = {}
-    for n, ls, v in samples:
-        if n == f"{name}_bucket" and all(ls.get(k) == x for k, x in labels.items()):
-            counts[float(ls["le"])] = counts.get(float(ls["le"]), 0) + v
-    return counts
-
-
-def histogram_quantile(before: list, after: list, name: str, q: float, **labels: str) -> float | None:
-    """The q-quantile of histogram `name` between two scrapes, linear within its bucket (as
-    Prometheus' histogram_quantile); None without observations."""
-    earlier, later = buckets(before, name, **labels), buckets(after, name, **labels)
-    bounds = sorted(later)
-    counts = [later[b] - earlier.get(b, 0) for b in bounds]
-    if not counts or counts[-1] <= 0:
-        return None
-    rank, lower, below = q * counts[-1], 0.0, 0.0
-    for bound, count in zip(bounds, counts):
-        if count >= rank:
-            return lower if bound == float("inf") else lower + (bound - lower) * (rank - below) / (count - below)
-        lower, below = bound, count
-    return lower
-
-
 def adapter_series(before: list, after: list) -> dict:
     """Loads by source, evictions by tier, residents per tier at the end, load and first-token
     times (cold/warm) between the scrapes `before` and `after`."""
@@ -264,13 +227,16 @@ def adapter_series(before: list, after: list) -> dict:
 
 
 def engine_rss() -> int:
-    """Resident bytes of the engine replica's process."""
+    """Resident bytes of the engine replica's process and its children (vLLM's engine core, which
+    holds the adapters' weights, is one: forked from the replica, its command line starts as the
+    replica's)."""
     import psutil
 
     found = [p for p in psutil.process_iter(["cmdline"]) if ENGINE_PROCESS in " ".join(p.info["cmdline"] or [])]
-    if len(found) != 1:
-        raise RuntimeError(f"expected one process named {ENGINE_PROCESS!r}, found {len(found)}")
-    return found[0].memory_info().rss
+    replicas = [p for p in found if p.ppid() not in {q.pid for q in found}]
+    if len(replicas) != 1:
+        raise RuntimeError(f"expected one process named {ENGINE_PROCESS!r}, found {len(replicas)}")
+    return sum(p.memory_info().rss for p in [replicas[0], *replicas[0].children(recursive=True)])
 
 
 def cycles(url: str, scale: Scale) -> dict:

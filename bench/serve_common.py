@@ -1,6 +1,6 @@
-"""What the serving benches share (serve_throughput.py and its parts serve_structured.py and
-serve_limits.py): the workload's sizes, the bench model with its random adapters, the prompts, and
-`rayft serve` as its own process."""
+"""What the serving benches share (serve_throughput.py and its parts serve_structured.py,
+serve_limits.py and serve_vllm.py): the workload's sizes, the bench model with its random adapters,
+the prompts, `rayft serve` as its own process, and the HTTP load generator."""
 
 from __future__ import annotations
 
@@ -30,13 +30,16 @@ class Workload:
     latency_requests: int  # sequential cache hits and /health calls
     small_requests: int  # small requests per p99 (limits part)
     rounds: int  # rounds of the limits and structured parts
+    versus_rounds: int  # rounds of rayft's server against vLLM's own (http part)
     big_prompt_rates: tuple[int, ...]  # hostile streams: refused prompts per second
     refusals: int  # 60 MB bodies refused, per way of sending
     one_server: bool  # every HTTP part on one `rayft serve` (a start costs ~30 s here), not each on its own
+    startup_rounds: int  # start-up part: rounds of fresh starts
+    startup_sides: tuple[str, ...]  # start-up part: how vLLM's engine core starts (serve_startup.py)
 
 
-FULL = Workload("bench", 8, 64, 64, 5, 16, 16, 2, 200, 300, 3, (5, 10), 3, one_server=False)
-SMOKE = Workload("test", 2, 8, 8, 1, 4, 2, 1, 5, 10, 1, (5,), 1, one_server=True)
+FULL = Workload("bench", 8, 64, 64, 5, 16, 16, 2, 200, 300, 3, 4, (5, 10), 3, False, 3, ("fork", "spawn"))
+SMOKE = Workload("test", 2, 8, 8, 1, 4, 2, 1, 5, 10, 1, 1, (5,), 1, True, 1, ("fork",))
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,7 @@ class Served:
     url: str
     direct_url: str | None  # the ingress replica's own port (serve.direct_port), when set
     first_token_s: float  # from the process's start (its own local Ray's start included) to its first token
+    pid: int  # its process: every process it started (Ray's, vLLM's) is a descendant
 
 
 @contextmanager
@@ -57,7 +61,7 @@ def served(folder: Path, name: str, base: str, settings: dict, env: dict) -> Ite
     try:
         first_token_s = wait_for_first_token(url, "base", started, server)
         direct = settings.get("direct_port")
-        yield Served(url, f"http://127.0.0.1:{direct}" if direct else None, first_token_s)
+        yield Served(url, f"http://127.0.0.1:{direct}" if direct else None, first_token_s, server.pid)
     finally:
         stop_server(server, url)
 
@@ -139,20 +143,62 @@ def stop_server(server: subprocess.Popen, url: str) -> None:
         time.sleep(1)
 
 
-def wait_for_first_token(url: str, model: str, started: float, server: subprocess.Popen) -> float:
+def wait_for_first_token(
+    url: str, model: str, started: float, server: subprocess.Popen, log: Path | None = None
+) -> float:
     """Seconds from `started` to the server's first completion token; fails at once if the server
-    process ends first, and after 600 s."""
+    process ends first (its output in `log`, by default beside `rayft serve`'s config), and after 600 s."""
     import httpx
 
     body = {"model": model, "prompt": "Hello", "max_tokens": 1}
+    log = log or Path(server.args[-1]).with_suffix(".log")
     while time.perf_counter() - started < 600:
         if server.poll() is not None:
-            log = Path(server.args[-1]).with_suffix(".log")
-            raise RuntimeError(f"rayft serve exited with {server.returncode} before its first token; its output: {log}")
+            raise RuntimeError(f"{server.args[:4]} exited with {server.returncode} before its first token; see {log}")
         try:
             if httpx.post(f"{url}/v1/completions", json=body, timeout=30).status_code == 200:
                 return time.perf_counter() - started
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
-    raise RuntimeError("rayft serve gave no token within 600 s")
+    raise RuntimeError(f"{url} gave no token within 600 s")
+
+
+def http_rate(url: str, texts: list[str], models: list[str], w: Workload) -> float:
+    """Output tokens/s of `w.http_waves` waves of `w.prompts` completion requests, all in flight (one
+    asyncio client, so the load generator itself takes little CPU from the server), after a warm-up
+    wave; the response cache is bypassed."""
+    import asyncio
+
+    import httpx
+
+    async def run() -> float:
+        limits = httpx.Limits(max_connections=w.prompts, max_keepalive_connections=w.prompts)
+        async with httpx.AsyncClient(limits=limits, timeout=600) as client:
+
+            async def ask(i: int) -> int:
+                body = {
+                    "model": models[i % w.prompts],
+                    "prompt": texts[i % w.prompts],
+                    "max_tokens": w.new_tokens,
+                    "ignore_eos": True,
+                    "temperature": 0,
+                }
+                response = await client.post(f"{url}/v1/completions", json=body, headers={"x-rayft-cache": "bypass"})
+                response.raise_for_status()
+                return response.json()["usage"]["completion_tokens"]
+
+            async def wave(n: int) -> int:
+                queue = iter(range(n))
+
+                async def worker() -> int:
+                    return sum([await ask(i) for i in queue])
+
+                return sum(await asyncio.gather(*(worker() for _ in range(w.prompts))))
+
+            await wave(w.prompts)  # warm-up
+            started = time.perf_counter()
+            tokens = await wave(w.http_waves * w.prompts)
+            return tokens / (time.perf_counter() - started)
+
+    return asyncio.run(run())

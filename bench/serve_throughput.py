@@ -3,10 +3,14 @@ transformers+peft, and the HTTP endpoint (start-up, mixed traffic, response-cach
 
     python bench/serve_throughput.py                 # everything (about 20 minutes on 2 cores)
     python bench/serve_throughput.py --part engine   # issue 8: ops plugin off/on, peft baselines
-    python bench/serve_throughput.py --part http     # issue 5: rayft serve over HTTP
+    python bench/serve_throughput.py --part http     # issue 5: rayft serve over HTTP; issue 30: beside
+                                                     # vLLM's own OpenAI server (serve_vllm.py)
+    python bench/serve_throughput.py --part http --vllm-multiprocessing  # and vLLM's server as it runs by default
     python bench/serve_throughput.py --part limits   # issue 18: small requests beside refused 2 MB ones;
                                                      # what refusing a 60 MB body costs (issue 27)
     python bench/serve_throughput.py --part structured  # issue 28: response_format json_schema (serve_structured.py)
+    python bench/serve_throughput.py --part startup  # issue 30: start to first adapter token, engine core
+                                                     # forked and spawned (serve_startup.py)
     python bench/serve_throughput.py --smoke         # every part at its smallest, the HTTP ones on one server
                                                      # (make test: tests/test_bench_smoke.py); numbers mean nothing
 
@@ -30,9 +34,11 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from serve_common import FULL, SMOKE, Served, Workload, build_models, prompts, register_adapters, served
+from serve_common import FULL, SMOKE, Served, Workload, build_models, http_rate, prompts, register_adapters, served
 from serve_limits import limits_part
+from serve_startup import startup_part
 from serve_structured import structured_part
+from serve_vllm import Versus, versus_vllm
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
@@ -187,9 +193,10 @@ def http_settings(w: Workload) -> dict:
     }
 
 
-def http_part(server: Served, base: str, naive_rate: float | None, w: Workload) -> dict:
+def http_part(server: Served, base: str, naive_rate: float | None, w: Workload, versus: Versus) -> dict:
     """On `server` (with a direct port; its adapters registered as a0, a1, ...): mixed traffic,
-    response-cache hits and `/health`, through the proxy and on the direct port."""
+    response-cache hits and `/health`, through the proxy and on the direct port; then one adapter's
+    traffic beside vLLM's own OpenAI server (`serve_vllm.py`)."""
     import httpx
     from transformers import AutoTokenizer
 
@@ -201,7 +208,7 @@ def http_part(server: Served, base: str, naive_rate: float | None, w: Workload) 
         "one_adapter": ["a0"] * w.prompts,
         "mixed_8_and_base": ["base" if a is None else f"a{a}" for a in assignment("mixed_8_and_base", w)],
     }
-    rates = {name: _http_rate(server.url, texts, names, w) for name, names in models.items()}
+    rates = {name: http_rate(server.url, texts, names, w) for name, names in models.items()}
     latencies = _latencies(server.url, w.latency_requests)
     direct = _latencies(server.direct_url, w.latency_requests)
     result = {
@@ -215,46 +222,13 @@ def http_part(server: Served, base: str, naive_rate: float | None, w: Workload) 
     }
     if naive_rate:
         result["ratios"]["rayft http mixed / peft one request at a time"] = rates["mixed_8_and_base"] / naive_rate
+    result["versus_vllm"] = versus_vllm(server, texts, w, versus)
+    side = result["versus_vllm"]["ratio_to_vllm (within each round, median over rounds)"]
+    result["ratios"] |= {
+        "rayft_http/vllm_http (proxy)": side["rayft_proxy"],
+        "rayft_http/vllm_http (direct port)": side["rayft_direct"],
+    }
     return result
-
-
-def _http_rate(url: str, texts: list[str], models: list[str], w: Workload) -> float:
-    """Output tokens/s of `w.http_waves` waves of `w.prompts` completion requests, all in flight (one
-    asyncio client, so the load generator itself takes little CPU from the server)."""
-    import asyncio
-
-    import httpx
-
-    async def run() -> float:
-        limits = httpx.Limits(max_connections=w.prompts, max_keepalive_connections=w.prompts)
-        async with httpx.AsyncClient(limits=limits, timeout=600) as client:
-
-            async def ask(i: int) -> int:
-                body = {
-                    "model": models[i % w.prompts],
-                    "prompt": texts[i % w.prompts],
-                    "max_tokens": w.new_tokens,
-                    "ignore_eos": True,
-                    "temperature": 0,
-                }
-                response = await client.post(f"{url}/v1/completions", json=body, headers={"x-rayft-cache": "bypass"})
-                response.raise_for_status()
-                return response.json()["usage"]["completion_tokens"]
-
-            async def wave(n: int) -> int:
-                queue = iter(range(n))
-
-                async def worker() -> int:
-                    return sum([await ask(i) for i in queue])
-
-                return sum(await asyncio.gather(*(worker() for _ in range(w.prompts))))
-
-            await wave(w.prompts)  # warm-up
-            started = time.perf_counter()
-            tokens = await wave(w.http_waves * w.prompts)
-            return tokens / (time.perf_counter() - started)
-
-    return asyncio.run(run())
 
 
 def _latencies(url: str, n: int) -> dict[str, list[float]]:
@@ -280,7 +254,7 @@ SERVER_PARTS = ("http", "limits", "structured")
 
 
 def server_parts(
-    parts: list[str], base: str, adapters: list[str], folder: Path, naive: float | None, w: Workload
+    parts: list[str], base: str, adapters: list[str], folder: Path, naive: float | None, w: Workload, vllm_mp: bool
 ) -> dict:
     """The parts measured over HTTP, each on a `rayft serve` of its own settings (P7 first, on the
     default settings), or all on one server (`w.one_server`)."""
@@ -288,7 +262,7 @@ def server_parts(
     register_adapters(base, adapters, env)
     direct = http_settings(w) | {"direct_port": 8766}
     run = {
-        "http": lambda server: http_part(server, base, naive, w),
+        "http": lambda server: http_part(server, base, naive, w, Versus(base, adapters, folder, env, vllm_mp)),
         "limits": lambda server: limits_part(server, w),
         "structured": lambda server: structured_part(server, len(adapters), w),
     }
@@ -316,10 +290,15 @@ def server_parts(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["all", "engine", *SERVER_PARTS], default="all")
+    parser.add_argument("--part", choices=["all", "engine", *SERVER_PARTS, "startup"], default="all")
     parser.add_argument("--folder", help="where the bench model and adapters are kept (default: a temp folder)")
     parser.add_argument("--smoke", action="store_true", help="every part at its smallest (make test)")
     parser.add_argument("--out", help="also write the JSON here")
+    parser.add_argument(
+        "--vllm-multiprocessing",
+        action="store_true",
+        help="http part: also vLLM's server with VLLM_ENABLE_V1_MULTIPROCESSING=1, vLLM's default",
+    )
     args = parser.parse_args()
     w = SMOKE if args.smoke else FULL
     folder = Path(args.folder or tempfile.mkdtemp(prefix="rayft-bench-serve-"))
@@ -333,7 +312,9 @@ def main() -> None:
     naive = result.get("engine", {}).get("peft_tok_s", {}).get("one_at_a_time")
     parts = [part for part in SERVER_PARTS if args.part in ("all", part)]
     if parts:
-        result |= server_parts(parts, base, adapters, folder, naive, w)
+        result |= server_parts(parts, base, adapters, folder, naive, w, args.vllm_multiprocessing)
+    if args.part in ("all", "startup"):
+        result["startup"] = startup_part(folder, w.startup_rounds, w.startup_sides)
     print(json.dumps(result, indent=2))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2))

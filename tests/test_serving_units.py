@@ -366,3 +366,18 @@ def test_the_adapter_disk_cache_keeps_its_bound_dropping_the_least_recently_used
     assert [f.path.exists() for f in fetched] == [False, False, True]
     again = storage.fetch_verified(f"file://{folders[0]}", digests[0], cache_bytes=10_000)
     assert again.source == "storage" and (again.path / "adapter_model.safetensors").read_bytes() == bytes([0]) * 1000
+
+
+@pytest.mark.vllm
+def test_fork_engine_core_makes_vllm_fork_its_engine_core(monkeypatch):
+    """vLLM's CPU platform spawns its engine core; the engine replica makes it fork instead (the core
+    then starts with torch and vLLM imported: bench/RESULTS.md, start-up)."""
+    import vllm.v1.engine.utils as engine_utils
+
+    from rayft.vllm_setup import fork_engine_core
+
+    monkeypatch.setattr(engine_utils, "get_mp_context", engine_utils.get_mp_context)  # put back afterwards
+    monkeypatch.setenv("VLLM_WORKER_MULTIPROC_METHOD", "spawn")  # as vLLM's CPU platform sets it
+    assert engine_utils.get_mp_context().get_start_method() == "spawn"
+    fork_engine_core()
+    assert engine_utils.get_mp_context().get_start_method() == "fork"
