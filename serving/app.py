@@ -94,7 +94,7 @@ def engine_options(serve_config: ServeConfig, cpus: float | None = None) -> dict
         "ray_actor_options": {
             "num_cpus": (serve_config.cpus_per_engine or 1) if cpus is None else cpus,
             "num_gpus": 1 if serve_config.use_gpu else 0,
-            "runtime_env": {"env_vars": VLLM_ENV},
+            "runtime_env": {"env_vars": VLLM_ENV | SERVE_PATH_ENV},
         },
     }
     if serve_config.max_engines_per_node:
@@ -109,6 +109,22 @@ def engine_options(serve_config: ServeConfig, cpus: float | None = None) -> dict
             "target_ongoing_requests": serve_config.target_ongoing_requests,
         }
     return options
+
+
+# Ray Serve's request path on one event loop per Serve process (user code and a handle's router on
+# the replica's own loop, rather than a thread and a loop of their own: cross-thread hand-offs on
+# every request), no per-request log lines to stderr, the objects made at start-up kept out of the
+# garbage collector's passes. Ray Serve's RAY_SERVE_THROUGHPUT_OPTIMIZED sets these, with gRPC and
+# direct ingress, which rayft leaves as they are. Set in the controller's runtime env (the proxies
+# and replicas it starts inherit it) and the replicas', never in the process that calls serve.run:
+# its handles are used from synchronous code (bench/RESULTS.md, HTTP against vLLM's own server).
+SERVE_PATH_ENV = {
+    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+    "RAY_SERVE_LOG_TO_STDERR": "0",
+    "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
+    "RAY_SERVE_FREEZE_GC_ON_STARTUP": "1",
+}
 
 
 def direct_ingress_env(serve_config: ServeConfig) -> dict[str, str]:
@@ -208,8 +224,7 @@ def build_app(
     actor: dict = {"num_cpus": cpus.ingress}
     if registry_node:
         actor["resources"] = {f"node:{registry_node}": 0.001}
-    if serve_config.direct_port is not None:
-        actor["runtime_env"] = {"env_vars": direct_ingress_env(serve_config)}
+    actor["runtime_env"] = {"env_vars": SERVE_PATH_ENV | direct_ingress_env(serve_config)}
     # Serve queues what is over max_ongoing_requests; headroom above the ingress's own limit makes
     # the ingress answer 429 first, and leaves room for /health, /metrics and the admin routes.
     placement = {k: v for k, v in actor.items() if k == "resources"}
@@ -239,10 +254,9 @@ def start(
     before("serve")
     with clock.phase("serve"):
         DrainBoard(APP_NAME).clear()  # a drain flag left by an earlier server on this cluster
-        direct = direct_ingress_env(config.serve)
         serve.start(
             http_options={"host": config.serve.host, "port": config.serve.port},
-            controller_options={"runtime_env": {"env_vars": direct}} if direct else None,
+            controller_options={"runtime_env": {"env_vars": SERVE_PATH_ENV | direct_ingress_env(config.serve)}},
         )
     before("replicas")
     with clock.phase("replicas (engine and ingress)"):
