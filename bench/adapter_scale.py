@@ -1,7 +1,7 @@
 """Adapter scale (issue 30): many more adapters than an engine keeps, under skewed traffic.
 
     python bench/adapter_scale.py                # N=1,000 adapters, 120 s of traffic, 1,000 cycles
-    python bench/adapter_scale.py --smoke        # N=12 on the `test` model, 10 s, 8 clients, 20 cycles
+    python bench/adapter_scale.py --smoke        # N=12 on the `test` model, 6 s, 8 clients, 20 cycles
                                                  # (make test: tests/test_bench_smoke.py); numbers mean nothing
 
 N adapters (distinct weights; ranks 8 and 16 in turn) are made in seconds from one random adapter of
@@ -76,7 +76,7 @@ class Scale:
 
 
 FULL_SCALE = Scale(1000, 120, 64, 1000, 32, 4, 16, FULL.model)
-SMOKE_SCALE = Scale(12, 10, 8, 20, 4, 4, 8, SMOKE.model)
+SMOKE_SCALE = Scale(12, 6, 8, 20, 4, 4, 8, SMOKE.model)
 
 
 @dataclass
@@ -371,7 +371,7 @@ def goals(report: dict) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, help="adapters (default 1,000; --smoke: 12)")
-    parser.add_argument("--seconds", type=float, help="of traffic (default 120; --smoke: 10)")
+    parser.add_argument("--seconds", type=float, help="of traffic (default 120; --smoke: 6)")
     parser.add_argument("--clients", type=int, help="concurrent clients (default 64; --smoke: 8)")
     parser.add_argument("--cycles", type=int, help="load/unload cycles (default 1,000; --smoke: 20)")
     parser.add_argument("--folder", help="where the model and adapters are kept (default: a temp folder)")

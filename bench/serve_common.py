@@ -34,12 +34,12 @@ class Workload:
     big_prompt_rates: tuple[int, ...]  # hostile streams: refused prompts per second
     refusals: int  # 60 MB bodies refused, per way of sending
     one_server: bool  # every HTTP part on one `rayft serve` (a start costs ~30 s here), not each on its own
-    startup_rounds: int  # start-up part: rounds of fresh starts
+    startup_rounds: int  # start-up part: rounds of fresh starts (0: none; the smoke reads its one server's breakdown)
     startup_sides: tuple[str, ...]  # start-up part: how vLLM's engine core starts (serve_startup.py)
 
 
 FULL = Workload("bench", 8, 64, 64, 5, 16, 16, 2, 200, 300, 3, 4, (5, 10), 3, False, 3, ("fork", "spawn"))
-SMOKE = Workload("test", 2, 8, 8, 1, 4, 2, 1, 5, 10, 1, 1, (5,), 1, True, 1, ("fork",))
+SMOKE = Workload("test", 2, 8, 8, 1, 4, 2, 1, 5, 10, 1, 1, (5,), 1, True, 0, ())
 
 
 @dataclass(frozen=True)

@@ -37,12 +37,17 @@ def first_adapter_token(folder: Path, name: str, base: str, env: dict) -> dict:
         time.sleep(1)  # the breakdown is printed right after the app answers
     finally:
         stop_server(server, url)
-    log = (folder / f"{name}.log").read_text(errors="replace").splitlines()
-    starts = [i for i, line in enumerate(log) if line.startswith("started in")]
-    breakdown = []
-    if starts:
-        breakdown = [line.strip() for line in log[starts[0] : starts[0] + 14] if line.startswith(("started", "  "))]
-    return {"first_adapter_token_s": seconds, "breakdown": breakdown}
+    return {"first_adapter_token_s": seconds, "breakdown": breakdown(folder / f"{name}.log")}
+
+
+def breakdown(log: Path) -> list[str]:
+    """The start-up breakdown `rayft serve` printed in its output `log` ("started in ..." and the
+    indented lines after it); empty when there is none."""
+    lines = log.read_text(errors="replace").splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("started in")]
+    if not starts:
+        return []
+    return [line.strip() for line in lines[starts[0] : starts[0] + 14] if line.startswith(("started", "  "))]
 
 
 def startup_part(folder: Path, rounds: int, sides: tuple[str, ...]) -> dict:

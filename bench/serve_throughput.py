@@ -36,7 +36,7 @@ from pathlib import Path
 
 from serve_common import FULL, SMOKE, Served, Workload, build_models, http_rate, prompts, register_adapters, served
 from serve_limits import limits_part
-from serve_startup import startup_part
+from serve_startup import breakdown, startup_part
 from serve_structured import structured_part
 from serve_vllm import Versus, versus_vllm
 
@@ -277,7 +277,8 @@ def server_parts(
     results = {}
     if w.one_server:
         with served(folder, "serve-all", base, direct, env) as server:
-            return {"start_to_first_token_s": server.first_token_s} | {part: run[part](server) for part in parts}
+            results = {"start_to_first_token_s": server.first_token_s} | {part: run[part](server) for part in parts}
+        return results | {"start_breakdown": breakdown(folder / "serve-all.log")}
     if "http" in parts:  # P7: start to first token on the default serving path
         with served(folder, "serve", base, http_settings(w), env) as server:
             results["start_to_first_token_s"] = server.first_token_s
@@ -313,7 +314,7 @@ def main() -> None:
     parts = [part for part in SERVER_PARTS if args.part in ("all", part)]
     if parts:
         result |= server_parts(parts, base, adapters, folder, naive, w, args.vllm_multiprocessing)
-    if args.part in ("all", "startup"):
+    if args.part in ("all", "startup") and w.startup_rounds:
         result["startup"] = startup_part(folder, w.startup_rounds, w.startup_sides)
     print(json.dumps(result, indent=2))
     if args.out:

@@ -128,9 +128,8 @@ def test_the_serving_bench_runs_every_part(no_session_ray, tmp_path):
     http = report["http"]
     assert all(rate > 0 for rate in http["http_tok_s"].values())
     assert http["cache_hit_p50_ms"] > 0 and http["direct_cache_hit_p50_ms"] > 0
-    startup = report["startup"]  # a fresh `rayft serve` to its first adapter token, with its breakdown
-    assert startup["median_first_adapter_token_s"]["fork"] > 0
-    assert startup["runs"]["fork"][0]["breakdown"][0].startswith("started in")
+    # the start-up part's fresh starts are left to the full run; its reading of a start is checked here
+    assert "startup" not in report and report["start_breakdown"][0].startswith("started in")
     versus = http["versus_vllm"]  # one adapter through rayft's proxy, its direct port and vLLM's own server
     assert set(versus["tok_s"]) == {"vllm", "rayft_proxy", "rayft_direct"} and all(versus["tok_s"].values())
     assert versus["vllm_start_to_first_token_s"]["in_process"] > 0
