@@ -3,7 +3,9 @@ and the LoRA ranks an engine can be built for. A leaf module: it imports no stag
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
 # In-process engine core (no extra worker process: faster start, ~0.6 GiB less memory), and the CPU
 # build's KV cache size in GiB.
@@ -22,8 +24,29 @@ def on_cpu() -> bool:
     return not torch.cuda.is_available()
 
 
-def engine_dtype() -> str:
-    return "float32" if on_cpu() else "auto"
+def quantization_scheme(model: str | Path) -> str | None:
+    """The quantization scheme of a model folder's weights, read from its config.json: "w8a8" or
+    "w4a16" for compressed-tensors (`rayft quantize` writes those), the method's name for another
+    quantized checkpoint (e.g. "awq"), None for full precision or a hub id."""
+    config_path = Path(model) / "config.json"
+    if not config_path.is_file():
+        return None
+    quantization = json.loads(config_path.read_text()).get("quantization_config")
+    if not quantization:
+        return None
+    groups = list((quantization.get("config_groups") or {}).values())
+    if not groups:
+        return str(quantization.get("quant_method", "quantized"))
+    weights, activations = groups[0].get("weights") or {}, groups[0].get("input_activations") or {}
+    return f"w{weights.get('num_bits', 16)}a{activations.get('num_bits', 16)}"
+
+
+def engine_dtype(model: str | Path | None = None) -> str:
+    """The dtype vLLM runs `model` in. On CPU float32, except a quantized model: vLLM's CPU int8
+    (AMX) and int4 kernels take bfloat16 activations only."""
+    if not on_cpu():
+        return "auto"
+    return "bfloat16" if model is not None and quantization_scheme(model) else "float32"
 
 
 def supported_lora_rank(rank: int) -> int:

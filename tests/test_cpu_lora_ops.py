@@ -224,6 +224,29 @@ def test_register_swaps_the_functions_the_cpu_wrapper_calls():
     assert punica_cpu.PunicaWrapperCPU.add_lora_linear is VLLM_ADD_LORA_LINEAR
 
 
+def test_lora_on_a_layer_whose_weight_the_int8_kernel_took_over_is_placed_on_the_cpu():
+    """vLLM's CPU int8 kernel sets `layer.weight = None` after prepacking; vLLM's own lookup then
+    fails on None.device (vllm#57480) and no engine with a W8A8 base and LoRA starts. Fails with
+    vLLM's function; the plugin's answers every layer."""
+    import vllm.lora.layers.base_linear as base_linear
+    import vllm.lora.layers.utils as lora_utils
+
+    from rayft.serving.cpu_lora.lora_device import lora_device
+
+    prepacked, packed = torch.nn.Module(), torch.nn.Module()
+    prepacked.weight = None
+    packed.weight_packed = torch.nn.Parameter(torch.zeros(2, 2, dtype=torch.int32), requires_grad=False)
+    with pytest.raises(AttributeError):
+        lora_utils._get_lora_device(prepacked)
+    cpu_lora.register()
+    assert base_linear._get_lora_device is lora_device and lora_utils._get_lora_device is lora_device
+    assert lora_device(prepacked) == torch.device("cpu") and lora_device(packed) == torch.device("cpu")
+    assert lora_device(torch.nn.Linear(2, 2)) == torch.device("cpu")
+    with pytest.raises(ValueError, match="Unsupported base layer"):  # anything else: vLLM's own answer
+        lora_device(torch.nn.Module())
+    cpu_lora.unregister()
+
+
 @pytest.mark.parametrize("value", ["0", "false"])
 def test_env_var_switches_it_off(monkeypatch, value):
     monkeypatch.setenv(cpu_lora.ENV_VAR, value)

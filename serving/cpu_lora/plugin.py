@@ -9,6 +9,9 @@ platforms' wrappers. The wrapper's `add_lora_linear` method is replaced on the c
 replaced ops, when it does not apply). vLLM runs CPU models with LoRA eagerly (its CPU platform
 sets compilation mode NONE when LoRA is on), so no compiled graph keeps the old functions.
 
+It also makes LoRA work on a quantized base on CPU (`lora_device.py`: vLLM's int8 kernel leaves
+the layer's `weight` None, and vLLM's LoRA layer read its device from it).
+
 vLLM calls `register()` through the ``vllm.general_plugins`` entry point in every process that
 builds an engine (process 0 while creating the engine config, the engine core, each worker),
 before any model is loaded.
@@ -96,6 +99,12 @@ def register() -> None:
     if not current_platform.is_cpu():
         _log_once("rayft CPU LoRA ops: inactive (platform is not CPU).")
         return
+    from . import lora_device
+
+    if not lora_device.install():
+        _log_once(
+            "rayft CPU LoRA: vLLM has no _get_lora_device; LoRA on an int8 base needs AMX.", level=logging.WARNING
+        )
     targets = _targets()
     foreign = [
         name
@@ -126,6 +135,9 @@ def register() -> None:
 
 def unregister() -> None:
     """Put vLLM's original ops back (for tests, or to switch off in a running process)."""
+    from . import lora_device
+
     for (owner, name), original in _originals.items():
         setattr(owner, name, original)
     _originals.clear()
+    lora_device.uninstall()
