@@ -27,6 +27,7 @@ from rayft.home import rayft_home
 STAGE_COMMANDS = {
     "data": ["data", "prepare", "--config"],
     "train": ["train"],
+    "quantize": ["quantize", "--config"],  # rayft submit quantize C.yaml -- NAME:VERSION --scheme w8a8
     "eval": ["eval"],
     "serve": ["serve"],
 }

@@ -75,6 +75,23 @@ def build_parser() -> argparse.ArgumentParser:
     promotion.add_argument("--json", action="store_true")
     promotion.set_defaults(func=commands.cmd_promote)
 
+    quantize = subcommands.add_parser(
+        "quantize", help="store a registered full model in int8 or int4 (llm-compressor) as a new version"
+    )
+    quantize.add_argument("ref", help="the source: NAME:VERSION (or NAME:ALIAS) of a full model")
+    quantize.add_argument("--scheme", required=True, choices=["w8a8", "w4a16"])
+    quantize.add_argument(
+        "--method", default="gptq", choices=["gptq", "rtn"], help="gptq: calibrated (default); rtn: round to nearest"
+    )
+    quantize.add_argument(
+        "--calibration", help="prepared dataset folder whose train split calibrates gptq (default: --config's dataset)"
+    )
+    quantize.add_argument("--samples", type=int, default=256, help="calibration records (default 256)")
+    quantize.add_argument("--name", help="registry name of the result (default SOURCE-SCHEME)")
+    quantize.add_argument("--out", help="folder or URI for the result (default under $RAYFT_HOME/quantized)")
+    quantize.add_argument("--config", help="a rayft config: its dataset calibrates (what `rayft submit` passes)")
+    quantize.set_defaults(func=commands.cmd_quantize)
+
     registry = subcommands.add_parser("registry", help="the model registry").add_subparsers(
         dest="registry_command", required=True
     )
@@ -238,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Commands that start Ray or load torch and vLLM: their console is kept quiet (rayft.console).
-NOISY_COMMANDS = ("data", "model", "train", "eval", "serve", "quickstart", "drift")
+NOISY_COMMANDS = ("data", "model", "train", "quantize", "eval", "serve", "quickstart", "drift")
 
 
 def execute(args, errors=None) -> int:

@@ -78,6 +78,19 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_quantize(args) -> int:
+    from rayft.training.quantize import QuantizeRequest, print_result, quantize
+
+    if args.samples < 1:
+        raise ConfigError("--samples: give at least 1 calibration record")
+    calibration = args.calibration or (load_config(args.config).dataset_dir() if args.config else None)
+    request = QuantizeRequest(
+        args.ref, args.scheme, args.method, calibration, args.samples, name=args.name, out=args.out
+    )
+    print_result(quantize(request))
+    return 0
+
+
 def cmd_eval(args) -> int:
     from rayft.eval.evaluate import evaluate
     from rayft.eval.report import print_report

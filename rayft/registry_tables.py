@@ -110,12 +110,23 @@ def show(registry: Registry, ref: str, as_json: bool, extra: dict[str, str | Non
         "code revision": version.code_revision,
         "created": _when(version.created_at),
         "training": headline_metrics(version),
+        "quantization": quantization_line(version.config.get("quantization")),
         "run": version.metrics.get("run_dir"),
         "eval report": (version.eval_report or {}).get("path"),
     } | (extra or {})
     for key, value in rows.items():
         table.add_row(key, "" if value is None else str(value))
     Console().print(table)
+
+
+def quantization_line(lineage: dict | None) -> str | None:
+    """A quantized version's scheme, method, calibration and size, in one line (`rayft quantize`)."""
+    if not lineage:
+        return None
+    calibration = lineage.get("calibration")
+    how = f"{lineage['method']} on {calibration['records']} records" if calibration else lineage["method"]
+    size = f"{lineage['bytes_before'] / 2**20:.1f} → {lineage['bytes_after'] / 2**20:.1f} MiB"
+    return f"{lineage['scheme']} ({how}) of {lineage['source']}, {size}"
 
 
 def show_alias(registry: Registry, ref: str, as_json: bool) -> None:

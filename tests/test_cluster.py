@@ -18,7 +18,7 @@ import yaml
 
 from rayft import storage
 from rayft.cli import build_parser, main
-from rayft.commands import cmd_data_prepare, cmd_eval, cmd_serve, cmd_train
+from rayft.commands import cmd_data_prepare, cmd_eval, cmd_quantize, cmd_serve, cmd_train
 from rayft.config import load_config
 
 OWN_RAY_HEAD = True  # the Jobs tests run their own `ray start` head: conftest must not restart its Ray
@@ -233,6 +233,15 @@ def test_addresses_tokens_and_env_options(tmp_path, monkeypatch):
     for stage, command in commands.items():  # every stage's job runs the CLI command of that stage
         args = build_parser().parse_args(shlex.split(stage_entrypoint(stage, "c.yaml", "python", []))[3:])
         assert args.func is command and "c.yaml" in (getattr(args, "config", None), getattr(args, "target", None))
+    quantize = ["tiny:1", "--scheme", "w8a8"]  # rayft submit quantize c.yaml -- tiny:1 --scheme w8a8
+    args = build_parser().parse_args(shlex.split(stage_entrypoint("quantize", "c.yaml", "python", quantize))[3:])
+    assert (args.func, args.config, args.ref, args.scheme, args.method) == (
+        cmd_quantize,
+        "c.yaml",
+        "tiny:1",
+        "w8a8",
+        "gptq",
+    )
 
 
 def test_submit_fails_before_sending_on_a_bad_config(tmp_path, capsys):
