@@ -3,7 +3,8 @@ version it continues (its parent) and the version in production, on the test spl
 forgetting check, with a report, plots and the promotion gate's verdict.
 
 setup   resolve the candidate in the registry, its base, its parent, and the versions its gated
-        aliases (`prod`) point at now; the test split (Ray Data; preference pairs are scored on
+        aliases (`prod`) point at now (a quantized candidate: its source as the base, and its
+        source's adapters, `quantized.py`); the test split (Ray Data; preference pairs are scored on
         both replies) and the forgetting set as rows; k few-shot examples from the training split;
         which variants each engine answers
 run     vLLM engines in a Ray Data actor pool answer and score every row for each variant (an adapter
@@ -27,6 +28,8 @@ from rayft.eval.gate import gate_checks
 from rayft.eval.generate import COLUMN_TYPES, Decoding, Variant, answer_with_engines
 from rayft.eval.metrics import SCORED_TASKS, extract_label, json_label
 from rayft.eval.prompts import few_shot_examples, forgetting_records, holds_pairs, read_test_split
+from rayft.eval.quantized import ON_QUANTIZED, adapter_variants, quantization_of, source_adapters
+from rayft.eval.quantized import summarize as summarize_quantization
 from rayft.eval.report import build_report, markdown, plotted_margins
 from rayft.eval.results import EvalReport, ReportFiles
 from rayft.eval.review_report import summarize
@@ -69,12 +72,14 @@ def plan_engines(
     template: str | None,
     base_of,
     parent: ModelVersion | None = None,
+    source_adapters: list[ModelVersion] = (),
 ) -> list[tuple[str | ModelVersion, list[Variant]]]:
     """[(model, variants)] per engine. The candidate's base answers as itself and few-shot (with
     `template`, the config's chat template), and hosts an adapter candidate; the `parent` (as
     variant "parent") and every version in `current` (named by its ref) answer the test rows too,
     an adapter on its base's engine. A full version gets an engine of its own. `base_of(uri)` is
-    the engine model for a base path: its registry version, or the path itself."""
+    the engine model for a base path: its registry version, or the path itself. Each of
+    `source_adapters` (a quantized candidate's) answers on its base's engine and on the candidate's."""
     engines: dict[str, tuple[str | ModelVersion, list[Variant]]] = {}
 
     def engine(model: str | ModelVersion) -> list[Variant]:
@@ -97,6 +102,9 @@ def plan_engines(
         place(parent, Variant("parent", template=template))
     for holder in current:
         place(holder, Variant(holder.ref, template=template))
+    for adapter in source_adapters:
+        place(adapter, Variant(adapter.ref, template=template))
+        engine(version).append(Variant(adapter.ref + ON_QUANTIZED, adapter=adapter, template=template))
     return list(engines.values())
 
 
@@ -189,7 +197,9 @@ def evaluate(config: RayftConfig, candidate: str | None = None, show_progress: b
         if eval_config.task == "classification"
         else None
     )
-    examples = few_shot_examples(dataset_dir, eval_config.few_shot, eval_config.seed, label)
+    quantization = quantization_of(version)  # judged against its source, which it should match
+    adapters = source_adapters(registry, version, eval_config.quantized_adapters) if quantization else []
+    examples = [] if quantization else few_shot_examples(dataset_dir, eval_config.few_shot, eval_config.seed, label)
     in_production = {v.ref: v for v in current.values()}
     engines = plan_engines(
         version,
@@ -199,6 +209,7 @@ def evaluate(config: RayftConfig, candidate: str | None = None, show_progress: b
         config.model.chat_template,
         lambda uri: registry.find_by_artifact(uri) or uri,
         parent,
+        adapters,
     )
     check_local_artifacts(engines)
     decoding = Decoding(
@@ -219,7 +230,7 @@ def evaluate(config: RayftConfig, candidate: str | None = None, show_progress: b
 
     # report
     variants = ["base"] + (["few_shot"] if examples else []) + ["candidate"] + (["parent"] if parent else [])
-    variants += list(in_production)
+    variants += list(in_production) + adapter_variants(adapters)
     report = build_report(
         table,
         version,
@@ -230,6 +241,10 @@ def evaluate(config: RayftConfig, candidate: str | None = None, show_progress: b
         current,
         parent,
     )
+    if quantization:
+        report = report.model_copy(
+            update={"quantization": summarize_quantization(table, report, quantization, adapters)}
+        )
     holders = {f"{version.name}:{alias}": holder for alias, holder in current.items()}
     human = summarize(FeedbackStore(registry.path), version)
     report = report.model_copy(

@@ -8,7 +8,8 @@ answer rate on the forgetting set drops no more than allowed (and, when a limit 
 perplexity there rises no more), and (7) it is not worse than the version the alias points at now,
 beyond `regression_tolerance`, on the same test split; and, when `min_human_win_rate` is set, (8)
 reviewers prefer it over that version (or the base, when the alias points at none yet) at least
-that often in at least `min_human_judgments` judgments (`review_report.py`).
+that often in at least `min_human_judgments` judgments (`review_report.py`). A quantized version
+(`rayft quantize`) is judged against its source instead of (3)-(5): `quantization_checks`.
 
 A check the eval could not run (no few-shot base, no forgetting set, perplexity off) is *skipped*,
 and a skipped check fails unless the eval config waives it by name (`eval.gate.waive`); waived
@@ -115,6 +116,62 @@ def forgetting_checks(report: EvalReport) -> list[Check]:
     return checks
 
 
+def worse_by(report: EvalReport, value: float | None, other: float | None) -> float | None:
+    """How much worse `value` is than `other` on the primary metric (negative: better)."""
+    return None if value is None or other is None else -gain(report, value, other)
+
+
+def quantization_checks(report: EvalReport) -> list[Check]:
+    """A quantized candidate against its source (the eval's base): at most `max_quantization_drop`
+    worse on the primary metric, perplexity at most `max_quantization_perplexity_increase` higher,
+    and each of the source's adapters that answered on both at most the same drop worse on it."""
+    quantization, gate, primary = report.quantization, report.gate, report.primary_metric
+    drop, limit = worse_by(report, report.primary("candidate"), report.primary("base")), gate.max_quantization_drop
+    checks = [
+        Check(
+            name="quantization_drop",
+            passed=drop is not None and drop <= limit,
+            detail=f"{primary} {_n(report.primary('candidate'))} vs its source {quantization.source} "
+            f"{_n(report.primary('base'))}: worse by {_n(drop)} (allowed ≤ {limit:g}, eval.gate.max_quantization_drop)",
+        )
+    ]
+    ppl = {v: report.metrics.get(v, {}).get("perplexity") for v in ("base", "candidate")}
+    if ppl["base"] and ppl["candidate"]:
+        rise, limit = ppl["candidate"] / ppl["base"] - 1, gate.max_quantization_perplexity_increase
+        checks.append(
+            Check(
+                name="quantization_perplexity",
+                passed=rise <= limit,
+                detail=f"test perplexity {ppl['base']:.4g} → {ppl['candidate']:.4g}: {rise:+.2%} "
+                f"(allowed ≤ {limit:+.0%}, eval.gate.max_quantization_perplexity_increase)",
+            )
+        )
+    else:
+        checks.append(
+            Check(name="quantization_perplexity", passed=False, detail="not measured: eval.perplexity is off")
+        )
+    worse = {
+        ref: worse_by(report, sides.get(f"quantized {primary}"), sides.get(f"source {primary}"))
+        for ref, sides in quantization.adapters.items()
+    }
+    failing = [ref for ref, d in worse.items() if d is None or d > gate.max_quantization_drop]
+    checks.append(
+        Check(
+            name="quantization_adapters",
+            passed=not failing,
+            detail="; ".join(f"{ref} worse by {_n(d)} on it" for ref, d in worse.items())
+            + f" (allowed ≤ {gate.max_quantization_drop:g})"
+            if worse
+            else f"no adapter of {quantization.source} is registered",
+        )
+    )
+    return checks
+
+
+def _n(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
 def current_metric(report: EvalReport, holder: ModelVersion) -> tuple[float | None, str]:
     """The primary metric of `holder` on the candidate's test split, and where it comes from: measured
     beside the candidate in this eval, or the holder's own eval on the same dataset and test size."""
@@ -219,7 +276,10 @@ def gate_checks(
             detail=f"{report.n} test records (needs ≥ {report.gate.min_test_records}, eval.gate.min_test_records)",
         )
     )
-    checks += [beats(report, "base"), beats(report, "few_shot"), beats_parent(report, version)]
+    if report.quantization:  # judged against its source, which it should match, not beat
+        checks += quantization_checks(report)
+    else:
+        checks += [beats(report, "base"), beats(report, "few_shot"), beats_parent(report, version)]
     checks += forgetting_checks(report)
     checks += [not_worse_than_current(report, alias, holder) for alias, holder in (holders or {}).items()]
     if report.gate.min_human_win_rate is not None:

@@ -21,13 +21,15 @@ assistant message, calls included, as training's DPO loss sees them.
 Columns added per variant: `output:<v>` (text, or a tool row's read calls), `nll:<v>` (summed
 negative log-likelihood of the answer tokens; a pair's preferred reply), `tokens:<v>` (how many),
 `nll_rejected:<v>` and `tokens_rejected:<v>` (a pair's other reply), `shots:<v>` (examples that
-fit); None where not applicable.
+fit), `generated:<v>` (answer tokens) and `seconds:<v>` (the row's share of its engine call's
+time); None where not applicable.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +49,8 @@ COLUMN_TYPES = {
     "nll_rejected": pa.float64(),
     "tokens_rejected": pa.int64(),
     "shots": pa.int64(),
+    "generated": pa.int64(),  # tokens of the greedy answer
+    "seconds": pa.float64(),  # the row's share of its engine call's time (tokens/s per variant)
 }
 TOKEN_COLUMNS = {"nll": "tokens", "nll_rejected": "tokens_rejected"}  # a scored reply's NLL and its length
 
@@ -95,9 +99,10 @@ class EvalEngine:
         from vllm.lora.request import LoRARequest
 
         adapters = {v.name: str(verified_artifact(v.adapter)) for v in variants if v.adapter}
+        folder = local_model(model)
         self.llm = LLM(
-            model=str(local_model(model)),
-            dtype=engine_dtype(),
+            model=str(folder),
+            dtype=engine_dtype(folder),
             max_model_len=decoding.max_model_len,
             enforce_eager=True,
             enable_lora=bool(adapters),
@@ -190,6 +195,7 @@ class EvalEngine:
         for variant in self.variants:
             columns = {key: [None] * len(rows) for key in COLUMN_TYPES}
             requests = self.requests(variant, rows, columns["shots"])
+            started = time.perf_counter()
             outputs = (
                 self.llm.generate(
                     [{"prompt_token_ids": r[3]} for r in requests],
@@ -200,8 +206,12 @@ class EvalEngine:
                 if requests
                 else []
             )
+            elapsed, answered = time.perf_counter() - started, {index for index, *_ in requests}
+            for index in answered:
+                columns["seconds"][index] = elapsed / len(answered)
             for (index, kind, start, _, _), output in zip(requests, outputs):
                 if kind == "output":
+                    columns["generated"][index] = len(output.outputs[0].token_ids)
                     text = output.outputs[0].text
                     tools = rows[index]["tools"]
                     columns["output"][index] = self.read_calls(text, tools) if tools else text

@@ -14,6 +14,7 @@ import math
 from rayft.config import LOWER_IS_BETTER, EvalConfig
 from rayft.eval.metrics import SCORED_TASKS, answer_rate, pair_margins, perplexity, preference_metrics, task_metrics
 from rayft.eval.prompts import answer_text
+from rayft.eval.quantized import markdown_lines as quantization_markdown
 from rayft.eval.results import Check, Compared, EvalReport, Forgetting
 from rayft.eval.review_report import markdown as review_markdown
 
@@ -204,6 +205,8 @@ def markdown(report: EvalReport) -> str:
             f"→ {f.candidate['answer_rate']:.3f} (drop {f.drop:+.3f})"
             + (f", perplexity {f.perplexity_increase:+.0%}." if f.perplexity_increase is not None else "."),
         ]
+    if report.quantization:
+        lines += quantization_markdown(report.quantization)
     lines += ["", "## Promotion gate", ""] + [
         f"- {'pass' if c.passed else 'FAIL'}: {c.name}: {c.detail}" for c in report.verdict
     ]
@@ -246,6 +249,8 @@ def print_report(report: EvalReport) -> None:
         table.add_row(name, *values)
     console = Console()
     console.print(table)
+    if report.quantization:
+        console.print(" ".join(quantization_markdown(report.quantization)).strip())
     if report.verdict:
         failed = [c.detail for c in report.verdict if not c.passed]
         console.print(

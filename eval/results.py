@@ -36,6 +36,19 @@ class Compared(BaseModel):
     weights_hash: str | None
 
 
+class Quantization(BaseModel):
+    """A quantized candidate (`rayft quantize`) beside its source: the scheme, the weights' size,
+    tokens/s of each engine on the eval's rows, and each adapter of the source on both: its primary
+    metric and perplexity there (variant `REF` on the source, `REF@quantized` on the candidate)."""
+
+    scheme: str
+    method: str
+    source: str
+    weights_mib: dict[str, float]  # "base" (the source), "candidate"
+    tokens_per_s: dict[str, float | None]  # by variant
+    adapters: dict[str, dict[str, float | None]] = Field(default_factory=dict)  # ref -> metrics on each side
+
+
 class ReportFiles(BaseModel):
     json_name: str = Field(alias="json")
     markdown: str
@@ -65,6 +78,7 @@ class EvalReport(BaseModel):
     gate: GateConfig
     compared: dict[str, Compared] = Field(default_factory=dict)
     parent: Compared | None = None
+    quantization: Quantization | None = None
     decoding: dict = Field(default_factory=dict)
     samples: list[dict] = Field(default_factory=list)
     verdict: list[Check] = Field(default_factory=list)

@@ -164,6 +164,15 @@ class GateConfig(Section):
         description="reviewers must prefer the candidate over the alias's current version (or the base) at "
         "least this often, ties left out (docs/review.md); null: not checked",
     )
+    max_quantization_drop: float = Field(
+        0.01,
+        ge=0,
+        description="a quantized version (rayft quantize) may be at most this much worse than its source on the "
+        "primary metric (in its units), and so may each adapter served on it",
+    )
+    max_quantization_perplexity_increase: float = Field(
+        0.05, ge=0, description="largest allowed relative rise of a quantized version's test perplexity over its source"
+    )
     min_human_judgments: int = Field(
         30, ge=1, description="pairwise judgments the human win rate needs before it counts"
     )
@@ -198,6 +207,11 @@ class EvalConfig(Section):
     max_model_len: int | None = Field(None, gt=0, description="engine context length; default serve.max_model_len")
     limit: int | None = Field(None, gt=0, description="evaluate at most this many test records")
     batch_size: int = Field(32, gt=0, description="records per engine call (and per progress step)")
+    quantized_adapters: int | list[str] = Field(
+        4,
+        description="adapters of a quantized version's source that answer on both, each beside itself on the "
+        "source: a count (the most recently registered names, latest version each) or registry refs",
+    )
     engines: int = Field(1, gt=0, description="vLLM engine actors in the Ray Data actor pool")
     use_gpu: bool = Field(False, description="each engine actor takes one GPU (vLLM's CUDA build)")
     seed: int = 0

@@ -1,7 +1,9 @@
-"""transformers + peft greedy generation: the reference that served outputs must equal."""
+"""transformers + peft greedy generation: the reference that served outputs must equal; and the eval's
+engines in the test process (`answer_in_process`)."""
 
 from __future__ import annotations
 
+import pyarrow as pa
 import torch
 
 from rayft.tiny import random_adapter  # noqa: F401  (tests build adapters with it)
@@ -61,3 +63,18 @@ def tiny_artifact(folder, value: float):
     folder.mkdir()
     save_file({"w": np.full((2, 2), value, dtype=np.float32)}, str(folder / "adapter_model.safetensors"))
     return str(folder)
+
+
+def answer_in_process(rows, stages, decoding, settings):
+    """`answer_with_engines` with each stage's engine in this process instead of in a Ray actor: a
+    fresh actor process spent ~17 s importing vLLM on the 2-core test machine."""
+    import ray
+
+    from rayft.eval.generate import EvalEngine
+
+    batches = list(rows.iter_batches(batch_size=None, batch_format="pyarrow"))
+    columns = batches[0].schema.names  # test and forgetting rows name their columns in other orders
+    table = pa.concat_tables([batch.select(columns) for batch in batches])
+    for model, variants in stages:
+        table = EvalEngine(model, variants, decoding)(table)
+    return ray.data.from_arrow(table)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 import torch
-from reference import Reference, random_adapter
+from reference import Reference, answer_in_process, random_adapter
 from templates import CONVERSATION, NO_SYSTEM, save_with_template
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(300)]
@@ -154,19 +154,6 @@ def full_model(base: str, out: Path) -> str:
     merged.save_pretrained(out)
     AutoTokenizer.from_pretrained(base).save_pretrained(out)
     return str(out)
-
-
-def answer_in_process(rows, stages, decoding, settings):
-    """`answer_with_engines` with each stage's engine in this process instead of in a Ray actor: a
-    fresh actor process spent ~17 s importing vLLM on the 2-core test machine."""
-    import ray
-
-    from rayft.eval.generate import EvalEngine
-
-    table = pa.concat_tables(rows.iter_batches(batch_size=None, batch_format="pyarrow"))
-    for model, variants in stages:
-        table = EvalEngine(model, variants, decoding)(table)
-    return ray.data.from_arrow(table)
 
 
 @pytest.mark.ray

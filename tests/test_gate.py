@@ -6,6 +6,7 @@ import pytest
 
 from rayft.eval.gate import gate_checks
 from rayft.eval.promotion import PromotionRefused, promote, stored_report
+from rayft.eval.results import EvalReport
 from rayft.registry import Registry, RegistryError
 
 
@@ -299,3 +300,52 @@ def test_a_parent_that_is_the_base_is_not_checked_twice(registry):
     assert check.passed and check.detail == (
         "no parent to beat: its parent chat:1 is its base (beats_base compares it), or no longer registered"
     )
+
+
+def quantized_report(candidate=0.79, base=0.8, ppl=(10.0, 10.4), adapter=(0.9, 0.88), **gate) -> dict:
+    """A quantized version's report: judged against its source (the eval's base) and with one of the
+    source's adapters on both engines."""
+    record = report("tiny-w8a8:1", candidate=candidate, base=base, **gate)
+    record["metrics"] = {
+        "base": {"accuracy": base, "perplexity": ppl[0]},
+        "candidate": {"accuracy": candidate, "perplexity": ppl[1]},
+    }
+    record["quantization"] = {
+        "scheme": "w8a8",
+        "method": "gptq",
+        "source": "tiny:1",
+        "weights_mib": {"base": 10.0, "candidate": 3.0},
+        "tokens_per_s": {"base": 100.0, "candidate": 120.0},
+        "adapters": {"support:3": {"source accuracy": adapter[0], "quantized accuracy": adapter[1]}},
+    }
+    return record
+
+
+@pytest.mark.parametrize(
+    "changes, failing",
+    [
+        ({}, []),  # 0.01 worse, perplexity +4%, the adapter 0.02 worse: all within the limits below
+        ({"candidate": 0.75}, ["quantization_drop"]),
+        ({"max_quantization_drop": 0.005}, ["quantization_drop", "quantization_adapters"]),
+        ({"ppl": (10.0, 11.0)}, ["quantization_perplexity"]),
+        ({"max_quantization_perplexity_increase": 0.03}, ["quantization_perplexity"]),
+        ({"adapter": (0.9, 0.8)}, ["quantization_adapters"]),
+    ],
+)
+def test_a_quantized_version_is_held_to_its_source_not_to_beating_a_base(registry, changes, failing):
+    """No beats_base or few-shot check (a smaller copy of the base should match it, not beat it):
+    the candidate and each adapter of the source served on it may be at most max_quantization_drop
+    worse, and its perplexity at most max_quantization_perplexity_increase higher."""
+    limits = {"max_quantization_drop": 0.025, "max_quantization_perplexity_increase": 0.05}
+    version = registry.register("tiny-w8a8", "full", "/base", "/q1", weights_hash="w1")
+    checks = gate_checks(version, EvalReport.from_record(quantized_report(**(limits | changes))))
+    names = [c.name for c in checks]
+    assert names == [
+        "evaluated",
+        "test_size",
+        "quantization_drop",
+        "quantization_perplexity",
+        "quantization_adapters",
+        "forgetting",
+    ]
+    assert [c.name for c in checks if not c.passed] == failing
