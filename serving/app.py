@@ -146,16 +146,29 @@ def direct_ingress_env(serve_config: ServeConfig) -> dict[str, str]:
 def served_base(config: RayftConfig, registry: Registry) -> ServedBase:
     """The base the config names, resolved once: a registry version with its registered hash (its
     local bytes checked against it here, so a mismatch is refused before Serve starts), a local
-    folder with its content hash, or a hub id."""
+    folder with its content hash, or a hub id. A quantized version (`rayft quantize`) also serves
+    the adapters of its source, when the registry still holds that source with the weights hash
+    its lineage names."""
     version = registry_base(config.model.base, registry)
-    if version is not None:
-        if not storage.is_remote(version.artifact_uri):
-            verified_artifact(version)
-        path, ref, weights_hash = version.artifact_uri, version.ref, version.weights_hash
-    else:
-        path, ref = config.model.base, None
-        weights_hash = storage.content_hash(path) if Path(path).is_dir() else None
-    return ServedBase(config.serve.base_name or default_base_name(config.model.base, ref), path, ref, weights_hash)
+    name = config.serve.base_name or default_base_name(config.model.base, version.ref if version else None)
+    if version is None:
+        path = config.model.base
+        return ServedBase(name, path, None, storage.content_hash(path) if Path(path).is_dir() else None)
+    if not storage.is_remote(version.artifact_uri):
+        verified_artifact(version)
+    lineage = version.config.get("quantization")
+    if not lineage:
+        return ServedBase(name, version.artifact_uri, version.ref, version.weights_hash)
+    source = registry.find_by_artifact(version.base_model)
+    same = source is not None and source.weights_hash == lineage["source_weights_hash"]
+    return ServedBase(
+        name,
+        version.artifact_uri,
+        version.ref,
+        version.weights_hash,
+        {"scheme": lineage["scheme"], "method": lineage["method"], "source": lineage["source"]},
+        version.base_model if same else None,
+    )
 
 
 def jobs_address(config: RayftConfig) -> str:
@@ -191,7 +204,7 @@ def fine_tuning_runner(
     settings.serve.api_keys, settings.serve.admin_keys, settings.serve.projects = [], [], {}
     settings.review.reviewers = {}
     runner = JobRunner.options(ray_actor_options=actor | {"num_cpus": 0}).bind(
-        settings.model_dump(mode="json"), base.path, paths, projects.without_keys()
+        settings.model_dump(mode="json"), base.trained_on, paths, projects.without_keys()
     )
     return runner, paths
 

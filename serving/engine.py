@@ -65,7 +65,7 @@ class EngineServer:
 
         args = AsyncEngineArgs(
             model=base,
-            dtype=engine_dtype(),
+            dtype=engine_dtype(base),
             max_model_len=self.serve.max_model_len,
             enforce_eager=on_cpu(),
             enable_prefix_caching=True,

@@ -134,7 +134,7 @@ class OpenAIServer:
         self.fine_tuning = None
         if paths:
             bases = {base.name, base.ref} - {None}
-            jobs = FineTuningJobs.open(serve_config.fine_tuning, bases, base.path, paths, projects)
+            jobs = FineTuningJobs.open(serve_config.fine_tuning, bases, base.trained_on, paths, projects)
             self.fine_tuning = FineTuningService(
                 jobs, runner, serve_config.max_request_bytes, serve_config.max_json_depth
             )

@@ -41,6 +41,19 @@ class ServedBase:
     path: str
     ref: str | None = None
     weights_hash: str | None = None
+    quantization: dict | None = None  # a quantized version's scheme and source (`rayft quantize`)
+    source_path: str | None = None  # a quantized version's source, whose adapters it serves too
+
+    @property
+    def trained_on(self) -> str:
+        """The base fine-tuning jobs train on: a quantized base's full-precision source (its
+        adapters are served here), else the base itself."""
+        return self.source_path or self.path
+
+    def serves_adapters_of(self, base_model: str) -> bool:
+        """Whether an adapter trained on `base_model` is served on this base: on it, or on the
+        full-precision version it was quantized from."""
+        return base_model in (self.path, self.source_path)
 
 
 def default_base_name(base: str, base_ref: str | None) -> str:
@@ -107,7 +120,7 @@ class ModelRouter:
             raise UnknownModel(f"model {model!r} does not exist")
         if version.kind == "full" and version.artifact_uri == self.base.path:
             return Route(served=self.base.name)
-        if version.kind != "adapter" or version.base_model != self.base.path:
+        if version.kind != "adapter" or not self.base.serves_adapters_of(version.base_model):
             raise UnknownModel(
                 f"model {model!r} is not served here: this server serves {self.base.name!r} and its adapters"
             )
@@ -124,13 +137,18 @@ class ModelRouter:
         adapter name (its latest version) and each alias whose versions are all served here. Every
         card that stands for one version carries its weights hash and gate verdict."""
         base = self.registry.get(self.base.ref) if self.base.ref else None
+        quantized = {"quantization": self.base.quantization} if self.base.quantization else {}
         cards: list[tuple[str, dict]] = [
-            (self.base.name, {"weights_hash": self.base.weights_hash, "gate": gate_verdict(base)})
+            (self.base.name, {"weights_hash": self.base.weights_hash, "gate": gate_verdict(base)} | quantized)
         ]
         latest: dict[str, ModelVersion] = {}
         served: dict[str, ModelVersion] = {}
         for version in self.registry.list():
-            if version.kind == "adapter" and version.base_model == self.base.path and caller.sees(version.project):
+            if (
+                version.kind == "adapter"
+                and self.base.serves_adapters_of(version.base_model)
+                and caller.sees(version.project)
+            ):
                 cards.append((version.ref, provenance(version)))
                 latest[version.name] = served[version.ref] = version
         cards += [(name, {"resolves_to": v.ref} | provenance(v)) for name, v in sorted(latest.items())]

@@ -381,3 +381,71 @@ def test_fork_engine_core_makes_vllm_fork_its_engine_core(monkeypatch):
     assert engine_utils.get_mp_context().get_start_method() == "spawn"
     fork_engine_core()
     assert engine_utils.get_mp_context().get_start_method() == "fork"
+
+
+def quantized_folder(folder, bits: tuple[int, int] = (8, 8)):
+    """A model folder whose config.json says what compressed-tensors writes for w8a8 (or w4a16)."""
+    import json
+
+    folder.mkdir(parents=True)
+    group = {"weights": {"num_bits": bits[0]}, "input_activations": {"num_bits": bits[1]} if bits[1] < 16 else None}
+    config = {"quantization_config": {"quant_method": "compressed-tensors", "config_groups": {"group_0": group}}}
+    (folder / "config.json").write_text(json.dumps(config))
+    return str(folder)
+
+
+def test_a_quantized_base_runs_in_bfloat16_on_cpu_and_full_precision_in_float32(tmp_path):
+    from rayft.vllm_setup import engine_dtype, quantization_scheme
+
+    (tmp_path / "fp").mkdir()
+    (tmp_path / "fp" / "config.json").write_text("{}")
+    w8, w4 = quantized_folder(tmp_path / "w8"), quantized_folder(tmp_path / "w4", (4, 16))
+    assert [quantization_scheme(p) for p in (w8, w4, tmp_path / "fp", "org/hub-id")] == ["w8a8", "w4a16", None, None]
+    assert [engine_dtype(p) for p in (w8, w4, tmp_path / "fp")] + [engine_dtype()] == [
+        "bfloat16",
+        "bfloat16",
+        "float32",
+        "float32",
+    ]
+
+
+@pytest.mark.parametrize("lineage_holds", [True, False])
+def test_a_quantized_base_serves_its_sources_adapters_when_the_lineage_hash_holds(tmp_path, lineage_holds):
+    """An adapter trained on the source is served on its quantized version (and listed), one of any
+    other base is a 404; when the source's registered hash is not the one the lineage names, the
+    quantized base serves none of the source's adapters."""
+    from rayft.projects import Caller
+    from rayft.registry import Registry
+    from rayft.serving.app import served_base
+    from rayft.serving.routing import ModelRouter, UnknownModel
+
+    registry = Registry(tmp_path / "r.db")
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "config.json").write_text("{}")
+    source = registry.register("src", "full", str(tmp_path / "src"), str(tmp_path / "src"))
+    lineage = {"source": source.ref, "source_weights_hash": source.weights_hash if lineage_holds else "0" * 64}
+    lineage |= {"scheme": "w8a8", "method": "gptq"}
+    quantized = registry.register(
+        "src-w8a8", "full", source.artifact_uri, quantized_folder(tmp_path / "q"), config={"quantization": lineage}
+    )
+    ours = registry.register("ours", "adapter", source.artifact_uri, str(tmp_path / "a1"))
+    theirs = registry.register("theirs", "adapter", "/another/base", str(tmp_path / "a2"))
+    config = parse_config({"name": "x", "model": {"base": f"registry:{quantized.ref}"}})
+    base = served_base(config, registry)
+    router, caller = ModelRouter(registry, base), Caller("p")
+    assert (base.name, base.path, base.quantization) == (
+        "src-w8a8",
+        quantized.artifact_uri,
+        {"scheme": "w8a8", "method": "gptq", "source": source.ref},
+    )
+    assert base.trained_on == (source.artifact_uri if lineage_holds else quantized.artifact_uri)
+    cards = dict(router.model_cards(caller))
+    assert cards["src-w8a8"]["quantization"]["scheme"] == "w8a8"
+    assert (ours.ref in cards) is lineage_holds and theirs.ref not in cards
+    if lineage_holds:
+        assert router.resolve(ours.ref, None, caller).adapter == ours
+    else:
+        with pytest.raises(UnknownModel):
+            router.resolve(ours.ref, None, caller)
+    with pytest.raises(UnknownModel):
+        router.resolve(theirs.ref, None, caller)
