@@ -11,6 +11,8 @@ transformers+peft, and the HTTP endpoint (start-up, mixed traffic, response-cach
     python bench/serve_throughput.py --part structured  # issue 28: response_format json_schema (serve_structured.py)
     python bench/serve_throughput.py --part startup  # issue 30: start to first adapter token, engine core
                                                      # forked and spawned (serve_startup.py)
+    python bench/serve_throughput.py --part quantized  # issue 31: w8a8 and w4a16 beside full precision:
+                                                     # speed, memory, accuracy (serve_quantized.py)
     python bench/serve_throughput.py --smoke         # every part at its smallest, the HTTP ones on one server
                                                      # (make test: tests/test_bench_smoke.py); numbers mean nothing
 
@@ -36,6 +38,7 @@ from pathlib import Path
 
 from serve_common import FULL, SMOKE, Served, Workload, build_models, http_rate, prompts, register_adapters, served
 from serve_limits import limits_part
+from serve_quantized import quantized_part
 from serve_startup import breakdown, startup_part
 from serve_structured import structured_part
 from serve_vllm import Versus, versus_vllm
@@ -291,7 +294,7 @@ def server_parts(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["all", "engine", *SERVER_PARTS, "startup"], default="all")
+    parser.add_argument("--part", choices=["all", "engine", *SERVER_PARTS, "startup", "quantized"], default="all")
     parser.add_argument("--folder", help="where the bench model and adapters are kept (default: a temp folder)")
     parser.add_argument("--smoke", action="store_true", help="every part at its smallest (make test)")
     parser.add_argument("--out", help="also write the JSON here")
@@ -316,6 +319,8 @@ def main() -> None:
         result |= server_parts(parts, base, adapters, folder, naive, w, args.vllm_multiprocessing)
     if args.part in ("all", "startup") and w.startup_rounds:
         result["startup"] = startup_part(folder, w.startup_rounds, w.startup_sides)
+    if args.part in ("all", "quantized") and not args.smoke:  # tests/test_quantize.py runs its stages
+        result["quantized"] = quantized_part(folder)
     print(json.dumps(result, indent=2))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2))
