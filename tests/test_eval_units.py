@@ -9,6 +9,7 @@ import pytest
 
 from rayft.config import ConfigError, EvalConfig, GateConfig, parse_config
 from rayft.eval.evaluate import write_report
+from rayft.eval.generate import COLUMN_TYPES
 from rayft.eval.prompts import few_shot_examples, forgetting_records, with_examples
 from rayft.eval.report import build_report, print_report
 from rayft.eval.results import Check, EvalReport
@@ -490,8 +491,6 @@ def test_the_parent_is_the_version_it_continues_unless_that_is_its_base(tmp_path
         (full, ["parent"]),
     ]
 
-    answered = pd.DataFrame(
-        {f"{key}:parent": [1] for key in ("output", "nll", "tokens", "nll_rejected", "tokens_rejected", "shots")}
-    )
+    answered = pd.DataFrame({f"{key}:parent": [1] for key in COLUMN_TYPES})
     copied = with_answers_of(answered, "parent", "support:1")  # the parent in production, answered once
     assert copied["nll:support:1"].tolist() == [1] and copied["shots:support:1"].tolist() == [1]

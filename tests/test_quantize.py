@@ -67,19 +67,20 @@ def test_a_quantized_base_is_registered_evaluated_gated_and_serves_the_sources_a
     from rayft.training.quantize import QuantizeRequest, quantize
 
     registry = Registry()
-    source = registry.register("tiny-fp", "full", tiny_model, tiny_model)
+    # the tiny base as a registered full model (another test may have registered its folder already)
+    source = registry.find_by_artifact(tiny_model) or registry.register("tiny-fp", "full", tiny_model, tiny_model)
     rnd = registry.register("rnd", "adapter", tiny_model, random_adapter(tiny_model, tmp_path / "rnd", seed=5))
     elsewhere = registry.register(
         "elsewhere", "adapter", str(tmp_path / "other-base"), random_adapter(tiny_model, tmp_path / "e", seed=6)
     )
 
     # quantize: registered with its lineage, smaller, in compressed-tensors' format
-    result = quantize(QuantizeRequest(source.ref, "w8a8", "gptq", str(tickets_dataset), samples=16))
+    result = quantize(QuantizeRequest(source.ref, "w8a8", "gptq", str(tickets_dataset), samples=16, name="tiny-q"))
     version = registry.get(result.version.ref)
     lineage = version.config["quantization"]
     manifest = Manifest.model_validate_json((tickets_dataset / "manifest.json").read_text())
     assert (version.ref, version.kind, version.base_model, version.parent) == (
-        "tiny-fp-w8a8:1",
+        "tiny-q:1",
         "full",
         tiny_model,
         source.ref,
@@ -101,7 +102,7 @@ def test_a_quantized_base_is_registered_evaluated_gated_and_serves_the_sources_a
 
     # eval: against its source, with the source's adapters on both engines
     config = {
-        "name": "tiny-fp-w8a8",
+        "name": "tiny-q",
         "model": {"base": tiny_model},
         "data": {"out": str(tickets_dataset)},
         "eval": {
@@ -150,7 +151,7 @@ def test_a_quantized_base_is_registered_evaluated_gated_and_serves_the_sources_a
     try:
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, max_retries=0, timeout=120)
         cards = {m.id: m for m in client.models.list().data}
-        assert cards["tiny-fp-w8a8"].model_extra["quantization"] == {
+        assert cards["tiny-q"].model_extra["quantization"] == {
             "scheme": "w8a8",
             "method": "gptq",
             "source": source.ref,
@@ -158,7 +159,7 @@ def test_a_quantized_base_is_registered_evaluated_gated_and_serves_the_sources_a
         assert {support, rnd.ref} <= set(cards) and elsewhere.ref not in cards
         reference = Reference(tiny_model)
         for model, adapter in (
-            ("tiny-fp-w8a8", None),
+            ("tiny-q", None),
             (support, trained_adapter.artifact_uri),
             (rnd.ref, rnd.artifact_uri),
         ):
