@@ -449,3 +449,26 @@ def test_a_quantized_base_serves_its_sources_adapters_when_the_lineage_hash_hold
             router.resolve(ours.ref, None, caller)
     with pytest.raises(UnknownModel):
         router.resolve(theirs.ref, None, caller)
+
+
+def test_a_sigterm_while_ray_starts_reaches_rayft_not_rays_handler():
+    """`ray.init` installs a SIGTERM handler of its own (a stack dump, then an abort: seen as exit -6
+    when a SIGTERM landed in Ray's start on a loaded machine). Start-up holds the signals while Ray
+    starts and hands a held one to rayft's handler at the next phase. Here a stand-in for Ray's
+    handler exits 3; without the hold it runs."""
+    script = (
+        "import os, signal, sys\n"
+        "from rayft.serving.stop_signals import StopSignals, StoppedDuringStartup\n"
+        "stop = StopSignals()\n"
+        "stop.before('ray')\n"
+        "signal.signal(signal.SIGTERM, lambda *_: os._exit(3))  # what Ray's start does\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "try:\n"
+        "    stop.before('serve')\n"
+        "except StoppedDuringStartup as stopped:\n"
+        "    print('stopped on', stopped)\n"
+        "    sys.exit(0)\n"
+        "sys.exit(4)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout.strip()) == (0, "stopped on SIGTERM"), done.stderr
