@@ -34,8 +34,9 @@ def free_port() -> int:
 def server(ray_cluster, tiny_model, trained_adapter, tmp_path_factory):
     """rayft serve for the tiny base with the trained adapter, a second (random) one, and two
     versions of an adapter `ab` for alias tests; API and admin keys on, 80 requests in flight per
-    replica, prompts of at most 400 tokens (tools rendered) in a 512-token context, the ingress also answering
-    directly on its own port; the fine-tuning API's routes on; every chat answer sampled."""
+    replica, prompts of at most 400 tokens (tools rendered) in the tiny model's whole 1024-token
+    context, the ingress also answering directly on its own port; the fine-tuning API's routes on;
+    every chat answer sampled."""
     from rayft.config import parse_config
     from rayft.registry import Registry
     from rayft.serving import app
@@ -57,7 +58,7 @@ def server(ray_cluster, tiny_model, trained_adapter, tmp_path_factory):
                 "max_loras": 2,
                 "max_cpu_loras": 4,
                 "adapter_wait_s": 3,  # short: test_serving waits it out
-                "max_model_len": 512,
+                "max_model_len": 1024,  # room for a long answer to hang up on (test_serving_hostile)
                 "api_keys": [KEY],
                 "admin_keys": [ADMIN_KEY],
                 "max_concurrent_requests": 80,

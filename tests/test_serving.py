@@ -347,9 +347,9 @@ def test_adapters_in_use_are_never_evicted_a_fifth_waits_for_a_slot_then_is_a_50
         ),  # fits the context, not the prompt limit
         (
             json.dumps(
-                {"model": "support", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 600}
+                {"model": "support", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1100}
             ).encode(),
-            "exceeds the context of 512",
+            "exceeds the context of 1024",
         ),
         (
             json.dumps(
