@@ -31,7 +31,10 @@ def ensure_ray(num_cpus: int | None = None, log_to_driver: bool | None = None) -
     A local cluster starts without Ray's dashboard and without Ray's own metrics (rayft's serving
     metrics are its own Prometheus registry): nothing in rayft uses them there, and on a small
     machine their periodic work preempts the training worker's threads (bench/RESULTS.md). For the
-    dashboard, start a head (`ray start --head`) and point `RAY_ADDRESS` at it."""
+    dashboard, start a head (`ray start --head`) and point `RAY_ADDRESS` at it.
+
+    On an existing cluster it first frees the placement groups whose creators are gone
+    (`rayft.leftovers`): a stopped job can leave one holding CPUs for good."""
     import ray
     import ray.data
 
@@ -41,7 +44,10 @@ def ensure_ray(num_cpus: int | None = None, log_to_driver: bool | None = None) -
         log_to_driver = not os.environ.get("RAYFT_QUIET")
     address = os.environ.get("RAY_ADDRESS")
     if address:
+        from rayft.leftovers import free_leftover_placement_groups
+
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=log_to_driver)
+        free_leftover_placement_groups()  # what a stopped job left holding CPUs this stage may need
     else:
         cpus = num_cpus or max(os.cpu_count() or 1, LOCAL_MIN_CPUS)
         ray.init(

@@ -486,3 +486,85 @@ def test_serving_manifests_take_keys_from_secrets_and_the_app_refuses_to_start_w
     ingress = app_builder({"config": str(config)})._bound_deployment
     keys = next(a for a in ingress.init_args if isinstance(a, KeyCheck))
     assert keys.api_keys == {"k1", "k2"}
+
+
+def gcs_group(state: str, *, job: str, actor: str | None, detached: bool = False):
+    """A placement group as the GCS records it (the protobuf the sweep reads)."""
+    from ray.core.generated import gcs_pb2
+
+    row = gcs_pb2.PlacementGroupTableData(
+        placement_group_id=os.urandom(18),
+        state=gcs_pb2.PlacementGroupTableData.PlacementGroupState.Value(state),
+        creator_job_id=bytes.fromhex(job),
+        creator_actor_id=bytes.fromhex(actor) if actor else b"\xff" * 16,
+        is_detached=detached,
+    )
+    row.bundles.add().unit_resources["CPU"] = 1.0
+    return row
+
+
+def test_only_groups_whose_creator_job_and_actor_are_gone_are_leftovers():
+    from rayft.leftovers import group_of, leftovers
+
+    ended, running, controller, detached_owner = "06000000", "07000000", "ab" * 16, "cd" * 16
+    rows = {
+        "train run stopped mid-start": gcs_group("CREATED", job=ended, actor=controller),
+        "made by the ended driver": gcs_group("PENDING", job=ended, actor=None),
+        "a live detached actor's": gcs_group("CREATED", job=ended, actor=detached_owner),
+        "a running job's": gcs_group("CREATED", job=running, actor=controller),
+        "detached (Serve's)": gcs_group("CREATED", job=ended, actor=controller, detached=True),
+        "already removed": gcs_group("REMOVED", job=ended, actor=controller),
+    }
+    groups = {name: group_of(row) for name, row in rows.items()}
+    assert (
+        groups["train run stopped mid-start"].cpus == 1.0 and groups["made by the ended driver"].creator_actor is None
+    )
+    found = leftovers(list(groups.values()), dead_jobs={ended}, live_actors={detached_owner})
+    assert {name for name, group in groups.items() if group in found} == {
+        "train run stopped mid-start",
+        "made by the ended driver",
+    }
+
+
+LIVE_GROUPS = """
+import ray
+from ray.util.placement_group import placement_group
+ray.init(namespace="leftovers")
+ray.get(placement_group([{"CPU": 0.25}], lifetime="detached", name="kept-detached").ready())
+@ray.remote(num_cpus=0)
+class Owner:
+    def reserve(self):
+        return ray.get(placement_group([{"CPU": 0.25}], name="kept-owned").ready()) is not None
+owner = Owner.options(name="owner", lifetime="detached").remote()
+assert ray.get(owner.reserve.remote())
+ray.get(placement_group([{"CPU": 0.25}], name="ends-with-the-job").ready())
+"""
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(90)
+def test_a_stage_connecting_to_a_cluster_keeps_the_placement_groups_someone_still_holds(ray_head, tmp_path):
+    """On a real head: a detached group and a live detached actor's group outlive their job and
+    stay; the sweep a stage runs when it connects (`ensure_ray`) removes neither."""
+    from ray.job_submission import JobSubmissionClient
+
+    jobs = JobSubmissionClient(ray_head.address)
+    job = jobs.submit_job(entrypoint=f"{sys.executable} -c {shlex.quote(LIVE_GROUPS)}")
+    deadline = time.monotonic() + 60
+    while str(jobs.get_job_status(job)) not in ("SUCCEEDED", "FAILED", "STOPPED") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert str(jobs.get_job_status(job)) == "SUCCEEDED", jobs.get_job_logs(job)
+    connect = (  # a stage's connection, counting what its sweep frees; then the test's groups go
+        "import ray, rayft.leftovers as sweep; from rayft.runtime import ensure_ray\n"
+        "from ray.util.placement_group import PlacementGroup\n"
+        "freed = []; free = sweep.free_leftover_placement_groups\n"
+        "sweep.free_leftover_placement_groups = lambda: freed.extend(free()) or freed\n"
+        "ensure_ray()\n"
+        "alive = {g['name']: i for i, g in ray.util.placement_group_table().items() if g['state'] != 'REMOVED'}\n"
+        "print('freed', len(freed), 'alive', *sorted(alive))\n"
+        "ray.kill(ray.get_actor('owner', namespace='leftovers'))\n"
+        "ray.util.remove_placement_group(PlacementGroup(ray.PlacementGroupID.from_hex(alive['kept-detached'])))\n"
+    )
+    env = {**os.environ, "RAY_ADDRESS": f"127.0.0.1:{ray_head.ports['--port']}"}
+    out = subprocess.run([sys.executable, "-c", connect], env=env, capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["freed", "0", "alive", "kept-detached", "kept-owned"], out.stderr[-2000:]
