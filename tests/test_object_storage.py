@@ -47,6 +47,7 @@ def test_training_and_eval_read_a_dataset_uri(ray_cluster, tiny_model, tickets_d
     local_rows = {s: split_rows(str(tickets_dataset / f"{s}.parquet")) for s in ("train", "val", "test")}
     assert split_rows(storage.join(dataset_uri, "train.parquet")) == local_rows["train"] > 0
     tokens = tokenized_splits(dataset_uri, ["train", "val"], tiny_model, None, 256)
-    assert {s: tokens[s].count() for s in ("train", "val")} == {s: local_rows[s] for s in ("train", "val")}
+    assert tokens.rows == {s: local_rows[s] for s in ("train", "val")}
+    assert {s: tokens.datasets[s].count() for s in ("train", "val")} == tokens.rows
     assert read_test_split(dataset_uri, None).count() == local_rows["test"]
     assert len(few_shot_examples(dataset_uri, 3, seed=0)) == 3

@@ -96,6 +96,28 @@ def scheduled_lrs(name: str, base_lr: float, warmup: int, total: int) -> list[fl
     return lrs
 
 
+@pytest.mark.parametrize("pairs", [False, True], ids=["chat", "preference pairs"])
+def test_a_small_dataset_tokenized_in_process_gives_the_rows_ray_tasks_give(
+    ray_cluster, tiny_model, tickets_dataset, preference_dataset, monkeypatch, pairs
+):
+    """Up to IN_PROCESS_MAX_ROWS rows are tokenized in the driver, above that as Ray tasks: the same
+    rows, counts and token total either way (in any order)."""
+    from rayft.training import data
+
+    dataset = preference_dataset if pairs else tickets_dataset
+    columns = data.PAIR_COLUMNS if pairs else data.SFT_COLUMNS
+
+    def tokenized():
+        splits = data.tokenized_splits(str(dataset), ["train", "val"], tiny_model, None, 256, pairs)
+        rows = {s: sorted(map(repr, d.to_pandas()[columns].to_dict("records"))) for s, d in splits.datasets.items()}
+        return splits.rows, splits.train_tokens, rows
+
+    here = tokenized()
+    monkeypatch.setattr(data, "IN_PROCESS_MAX_ROWS", 0)
+    assert here == tokenized()
+    assert here[0]["train"] > 0 and here[0]["val"] > 0 and here[1] > 0
+
+
 def test_zero3_lora_packed_accumulated_and_resume_continues_steps_and_curve(ray_cluster, tiny_model, tickets_dataset):
     from templates import NO_SYSTEM
 

@@ -125,13 +125,10 @@ def tokenized_datasets(config: RayftConfig, base: str, template: str | None) -> 
     dataset_dir = config.dataset_dir()
     splits = ["train"] + (["val"] if storage.exists(storage.join(dataset_dir, "val.parquet")) else [])
     pairs = config.train.objective == "dpo"
-    datasets = tokenized_splits(dataset_dir, splits, base, template, config.train.max_seq_len, pairs)
-    n_val = datasets["val"].count() if "val" in datasets else 0
-    if "val" in datasets and n_val == 0:
-        del datasets["val"]
-    n_train = datasets["train"].count()
-    tokens = int(datasets["train"].sum("length") or 0) if n_train else 0
-    return datasets, plan_or_error(config, n_train, n_val, tokens)
+    tokens = tokenized_splits(dataset_dir, splits, base, template, config.train.max_seq_len, pairs)
+    n_train, n_val = tokens.rows["train"], tokens.rows.get("val", 0)
+    datasets = {split: rows for split, rows in tokens.datasets.items() if split == "train" or n_val}
+    return datasets, plan_or_error(config, n_train, n_val, tokens.train_tokens)
 
 
 def build_trainer(config: RayftConfig, spec: WorkerSpec, datasets: dict, runs: str, run_name: str):
