@@ -57,7 +57,8 @@ def free_leftover_placement_groups() -> list[Group]:
     if not any(g.state != "REMOVED" and not g.detached for g in groups):
         return []
     dead_jobs = {job["JobID"] for job in state.job_table() if job["IsDead"]}
-    live_actors = {actor_id for actor_id, actor in state.actor_table(None).items() if actor["State"] != "DEAD"}
+    creators = {g.creator_actor for g in leftovers(groups, dead_jobs, set()) if g.creator_actor}
+    live_actors = {a for a in creators if state.actor_table(a).get("State", "DEAD") != "DEAD"}  # one lookup each
     freed = leftovers(groups, dead_jobs, live_actors)
     for group in freed:
         ray.util.remove_placement_group(PlacementGroup(ray.PlacementGroupID.from_hex(group.id)))
