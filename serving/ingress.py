@@ -373,6 +373,10 @@ class OpenAIServer:
             def done(final: dict) -> None:  # once: at the stream's end, or when a never-started one is dropped
                 if not finished:
                     finished.append(final)
+                    # Cut short (the client went away): stop the engine too. Closing the events alone
+                    # stops it only when they were waiting on the engine, not on the client.
+                    if not final.get("finish"):
+                        outputs.cancel()
                     counted.answered(kind, final)
                     self.guard.release()
 

@@ -213,7 +213,9 @@ def test_a_client_that_hangs_up_has_its_request_aborted_in_the_engine(server, st
             await asyncio.gather(task, return_exceptions=True)
 
     asyncio.run(hang_up())
-    assert wait_until(lambda: engine_state(server)["aborted"] == before + 1), "the engine kept generating"
+    aborted = wait_until(lambda: engine_state(server)["aborted"] == before + 1)
+    state = {k: v for k, v in engine_state(server).items() if k in ("replicas", "running", "aborted")}
+    assert aborted, f"the engine did not abort the request once: {before} aborted before, now {state}"
     assert wait_until(lambda: engine_state(server)["running"] == 0)
 
 
