@@ -2,22 +2,22 @@
 
 Per request: check the API key and find the caller's project (401; admin routes want an admin key,
 403 for a user key: `auth.py`, `guard.py`) → admit it under the replica's concurrency limit (429
-with Retry-After; 503 while draining) → read the body up to `serve.max_request_bytes` (413) →
-check every field at the edge (`validation.py`, 400 naming the field) and parse it with vLLM's
-protocol models → resolve `model` through the registry for the caller (404 for what does not exist
-and for another project's models; aliases and traffic splits included) → answer from the response
-cache, or stream the engine's output back as an OpenAI response or SSE chunks. Every answer names the exact version
-served in `x-rayft-model`, its weights hash in `x-rayft-weights-hash`, and the cache result in
-`x-rayft-cache`. An adapter whose local files no longer hash to what the registry recorded is
+with Retry-After; 503 while draining) → read the body up to `serve.max_request_bytes` (413) → check
+every field at the edge (`validation.py`, 400 naming the field) and parse it with vLLM's protocol
+models → resolve `model` through the registry for the caller (404 for what does not exist and for
+another project's models; aliases and traffic splits included) → answer from the response cache, or
+stream the engine's output back as an OpenAI response or SSE chunks. Every answer names the exact
+version served in `x-rayft-model`, its weights hash in `x-rayft-weights-hash`, and the cache result
+in `x-rayft-cache`. An adapter whose local files no longer hash to what the registry recorded is
 refused (503, naming the version and both hashes) before the engine sees the request; every other
 model keeps answering. Client mistakes are 4xx with an OpenAI-style error body; an engine replica
-that dies mid-request, or whose adapter slots stayed busy for `serve.adapter_wait_s`, is a 503
-with Retry-After, never a hang. A client that hangs up cancels its request down to the engine, which
+that dies mid-request, or whose adapter slots stayed busy for `serve.adapter_wait_s`, is a 503 with
+Retry-After, never a hang. A client that hangs up cancels its request down to the engine, which
 aborts it in vLLM. A configured share of chat answers is recorded, PII scrubbed, in the version's
 traffic dataset (`traffic.py`). `/metrics` serves every ingress replica's series and the drift
-scores `rayft drift` recorded (`metrics.py`); `/openapi.json` every route's bodies (`api_schema.py`).
-The fine-tuning API and the admin routes are routers of the same app (`fine_tuning_routes.py`,
-`admin_routes.py`), included here, before Serve takes the app.
+scores `rayft drift` recorded (`metrics.py`); `/openapi.json` every route's bodies
+(`api_schema.py`). The fine-tuning API and the admin routes are routers of the same app
+(`fine_tuning_routes.py`, `admin_routes.py`), included here, before Serve takes the app.
 """
 
 from __future__ import annotations
@@ -373,10 +373,8 @@ class OpenAIServer:
             def done(final: dict) -> None:  # once: at the stream's end, or when a never-started one is dropped
                 if not finished:
                     finished.append(final)
-                    # Cut short (the client went away): stop the engine too. Closing the events alone
-                    # stops it only when they were waiting on the engine, not on the client.
-                    if not final.get("finish"):
-                        outputs.cancel()
+                    if not final.get("finish"):  # cut short: the client left, so stop the engine too
+                        outputs.cancel()  # (closing the events stops it only if they awaited it)
                     counted.answered(kind, final)
                     self.guard.release()
 
