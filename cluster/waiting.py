@@ -2,11 +2,12 @@
 scheduled, with what each needs, read from the cluster's state API (the dashboard).
 
 A job is *stuck* when something of it waits for resources it cannot get now (more than is free)
-and nothing of it that holds resources runs (no plain task running, no actor alive that holds CPUs
-or GPUs): then no finishing task of its own will free what it waits for. A job whose Ray Data stage
-queues more tasks than fit, while others run, is busy, not stuck; a task waiting for its worker
-process to start is not stuck either. The fine-tuning service reports a stuck stage in the job's
-events and fails it after a timeout (`service/machine.py`).
+and nothing of it that holds resources runs (no plain task under way, no actor alive that holds
+CPUs or GPUs): then no finishing task of its own will free what it waits for. A job whose Ray Data
+stage queues more tasks than fit, while others run or wait for their worker processes to start, is
+busy, not stuck; a task waiting for its worker process to start is not stuck either. The
+fine-tuning service reports a stuck stage in the job's events and fails it after a timeout
+(`service/machine.py`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,19 @@ from dataclasses import dataclass
 from rayft.cluster.client import Cluster, ClusterError
 
 WAITING_TASK, WAITING_ACTOR, WAITING_GROUP = "PENDING_NODE_ASSIGNMENT", "PENDING_CREATION", "PENDING"
+# A task in any of these states has its node and its resources (or waits for its arguments, which
+# running work makes): it runs, or runs as soon as its worker process has started. A task reads as
+# SUBMITTED_TO_WORKER while that process starts, for seconds on a loaded machine, and the tasks
+# queued behind it then read as waiting for CPUs that no one else holds.
+UNDER_WAY = (
+    "PENDING_OBJ_STORE_MEM_AVAIL",
+    "PENDING_ARGS_FETCH",
+    "SUBMITTED_TO_WORKER",
+    "GETTING_AND_PINNING_ARGS",
+    "RUNNING",
+    "RUNNING_IN_RAY_GET",
+    "RUNNING_IN_RAY_WAIT",
+)
 HELD = ("CPU", "GPU")
 
 
@@ -79,15 +93,15 @@ def stuck_work(cluster: Cluster, submission_id: str) -> list[Demand]:
     if not job_id:
         return []
     in_job = ("job_id", "=", job_id)
-    running = state_list(cluster, "tasks", [in_job, ("state", "=", "RUNNING")])
+    unfinished = state_list(cluster, "tasks", [in_job, ("state", "!=", "FINISHED"), ("state", "!=", "FAILED")])
     actors = state_list(cluster, "actors", [in_job])
-    if any(t.get("type") == "NORMAL_TASK" for t in running) or any(
+    if any(t.get("type") == "NORMAL_TASK" and t.get("state") in UNDER_WAY for t in unfinished) or any(
         a.get("state") == "ALIVE" and holds_resources(a.get("required_resources")) for a in actors
     ):
         return []
     kinds: Counter = Counter()
     needs: dict[str, dict] = {}
-    for task in state_list(cluster, "tasks", [in_job, ("state", "=", WAITING_TASK)]):
+    for task in (t for t in unfinished if t.get("state") == WAITING_TASK):
         if in_placement_group(task.get("required_resources")):
             continue
         what = f"task {task.get('func_or_class_name') or task.get('name')}"

@@ -568,3 +568,42 @@ def test_a_stage_connecting_to_a_cluster_keeps_the_placement_groups_someone_stil
     env = {**os.environ, "RAY_ADDRESS": f"127.0.0.1:{ray_head.ports['--port']}"}
     out = subprocess.run([sys.executable, "-c", connect], env=env, capture_output=True, text=True, timeout=60)
     assert out.stdout.split() == ["freed", "0", "alive", "kept-detached", "kept-owned"], out.stderr[-2000:]
+
+
+SLOW_WORKER_STARTS = """
+import time, ray
+def slow_start():
+    time.sleep(8)
+ray.init(runtime_env={"worker_process_setup_hook": slow_start})
+@ray.remote(num_cpus=1)
+def work():
+    time.sleep(1)
+ray.get([work.remote() for _ in range(int(ray.cluster_resources()["CPU"]) + 1)])
+"""
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(90)
+def test_tasks_whose_worker_processes_are_starting_do_not_make_their_job_stuck(ray_head):
+    """One task more than the head's CPUs, each worker process slow to start (as on a loaded
+    machine): while they start, every CPU is taken and the last task waits for one, yet the job is
+    busy, not stuck (the fine-tuning service would report a stage waiting for resources)."""
+    from ray.job_submission import JobSubmissionClient
+
+    from rayft.cluster.client import Cluster
+    from rayft.cluster.waiting import state_list, stuck_work
+
+    cluster, jobs = Cluster(ray_head.address), JobSubmissionClient(ray_head.address)
+    job = jobs.submit_job(entrypoint=f"{sys.executable} -c {shlex.quote(SLOW_WORKER_STARTS)}")
+    snapshots, stuck = [], []  # the job's task states at each look, and what stuck_work said
+    deadline = time.monotonic() + 60
+    while not any("RUNNING" in states for states in snapshots) and time.monotonic() < deadline:
+        job_id = jobs.get_job_info(job).job_id
+        if job_id:
+            snapshots.append({t["state"] for t in state_list(cluster, "tasks", [("job_id", "=", job_id)])})
+            stuck += stuck_work(cluster, job)
+        time.sleep(0.25)
+    jobs.stop_job(job)
+    starting = [s for s in snapshots if {"SUBMITTED_TO_WORKER", "PENDING_NODE_ASSIGNMENT"} <= s]
+    assert starting, f"the workers never read as starting with a task queued behind them: {snapshots}"
+    assert stuck == [], f"seen as stuck while its workers started: {stuck}"
