@@ -77,7 +77,9 @@ def state_list(cluster: Cluster, kind: str, filters: list[tuple[str, str, str]])
 
 
 def holds_resources(required: dict | None) -> bool:
-    return any((required or {}).get(name, 0) > 0 for name in HELD)
+    """Whether work with these required resources holds CPUs or GPUs: its own, or its placement
+    group bundle's (`CPU_group_<id>`, as Ray Train's workers hold theirs)."""
+    return any(amount > 0 and name.split("_group_")[0] in HELD for name, amount in (required or {}).items())
 
 
 def in_placement_group(required: dict | None) -> bool:

@@ -570,6 +570,16 @@ def test_a_stage_connecting_to_a_cluster_keeps_the_placement_groups_someone_stil
     assert out.stdout.split() == ["freed", "0", "alive", "kept-detached", "kept-owned"], out.stderr[-2000:]
 
 
+def test_an_actor_in_a_placement_group_holds_its_bundles_cpus():
+    """As the state API lists a Ray Train worker: its CPUs are its group's, named by the group."""
+    from rayft.cluster.waiting import holds_resources
+
+    group = "5536e632a127d716993633fb2f7501000000"
+    assert holds_resources({f"bundle_group_{group}": 0.001, f"CPU_group_{group}": 0.5})
+    assert holds_resources({"CPU": 1.0}) and holds_resources({"GPU_group_0_" + group: 1.0})
+    assert not holds_resources({f"bundle_group_{group}": 0.001}) and not holds_resources({"CPU": 0.0, "memory": 1e9})
+
+
 SLOW_WORKER_STARTS = """
 import time, ray
 def slow_start():
