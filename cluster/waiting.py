@@ -82,6 +82,13 @@ def holds_resources(required: dict | None) -> bool:
     return any(amount > 0 and name.split("_group_")[0] in HELD for name, amount in (required or {}).items())
 
 
+def started(actor: dict) -> bool:
+    """Whether an actor holds its resources: alive, or being created in a process of its own (its
+    worker process starting, or its `__init__` running, as a vLLM engine's does for seconds): the
+    state API lists it PENDING_CREATION with a pid then, and with none while it waits for them."""
+    return actor.get("state") == "ALIVE" or (actor.get("state") == WAITING_ACTOR and bool(actor.get("pid")))
+
+
 def in_placement_group(required: dict | None) -> bool:
     """Whether the work runs in a placement group's bundle (`CPU_group_<id>`): the group holds its
     resources already, or waits itself (and is reported as the group)."""
@@ -98,19 +105,23 @@ def stuck_work(cluster: Cluster, submission_id: str) -> list[Demand]:
     unfinished = state_list(cluster, "tasks", [in_job, ("state", "!=", "FINISHED"), ("state", "!=", "FAILED")])
     actors = state_list(cluster, "actors", [in_job])
     if any(t.get("type") == "NORMAL_TASK" and t.get("state") in UNDER_WAY for t in unfinished) or any(
-        a.get("state") == "ALIVE" and holds_resources(a.get("required_resources")) for a in actors
+        started(a) and holds_resources(a.get("required_resources")) for a in actors
     ):
         return []
     kinds: Counter = Counter()
     needs: dict[str, dict] = {}
-    for task in (t for t in unfinished if t.get("state") == WAITING_TASK):
+    for task in (t for t in unfinished if t.get("state") == WAITING_TASK and t.get("type") == "NORMAL_TASK"):
         if in_placement_group(task.get("required_resources")):
             continue
         what = f"task {task.get('func_or_class_name') or task.get('name')}"
         kinds[what] += 1
         needs[what] = task.get("required_resources") or {}
     for actor in actors:
-        if actor.get("state") == WAITING_ACTOR and not in_placement_group(actor.get("required_resources")):
+        if (
+            actor.get("state") == WAITING_ACTOR
+            and not started(actor)
+            and not in_placement_group(actor.get("required_resources"))
+        ):
             what = f"actor {actor.get('class_name')}"
             kinds[what] += 1
             needs[what] = actor.get("required_resources") or {}

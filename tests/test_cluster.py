@@ -580,40 +580,60 @@ def test_an_actor_in_a_placement_group_holds_its_bundles_cpus():
     assert not holds_resources({f"bundle_group_{group}": 0.001}) and not holds_resources({"CPU": 0.0, "memory": 1e9})
 
 
-SLOW_WORKER_STARTS = """
+SLOW_STARTS = """
 import time, ray
 def slow_start():
-    time.sleep(8)
+    time.sleep(5)
 ray.init(runtime_env={"worker_process_setup_hook": slow_start})
+cpus = int(ray.cluster_resources()["CPU"])
 @ray.remote(num_cpus=1)
 def work():
     time.sleep(1)
-ray.get([work.remote() for _ in range(int(ray.cluster_resources()["CPU"]) + 1)])
+ray.get([work.remote() for _ in range(cpus + 1)])  # one more task than CPUs, their workers slow to start
+@ray.remote(num_cpus=cpus)
+class Engine:  # every CPU, and an __init__ that takes seconds, as an eval stage's vLLM engine's
+    def __init__(self):
+        time.sleep(5)
+engine = Engine.remote()
+time.sleep(1)
+queued = work.remote()
+ray.get(engine.__ray_ready__.remote())
+ray.kill(engine)
+ray.get(queued)
 """
 
 
 @pytest.mark.ray
 @pytest.mark.timeout(90)
-def test_tasks_whose_worker_processes_are_starting_do_not_make_their_job_stuck(ray_head):
-    """One task more than the head's CPUs, each worker process slow to start (as on a loaded
-    machine): while they start, every CPU is taken and the last task waits for one, yet the job is
-    busy, not stuck (the fine-tuning service would report a stage waiting for resources)."""
+def test_work_starting_its_processes_does_not_make_its_job_stuck(ray_head):
+    """While the worker processes of as many tasks as the head has CPUs start slowly (as on a loaded
+    machine), and then while an actor holding every CPU runs its long `__init__`, a task queued
+    behind them waits for a CPU; yet the job is busy, not stuck (the fine-tuning service would
+    report its stage waiting for resources)."""
+    import ray
     from ray.job_submission import JobSubmissionClient
 
     from rayft.cluster.client import Cluster
-    from rayft.cluster.waiting import state_list, stuck_work
+    from rayft.cluster.waiting import cluster_resources, fits, state_list, stuck_work
 
     cluster, jobs = Cluster(ray_head.address), JobSubmissionClient(ray_head.address)
-    job = jobs.submit_job(entrypoint=f"{sys.executable} -c {shlex.quote(SLOW_WORKER_STARTS)}")
-    snapshots, stuck = [], []  # the job's task states at each look, and what stuck_work said
-    deadline = time.monotonic() + 60
-    while not any("RUNNING" in states for states in snapshots) and time.monotonic() < deadline:
+    ray.init(address=f"127.0.0.1:{ray_head.ports['--port']}", logging_level="ERROR")  # as the service is
+    job = jobs.submit_job(entrypoint=f"{sys.executable} -c {shlex.quote(SLOW_STARTS)}")
+    looks, stuck = [], []  # the job's task states and actors' (state, has a process) at each look
+    deadline = time.monotonic() + 75
+    while str(jobs.get_job_status(job)) in ("PENDING", "RUNNING") and time.monotonic() < deadline:
         job_id = jobs.get_job_info(job).job_id
         if job_id:
-            snapshots.append({t["state"] for t in state_list(cluster, "tasks", [("job_id", "=", job_id)])})
-            stuck += stuck_work(cluster, job)
+            in_job = [("job_id", "=", job_id)]
+            tasks = {t["state"] for t in state_list(cluster, "tasks", in_job) if t["type"] == "NORMAL_TASK"}
+            actors = {(a["state"], bool(a.get("pid"))) for a in state_list(cluster, "actors", in_job)}
+            free = cluster_resources()[0]
+            looks.append((tasks, actors, free.get("CPU", 0)))
+            stuck += [(d, free.get("CPU", 0)) for d in stuck_work(cluster, job) if not fits(d, free)]
         time.sleep(0.25)
-    jobs.stop_job(job)
-    starting = [s for s in snapshots if {"SUBMITTED_TO_WORKER", "PENDING_NODE_ASSIGNMENT"} <= s]
-    assert starting, f"the workers never read as starting with a task queued behind them: {snapshots}"
-    assert stuck == [], f"seen as stuck while its workers started: {stuck}"
+    ray.shutdown()
+    assert str(jobs.get_job_status(job)) == "SUCCEEDED", jobs.get_job_logs(job)[-2000:]
+    queued = [(tasks, actors) for tasks, actors, free in looks if "PENDING_NODE_ASSIGNMENT" in tasks and not free]
+    assert any("SUBMITTED_TO_WORKER" in tasks for tasks, _ in queued), f"no worker seen starting: {looks}"
+    assert any(("PENDING_CREATION", True) in actors for _, actors in queued), f"no actor seen starting: {looks}"
+    assert stuck == [], f"seen as stuck while its work started: {stuck}; {looks}"
