@@ -1,9 +1,10 @@
 """What a Ray job's work is waiting for: its tasks, actors and placement groups Ray has not yet
 scheduled, with what each needs, read from the cluster's state API (the dashboard).
 
-A job is *stuck* when something of it waits for resources it cannot get now (more than is free)
-and nothing of it that holds resources runs (no plain task under way, no actor alive that holds
-CPUs or GPUs): then no finishing task of its own will free what it waits for. A job whose Ray Data
+A job is *stuck* when something of it waits for resources it cannot get now (more than is free,
+and the cluster's scheduler holds work of that shape back) and nothing of it that holds resources
+runs (no plain task under way, no actor alive or being created that holds CPUs or GPUs): then no
+finishing task of its own will free what it waits for. A job whose Ray Data
 stage queues more tasks than fit, while others run or wait for their worker processes to start, is
 busy, not stuck; a task waiting for its worker process to start is not stuck either. The
 fine-tuning service reports a stuck stage in the job's events and fails it after a timeout
@@ -139,6 +140,48 @@ def fits(demand: Demand, free: dict[str, float]) -> bool:
     """Whether one unit of `demand` fits in what is free now (a task then waits for a worker to
     start, not for resources)."""
     return all(free.get(name, 0.0) + 1e-9 >= amount for name, amount in demand.needs.items() if amount > 0)
+
+
+def held_back(demand: Demand, queued: list[dict[str, float]] | None) -> bool:
+    """Whether the cluster's scheduler holds work of `demand`'s shape back for lack of resources
+    (`queued`: the shapes it holds back, as its autoscaler reads them; None: not known, so yes). A
+    task or actor whose resources are granted, its worker process still launching, is not queued
+    there, though the state API shows it waiting and the CPUs taken."""
+    if queued is None:
+        return True
+    return any(all(shape.get(k, 0.0) == demand.needs.get(k, 0.0) for k in HELD) for shape in queued)
+
+
+def queued_for_resources(group: bool = False) -> list[dict[str, float]] | None:
+    """The resource shapes the scheduler of the cluster this process is connected to holds back
+    for lack of resources: tasks' and actors', or with `group` placement groups' bundles (each
+    group's as one summed shape); None when this process is not connected."""
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    from ray.autoscaler.v2.sdk import get_cluster_status
+
+    demands = get_cluster_status(ray.get_runtime_context().gcs_address).resource_demands
+    if group:
+        return [
+            {k: sum(b.bundle.get(k, 0.0) * b.count for b in g.bundles_by_count) for k in HELD}
+            for g in demands.placement_group_demand
+        ]
+    return [dict(b.bundle) for d in demands.ray_task_actor_demand for b in d.bundles_by_count]
+
+
+def stuck(cluster: Cluster, submission_id: str) -> Stuck | None:
+    """What a submitted job's work waits for, when the cluster cannot give it now (more than is
+    free, and held back by the scheduler) and nothing of it runs; None when it runs or gets it."""
+    free, total = cluster_resources()
+    queued = {group: queued_for_resources(group) for group in (False, True)}
+    demands = [
+        d
+        for d in stuck_work(cluster, submission_id)
+        if not fits(d, free) and held_back(d, queued[d.what.startswith("placement group")])
+    ]
+    return Stuck(demands, free, total) if demands else None
 
 
 def cluster_resources() -> tuple[dict[str, float], dict[str, float]]:

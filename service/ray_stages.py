@@ -4,9 +4,9 @@ asked what its work waits for (`rayft.cluster.waiting`)."""
 
 from __future__ import annotations
 
+from rayft.cluster import waiting
 from rayft.cluster.client import Cluster
 from rayft.cluster.submit import submit_stage
-from rayft.cluster.waiting import Stuck, cluster_resources, fits, stuck_work
 from rayft.service.objects import Job, Stage
 from rayft.service.pipeline import ServicePaths
 
@@ -45,9 +45,8 @@ class RayStages:
 
     def stuck(self, ray_job: str) -> str | None:
         """What the stage's work waits for, when it cannot get it now and nothing of it runs."""
-        free, total = cluster_resources()
-        demands = [d for d in stuck_work(self.cluster(), ray_job) if not fits(d, free)]
-        return Stuck(demands, free, total).describe() if demands else None
+        stuck = waiting.stuck(self.cluster(), ray_job)
+        return stuck.describe() if stuck else None
 
 
 def last_error(logs: str) -> str:
