@@ -4,22 +4,24 @@ scheduled, with what each needs, read from the cluster's state API (the dashboar
 A job is *stuck* when something of it waits for resources it cannot get now (more than is free,
 and the cluster's scheduler holds work of that shape back) and nothing of it that holds resources
 runs (no plain task under way, no actor alive or being created that holds CPUs or GPUs): then no
-finishing task of its own will free what it waits for. A job whose Ray Data
-stage queues more tasks than fit, while others run or wait for their worker processes to start, is
-busy, not stuck; a task waiting for its worker process to start is not stuck either. The
-fine-tuning service reports a stuck stage in the job's events and fails it after a timeout
-(`service/machine.py`).
+finishing task of its own will free what it waits for. A job whose Ray Data stage queues more
+tasks than fit, while others run or wait for their worker processes to start, is busy, not stuck;
+a task waiting for its worker process to start is not stuck either. The fine-tuning service
+reports a stuck stage in the job's events and fails it after a timeout (`service/machine.py`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import urllib.parse
 import urllib.request
 from collections import Counter
 from dataclasses import dataclass
 
 from rayft.cluster.client import Cluster, ClusterError
+
+log = logging.getLogger(__name__)
 
 WAITING_TASK, WAITING_ACTOR, WAITING_GROUP = "PENDING_NODE_ASSIGNMENT", "PENDING_CREATION", "PENDING"
 # A task in any of these states has its node and its resources (or waits for its arguments, which
@@ -157,12 +159,17 @@ def queued_for_resources(group: bool = False) -> list[dict[str, float]] | None:
     for lack of resources: tasks' and actors', or with `group` placement groups' bundles (each
     group's as one summed shape); None when this process is not connected."""
     import ray
+    from ray.exceptions import RayError
 
     if not ray.is_initialized():
         return None
     from ray.autoscaler.v2.sdk import get_cluster_status
 
-    demands = get_cluster_status(ray.get_runtime_context().gcs_address).resource_demands
+    try:
+        demands = get_cluster_status(ray.get_runtime_context().gcs_address).resource_demands
+    except (RayError, OSError) as error:  # the GCS did not answer: judge by the state API alone
+        log.warning("the cluster's pending demands could not be read: %s", error)
+        return None
     if group:
         return [
             {k: sum(b.bundle.get(k, 0.0) * b.count for b in g.bundles_by_count) for k in HELD}

@@ -580,6 +580,14 @@ def test_an_actor_in_a_placement_group_holds_its_bundles_cpus():
     assert not holds_resources({f"bundle_group_{group}": 0.001}) and not holds_resources({"CPU": 0.0, "memory": 1e9})
 
 
+def test_work_is_held_back_only_when_the_scheduler_queues_its_shape():
+    from rayft.cluster.waiting import Demand, held_back
+
+    task = Demand("task work", 1, {"CPU": 1.0, "memory": 2e9})
+    assert held_back(task, [{"CPU": 2.0}, {"CPU": 1.0}]) and not held_back(task, [{"CPU": 2.0}])
+    assert not held_back(task, []) and held_back(task, None)  # None: the scheduler could not be asked
+
+
 SLOW_STARTS = """
 import time, ray
 def slow_start():
