@@ -48,6 +48,11 @@ class Demand:
     count: int
     needs: dict[str, float]
 
+    @property
+    def group(self) -> bool:
+        """A placement group's (the scheduler queues groups apart from tasks and actors)."""
+        return self.what.startswith("placement group")
+
     def describe(self) -> str:
         needs = ", ".join(f"{k} {v:g}" for k, v in sorted(self.needs.items()) if v) or "no resources"
         return f"{self.count} × {self.what} ({needs} each)"
@@ -183,11 +188,7 @@ def stuck(cluster: Cluster, submission_id: str) -> Stuck | None:
     free, and held back by the scheduler) and nothing of it runs; None when it runs or gets it."""
     free, total = cluster_resources()
     queued = {group: queued_for_resources(group) for group in (False, True)}
-    demands = [
-        d
-        for d in stuck_work(cluster, submission_id)
-        if not fits(d, free) and held_back(d, queued[d.what.startswith("placement group")])
-    ]
+    demands = [d for d in stuck_work(cluster, submission_id) if not fits(d, free) and held_back(d, queued[d.group])]
     return Stuck(demands, free, total) if demands else None
 
 
