@@ -150,19 +150,21 @@ def fits(demand: Demand, free: dict[str, float]) -> bool:
 
 
 def held_back(demand: Demand, queued: list[dict[str, float]] | None) -> bool:
-    """Whether the cluster's scheduler holds work of `demand`'s shape back for lack of resources
-    (`queued`: the shapes it holds back, as its autoscaler reads them; None: not known, so yes). A
-    task or actor whose resources are granted, its worker process still launching, is not queued
-    there, though the state API shows it waiting and the CPUs taken."""
+    """Whether the cluster's scheduler holds back as much work of `demand`'s shape as the state API
+    shows waiting (`queued`: one shape per unit it holds back, as its autoscaler reads them; None:
+    not known, so yes). A task or actor whose resources are granted, its worker process still
+    launching, is not queued there, though the state API shows it waiting and the CPUs taken: when
+    fewer are held back than wait, some of the work is starting."""
     if queued is None:
         return True
-    return any(all(shape.get(k, 0.0) == demand.needs.get(k, 0.0) for k in HELD) for shape in queued)
+    same = sum(all(shape.get(k, 0.0) == demand.needs.get(k, 0.0) for k in HELD) for shape in queued)
+    return same >= demand.count
 
 
 def queued_for_resources(group: bool = False) -> list[dict[str, float]] | None:
     """The resource shapes the scheduler of the cluster this process is connected to holds back
-    for lack of resources: tasks' and actors', or with `group` placement groups' bundles (each
-    group's as one summed shape); None when this process is not connected."""
+    for lack of resources, one per unit: tasks' and actors', or with `group` placement groups'
+    (each group's bundles as one summed shape); None when this process is not connected."""
     import ray
     from ray.exceptions import RayError
 
@@ -180,7 +182,7 @@ def queued_for_resources(group: bool = False) -> list[dict[str, float]] | None:
             {k: sum(b.bundle.get(k, 0.0) * b.count for b in g.bundles_by_count) for k in HELD}
             for g in demands.placement_group_demand
         ]
-    return [dict(b.bundle) for d in demands.ray_task_actor_demand for b in d.bundles_by_count]
+    return [dict(b.bundle) for d in demands.ray_task_actor_demand for b in d.bundles_by_count for _ in range(b.count)]
 
 
 def stuck(cluster: Cluster, submission_id: str) -> Stuck | None:

@@ -586,6 +586,9 @@ def test_work_is_held_back_only_when_the_scheduler_queues_its_shape():
     task = Demand("task work", 1, {"CPU": 1.0, "memory": 2e9})
     assert held_back(task, [{"CPU": 2.0}, {"CPU": 1.0}]) and not held_back(task, [{"CPU": 2.0}])
     assert not held_back(task, []) and held_back(task, None)  # None: the scheduler could not be asked
+    # five wait, one is held back: the other four have their CPUs, their workers launching
+    five = Demand("task work", 5, {"CPU": 1.0})
+    assert not held_back(five, [{"CPU": 1.0}]) and held_back(five, [{"CPU": 1.0}] * 5)
 
 
 SLOW_STARTS = """
