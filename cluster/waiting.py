@@ -2,12 +2,16 @@
 scheduled, with what each needs, read from the cluster's state API (the dashboard).
 
 A job is *stuck* when something of it waits for resources it cannot get now (more than is free,
-and the cluster's scheduler holds work of that shape back) and nothing of it that holds resources
-runs (no plain task under way, no actor alive or being created that holds CPUs or GPUs): then no
-finishing task of its own will free what it waits for. A job whose Ray Data stage queues more
-tasks than fit, while others run or wait for their worker processes to start, is busy, not stuck;
-a task waiting for its worker process to start is not stuck either. The fine-tuning service
-reports a stuck stage in the job's events and fails it after a timeout (`service/machine.py`).
+and the cluster's scheduler holds all of its waiting work back) and nothing of it that holds
+resources runs or starts (no plain task under way, no actor alive or being created that holds CPUs
+or GPUs, no work granted its resources while its process launches): then no finishing task of its
+own will free what it waits for. A job whose Ray Data stage queues more tasks than fit, while
+others run or wait for their worker processes to start, is busy, not stuck.
+
+The state API, the free resources and the scheduler's queue are each reported on their own period
+(about a second), so one look can still misjudge a job whose work is changing state; the
+fine-tuning service reports a stage only when it reads stuck on every look for `stage_wait_s`, and
+fails it after a timeout (`service/machine.py`).
 """
 
 from __future__ import annotations
@@ -52,6 +56,11 @@ class Demand:
     def group(self) -> bool:
         """A placement group's (the scheduler queues groups apart from tasks and actors)."""
         return self.what.startswith("placement group")
+
+    @property
+    def shape(self) -> tuple[float, ...]:
+        """The CPUs and GPUs one unit needs, as the scheduler groups the work it holds back."""
+        return tuple(self.needs.get(k, 0.0) for k in HELD)
 
     def describe(self) -> str:
         needs = ", ".join(f"{k} {v:g}" for k, v in sorted(self.needs.items()) if v) or "no resources"
@@ -149,16 +158,20 @@ def fits(demand: Demand, free: dict[str, float]) -> bool:
     return all(free.get(name, 0.0) + 1e-9 >= amount for name, amount in demand.needs.items() if amount > 0)
 
 
-def held_back(demand: Demand, queued: list[dict[str, float]] | None) -> bool:
-    """Whether the cluster's scheduler holds back as much work of `demand`'s shape as the state API
-    shows waiting (`queued`: one shape per unit it holds back, as its autoscaler reads them; None:
-    not known, so yes). A task or actor whose resources are granted, its worker process still
-    launching, is not queued there, though the state API shows it waiting and the CPUs taken: when
-    fewer are held back than wait, some of the work is starting."""
-    if queued is None:
-        return True
-    same = sum(all(shape.get(k, 0.0) == demand.needs.get(k, 0.0) for k in HELD) for shape in queued)
-    return same >= demand.count
+def launching(demands: list[Demand], queued: dict[bool, list[dict[str, float]] | None]) -> bool:
+    """Whether some of the work the state API shows waiting has its resources and is launching its
+    process: the scheduler holds back fewer units of its shape than wait (`queued`: for tasks and
+    actors, and for placement groups, one shape per unit it holds back, as its autoscaler reads
+    them; None: not known). A task or actor whose lease is granted reads waiting, with no process
+    yet, until its worker has started, and holds its CPUs meanwhile."""
+    waiting: Counter = Counter()
+    for demand in demands:
+        waiting[demand.group, demand.shape] += demand.count
+    for (group, shape), count in waiting.items():
+        shapes = queued[group]
+        if shapes is not None and sum(tuple(s.get(k, 0.0) for k in HELD) == shape for s in shapes) < count:
+            return True
+    return False
 
 
 def queued_for_resources(group: bool = False) -> list[dict[str, float]] | None:
@@ -187,10 +200,12 @@ def queued_for_resources(group: bool = False) -> list[dict[str, float]] | None:
 
 def stuck(cluster: Cluster, submission_id: str) -> Stuck | None:
     """What a submitted job's work waits for, when the cluster cannot give it now (more than is
-    free, and held back by the scheduler) and nothing of it runs; None when it runs or gets it."""
+    free, all of it held back by the scheduler) and nothing of it runs or starts; None when it
+    runs or gets it."""
     free, total = cluster_resources()
     queued = {group: queued_for_resources(group) for group in (False, True)}
-    demands = [d for d in stuck_work(cluster, submission_id) if not fits(d, free) and held_back(d, queued[d.group])]
+    waiting = stuck_work(cluster, submission_id)
+    demands = [] if launching(waiting, queued) else [d for d in waiting if not fits(d, free)]
     return Stuck(demands, free, total) if demands else None
 
 
