@@ -14,8 +14,10 @@ import os
 # start ourselves listens on 127.0.0.1 only, so it runs without tokens unless the user chose one.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 # Ray Train registers a reported checkpoint only when its controller polls (every 2 s by default);
-# a worker that dies within that window loses the checkpoint. Poll faster.
-os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+# a worker that dies within that window loses the checkpoint, and each checkpoint and the run's end
+# wait for a poll. Poll faster: a 16-step LoRA run with two checkpoints took 17.7 s at 0.25 s, 18.8 s
+# at 0.5 s and 18.3 s at 0.1 s (bench/RESULTS.md, "Ray Train's poll interval").
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
 
 # Logical CPUs for a local cluster. More than the machine's cores on purpose: training workers
 # take fractional CPUs, and Ray Data's map tasks must still get a slot while workers run
