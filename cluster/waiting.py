@@ -174,28 +174,30 @@ def launching(demands: list[Demand], queued: dict[bool, list[dict[str, float]] |
     return False
 
 
-def queued_for_resources(group: bool = False) -> list[dict[str, float]] | None:
+def queued_for_resources() -> dict[bool, list[dict[str, float]] | None]:
     """The resource shapes the scheduler of the cluster this process is connected to holds back
-    for lack of resources, one per unit: tasks' and actors', or with `group` placement groups'
-    (each group's bundles as one summed shape); None when this process is not connected."""
+    for lack of resources, one per unit: tasks' and actors' under False, placement groups' under
+    True (each group's bundles as one summed shape); None under both when this process is not
+    connected or the GCS does not answer."""
     import ray
     from ray.exceptions import RayError
 
+    unknown: dict[bool, list[dict[str, float]] | None] = {False: None, True: None}
     if not ray.is_initialized():
-        return None
+        return unknown
     from ray.autoscaler.v2.sdk import get_cluster_status
 
     try:
         demands = get_cluster_status(ray.get_runtime_context().gcs_address).resource_demands
     except (RayError, OSError) as error:  # the GCS did not answer: judge by the state API alone
         log.warning("the cluster's pending demands could not be read: %s", error)
-        return None
-    if group:
-        return [
-            {k: sum(b.bundle.get(k, 0.0) * b.count for b in g.bundles_by_count) for k in HELD}
-            for g in demands.placement_group_demand
-        ]
-    return [dict(b.bundle) for d in demands.ray_task_actor_demand for b in d.bundles_by_count for _ in range(b.count)]
+        return unknown
+    groups = [
+        {k: sum(b.bundle.get(k, 0.0) * b.count for b in g.bundles_by_count) for k in HELD}
+        for g in demands.placement_group_demand
+    ]
+    tasks = [dict(b.bundle) for d in demands.ray_task_actor_demand for b in d.bundles_by_count for _ in range(b.count)]
+    return {False: tasks, True: groups}
 
 
 def stuck(cluster: Cluster, submission_id: str) -> Stuck | None:
@@ -203,7 +205,7 @@ def stuck(cluster: Cluster, submission_id: str) -> Stuck | None:
     free, all of it held back by the scheduler) and nothing of it runs or starts; None when it
     runs or gets it."""
     free, total = cluster_resources()
-    queued = {group: queued_for_resources(group) for group in (False, True)}
+    queued = queued_for_resources()
     waiting = stuck_work(cluster, submission_id)
     demands = [] if launching(waiting, queued) else [d for d in waiting if not fits(d, free)]
     return Stuck(demands, free, total) if demands else None
